@@ -1,0 +1,55 @@
+# mailpush: `make demo` runs the analyzer on the bundled sample captures, `make test` runs the full suite.
+# Both work on a fresh Debian machine with Python 3.11: they create .venv and install what they need
+# (and, when run as root, the Debian packages tshark and chromium).
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+DEMO   := build/demo
+SAMPLES = $(sort $(wildcard captures/*.pcap captures/*.pcapng captures/*.cap captures/*.gz))
+APT_PACKAGES := tshark chromium
+
+.PHONY: demo test venv system-deps bench clean captures
+
+venv: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+# Debian packages the tests need: real tshark (second engine, cross-checks) and a real browser (web tests).
+system-deps:
+	@missing=""; \
+	command -v tshark >/dev/null 2>&1 || missing="$$missing tshark"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "warning: missing$$missing and not root: tests that need them will be skipped" >&2; \
+	  fi; \
+	fi
+
+demo: $(STAMP)
+	mkdir -p $(DEMO)/plots
+	$(BIN)/mailpush analyze $(SAMPLES) --plots $(DEMO)/plots
+	$(BIN)/mailpush analyze $(SAMPLES) --format html -o $(DEMO)/report.html
+	$(BIN)/mailpush analyze $(SAMPLES) --format json -o $(DEMO)/report.json
+	@echo
+	@echo "HTML report: $(DEMO)/report.html   plots: $(DEMO)/plots/"
+
+test: $(STAMP) system-deps
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+captures: $(STAMP)
+	$(BIN)/python captures/generate.py
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf build .pytest_cache

@@ -1,0 +1,56 @@
+"""`mailpush` command line. Each sub-command lives in its own module exposing ``register(subparsers)``, which
+adds its parser and sets ``func(args) -> int`` (the exit status).
+
+Exit statuses shared by all commands: 0 ran, 1 ``--fail-on`` matched (analyze), 2 usage error, 3 no capture
+could be read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from analyzer import __version__
+
+COMMAND_MODULES = ("events", "analyze", "batch", "serve")
+
+EXIT_OK = 0
+EXIT_FAIL_ON = 1
+EXIT_USAGE = 2
+EXIT_NO_CAPTURE = 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mailpush",
+        description="Why does this Outlook client not get new-mail notifications? "
+        "Analyses captures of Outlook/Exchange EMSMDB traffic for push-notification registration "
+        "(EcRRegisterPushNotification), UDP notifications and the polling fallback.",
+    )
+    parser.add_argument("--version", action="version", version=f"mailpush {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"analyzer.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"analyzer.cli.{name}":
+                continue  # command not built yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("mailpush: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
