@@ -1,0 +1,114 @@
+"""`mailpush serve` (the web service) and `mailpush user add|list|token NAME` (its accounts)."""
+
+from __future__ import annotations
+
+import ipaddress
+import sys
+
+from analyzer.cli import EXIT_OK, EXIT_USAGE
+
+DEFAULT_DATA_DIR = "mailpush-data"
+
+
+def register(sub) -> None:
+    p = sub.add_parser("serve", help="run the web service: upload captures in a browser or by API, get the verdicts")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    _storage_args(p)
+    p.add_argument("--max-upload-mb", type=float, default=200, metavar="N",
+                   help="largest accepted upload in MB (default 200); larger uploads get 413")
+    p.add_argument("--workers", type=int, default=2, metavar="N",
+                   help="analysis worker threads (default 2; 0 = accept uploads but analyse nothing)")
+    p.set_defaults(func=run_serve)
+
+    u = sub.add_parser("user", help="manage accounts of the web service")
+    usub = u.add_subparsers(dest="user_command", metavar="ACTION")
+    add = usub.add_parser("add", help="create a user and print their new API token")
+    add.add_argument("name")
+    _storage_args(add)
+    token = usub.add_parser("token", help="replace a user's API token and print the new one")
+    token.add_argument("name")
+    _storage_args(token)
+    lst = usub.add_parser("list", help="list users")
+    _storage_args(lst)
+    u.set_defaults(func=run_user)
+
+
+def _storage_args(p) -> None:
+    p.add_argument("--db", metavar="URL", help="SQLAlchemy database URL (default: SQLite file DIR/mailpush.db; "
+                   "postgresql://user:pass@host/db needs the postgres extra)")
+    p.add_argument("--data-dir", metavar="DIR", default=DEFAULT_DATA_DIR,
+                   help=f"where uploads, plots and the default database live (default ./{DEFAULT_DATA_DIR})")
+
+
+def _open_db(args):
+    from analyzer.web.db import Database, DatabaseError, default_db_url
+
+    from pathlib import Path
+
+    Path(args.data_dir).mkdir(parents=True, exist_ok=True)
+    try:
+        return Database(args.db or default_db_url(args.data_dir))
+    except DatabaseError as exc:
+        print(f"mailpush: {exc}", file=sys.stderr)
+        return None
+
+
+def run_user(args) -> int:
+    from analyzer.web import auth
+
+    if not getattr(args, "user_command", None):
+        print("mailpush user: give an action: add NAME, token NAME or list", file=sys.stderr)
+        return EXIT_USAGE
+    db = _open_db(args)
+    if db is None:
+        return EXIT_USAGE
+    try:
+        if args.user_command == "list":
+            for user in auth.list_users(db):
+                print(f"{user.name}\tcreated {user.created_at:%Y-%m-%d %H:%M} UTC")
+            return EXIT_OK
+        try:
+            token = auth.add_user(db, args.name) if args.user_command == "add" else auth.new_token(db, args.name)
+        except auth.AuthError as exc:
+            print(f"mailpush user {args.user_command}: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        # The token alone on stdout (scripts capture it); the explanation on stderr.
+        print(token)
+        print(f"mailpush: API token for {args.name!r} (shown only now; stored hashed). Use it as "
+              "'Authorization: Bearer <token>' or paste it into the login page.", file=sys.stderr)
+        return EXIT_OK
+    finally:
+        db.dispose()
+
+
+def run_serve(args) -> int:
+    import uvicorn
+
+    from analyzer.web import create_app
+    from analyzer.web.db import DatabaseError
+
+    if not 0 < args.port < 65536 or args.workers < 0 or args.max_upload_mb <= 0:
+        print("mailpush serve: need 0 < --port < 65536, --workers >= 0 and --max-upload-mb > 0", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        app = create_app(args.db, args.data_dir, args.max_upload_mb, args.workers)
+    except (DatabaseError, OSError) as exc:
+        print(f"mailpush serve: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if not _is_loopback(args.host):
+        print("mailpush serve: warning: listening beyond this machine over plain HTTP; tokens and captures "
+              "travel unencrypted. Put a TLS reverse proxy in front.", file=sys.stderr)
+    print(f"mailpush: serving on http://{args.host}:{args.port}/ (data in {args.data_dir}, "
+          f"{args.workers} worker(s)); create an account with 'mailpush user add NAME'", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", proxy_headers=False)
+    return EXIT_OK
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

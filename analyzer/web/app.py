@@ -1,0 +1,393 @@
+"""The mailpush web service: upload captures, get the per-client verdicts, timing plots and evidence.
+
+``create_app(db_url, data_dir, max_upload_mb, workers)`` builds the FastAPI application; ``mailpush serve`` runs
+it with uvicorn. Every route except ``/healthz`` (and the static CSS/JS) needs a user: an API token in
+``Authorization: Bearer …`` or the HttpOnly session cookie set by the login form. A user only ever sees their
+own captures: anyone else's id answers 404, exactly like an id that does not exist.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import secrets
+from pathlib import Path
+
+from fastapi import Depends, FastAPI, Form, HTTPException, Request
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from sqlalchemy import func, select
+from contextlib import asynccontextmanager
+
+from analyzer import __version__
+from analyzer.verdict.model import CAUSES, VERDICTS, CaptureResult
+from analyzer.web import auth
+from analyzer.web.db import DONE, FAILED, QUEUED, RUNNING, Capture, Database, User, default_db_url, iso, utcnow
+from analyzer.web.storage import CAPTURE_ID_RE, Store, UploadError, UploadTooLarge, receive_upload
+from analyzer.web.worker import WorkerPool
+
+log = logging.getLogger("mailpush.web")
+
+HERE = Path(__file__).resolve().parent
+# Content-Security-Policy of our own pages: scripts and styles only from /static (no inline code), so text taken
+# from a capture (mailbox DNs, file names) can never run as script even if escaping were missed somewhere.
+PAGE_CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+            "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+# The downloadable report is self-contained (inline styles, embedded images) and needs no script at all.
+REPORT_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; frame-ancestors 'none'"
+# The Swagger UI page loads its JS/CSS from a CDN (FastAPI's default); it is only reachable when logged in.
+DOCS_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
+            "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; img-src 'self' data: https:")
+
+
+class LoginRequired(Exception):
+    """Raised by page dependencies: answered with a redirect to the login form."""
+
+
+def create_app(
+    db_url: str | None = None,
+    data_dir: str | Path = "mailpush-data",
+    max_upload_mb: float = 200,
+    workers: int = 2,
+) -> FastAPI:
+    store = Store(data_dir)
+    db = Database(db_url or default_db_url(store.root))
+    pool = WorkerPool(db, store, workers)
+    max_bytes = int(max_upload_mb * 1024 * 1024)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        pool.start()
+        try:
+            yield
+        finally:
+            pool.stop()
+            db.dispose()
+
+    app = FastAPI(
+        title="mailpush",
+        version=__version__,
+        description="Upload captures of Outlook/Exchange EMSMDB traffic and get, per Outlook client, whether "
+        "Exchange new-mail push notification (EcRRegisterPushNotification + UDP) works, and if not why.",
+        lifespan=lifespan,
+        docs_url=None,  # served below, behind the login
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.state.db, app.state.store, app.state.pool, app.state.max_bytes = db, store, pool, max_bytes
+    templates = Jinja2Templates(directory=str(HERE / "templates"))
+    templates.env.globals["version"] = __version__
+    templates.env.filters["clock"] = _clock
+    templates.env.filters["percent"] = lambda x: f"{float(x) * 100:.0f}%"
+    templates.env.filters["seconds"] = lambda x: "—" if x is None else f"{float(x):.1f} s"
+    app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+    bearer = HTTPBearer(auto_error=False, description="API token printed by `mailpush user add NAME`")
+
+    # --- security headers ---------------------------------------------------------------------------------
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next):
+        response = await call_next(request)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers.setdefault("Content-Security-Policy", PAGE_CSP)
+        if request.url.path.startswith("/api/") or request.url.path in ("/", "/login") \
+                or request.url.path.startswith("/captures/"):
+            response.headers.setdefault("Cache-Control", "no-store")  # private data
+        return response
+
+    @app.exception_handler(LoginRequired)
+    async def to_login(request: Request, exc: LoginRequired):
+        return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
+
+    # --- who is asking ------------------------------------------------------------------------------------
+
+    def authenticate(request: Request, credentials: HTTPAuthorizationCredentials | None) -> User | None:
+        if credentials is not None:
+            return auth.user_for_token(db, credentials.credentials)
+        user = auth.user_for_session(db, request.cookies.get(auth.SESSION_COOKIE))
+        if user is not None and request.method not in ("GET", "HEAD", "OPTIONS") \
+                and request.headers.get("x-requested-with") != "XMLHttpRequest":
+            # Cookie-authenticated changes must come from our own scripts (a custom header cannot be sent by a
+            # cross-site form), on top of the SameSite=Lax cookie: a second line against CSRF.
+            raise HTTPException(403, "cookie-authenticated requests that change data need the header "
+                                     "X-Requested-With: XMLHttpRequest (or use a Bearer token)")
+        return user
+
+    def api_user(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> User:
+        user = authenticate(request, credentials)
+        if user is None:
+            raise HTTPException(401, "a valid API token (Authorization: Bearer …) or a login session is needed",
+                                headers={"WWW-Authenticate": "Bearer"})
+        return user
+
+    def page_user(request: Request) -> User:
+        user = auth.user_for_session(db, request.cookies.get(auth.SESSION_COOKIE))
+        if user is None:
+            raise LoginRequired()
+        return user
+
+    def own_capture(capture_id: str, user: User) -> Capture:
+        if not CAPTURE_ID_RE.match(capture_id):
+            raise HTTPException(404, "no such capture")
+        with db.session() as s:
+            row = s.get(Capture, capture_id)
+        if row is None or row.user_id != user.id:
+            raise HTTPException(404, "no such capture")  # same answer for "not yours" and "does not exist"
+        return row
+
+    # --- health, docs -------------------------------------------------------------------------------------
+
+    @app.get("/healthz", tags=["service"], summary="Liveness and readiness (no authentication)")
+    def healthz():
+        try:
+            with db.session() as s:
+                queued = s.scalar(select(func.count()).select_from(Capture).where(Capture.status == QUEUED))
+        except Exception as exc:
+            return JSONResponse({"status": "error", "detail": f"database unavailable: {type(exc).__name__}"}, 503)
+        return {"status": "ok", "version": __version__, "workers": pool.workers, "queued": queued}
+
+    @app.get("/openapi.json", include_in_schema=False)
+    def openapi_json(user: User = Depends(api_user)):
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False)
+    def docs(user: User = Depends(page_user)):
+        page = get_swagger_ui_html(openapi_url="/openapi.json", title="mailpush API")
+        page.headers["Content-Security-Policy"] = DOCS_CSP
+        return page
+
+    # --- API ----------------------------------------------------------------------------------------------
+
+    @app.post(
+        "/api/captures", status_code=202, tags=["captures"], summary="Upload a capture for analysis",
+        response_description="The capture was stored and queued for analysis",
+        responses={400: {"description": "not a multipart upload with a field 'file'"},
+                   401: {"description": "no valid token or session"},
+                   413: {"description": "larger than the server's --max-upload-mb"},
+                   507: {"description": "not enough free disk space"}},
+        # The body is parsed by hand (streamed to disk, size checked per chunk), so describe it for OpenAPI.
+        openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+            "type": "object", "required": ["file"],
+            "properties": {"file": {"type": "string", "format": "binary",
+                                    "description": "pcap, pcapng or NetMon capture, optionally gzip-compressed"}},
+        }}}}},
+    )
+    async def upload_capture(request: Request, user: User = Depends(api_user)):
+        if store.free_bytes() < max_bytes + 64 * 1024 * 1024:
+            raise HTTPException(507, "the server is short of disk space; try again later")
+        capture_id = secrets.token_hex(8)
+        partial = store.partial_path(capture_id)
+        try:
+            received = await receive_upload(request, partial, max_bytes)
+        except UploadTooLarge:
+            # Connection: close, because the rest of the body was not read.
+            return JSONResponse({"detail": f"upload larger than the limit of {max_upload_mb:g} MB"}, 413,
+                                headers={"Connection": "close"})
+        except UploadError as exc:
+            return JSONResponse({"detail": str(exc)}, 400, headers={"Connection": "close"})
+        partial.rename(store.capture_path(capture_id))
+        try:
+            with db.session.begin() as s:
+                s.add(Capture(id=capture_id, user_id=user.id, filename=received.filename, size=received.size,
+                              sha256=received.sha256, uploaded_at=utcnow(), status=QUEUED))
+        except Exception:
+            store.remove(capture_id)
+            raise
+        pool.notify()
+        return JSONResponse(
+            {"id": capture_id, "status": QUEUED, "filename": received.filename, "size": received.size,
+             "sha256": received.sha256, "url": f"/api/captures/{capture_id}", "page": f"/captures/{capture_id}"},
+            status_code=202, headers={"Location": f"/api/captures/{capture_id}"},
+        )
+
+    @app.get("/api/captures", tags=["captures"], summary="Your captures, newest first, with verdict counts")
+    def list_captures(user: User = Depends(api_user)):
+        return {"captures": [_summary(c, store) for c in _own_captures(db, user)]}
+
+    @app.get("/api/captures/{capture_id}", tags=["captures"], summary="One capture: status and result")
+    def get_capture(capture_id: str, user: User = Depends(api_user)):
+        return _detail(own_capture(capture_id, user), store)
+
+    @app.get("/api/captures/{capture_id}/report.html", tags=["captures"], response_class=HTMLResponse,
+             summary="Self-contained HTML report (plots embedded)")
+    def capture_report(capture_id: str, user: User = Depends(api_user)):
+        row = own_capture(capture_id, user)
+        result = _result_or_409(row)
+        try:
+            from analyzer.report import render_html
+        except ImportError:
+            render_html = None
+        if render_html is not None:
+            html = render_html([result])
+        else:  # report stage not installed: our own page template, standalone
+            html = templates.get_template("report_standalone.html").render(
+                capture=_detail(row, store), result=row.result, verdicts=VERDICTS)
+        return HTMLResponse(html, headers={"Content-Security-Policy": REPORT_CSP})
+
+    @app.get("/api/captures/{capture_id}/results.csv", tags=["captures"],
+             summary="One row per client (the `mailpush analyze --format csv` columns)")
+    def capture_csv(capture_id: str, user: User = Depends(api_user)):
+        row = own_capture(capture_id, user)
+        result = _result_or_409(row)
+        try:
+            from analyzer.report import render_csv
+
+            text = render_csv([result])
+        except ImportError:
+            from analyzer.pipeline import results_dataframe
+
+            text = results_dataframe([result]).to_csv(index=False)
+        return Response(text, media_type="text/csv; charset=utf-8",
+                        headers={"Content-Disposition": f'attachment; filename="mailpush-{row.id}.csv"'})
+
+    @app.get("/api/captures/{capture_id}/plots/{name}.png", tags=["captures"], response_class=FileResponse,
+             summary="A timing plot (names listed in the capture's `plots`)")
+    def capture_plot_png(capture_id: str, name: str, user: User = Depends(api_user)):
+        return _plot(capture_id, name, "png", user)
+
+    @app.get("/api/captures/{capture_id}/plots/{name}.svg", tags=["captures"], response_class=FileResponse,
+             summary="The same timing plot as SVG")
+    def capture_plot_svg(capture_id: str, name: str, user: User = Depends(api_user)):
+        return _plot(capture_id, name, "svg", user)
+
+    def _plot(capture_id: str, name: str, ext: str, user: User):
+        own_capture(capture_id, user)
+        path = store.plot_file(capture_id, name, ext)
+        if path is None:
+            raise HTTPException(404, "no such plot")
+        return FileResponse(path, media_type="image/png" if ext == "png" else "image/svg+xml")
+
+    @app.delete("/api/captures/{capture_id}", status_code=204, tags=["captures"],
+                summary="Delete a capture, its results and its plots")
+    def delete_capture(capture_id: str, user: User = Depends(api_user)):
+        own_capture(capture_id, user)
+        with db.session.begin() as s:
+            row = s.get(Capture, capture_id)
+            if row is not None:
+                s.delete(row)
+        store.remove(capture_id)  # a worker still analysing it cleans up again when it finishes
+        return Response(status_code=204)
+
+    # --- pages --------------------------------------------------------------------------------------------
+
+    @app.get("/login", response_class=HTMLResponse, include_in_schema=False)
+    def login_form(request: Request, next: str = "/"):
+        return templates.TemplateResponse(request, "login.html", {"next": _safe_next(next), "error": None})
+
+    @app.post("/login", include_in_schema=False)
+    def login(request: Request, token: str = Form(""), next: str = Form("/")):
+        user = auth.user_for_token(db, token.strip())
+        if user is None:
+            return templates.TemplateResponse(
+                request, "login.html", {"next": _safe_next(next), "error": "That token is not valid."},
+                status_code=401)
+        session_id = auth.create_session(db, user.id)
+        response = RedirectResponse(_safe_next(next), status_code=303)
+        response.set_cookie(auth.SESSION_COOKIE, session_id, httponly=True, samesite="lax",
+                            secure=request.url.scheme == "https",
+                            max_age=int(auth.SESSION_LIFETIME.total_seconds()), path="/")
+        return response
+
+    @app.post("/logout", include_in_schema=False)
+    def logout(request: Request):
+        auth.end_session(db, request.cookies.get(auth.SESSION_COOKIE))
+        response = RedirectResponse("/login", status_code=303)
+        response.delete_cookie(auth.SESSION_COOKIE, path="/")
+        return response
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def index(request: Request, user: User = Depends(page_user)):
+        captures = [_summary(c, store) for c in _own_captures(db, user)]
+        return templates.TemplateResponse(request, "index.html", {
+            "user": user, "captures": captures, "max_upload_mb": max_upload_mb, "verdicts": VERDICTS})
+
+    @app.get("/captures/{capture_id}", response_class=HTMLResponse, include_in_schema=False)
+    def capture_page(request: Request, capture_id: str, user: User = Depends(page_user)):
+        try:
+            row = own_capture(capture_id, user)
+        except HTTPException:
+            return templates.TemplateResponse(request, "not_found.html", {"user": user}, status_code=404)
+        detail = _detail(row, store)
+        clients = []
+        for client in (row.result or {}).get("clients", []):
+            slug = client["client"].replace(":", "-")
+            clients.append({**client, "slug": slug,
+                            "plots": [p for p in detail["plots"] if p.endswith("-" + slug)]})
+        return templates.TemplateResponse(request, "capture.html", {
+            "user": user, "capture": detail, "result": row.result, "clients": clients, "causes": CAUSES})
+
+    return app
+
+
+# --- helpers ------------------------------------------------------------------------------------------------
+
+
+def _own_captures(db: Database, user: User) -> list[Capture]:
+    with db.session() as s:
+        return list(s.scalars(select(Capture).where(Capture.user_id == user.id)
+                              .order_by(Capture.uploaded_at.desc(), Capture.id)))
+
+
+def _summary(row: Capture, store: Store) -> dict:
+    result = row.result or {}
+    return {
+        "id": row.id,
+        "status": row.status,
+        "filename": row.filename,
+        "size": row.size,
+        "sha256": row.sha256,
+        "uploaded_at": iso(row.uploaded_at),
+        "finished_at": iso(row.finished_at),
+        "error": row.error,
+        "clients": len(result.get("clients", [])),
+        "verdicts": row.verdict_counts(),
+        "warnings": len(result.get("warnings", [])),
+    }
+
+
+def _detail(row: Capture, store: Store) -> dict:
+    return {
+        "id": row.id,
+        "status": row.status,
+        "filename": row.filename,
+        "sha256": row.sha256,
+        "uploaded_at": iso(row.uploaded_at),
+        "result": row.result,
+        "error": row.error,
+        # extensions
+        "size": row.size,
+        "started_at": iso(row.started_at),
+        "finished_at": iso(row.finished_at),
+        "verdicts": row.verdict_counts(),
+        "plots": store.plot_names(row.id),
+    }
+
+
+def _result_or_409(row: Capture) -> CaptureResult:
+    if row.result is None:
+        state = {QUEUED: "is waiting to be analysed", RUNNING: "is being analysed"}.get(
+            row.status, f"has no result ({row.error or row.status})")
+        raise HTTPException(409, f"capture {state}; the report exists once the analysis is done")
+    return CaptureResult.from_dict(row.result)
+
+
+def _safe_next(target: str) -> str:
+    """Only local paths after login (no open redirect to another site)."""
+    if not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/"
+    return target
+
+
+def _clock(epoch: float | None) -> str:
+    if epoch is None:
+        return "—"
+    t = dt.datetime.fromtimestamp(float(epoch), tz=dt.timezone.utc)
+    return t.strftime("%Y-%m-%d %H:%M:%S.") + f"{t.microsecond // 1000:03d}"
+
+
+__all__ = ["create_app", "DONE", "FAILED"]

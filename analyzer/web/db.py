@@ -1,0 +1,187 @@
+"""Database of the web service: users, login sessions and capture jobs (SQLAlchemy 2).
+
+SQLite file under the data directory by default (embedded, nothing to set up); PostgreSQL when a
+``postgresql://`` URL is given (needs the optional ``psycopg2-binary`` extra). A capture row *is* the job:
+``queued -> running -> done | failed``, so a restarted server finds unfinished work in the table.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+from sqlalchemy import (
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+    select,
+    update,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+
+# Job states of a capture.
+QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
+STATUSES = (QUEUED, RUNNING, DONE, FAILED)
+
+# A job that was "running" when the server stopped is re-queued at start-up; after this many starts it is
+# marked failed instead, so one capture that kills the process cannot put the server in a crash loop.
+MAX_ATTEMPTS = 3
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+def iso(t: dt.datetime | None) -> str | None:
+    """Timestamps are stored naive in UTC (SQLite keeps no zone); the API shows them as ISO-8601 with Z."""
+    return None if t is None else t.isoformat(timespec="seconds") + "Z"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)  # sha256 hex of the API token
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class LoginSession(Base):
+    """Browser session made by the login form; the cookie holds a random id, the table only its sha256."""
+
+    __tablename__ = "login_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime)
+
+
+class Capture(Base):
+    __tablename__ = "captures"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # random hex, also the stored file's name
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    filename: Mapped[str] = mapped_column(String(255))  # sanitised client filename: display text only
+    size: Mapped[int] = mapped_column(Integer, default=0)
+    sha256: Mapped[str] = mapped_column(String(64))
+    uploaded_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    status: Mapped[str] = mapped_column(String(16), default=QUEUED, index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    started_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # CaptureResult.to_dict() as JSON: reports and plots are re-rendered from it with CaptureResult.from_dict.
+    result_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    @property
+    def result(self) -> dict | None:
+        return None if self.result_json is None else json.loads(self.result_json)
+
+    def verdict_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for client in (self.result or {}).get("clients", []):
+            counts[client["verdict"]] = counts.get(client["verdict"], 0) + 1
+        return counts
+
+
+class DatabaseError(Exception):
+    """A database URL that cannot be used; the message is meant for the person who typed it."""
+
+
+class Database:
+    def __init__(self, url: str):
+        self.url = url
+        try:
+            self.engine = _make_engine(url)
+        except (ArgumentError, ModuleNotFoundError, ImportError) as exc:
+            hint = " (install the postgres extra: pip install 'mailpush[postgres]')" if "postgres" in url else ""
+            raise DatabaseError(f"cannot use database {url!r}: {exc}{hint}") from None
+        Base.metadata.create_all(self.engine)
+        self.session = sessionmaker(self.engine, expire_on_commit=False)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # --- jobs ---------------------------------------------------------------------------------------------
+
+    def recover_interrupted(self) -> tuple[int, int]:
+        """At start-up: jobs left ``running`` by a stopped server go back to the queue (or fail after
+        MAX_ATTEMPTS starts). Returns (requeued, given_up). Assumes one server process per database."""
+        with self.session.begin() as s:
+            gave_up = s.execute(
+                update(Capture)
+                .where(Capture.status == RUNNING, Capture.attempts >= MAX_ATTEMPTS)
+                .values(status=FAILED, finished_at=utcnow(),
+                        error=f"analysis was interrupted {MAX_ATTEMPTS} times (the server stopped while "
+                              "analysing this capture); not retried again")
+            ).rowcount
+            requeued = s.execute(
+                update(Capture).where(Capture.status == RUNNING).values(status=QUEUED, started_at=None)
+            ).rowcount
+        return requeued, gave_up
+
+    def claim_next_job(self) -> str | None:
+        """Atomically move the oldest queued capture to ``running``; None when the queue is empty.
+
+        The conditional UPDATE (``WHERE status = 'queued'``) is what makes two workers never take the same job,
+        whether they are threads here or other processes sharing a PostgreSQL database.
+        """
+        while True:
+            with self.session.begin() as s:
+                job_id = s.scalar(
+                    select(Capture.id).where(Capture.status == QUEUED).order_by(Capture.uploaded_at, Capture.id)
+                    .limit(1)
+                )
+                if job_id is None:
+                    return None
+                claimed = s.execute(
+                    update(Capture)
+                    .where(Capture.id == job_id, Capture.status == QUEUED)
+                    .values(status=RUNNING, started_at=utcnow(), attempts=Capture.attempts + 1)
+                ).rowcount
+            if claimed == 1:
+                return job_id
+            # another worker took it between the SELECT and the UPDATE: try the next one
+
+    def finish_job(self, capture_id: str, *, result: dict | None, error: str | None) -> None:
+        with self.session.begin() as s:
+            s.execute(
+                update(Capture)
+                .where(Capture.id == capture_id, Capture.status == RUNNING)
+                .values(status=FAILED if error else DONE, finished_at=utcnow(), error=error,
+                        result_json=None if result is None else json.dumps(result))
+            )
+
+
+def default_db_url(data_dir: str | Path) -> str:
+    return "sqlite:///" + str(Path(data_dir).resolve() / "mailpush.db")
+
+
+def _make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        # check_same_thread off: the worker threads and the request threads share the pool (each connection is
+        # still used by one thread at a time). timeout: wait for the write lock instead of failing at once.
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record):
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")  # readers (page polls) do not block the workers' writes
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
