@@ -317,7 +317,9 @@ def create_app(
         for client in (row.result or {}).get("clients", []):
             slug = client["client"].replace(":", "-")
             clients.append({**client, "slug": slug,
-                            "plots": [p for p in detail["plots"] if p.endswith("-" + slug)]})
+                            # timeline first: it is the one that shows the one-minute polling at a glance
+                            "plots": sorted((p for p in detail["plots"] if p.endswith("-" + slug)),
+                                            key=lambda p: (not p.startswith("timeline"), p))})
         return templates.TemplateResponse(request, "capture.html", {
             "user": user, "capture": detail, "result": row.result, "clients": clients, "causes": CAUSES})
 

@@ -41,7 +41,7 @@
     if (c.error) statusCell.appendChild(el("div", { class: "error-text small", text: c.error }));
     return el("tr", { "data-id": c.id }, [
       el("td", {}, [el("a", { href: "/captures/" + c.id, text: c.filename }),
-                    el("div", { class: "muted mono small", text: "sha256 " + c.sha256.slice(0, 16) + "…" })]),
+                    el("div", { class: "muted mono small nowrap", text: "sha256 " + c.sha256.slice(0, 12) + "…" })]),
       el("td", { text: (c.uploaded_at || "").replace("T", " ").replace("Z", "") }),
       el("td", { class: "num", text: humanSize(c.size) }),
       statusCell,
