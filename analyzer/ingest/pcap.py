@@ -1,0 +1,140 @@
+"""libpcap files: 24-byte file header, then records of a 16-byte header + captured bytes.
+
+Both byte orders, microsecond and nanosecond magics, and Kuznetzov's "modified" pcap (24-byte record headers).
+Records are walked in place on the mmap (or gzip window); nothing is copied.
+
+Speed: the record chain is inherently sequential (each header gives the next offset), so the walk is a Python
+loop, kept to one ``unpack_from`` of the length word and one list append per record, with the end of the buffer
+detected by the ``struct.error`` of the first read beyond it instead of a bounds test per record. Everything else
+(timestamps, lengths, validation) is done per batch with numpy. Measured on a generated 1,000,000-frame,
+366 MB pcap on this machine (2 shared cores): the walk alone 0.42 s (415 ns/frame); full ``Capture.batches()``
+including the numpy work: see ``tests/test_ingest_perf.py`` / the report (about 0.65 µs/frame).
+"""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+
+from analyzer.ingest.model import CaptureError, CaptureInfo, FrameBatch
+from analyzer.ingest.sniff import PCAP_MAGICS
+from analyzer.ingest.walk import (
+    DONE,
+    MAX_RECORD,
+    MORE,
+    NEED_DATA,
+    STOP,
+    gather_words,
+    normalise_linktype,
+    warn_damaged,
+    warn_truncated,
+)
+
+FILE_HEADER = 24
+
+
+class PcapWalker:
+    format = "pcap"
+
+    def __init__(self, head: bytes, info: CaptureInfo):
+        if len(head) < FILE_HEADER:
+            raise CaptureError(f"pcap file header cut short ({len(head)} of {FILE_HEADER} bytes): file truncated")
+        magic_le = int.from_bytes(head[:4], "little")
+        if magic_le in PCAP_MAGICS:
+            order = "<"
+            magic = magic_le
+        else:
+            order = ">"
+            magic = int.from_bytes(head[:4], "big")
+        self.info = info
+        self.order = order
+        self.units = PCAP_MAGICS[magic]
+        self.record_header = 24 if magic == 0xA1B2CD34 else 16
+        _vmaj, _vmin, _zone, _sigfigs, snaplen, linktype = struct.unpack_from(order + "HHiIII", head, 4)
+        self.snaplen = snaplen
+        self.linktype = normalise_linktype(linktype)
+        # "Absurd" record: over Wireshark's own limit, or far over the file's declared snapshot length. The
+        # 64 KiB floor keeps files with a small but wrong snaplen readable (tshark ignores snaplen here).
+        self.max_caplen = MAX_RECORD
+        if snaplen:
+            self.max_caplen = min(MAX_RECORD, max(2 * snaplen, 65_536))
+        self.words = order + "u4"
+        self._length_at = struct.Struct(order + "I").unpack_from
+
+    def reset(self) -> None:
+        """Forget walk state before a new iteration (a pcap walk has none)."""
+
+    def start(self) -> int:
+        """Offset of the first record."""
+        return FILE_HEADER
+
+    def next_batch(self, buf, pos: int, final: bool, base: int, limit: int, first_number: int):
+        """Up to ``limit`` complete records from ``buf[pos:]`` -> (FrameBatch or None, new pos, status).
+
+        ``buf`` holds bytes ``[base, base + len(buf))`` of the file; ``final`` says no more bytes follow it.
+        """
+        end = len(buf)
+        length_at = self._length_at
+        hs = self.record_header
+        offsets: list[int] = []
+        append = offsets.append
+        p = pos
+        try:
+            for _ in range(limit):
+                (n,) = length_at(buf, p + 8)
+                append(p)
+                p += hs + n
+            full = True
+        except struct.error:  # a read beyond the buffer: the end of the window
+            full = False
+
+        # ``leftover``: where bytes start that did not form a complete record (None: batch simply full).
+        leftover = None
+        wanted = hs
+        if offsets and offsets[-1] + hs > end:  # last header cut by the window end
+            leftover = offsets.pop()
+        elif not full:
+            leftover = p  # 0..11 bytes of a header, or exactly the end
+
+        batch = None
+        if offsets:
+            o = np.array(offsets, dtype=np.int64)
+            words = gather_words(np.frombuffer(buf, dtype=np.uint8), o, hs, self.words)
+            ts_sec, ts_frac, caplen, origlen = words[:, 0], words[:, 1], words[:, 2], words[:, 3]
+            absurd = np.flatnonzero(caplen > self.max_caplen)
+            if absurd.size:
+                k = int(absurd[0])
+                warn_damaged(self.info, base + int(o[k]),
+                             f"record length {int(caplen[k])} bytes exceeds the maximum of {self.max_caplen}")
+                batch = self._batch(buf, first_number, o[:k], ts_sec[:k], ts_frac[:k], caplen[:k], origlen[:k])
+                return batch, end, STOP
+            last = int(o[-1])
+            last_end = last + hs + int(caplen[-1])
+            if last_end > end:  # last record's data cut by the window end
+                leftover, wanted = last, last_end - last
+                o, ts_sec, ts_frac, caplen, origlen = o[:-1], ts_sec[:-1], ts_frac[:-1], caplen[:-1], origlen[:-1]
+            if len(o):
+                batch = self._batch(buf, first_number, o, ts_sec, ts_frac, caplen, origlen)
+
+        if leftover is None:
+            return batch, p, MORE
+        if leftover >= end:
+            return batch, end, DONE if final else NEED_DATA
+        if not final:
+            return batch, leftover, NEED_DATA
+        if wanted == hs and end - leftover >= 12:
+            wanted = hs + length_at(buf, leftover + 8)[0]
+        warn_truncated(self.info, base + leftover, wanted, end - leftover)
+        return batch, end, STOP
+
+    def _batch(self, buf, first_number, o, ts_sec, ts_frac, caplen, origlen) -> FrameBatch:
+        return FrameBatch(
+            first_number=first_number,
+            buf=buf,
+            offset=o + self.record_header,
+            caplen=caplen.astype(np.int64),
+            origlen=origlen.astype(np.int64),
+            time=ts_sec.astype(np.float64) + ts_frac.astype(np.float64) / self.units,
+            linktype=np.full(len(o), self.linktype, dtype=np.int32),
+        )

@@ -1,0 +1,274 @@
+"""pcapng files: a sequence of blocks ``type u32, total_length u32, body, total_length u32``.
+
+Handled as Wireshark does:
+
+* **Section Header Block** (0x0A0D0D0A): sets the byte order of its section (byte-order magic 0x1A2B3C4D) and
+  starts a new interface table; several sections may follow each other in one file.
+* **Interface Description Block** (1): link type, snaplen, ``if_tsresol`` (option 9; power of 10, or of 2 when
+  bit 7 is set; default microseconds) and ``if_tsoffset`` (option 14, seconds added to every timestamp).
+  Interfaces in one file may have different link types; each frame carries its interface's.
+* **Enhanced Packet Block** (6), **Simple Packet Block** (3; interface 0, no timestamp: Wireshark shows time 0,
+  and so do we), **Obsolete Packet Block** (2) are frames, numbered in file order.
+* Everything else (name resolution, statistics, comments, decryption secrets, custom and unknown blocks) is
+  skipped by its length.
+
+Damage: a block length that is not a multiple of 4, below the minimum, or absurdly large (over 16 MiB), a
+packet longer than its block, a reference to an undeclared interface: a warning naming the byte offset, and
+reading stops there, as tshark stops. A block cut by the end of the file is reported as truncation.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+
+from analyzer.ingest.model import CaptureError, CaptureInfo, FrameBatch
+from analyzer.ingest.sniff import PCAPNG_BOM_BE, PCAPNG_BOM_LE
+from analyzer.ingest.walk import (
+    DONE,
+    MORE,
+    NEED_DATA,
+    STOP,
+    gather_words,
+    normalise_linktype,
+    warn_damaged,
+    warn_truncated,
+)
+
+SHB = 0x0A0D0D0A
+IDB = 1
+OPB = 2
+SPB = 3
+EPB = 6
+MAX_BLOCK = 16 * 1024 * 1024  # Wireshark's limit on a block; anything larger is corruption
+
+OPT_TSRESOL = 9
+OPT_TSOFFSET = 14
+
+
+class _Interface:
+    __slots__ = ("linktype", "snaplen", "units", "tsoffset")
+
+    def __init__(self, linktype: int, snaplen: int, units: int, tsoffset: int):
+        self.linktype = linktype
+        self.snaplen = snaplen
+        self.units = units  # timestamp units per second
+        self.tsoffset = tsoffset
+
+
+class PcapngWalker:
+    format = "pcapng"
+
+    def __init__(self, head: bytes, info: CaptureInfo):
+        if len(head) < 28:
+            raise CaptureError(f"pcapng section header cut short ({len(head)} bytes): file truncated")
+        if head[8:12] not in (PCAPNG_BOM_LE, PCAPNG_BOM_BE):
+            raise CaptureError("pcapng section header without a valid byte-order magic: not a capture file "
+                               "(pcap, pcapng, NetMon)")
+        self.info = info
+        self.reset()
+
+    def reset(self) -> None:
+        self.order = "<"
+        self.interfaces: list[_Interface] = []
+        self._set_order("<")
+
+    def start(self) -> int:
+        return 0
+
+    def _set_order(self, order: str) -> None:
+        self.order = order
+        self._block_header = struct.Struct(order + "II").unpack_from
+        self.words = order + "u4"
+
+    # -- walking -----------------------------------------------------------------------------------------------
+
+    def next_batch(self, buf, pos: int, final: bool, base: int, limit: int, first_number: int):
+        """Up to ``limit`` packets from the complete blocks in ``buf[pos:]`` -> (batch or None, pos, status).
+
+        A batch never spans a Section Header Block, so every frame of a batch is read with one interface table.
+        """
+        end = len(buf)
+        block_header = self._block_header
+        packets: list[int] = []  # block offsets of packet blocks
+        kinds: list[int] = []  # their block types
+        add_packet, add_kind = packets.append, kinds.append
+        p = pos
+        status = MORE
+        while True:
+            if len(packets) >= limit:
+                break
+            if p + 12 > end:
+                status = self._tail(buf, p, end, final, base)
+                if status == STOP:
+                    p = end
+                break
+            btype, blen = block_header(buf, p)
+            if btype == SHB:
+                if packets:
+                    break  # finish this batch with the current section's interfaces
+                bom = bytes(buf[p + 8 : p + 12])
+                if bom == PCAPNG_BOM_LE:
+                    self._set_order("<")
+                elif bom == PCAPNG_BOM_BE:
+                    self._set_order(">")
+                else:
+                    warn_damaged(self.info, base + p, "section header block without a byte-order magic")
+                    status, p = STOP, end
+                    break
+                block_header = self._block_header
+                btype, blen = block_header(buf, p)
+                self.interfaces = []
+            if blen < 12 or blen & 3 or blen > MAX_BLOCK:
+                warn_damaged(self.info, base + p, f"block length {blen} is invalid")
+                status, p = STOP, end
+                break
+            if p + blen > end:
+                if final:
+                    warn_truncated(self.info, base + p, blen, end - p)
+                    status, p = STOP, end
+                else:
+                    status = NEED_DATA
+                break
+            if btype == EPB or btype == SPB or btype == OPB:
+                add_packet(p)
+                add_kind(btype)
+            elif btype == IDB:
+                if not self._read_idb(buf, p, blen, base):
+                    status, p = STOP, end
+                    break
+            p += blen
+
+        batch = None
+        if packets:
+            batch, bad_at = self._build(buf, packets, kinds, base, first_number)
+            if bad_at is not None:
+                return batch, end, STOP
+        if status == MORE and p >= end:
+            status = DONE if final else NEED_DATA
+        return batch, p, status
+
+    def _tail(self, buf, p: int, end: int, final: bool, base: int) -> str:
+        if p >= end:
+            return DONE if final else NEED_DATA
+        if not final:
+            return NEED_DATA
+        wanted = 12
+        if end - p >= 8:
+            wanted = max(12, self._block_header(buf, p)[1])
+        warn_truncated(self.info, base + p, wanted, end - p)
+        return STOP
+
+    def _read_idb(self, buf, p: int, blen: int, base: int) -> bool:
+        if blen < 20:
+            warn_damaged(self.info, base + p, f"interface description block of {blen} bytes is too short")
+            return False
+        order = self.order
+        linktype, _reserved, snaplen = struct.unpack_from(order + "HHI", buf, p + 8)
+        units, tsoffset = 1_000_000, 0
+        q, stop = p + 16, p + blen - 4
+        while q + 4 <= stop:
+            code, length = struct.unpack_from(order + "HH", buf, q)
+            if code == 0:
+                break
+            value = q + 4
+            if value + length > stop:
+                break  # option runs past the block: ignore the rest of the options, as Wireshark does
+            if code == OPT_TSRESOL and length >= 1:
+                v = buf[value]
+                exp = v & 0x7F
+                if v & 0x80:
+                    units = 1 << exp if exp <= 62 else 1_000_000
+                else:
+                    units = 10**exp if exp <= 18 else 1_000_000
+            elif code == OPT_TSOFFSET and length >= 8:
+                (tsoffset,) = struct.unpack_from(order + "q", buf, value)
+            q = value + ((length + 3) & ~3)
+        self.interfaces.append(_Interface(normalise_linktype(linktype), snaplen, units, tsoffset))
+        return True
+
+    # -- turning block offsets into columns --------------------------------------------------------------------
+
+    def _build(self, buf, packets, kinds, base, first_number):
+        """Columns for the packet blocks at ``packets``. Returns (batch, offset of a damaged block or None)."""
+        n = len(packets)
+        o = np.array(packets, dtype=np.int64)
+        k = np.array(kinds, dtype=np.int8)
+        arr = np.frombuffer(buf, dtype=np.uint8)
+        iface = np.zeros(n, dtype=np.int64)
+        caplen = np.zeros(n, dtype=np.int64)
+        origlen = np.zeros(n, dtype=np.int64)
+        ts = np.zeros(n, dtype=np.uint64)
+        data = np.zeros(n, dtype=np.int64)
+        blen = np.zeros(n, dtype=np.int64)
+
+        epb = np.flatnonzero(k == EPB)
+        if epb.size:
+            # EPB: type, length, interface, ts high, ts low, caplen, origlen, data
+            w = gather_words(arr, o[epb], 28, self.words).astype(np.int64)
+            blen[epb], iface[epb], caplen[epb], origlen[epb] = w[:, 1], w[:, 2], w[:, 5], w[:, 6]
+            ts[epb] = (w[:, 3].astype(np.uint64) << np.uint64(32)) | w[:, 4].astype(np.uint64)
+            data[epb] = o[epb] + 28
+        others = np.flatnonzero(k != EPB)
+        if others.size:
+            order = self.order
+            snap0 = self.interfaces[0].snaplen if self.interfaces else 0
+            for i in others.tolist():
+                p = packets[i]
+                if kinds[i] == SPB:
+                    bl, orig = struct.unpack_from(order + "4xII", buf, p)
+                    cap = min(orig, bl - 16)
+                    if snap0:
+                        cap = min(cap, snap0)
+                    blen[i], iface[i], caplen[i], origlen[i], data[i] = bl, 0, cap, orig, p + 12
+                    ts[i] = 0
+                else:  # OPB: interface u16, drops u16, ts high, ts low, caplen, origlen, data
+                    bl, ifc, _drops, hi, lo, cap, orig = struct.unpack_from(order + "4xIHHIIII", buf, p)
+                    blen[i], iface[i], caplen[i], origlen[i], data[i] = bl, ifc, cap, orig, p + 28
+                    ts[i] = (hi << 32) | lo
+
+        # Validation, in file order: the first bad block ends the batch (and the walk).
+        header = np.where(k == SPB, 16, 32)
+        bad = (caplen > blen - header) | (iface >= len(self.interfaces))
+        if (k == SPB).any() and not self.interfaces:
+            bad |= k == SPB
+        bad_at = None
+        if bad.any():
+            j = int(np.flatnonzero(bad)[0])
+            if int(iface[j]) >= len(self.interfaces):
+                what = f"packet on interface {int(iface[j])}, but the section declares {len(self.interfaces)}"
+            else:
+                what = f"packet length {int(caplen[j])} exceeds its block of {int(blen[j])} bytes"
+            warn_damaged(self.info, base + packets[j], what)
+            bad_at = packets[j]
+            n = j
+            o, iface, caplen, origlen, ts, data = o[:j], iface[:j], caplen[:j], origlen[:j], ts[:j], data[:j]
+            k = k[:j]
+        if n == 0:
+            return None, bad_at
+
+        time = np.empty(n, dtype=np.float64)
+        linktype = np.empty(n, dtype=np.int32)
+        for idx, itf in enumerate(self.interfaces):
+            sel = iface == idx
+            if not sel.any():
+                continue
+            t = ts[sel]
+            units = np.uint64(itf.units)
+            # Whole seconds and the fraction separately, so nanosecond stamps keep their precision.
+            time[sel] = (t // units).astype(np.float64) + (t % units).astype(np.float64) / itf.units + itf.tsoffset
+            linktype[sel] = itf.linktype
+        spb = k == SPB
+        if spb.any():
+            time[spb] = 0.0
+        batch = FrameBatch(
+            first_number=first_number,
+            buf=buf,
+            offset=data,
+            caplen=caplen,
+            origlen=origlen,
+            time=time,
+            linktype=linktype,
+        )
+        return batch, bad_at

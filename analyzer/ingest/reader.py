@@ -1,0 +1,286 @@
+"""``open_capture(path) -> Capture``: sniff the format, then stream FrameBatch objects in constant memory.
+
+How bytes reach the format walkers:
+
+* **Uncompressed files** are mmap'ed read-only. The walker works on the mmap in place; batch offsets are absolute
+  file offsets and nothing is copied, so memory stays flat whatever the file size (mapped file pages are
+  page cache, not process memory).
+* **gzip (pcap, pcapng)** is decompressed in 1 MiB windows. The incomplete record at the end of a window is
+  carried over in front of the next one; batch offsets are then offsets into that window's bytes object.
+* **gzip (NetMon)** cannot be walked in order: the frame table that says where frames are sits at the *end* of
+  the file. Its decompressed bytes are spooled to an anonymous temporary file on disk (streaming, 1 MiB at a
+  time) and that file is mmap'ed, so memory stays constant there too; the disk holds one decompressed copy
+  until ``close()``.
+
+Damage never raises once the file is open: the frames before it are delivered and ``info.warnings`` names the
+byte offset (``info.truncated`` is set for a cut file or a cut gzip stream).
+"""
+
+from __future__ import annotations
+
+import gzip
+import mmap
+import os
+import tempfile
+import zlib
+from typing import Callable, Iterator
+
+import numpy as np
+
+from analyzer.ingest.model import CaptureError, CaptureInfo, Frame, FrameBatch
+from analyzer.ingest.sniff import SNIFF_BYTES, is_gzip, sniff_format
+from analyzer.ingest.walk import MORE, NEED_DATA
+
+NOT_A_CAPTURE = "not a capture file (pcap, pcapng, NetMon)"
+GZIP_WINDOW = 1 << 20  # decompressed bytes per window
+HEAD_BYTES = 64 * 1024  # enough for any file header (a pcapng SHB with long comments included)
+GZIP_ERRORS = (OSError, EOFError, zlib.error)  # gzip.BadGzipFile is an OSError
+
+Progress = Callable[[int, int], None]
+
+
+def open_capture(path) -> "Capture":
+    """Open a pcap, pcapng or NetMon capture (optionally gzip-compressed), sniffing the format from its content.
+
+    Raises :class:`CaptureError` (message meant for the user) when the file cannot be opened, is empty, is not a
+    capture, or its file header is unusable.
+    """
+    return Capture(path)
+
+
+class Capture:
+    """An open capture. Iterate :meth:`batches` (or :meth:`frames`); ``info`` fills in while iterating."""
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        self._file = None
+        self._mm = None
+        self._spool = None
+        self._walker = None
+        try:
+            self._file = open(self.path, "rb")
+            size = os.fstat(self._file.fileno()).st_size
+        except IsADirectoryError:
+            self.close()
+            raise CaptureError("is a directory, not a capture file") from None
+        except OSError as exc:
+            self.close()
+            raise CaptureError(f"cannot open: {exc.strerror or exc}") from None
+        try:
+            self._open(size)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- opening ---------------------------------------------------------------------------------------------
+
+    def _open(self, size: int) -> None:
+        if size == 0:
+            raise CaptureError(f"empty file (0 bytes): {NOT_A_CAPTURE}")
+        try:
+            raw_head = self._file.read(HEAD_BYTES)
+        except OSError as exc:
+            raise CaptureError(f"cannot read: {exc.strerror or exc}") from None
+        compressed = is_gzip(raw_head)
+        head = raw_head
+        if compressed:
+            head = self._gzip_head()
+            if not head:
+                raise CaptureError("gzip file holds no data (or its data is corrupt from the start)")
+        fmt = sniff_format(head[:SNIFF_BYTES] if len(head) >= SNIFF_BYTES else head)
+        if fmt is None:
+            raise CaptureError(NOT_A_CAPTURE)
+        self.info = CaptureInfo(path=self.path, format=fmt, compressed=compressed, size=size)
+
+        if fmt == "pcap":
+            from analyzer.ingest.pcap import PcapWalker
+
+            self._walker = PcapWalker(head, self.info)
+        elif fmt == "pcapng":
+            from analyzer.ingest.pcapng import PcapngWalker
+
+            self._walker = PcapngWalker(head, self.info)
+        else:
+            from analyzer.ingest.netmon import NetmonReader
+
+            self._walker = NetmonReader(self._map_for_random_access(compressed), self.info)
+        # Problems found while opening (e.g. a NetMon frame table lost to truncation) are re-reported on every
+        # iteration, which starts from a clean CaptureInfo.
+        self._open_warnings = list(self.info.warnings)
+        self._open_truncated = self.info.truncated
+
+    def _gzip_head(self) -> bytes:
+        self._file.seek(0)
+        gz = gzip.GzipFile(fileobj=self._file, mode="rb")
+        parts, got = [], 0
+        try:
+            while got < HEAD_BYTES:
+                chunk = gz.read(HEAD_BYTES - got)
+                if not chunk:
+                    break
+                parts.append(chunk)
+                got += len(chunk)
+        except GZIP_ERRORS:
+            pass  # whatever decompressed before the damage is still sniffed; iteration reports the damage
+        return b"".join(parts)
+
+    def _map_for_random_access(self, compressed: bool):
+        """An mmap of the (decompressed) file, for formats that must seek (NetMon's frame table)."""
+        if not compressed:
+            self._mm = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+            return self._mm
+        self._spool = tempfile.TemporaryFile(prefix="mailpush-netmon-")
+        self._file.seek(0)
+        gz = gzip.GzipFile(fileobj=self._file, mode="rb")
+        written = 0
+        try:
+            while True:
+                chunk = gz.read(GZIP_WINDOW)
+                if not chunk:
+                    break
+                self._spool.write(chunk)
+                written += len(chunk)
+        except GZIP_ERRORS as exc:
+            self.info.truncated = True
+            self.info.warnings.append(self._gzip_damage_text(exc, written))
+        self._spool.flush()
+        if written == 0:
+            raise CaptureError("gzip file holds no data (or its data is corrupt from the start)")
+        self._mm = mmap.mmap(self._spool.fileno(), 0, access=mmap.ACCESS_READ)
+        return self._mm
+
+    @staticmethod
+    def _gzip_damage_text(exc: BaseException, decompressed: int) -> str:
+        if isinstance(exc, EOFError):
+            what = "gzip stream cut short (file truncated)"
+        else:
+            what = f"gzip data corrupt ({exc})"
+        return f"{what} after {decompressed} decompressed bytes; frames up to there are read"
+
+    # -- iteration ---------------------------------------------------------------------------------------------
+
+    def batches(self, batch_size: int = 65536, progress: Progress | None = None) -> Iterator[FrameBatch]:
+        """Frames as :class:`FrameBatch` columns, in file order. ``progress(bytes_done, bytes_total)`` is called
+        after every batch (bytes of the file on disk: compressed bytes for gzip)."""
+        if self._walker is None:
+            raise CaptureError("capture is closed")
+        batch_size = max(1, int(batch_size))
+        info = self.info
+        info.frames, info.start, info.end = 0, None, None
+        info.linktypes = {}
+        info.warnings = list(self._open_warnings)
+        info.truncated = self._open_truncated
+        total = info.size
+        if info.format in ("netmon1", "netmon2"):
+            source = self._walker.batches(batch_size)
+        elif info.compressed:
+            source = self._gzip_batches(batch_size)
+        else:
+            source = self._mmap_batches(batch_size)
+        for batch, done in source:
+            self._account(batch)
+            if progress is not None:
+                progress(min(done, total) if not info.compressed else done, total)
+            yield batch
+        if progress is not None:
+            progress(total, total)
+
+    def frames(self) -> Iterator[Frame]:
+        """Convenience: one :class:`Frame` at a time (slow path; the dissector uses :meth:`batches`)."""
+        for batch in self.batches():
+            yield from batch.frames()
+
+    def _account(self, batch: FrameBatch) -> None:
+        info = self.info
+        n = len(batch)
+        if not n:
+            return
+        info.frames += n
+        if info.start is None:
+            info.start = float(batch.time[0])
+        info.end = float(batch.time[-1])
+        lt = batch.linktype
+        first = int(lt[0])
+        if (lt == first).all():  # the common case, far cheaper than np.unique
+            info.linktypes[first] = info.linktypes.get(first, 0) + n
+        else:
+            values, counts = np.unique(lt, return_counts=True)
+            for v, c in zip(values.tolist(), counts.tolist()):
+                info.linktypes[v] = info.linktypes.get(v, 0) + c
+
+    def _mmap_batches(self, batch_size: int):
+        if self._mm is None:
+            self._mm = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+        walker, buf = self._walker, self._mm
+        walker.reset()
+        pos, number = walker.start(), 1
+        while True:
+            batch, pos, status = walker.next_batch(buf, pos, True, 0, batch_size, number)
+            if batch is not None and len(batch):
+                number += len(batch)
+                yield batch, pos
+            if status != MORE:
+                return
+
+    def _gzip_batches(self, batch_size: int):
+        walker, info = self._walker, self.info
+        walker.reset()
+        self._file.seek(0)
+        gz = gzip.GzipFile(fileobj=self._file, mode="rb")
+        carry, base, pos, number = b"", 0, walker.start(), 1
+        decompressed = 0
+        while True:
+            final = False
+            try:
+                chunk = gz.read(GZIP_WINDOW)
+            except GZIP_ERRORS as exc:
+                info.truncated = True
+                info.warnings.append(self._gzip_damage_text(exc, decompressed))
+                chunk = b""
+            if not chunk:
+                final = True
+            decompressed += len(chunk)
+            buf = carry + chunk if carry else chunk
+            while True:
+                batch, pos, status = walker.next_batch(buf, pos, final, base, batch_size, number)
+                if batch is not None and len(batch):
+                    number += len(batch)
+                    yield batch, self._file.tell()
+                if status != MORE:
+                    break
+            if status != NEED_DATA or final:
+                return
+            carry = buf[pos:]
+            base += pos
+            pos = 0
+
+    # -- closing -----------------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        mm, self._mm = self._mm, None
+        if mm is not None:
+            try:
+                mm.close()
+            except BufferError:
+                pass  # a caller still holds a view of a batch buffer; the map goes when that view does
+        for name in ("_spool", "_file"):
+            fh = getattr(self, name, None)
+            setattr(self, name, None)
+            if fh is not None:
+                try:
+                    fh.close()
+                except OSError:
+                    pass
+        self._walker = None
+
+    def __enter__(self) -> "Capture":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass

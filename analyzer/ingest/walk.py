@@ -1,0 +1,60 @@
+"""Pieces shared by the record walkers (pcap, pcapng): walk statuses, warning texts, numpy header gathering.
+
+A walker is handed a *window*: a buffer holding bytes ``[base, base + end)`` of the (decompressed) file. For an
+uncompressed file the window is the whole mmap; for gzip it is a chunk with the previous chunk's incomplete last
+record carried over in front. The walker turns complete records into one :class:`FrameBatch` at a time and says
+how it stopped.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from analyzer.ingest.model import LINKTYPE_RAW, CaptureInfo
+
+# Walk statuses.
+MORE = "more"  # batch is full; call again from the returned position
+NEED_DATA = "need_data"  # the window ends inside a record; carry buf[pos:end] over to the next window
+DONE = "done"  # clean end of file
+STOP = "stop"  # damage; a warning was recorded and nothing after it is read
+
+# Wireshark's WTAP_MAX_PACKET_SIZE_STANDARD: tshark refuses bigger records, and so do we (they are corruption).
+MAX_RECORD = 262_144
+
+_ARANGE = {n: np.arange(n, dtype=np.int64) for n in (16, 20, 24, 28)}
+
+
+def gather_words(arr: np.ndarray, offsets: np.ndarray, nbytes: int, dtype: str) -> np.ndarray:
+    """The ``nbytes``-byte headers at ``offsets`` in byte array ``arr``, as rows of 32-bit words of ``dtype``.
+
+    One fancy-indexing gather per batch instead of a struct call per record: 0.18 s per million 16-byte headers
+    against 0.77 s for collecting unpacked tuples in the walk loop and converting them (measured on this machine).
+    """
+    idx = offsets[:, None] + _ARANGE[nbytes]
+    return arr[idx].view(dtype)
+
+
+def normalise_linktype(linktype: int) -> int:
+    """pcap/pcapng link type field -> LINKTYPE_* value (FCS bits dropped; DLT 12/14 mean raw IP)."""
+    linktype &= 0x03FF_FFFF
+    if linktype in (12, 14):
+        return LINKTYPE_RAW
+    return linktype
+
+
+def where(info: CaptureInfo, offset: int) -> str:
+    """'byte N' for messages; for gzip the offset counts decompressed bytes, and the message says so."""
+    if info.compressed:
+        return f"byte {offset} of the decompressed data"
+    return f"byte {offset}"
+
+
+def warn_truncated(info: CaptureInfo, offset: int, wanted: int, present: int) -> None:
+    info.truncated = True
+    info.warnings.append(
+        f"file truncated at {where(info, offset)}: last record cut (wanted {wanted} bytes, {present} present)"
+    )
+
+
+def warn_damaged(info: CaptureInfo, offset: int, what: str) -> None:
+    info.warnings.append(f"damaged record at {where(info, offset)}: {what}; frames after it are not read")
