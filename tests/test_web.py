@@ -358,7 +358,10 @@ def test_restart_resumes_queued_and_interrupted_jobs(tmp_path, shortmapi, public
         with srv.client(token) as c:
             ids = [upload(c, p).json()["id"] for p in payloads]
             time.sleep(0.3)
-            assert {d["status"] for d in c.get("/api/captures").json()["captures"]} == {"queued"}
+            queued = c.get("/api/captures").json()["captures"]
+            assert {d["status"] for d in queued} == {"queued"} and {d["progress"] for d in queued} == {0.0}
+            page = c.get("/api/captures", params={"limit": 2, "offset": 2}).json()["captures"]
+            assert [d["id"] for d in page] == [queued[2]["id"]]  # newest first, paged
         # simulate a server killed in the middle of analysing one of them
         with srv.db.session.begin() as s:
             s.execute(update(Capture).where(Capture.id == ids[0]).values(status=RUNNING, attempts=1))

@@ -27,7 +27,7 @@ from analyzer.verdict.model import CAUSES, VERDICTS, CaptureResult
 from analyzer.web import auth
 from analyzer.web.db import DONE, FAILED, QUEUED, RUNNING, Capture, Database, User, default_db_url, iso, utcnow
 from analyzer.web.storage import CAPTURE_ID_RE, Store, UploadError, UploadTooLarge, receive_upload
-from analyzer.web.worker import WorkerPool
+from analyzer.web.worker import WorkerPool, draw_plots
 
 log = logging.getLogger("mailpush.web")
 
@@ -131,6 +131,15 @@ def create_app(
             raise LoginRequired()
         return user
 
+    def ensure_plots(row: Capture) -> None:
+        """Plots are re-drawn from the stored result when missing (e.g. analysed while the report stage was
+        not installed, or the plot directory was cleaned): the result JSON is the source of truth."""
+        result = row.result
+        if row.status == DONE and result and result.get("clients") and not store.plot_dir(row.id).is_dir():
+            problem = draw_plots(store, row.id, CaptureResult.from_dict(result))
+            if problem:
+                log.warning("capture %s: %s", row.id, problem)
+
     def own_capture(capture_id: str, user: User) -> Capture:
         if not CAPTURE_ID_RE.match(capture_id):
             raise HTTPException(404, "no such capture")
@@ -206,12 +215,14 @@ def create_app(
         )
 
     @app.get("/api/captures", tags=["captures"], summary="Your captures, newest first, with verdict counts")
-    def list_captures(user: User = Depends(api_user)):
-        return {"captures": [_summary(c, store) for c in _own_captures(db, user)]}
+    def list_captures(user: User = Depends(api_user), limit: int = 500, offset: int = 0):
+        limit, offset = max(1, min(limit, 5000)), max(0, offset)
+        return {"captures": [_summary(c, store, pool) for c in _own_captures(db, user, limit, offset)],
+                "limit": limit, "offset": offset}
 
     @app.get("/api/captures/{capture_id}", tags=["captures"], summary="One capture: status and result")
     def get_capture(capture_id: str, user: User = Depends(api_user)):
-        return _detail(own_capture(capture_id, user), store)
+        return _detail(own_capture(capture_id, user), store, pool)
 
     @app.get("/api/captures/{capture_id}/report.html", tags=["captures"], response_class=HTMLResponse,
              summary="Self-contained HTML report (plots embedded)")
@@ -226,7 +237,7 @@ def create_app(
             html = render_html([result])
         else:  # report stage not installed: our own page template, standalone
             html = templates.get_template("report_standalone.html").render(
-                capture=_detail(row, store), result=row.result, verdicts=VERDICTS)
+                capture=_detail(row, store, pool), result=row.result, verdicts=VERDICTS)
         return HTMLResponse(html, headers={"Content-Security-Policy": REPORT_CSP})
 
     @app.get("/api/captures/{capture_id}/results.csv", tags=["captures"],
@@ -256,7 +267,7 @@ def create_app(
         return _plot(capture_id, name, "svg", user)
 
     def _plot(capture_id: str, name: str, ext: str, user: User):
-        own_capture(capture_id, user)
+        ensure_plots(own_capture(capture_id, user))
         path = store.plot_file(capture_id, name, ext)
         if path is None:
             raise HTTPException(404, "no such plot")
@@ -302,7 +313,7 @@ def create_app(
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index(request: Request, user: User = Depends(page_user)):
-        captures = [_summary(c, store) for c in _own_captures(db, user)]
+        captures = [_summary(c, store, pool) for c in _own_captures(db, user)]
         return templates.TemplateResponse(request, "index.html", {
             "user": user, "captures": captures, "max_upload_mb": max_upload_mb, "verdicts": VERDICTS})
 
@@ -312,7 +323,8 @@ def create_app(
             row = own_capture(capture_id, user)
         except HTTPException:
             return templates.TemplateResponse(request, "not_found.html", {"user": user}, status_code=404)
-        detail = _detail(row, store)
+        ensure_plots(row)
+        detail = _detail(row, store, pool)
         clients = []
         for client in (row.result or {}).get("clients", []):
             slug = client["client"].replace(":", "-")
@@ -329,13 +341,13 @@ def create_app(
 # --- helpers ------------------------------------------------------------------------------------------------
 
 
-def _own_captures(db: Database, user: User) -> list[Capture]:
+def _own_captures(db: Database, user: User, limit: int = 500, offset: int = 0) -> list[Capture]:
     with db.session() as s:
         return list(s.scalars(select(Capture).where(Capture.user_id == user.id)
-                              .order_by(Capture.uploaded_at.desc(), Capture.id)))
+                              .order_by(Capture.uploaded_at.desc(), Capture.id).limit(limit).offset(offset)))
 
 
-def _summary(row: Capture, store: Store) -> dict:
+def _summary(row: Capture, store: Store, pool: WorkerPool) -> dict:
     result = row.result or {}
     return {
         "id": row.id,
@@ -349,10 +361,18 @@ def _summary(row: Capture, store: Store) -> dict:
         "clients": len(result.get("clients", [])),
         "verdicts": row.verdict_counts(),
         "warnings": len(result.get("warnings", [])),
+        "progress": _progress(row, pool),
     }
 
 
-def _detail(row: Capture, store: Store) -> dict:
+def _progress(row: Capture, pool: WorkerPool) -> float | None:
+    """Fraction of the capture read so far while running (1.0 when finished, 0.0 while queued)."""
+    if row.status == RUNNING:
+        return round(pool.progress.get(row.id, 0.0), 3)
+    return 1.0 if row.status in (DONE, FAILED) else 0.0
+
+
+def _detail(row: Capture, store: Store, pool: WorkerPool) -> dict:
     return {
         "id": row.id,
         "status": row.status,
@@ -366,6 +386,7 @@ def _detail(row: Capture, store: Store) -> dict:
         "started_at": iso(row.started_at),
         "finished_at": iso(row.finished_at),
         "verdicts": row.verdict_counts(),
+        "progress": _progress(row, pool),
         "plots": store.plot_names(row.id),
     }
 

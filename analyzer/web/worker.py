@@ -30,6 +30,8 @@ class WorkerPool:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        # capture id -> fraction of the file read, for running jobs (in memory: it only matters while running)
+        self.progress: dict[str, float] = {}
 
     def start(self) -> None:
         requeued, gave_up = self.db.recover_interrupted()
@@ -71,8 +73,12 @@ class WorkerPool:
 
     def run_job(self, capture_id: str) -> None:
         result_doc, error = None, None
+        def progress(done: int, total: int) -> None:
+            if total > 0:
+                self.progress[capture_id] = min(1.0, done / total)
+
         try:
-            result_doc, error = analyze_upload(self.db, self.store, capture_id)
+            result_doc, error = analyze_upload(self.db, self.store, capture_id, progress)
         except Exception as exc:
             log.error("analysis of capture %s failed:\n%s", capture_id, traceback.format_exc())
             error = f"internal error while analysing the capture ({type(exc).__name__}: {exc})"
@@ -80,6 +86,7 @@ class WorkerPool:
             self.db.finish_job(capture_id, result=result_doc, error=error)
         except Exception:
             log.exception("could not record the result of capture %s", capture_id)
+        self.progress.pop(capture_id, None)
         if not self._exists(capture_id):  # deleted while it was being analysed: leave nothing behind
             self.store.remove(capture_id)
 
@@ -88,7 +95,7 @@ class WorkerPool:
             return s.get(Capture, capture_id) is not None
 
 
-def analyze_upload(db: Database, store: Store, capture_id: str) -> tuple[dict | None, str | None]:
+def analyze_upload(db: Database, store: Store, capture_id: str, progress=None) -> tuple[dict | None, str | None]:
     """Run the pipeline on one stored upload; returns (capture object, error message or None)."""
     from analyzer.pipeline import analyze_capture
 
@@ -100,7 +107,7 @@ def analyze_upload(db: Database, store: Store, capture_id: str) -> tuple[dict | 
     path = store.capture_path(capture_id)
     if not path.is_file():
         return None, "the uploaded file is missing from the server's data directory"
-    result = analyze_capture(str(path))
+    result = analyze_capture(str(path), progress=progress)
     # The capture object's "file" is the name the user knows, never the server's storage path.
     result.file = display_name
     if result.error is None:

@@ -37,7 +37,8 @@
       verdicts.appendChild(document.createTextNode(" "));
     }
     if (!names.length && c.status === "done") verdicts.appendChild(el("span", { class: "muted", text: "no Outlook client" }));
-    const statusCell = el("td", {}, [el("span", { class: "status status-" + c.status, text: c.status })]);
+    const label = c.status === "running" && c.progress > 0 ? "running " + Math.round(100 * c.progress) + "%" : c.status;
+    const statusCell = el("td", {}, [el("span", { class: "status status-" + c.status, text: label })]);
     if (c.error) statusCell.appendChild(el("div", { class: "error-text small", text: c.error }));
     return el("tr", { "data-id": c.id }, [
       el("td", {}, [el("a", { href: "/captures/" + c.id, text: c.filename }),
