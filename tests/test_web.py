@@ -468,3 +468,21 @@ def test_cli_user_add_and_serve_subprocess(tmp_path, shortmapi):
     assert "Exception in ASGI application" not in out  # uvicorn's mark of a request that crashed
     if pipeline_ready():  # (until then the worker logs the pipeline's ImportError, by design)
         assert "Traceback" not in out, out
+
+
+def test_cli_bad_database_or_data_dir_is_a_message_not_a_traceback(tmp_path, capsys):
+    from analyzer.cli import main
+
+    assert main(["user", "add", "x", "--data-dir", str(tmp_path / "d"), "--db", "nonsense"]) == 2
+    assert "cannot use database 'nonsense'" in capsys.readouterr().err
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["user", "add", "x", "--data-dir", str(blocker / "sub")]) == 2
+    assert "cannot use data directory" in capsys.readouterr().err
+    assert main(["serve", "--data-dir", str(blocker / "sub")]) == 2
+    assert "cannot use data directory" in capsys.readouterr().err
+    assert main(["serve", "--data-dir", str(tmp_path / "d"), "--db", "postgresql://u:secret@127.0.0.1:1/db"]) == 2
+    err = capsys.readouterr().err
+    assert "secret" not in err and "cannot" in err  # no password echoed; driver missing or server down
+    assert main(["user", "add", "bad name!", "--data-dir", str(tmp_path / "d")]) == 2
+    assert "user name must be" in capsys.readouterr().err

@@ -46,9 +46,12 @@ def _open_db(args):
 
     from pathlib import Path
 
-    Path(args.data_dir).mkdir(parents=True, exist_ok=True)
     try:
+        Path(args.data_dir).mkdir(parents=True, exist_ok=True)
         return Database(args.db or default_db_url(args.data_dir))
+    except OSError as exc:
+        print(f"mailpush: cannot use data directory {args.data_dir}: {exc.strerror or exc}", file=sys.stderr)
+        return None
     except DatabaseError as exc:
         print(f"mailpush: {exc}", file=sys.stderr)
         return None
@@ -93,8 +96,11 @@ def run_serve(args) -> int:
         return EXIT_USAGE
     try:
         app = create_app(args.db, args.data_dir, args.max_upload_mb, args.workers)
-    except (DatabaseError, OSError) as exc:
+    except DatabaseError as exc:
         print(f"mailpush serve: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        print(f"mailpush serve: cannot use data directory {args.data_dir}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE
     if not _is_loopback(args.host):
         print("mailpush serve: warning: listening beyond this machine over plain HTTP; tokens and captures "

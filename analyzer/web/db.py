@@ -23,7 +23,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 # Job states of a capture.
@@ -102,13 +102,17 @@ class DatabaseError(Exception):
 
 class Database:
     def __init__(self, url: str):
-        self.url = url
+        self.url = url = _normalise_url(url)
         try:
             self.engine = _make_engine(url)
         except (ArgumentError, ModuleNotFoundError, ImportError) as exc:
             hint = " (install the postgres extra: pip install 'mailpush[postgres]')" if "postgres" in url else ""
-            raise DatabaseError(f"cannot use database {url!r}: {exc}{hint}") from None
-        Base.metadata.create_all(self.engine)
+            raise DatabaseError(f"cannot use database {_safe(url)}: {exc}{hint}") from None
+        try:
+            Base.metadata.create_all(self.engine)
+        except DBAPIError as exc:  # server down, wrong password, unwritable SQLite directory…
+            self.engine.dispose()
+            raise DatabaseError(f"cannot open database {_safe(url)}: {exc.orig}") from None
         self.session = sessionmaker(self.engine, expire_on_commit=False)
 
     def dispose(self) -> None:
@@ -167,6 +171,29 @@ class Database:
 
 def default_db_url(data_dir: str | Path) -> str:
     return "sqlite:///" + str(Path(data_dir).resolve() / "mailpush.db")
+
+
+def _normalise_url(url: str) -> str:
+    """``postgres://`` (as many hosting services write it) and a bare ``postgresql://`` use psycopg2 when that is
+    what is installed (the project's postgres extra); SQLAlchemy 2.1 would otherwise look for psycopg 3."""
+    import importlib.util
+
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://"):]
+    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None \
+            and importlib.util.find_spec("psycopg2") is not None:
+        url = "postgresql+psycopg2://" + url[len("postgresql://"):]
+    return url
+
+
+def _safe(url: str) -> str:
+    """The URL without its password, for messages."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return repr(make_url(url).render_as_string(hide_password=True))
+    except Exception:
+        return repr(url.split("@")[-1])
 
 
 def _make_engine(url: str) -> Engine:
