@@ -132,6 +132,17 @@ def test_healthz_needs_no_token_and_reports_ok(server):
     assert r.json()["status"] == "ok" and r.json()["workers"] == 2
 
 
+def test_openapi_documents_the_routes_for_logged_in_users(server):
+    with server.client(server.add_user("alice")) as c:
+        spec = c.get("/openapi.json").json()
+    assert {"/api/captures", "/api/captures/{capture_id}", "/api/captures/{capture_id}/report.html",
+            "/api/captures/{capture_id}/results.csv", "/api/captures/{capture_id}/plots/{name}.png",
+            "/healthz"} <= spec["paths"].keys()
+    body = spec["paths"]["/api/captures"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert body["required"] == ["file"] and body["properties"]["file"]["format"] == "binary"
+    assert "delete" in spec["paths"]["/api/captures/{capture_id}"]
+
+
 def test_upload_returns_202_and_capture_has_the_contract_keys(server, shortmapi):
     token = server.add_user("alice")
     with server.client(token) as c:
