@@ -45,8 +45,8 @@ needs_pipeline = pytest.mark.skipif(not pipeline_ready(), reason="analysis pipel
 class LiveServer:
     """The real app under uvicorn in a thread, on a socket bound to 127.0.0.1:0 (no port race)."""
 
-    def __init__(self, data_dir: Path, workers: int = 2, max_upload_mb: float = 5):
-        self.app = create_app(None, data_dir, max_upload_mb, workers)
+    def __init__(self, data_dir: Path, workers: int = 2, max_upload_mb: float = 5, **options):
+        self.app = create_app(None, data_dir, max_upload_mb, workers, **options)
         self.db = self.app.state.db
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -216,6 +216,18 @@ def test_report_of_unfinished_capture_is_409_not_500(tmp_path, shortmapi):
             for suffix in ("report.html", "results.csv"):
                 r = c.get(f"/api/captures/{cid}/{suffix}")
                 assert r.status_code == 409 and "waiting" in r.json()["detail"]
+
+
+def test_job_over_the_time_limit_is_killed_and_failed(tmp_path, shortmapi):
+    # a limit far below what starting the analysis process takes: the child is killed at the first check
+    with LiveServer(tmp_path / "data", workers=1, job_timeout_s=0.001) as srv:
+        with srv.client(srv.add_user("alice")) as c:
+            doc = wait_finished(c, upload(c, shortmapi).json()["id"])
+            assert doc["status"] == "failed" and "time limit of 0.001 s" in doc["error"]
+            assert doc["result"] is None
+            assert httpx.get(srv.url + "/healthz").json()["status"] == "ok"
+        leftovers = [p for p in __import__("multiprocessing").active_children() if p.name.startswith("mailpush-analyse")]
+        assert leftovers == []
 
 
 # --- security -------------------------------------------------------------------------------------------------

@@ -18,7 +18,10 @@ def register(sub) -> None:
     p.add_argument("--max-upload-mb", type=float, default=200, metavar="N",
                    help="largest accepted upload in MB (default 200); larger uploads get 413")
     p.add_argument("--workers", type=int, default=2, metavar="N",
-                   help="analysis worker threads (default 2; 0 = accept uploads but analyse nothing)")
+                   help="analyses run at once, each in its own process (default 2; 0 = accept uploads but "
+                   "analyse nothing)")
+    p.add_argument("--job-timeout", type=float, default=900, metavar="S",
+                   help="stop an analysis after S seconds and mark it failed (default 900)")
     p.set_defaults(func=run_serve)
 
     u = sub.add_parser("user", help="manage accounts of the web service")
@@ -91,11 +94,12 @@ def run_serve(args) -> int:
     from analyzer.web import create_app
     from analyzer.web.db import DatabaseError
 
-    if not 0 < args.port < 65536 or args.workers < 0 or args.max_upload_mb <= 0:
-        print("mailpush serve: need 0 < --port < 65536, --workers >= 0 and --max-upload-mb > 0", file=sys.stderr)
+    if not 0 < args.port < 65536 or args.workers < 0 or args.max_upload_mb <= 0 or args.job_timeout <= 0:
+        print("mailpush serve: need 0 < --port < 65536, --workers >= 0, --max-upload-mb > 0 and --job-timeout > 0",
+              file=sys.stderr)
         return EXIT_USAGE
     try:
-        app = create_app(args.db, args.data_dir, args.max_upload_mb, args.workers)
+        app = create_app(args.db, args.data_dir, args.max_upload_mb, args.workers, job_timeout_s=args.job_timeout)
     except DatabaseError as exc:
         print(f"mailpush serve: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -27,7 +27,7 @@ from analyzer.verdict.model import CAUSES, VERDICTS, CaptureResult
 from analyzer.web import auth
 from analyzer.web.db import DONE, FAILED, QUEUED, RUNNING, Capture, Database, User, default_db_url, iso, utcnow
 from analyzer.web.storage import CAPTURE_ID_RE, Store, UploadError, UploadTooLarge, receive_upload
-from analyzer.web.worker import WorkerPool, draw_plots
+from analyzer.web.worker import DEFAULT_JOB_TIMEOUT_S, WorkerPool, draw_plots
 
 log = logging.getLogger("mailpush.web")
 
@@ -52,10 +52,11 @@ def create_app(
     data_dir: str | Path = "mailpush-data",
     max_upload_mb: float = 200,
     workers: int = 2,
+    job_timeout_s: float = DEFAULT_JOB_TIMEOUT_S,
 ) -> FastAPI:
     store = Store(data_dir)
     db = Database(db_url or default_db_url(store.root))
-    pool = WorkerPool(db, store, workers)
+    pool = WorkerPool(db, store, workers, job_timeout_s)
     max_bytes = int(max_upload_mb * 1024 * 1024)
 
     @asynccontextmanager

@@ -1,17 +1,24 @@
-"""Background analysis: a pool of worker threads that take queued captures from the database and run the
-pipeline on them, outside any request.
+"""Background analysis: a pool of worker threads that take queued captures from the database; each job runs the
+pipeline in its own child process, outside any request.
 
-Threads, not processes: the pipeline streams the capture (constant memory) and the pool mostly needs to keep the
-HTTP server responsive while analyses run; a thread never takes the server down with it because every failure
-of one job (bad capture, pipeline bug) is caught and recorded as ``failed`` with its message.
+Why a child process per job (forked from a ``forkserver`` that has the pipeline already imported, so a job starts
+in milliseconds, not the ~1 s of a fresh interpreter):
+* a time limit can really be enforced (a thread cannot be killed), so a capture that makes the dissector spin
+  cannot wedge a worker;
+* a crash or an out-of-memory kill ends that one job as ``failed``, never the server;
+* analyses run on several cores at once (threads would share one under the GIL).
+The worker threads only wait on the child, move progress messages along and record the outcome.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import multiprocessing
 import threading
 import time
 import traceback
+from pathlib import Path
 
 from analyzer.web.db import Capture, Database
 from analyzer.web.storage import Store
@@ -21,10 +28,19 @@ log = logging.getLogger("mailpush.web.worker")
 # matplotlib's pyplot state is global and not thread-safe: workers draw one capture's plots at a time.
 _PLOT_LOCK = threading.Lock()
 
+DEFAULT_JOB_TIMEOUT_S = 900.0
+# Imported once in the fork server so that every job's child process starts with them loaded (modules that do
+# not import are skipped by multiprocessing).
+_PRELOAD = ["analyzer.pipeline", "analyzer.ingest", "analyzer.dissect", "analyzer.correlate", "analyzer.verdict",
+            "analyzer.report", "analyzer.web.worker", "pandas", "numpy", "matplotlib", "matplotlib.pyplot"]
+_MP = multiprocessing.get_context("forkserver")  # never plain fork: this process has threads (uvicorn, workers)
+_MP.set_forkserver_preload(_PRELOAD)
+
 
 class WorkerPool:
-    def __init__(self, db: Database, store: Store, workers: int):
+    def __init__(self, db: Database, store: Store, workers: int, job_timeout_s: float = DEFAULT_JOB_TIMEOUT_S):
         self.db = db
+        self.job_timeout_s = job_timeout_s
         self.store = store
         self.workers = max(0, int(workers))
         self._wake = threading.Event()
@@ -72,52 +88,114 @@ class WorkerPool:
             self._wake.clear()
 
     def run_job(self, capture_id: str) -> None:
-        result_doc, error = None, None
-        def progress(done: int, total: int) -> None:
-            if total > 0:
-                self.progress[capture_id] = min(1.0, done / total)
-
         try:
-            result_doc, error = analyze_upload(self.db, self.store, capture_id, progress)
-        except Exception as exc:
+            result_doc, error = self._run_child(capture_id)
+        except _Stopped:
+            return  # server shutting down: the job stays "running" and is re-queued by the next start
+        except Exception as exc:  # e.g. cannot start a process (out of PIDs or memory)
             log.error("analysis of capture %s failed:\n%s", capture_id, traceback.format_exc())
-            error = f"internal error while analysing the capture ({type(exc).__name__}: {exc})"
+            result_doc, error = None, f"internal error while analysing the capture ({type(exc).__name__}: {exc})"
+        finally:
+            self.progress.pop(capture_id, None)
         try:
             self.db.finish_job(capture_id, result=result_doc, error=error)
         except Exception:
             log.exception("could not record the result of capture %s", capture_id)
-        self.progress.pop(capture_id, None)
         if not self._exists(capture_id):  # deleted while it was being analysed: leave nothing behind
             self.store.remove(capture_id)
+
+    def _run_child(self, capture_id: str) -> tuple[dict | None, str | None]:
+        with self.db.session() as s:
+            row = s.get(Capture, capture_id)
+            if row is None:
+                return None, "capture was deleted"
+            display_name = row.filename
+        path = self.store.capture_path(capture_id)
+        if not path.is_file():
+            return None, "the uploaded file is missing from the server's data directory"
+        receiver, sender = _MP.Pipe(duplex=False)
+        child = _MP.Process(target=analyse_in_child, name=f"mailpush-analyse-{capture_id}",
+                            args=(str(path), display_name, str(self.store.plot_dir(capture_id)), sender))
+        deadline = time.monotonic() + self.job_timeout_s  # the limit includes starting the process
+        child.start()
+        sender.close()  # the child holds the only write end: EOF here means it is gone
+        outcome = None
+        try:
+            while outcome is None:
+                if self._stop.is_set():
+                    raise _Stopped()
+                if time.monotonic() > deadline:
+                    return None, (f"analysis stopped after the time limit of {self.job_timeout_s:g} s; "
+                                  "try a shorter capture or filter it to the Exchange traffic")
+                if not receiver.poll(max(0.0, min(0.25, deadline - time.monotonic()))):
+                    if not child.is_alive() and not receiver.poll(0):
+                        break
+                    continue
+                try:
+                    message = receiver.recv()
+                except EOFError:
+                    break
+                if message[0] == "progress":
+                    self.progress[capture_id] = message[1]
+                else:
+                    outcome = message
+        finally:
+            if child.is_alive():
+                child.kill()
+            child.join(10)
+            receiver.close()
+        if outcome is None:
+            code = child.exitcode
+            why = "it was killed, probably for lack of memory" if code == -9 else f"exit status {code}"
+            return None, f"the analysis process ended without a result ({why})"
+        if outcome[0] == "crash":
+            log.error("analysis of capture %s raised:\n%s", capture_id, outcome[2])
+            return None, f"internal error while analysing the capture ({outcome[1]})"
+        _, result_json, error = outcome
+        return json.loads(result_json), error
 
     def _exists(self, capture_id: str) -> bool:
         with self.db.session() as s:
             return s.get(Capture, capture_id) is not None
 
 
-def analyze_upload(db: Database, store: Store, capture_id: str, progress=None) -> tuple[dict | None, str | None]:
-    """Run the pipeline on one stored upload; returns (capture object, error message or None)."""
-    from analyzer.pipeline import analyze_capture
+class _Stopped(Exception):
+    pass
 
-    with db.session() as s:
-        row = s.get(Capture, capture_id)
-        if row is None:
-            return None, "capture was deleted"
-        display_name = row.filename
-    path = store.capture_path(capture_id)
-    if not path.is_file():
-        return None, "the uploaded file is missing from the server's data directory"
-    result = analyze_capture(str(path), progress=progress)
-    # The capture object's "file" is the name the user knows, never the server's storage path.
-    result.file = display_name
-    if result.error is None:
-        problem = draw_plots(store, capture_id, result)
-        if problem:
-            result.warnings.append(problem)
-    return result.to_dict(), result.error
+
+def analyse_in_child(path: str, display_name: str, plot_dir: str, conn) -> None:
+    """Body of a job's child process: run the pipeline, draw the plots, send the outcome back over ``conn``:
+    ("progress", fraction)*, then ("result", capture-object JSON, error or None) or ("crash", text, traceback)."""
+    try:
+        last = [-1.0]
+
+        def progress(done: int, total: int) -> None:
+            fraction = min(1.0, done / total) if total > 0 else 0.0
+            if fraction - last[0] >= 0.01:  # at most ~100 messages per job
+                last[0] = fraction
+                conn.send(("progress", round(fraction, 3)))
+
+        from analyzer.pipeline import analyze_capture
+
+        result = analyze_capture(path, progress=progress)
+        # The capture object's "file" is the name the user knows, never the server's storage path.
+        result.file = display_name
+        if result.error is None:
+            problem = draw_plots_to(Path(plot_dir), result)
+            if problem:
+                result.warnings.append(problem)
+        conn.send(("result", json.dumps(result.to_dict()), result.error))
+    except BaseException as exc:  # noqa: BLE001 - anything at all is reported to the parent as this job's failure
+        conn.send(("crash", f"{type(exc).__name__}: {exc}", traceback.format_exc()))
+    finally:
+        conn.close()
 
 
 def draw_plots(store: Store, capture_id: str, result) -> str | None:
+    return draw_plots_to(store.plot_dir(capture_id), result)
+
+
+def draw_plots_to(out: Path, result) -> str | None:
     """Write the timing plots of ``result``; returns a warning text when they could not be drawn."""
     if not result.clients:
         return None
@@ -128,12 +206,11 @@ def draw_plots(store: Store, capture_id: str, result) -> str | None:
         from analyzer.report import write_plots
     except ImportError as exc:
         return f"timing plots are not available on this server ({exc})"
-    out = store.plot_dir(capture_id)
     out.mkdir(parents=True, exist_ok=True)
     try:
         with _PLOT_LOCK:
             write_plots(result, out)
     except Exception as exc:
-        log.error("plots of capture %s failed:\n%s", capture_id, traceback.format_exc())
+        log.error("plots in %s failed:\n%s", out, traceback.format_exc())
         return f"timing plots could not be drawn ({type(exc).__name__}: {exc})"
     return None
