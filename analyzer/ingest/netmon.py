@@ -124,13 +124,12 @@ class NetmonReader:
 
         self.table = None
         if ft_len == 0 or ft_len % 4:
-            info.warnings.append(f"NetMon frame table length {ft_len} is invalid; frames read in file order "
-                                 f"from byte {HEADER}")
+            info.warnings.append(f"NetMon frame table length {ft_len} is invalid; frames read in file order")
         elif ft_off < HEADER or ft_off + ft_len > size:
             info.truncated = True
             info.warnings.append(
                 f"file truncated at {where(info, size)}: NetMon frame table ({ft_len} bytes at byte {ft_off}) "
-                f"is missing; frames read in file order from byte {HEADER}")
+                f"is missing; frames read in file order")
         else:
             self.table = np.frombuffer(mm, dtype="<u4", count=ft_len // 4, offset=ft_off).astype(np.int64)
 
@@ -162,21 +161,40 @@ class NetmonReader:
             yield batch, int(rec_start[min(e, len(data)) - 1])
 
     def _walk_sequentially(self) -> np.ndarray:
-        """Record offsets by walking from byte 128 (no usable frame table); stops at the first implausible
-        record. Validation of each record is left to :meth:`_columns`."""
+        """Record offsets by walking the records in file order (no usable frame table).
+
+        Where the first record starts is not recorded anywhere but in the lost table: 128 is usual, but some
+        writers start at 72 (e.g. the public NetMon 2.3 captures). Each plausible start is tried and the one
+        giving the longest chain of plausible records wins. The walk stops at the first implausible record;
+        :meth:`_columns` then validates what was found like table entries.
+        """
+        best: list[int] = []
+        for start in (HEADER, 72, 64, 80, 88, 96, 104, 112, 120):
+            chain = self._chain(start, limit=16)
+            if len(chain) > len(best):
+                best, best_start = chain, start
+        if not best:
+            return np.array([], dtype=np.int64)
+        return np.array(self._chain(best_start, limit=None), dtype=np.int64)
+
+    def _chain(self, p: int, limit: int | None) -> list[int]:
         mm, size = self.mm, len(self.mm)
         hs, trailer = self.header_size, self.trailer
-        incl_at = 6 if self.major == 1 else 12
-        fmt = "<H" if self.major == 1 else "<I"
-        offsets = []
-        p = HEADER
-        while p + hs <= size:
-            (incl,) = struct.unpack_from(fmt, mm, p + incl_at)
-            offsets.append(p)
-            if incl > MAX_RECORD:
+        lengths = struct.Struct("<HH" if self.major == 1 else "<II").unpack_from
+        len_at = 4 if self.major == 1 else 8
+        offsets: list[int] = []
+        while p + hs <= size and (limit is None or len(offsets) < limit):
+            orig, incl = lengths(mm, p + len_at)
+            if incl > MAX_RECORD or incl > orig or incl == 0:
                 break
-            p += hs + incl + trailer
-        return np.array(offsets, dtype=np.int64)
+            end = p + hs + incl + trailer
+            if self.per_packet and end <= size:
+                (media,) = struct.unpack_from("<H", mm, p + hs + incl)
+                if media_to_linktype(media) == _REJECT:
+                    break
+            offsets.append(p)  # a record cut by the end of the file is kept: _columns reports the cut
+            p = end
+        return offsets
 
     def _columns(self, offs: np.ndarray):
         """Vectorised header decoding and validation for the records at ``offs`` (frame-table order)."""

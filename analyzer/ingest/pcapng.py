@@ -7,10 +7,15 @@ Handled as Wireshark does:
 * **Interface Description Block** (1): link type, snaplen, ``if_tsresol`` (option 9; power of 10, or of 2 when
   bit 7 is set; default microseconds) and ``if_tsoffset`` (option 14, seconds added to every timestamp).
   Interfaces in one file may have different link types; each frame carries its interface's.
-* **Enhanced Packet Block** (6), **Simple Packet Block** (3; interface 0, no timestamp: Wireshark shows time 0,
-  and so do we), **Obsolete Packet Block** (2) are frames, numbered in file order.
-* Everything else (name resolution, statistics, comments, decryption secrets, custom and unknown blocks) is
-  skipped by its length.
+* **Enhanced Packet Block** (6), **Simple Packet Block** (3; interface 0), **Obsolete Packet Block** (2) are
+  frames, numbered in file order.
+* tshark 4.0 also gives a frame number to **custom blocks** (0x0BAD, 0x40000BAD; data = the bytes after the
+  Private Enterprise Number) and **systemd journal export blocks** (9), so they are frames here too, with the
+  private link types :data:`LINKTYPE_PCAPNG_CUSTOM` / :data:`LINKTYPE_SYSTEMD_JOURNAL` that the dissector counts
+  as unknown. Frame numbers then match tshark's.
+* Frames without a timestamp (SPB, custom, journal; tshark shows none) repeat the previous frame's time (0.0 at
+  the very start), so times stay ordered and durations meaningful.
+* Everything else (name resolution, statistics, decryption secrets, unknown blocks) is skipped by its length.
 
 Damage: a block length that is not a multiple of 4, below the minimum, or absurdly large (over 16 MiB), a
 packet longer than its block, a reference to an undeclared interface: a warning naming the byte offset, and
@@ -41,6 +46,13 @@ IDB = 1
 OPB = 2
 SPB = 3
 EPB = 6
+JOURNAL = 9
+CUSTOM = 0x0BAD
+CUSTOM_NOCOPY = 0x40000BAD
+FRAME_BLOCKS = (EPB, SPB, OPB, JOURNAL, CUSTOM, CUSTOM_NOCOPY)
+LINKTYPE_PCAPNG_CUSTOM = 0x20BAD  # private: not a pcap LINKTYPE
+LINKTYPE_SYSTEMD_JOURNAL = 0x20009  # private: not a pcap LINKTYPE
+_KIND = {EPB: 0, SPB: 1, OPB: 2, JOURNAL: 3, CUSTOM: 4, CUSTOM_NOCOPY: 4}
 MAX_BLOCK = 16 * 1024 * 1024  # Wireshark's limit on a block; anything larger is corruption
 
 OPT_TSRESOL = 9
@@ -72,6 +84,7 @@ class PcapngWalker:
     def reset(self) -> None:
         self.order = "<"
         self.interfaces: list[_Interface] = []
+        self._last_time = 0.0
         self._set_order("<")
 
     def start(self) -> int:
@@ -131,9 +144,12 @@ class PcapngWalker:
                 else:
                     status = NEED_DATA
                 break
-            if btype == EPB or btype == SPB or btype == OPB:
+            if btype == EPB:
                 add_packet(p)
-                add_kind(btype)
+                add_kind(0)
+            elif btype in _KIND:
+                add_packet(p)
+                add_kind(_KIND[btype])
             elif btype == IDB:
                 if not self._read_idb(buf, p, blen, base):
                     status, p = STOP, end
@@ -203,36 +219,40 @@ class PcapngWalker:
         data = np.zeros(n, dtype=np.int64)
         blen = np.zeros(n, dtype=np.int64)
 
-        epb = np.flatnonzero(k == EPB)
+        epb = np.flatnonzero(k == 0)
         if epb.size:
             # EPB: type, length, interface, ts high, ts low, caplen, origlen, data
             w = gather_words(arr, o[epb], 28, self.words).astype(np.int64)
             blen[epb], iface[epb], caplen[epb], origlen[epb] = w[:, 1], w[:, 2], w[:, 5], w[:, 6]
             ts[epb] = (w[:, 3].astype(np.uint64) << np.uint64(32)) | w[:, 4].astype(np.uint64)
             data[epb] = o[epb] + 28
-        others = np.flatnonzero(k != EPB)
+        # Per-block header size, for "packet longer than its block"; -1 interface: needs none.
+        header = np.full(n, 32, dtype=np.int64)
+        others = np.flatnonzero(k != 0)
         if others.size:
             order = self.order
             snap0 = self.interfaces[0].snaplen if self.interfaces else 0
             for i in others.tolist():
                 p = packets[i]
-                if kinds[i] == SPB:
+                kind = kinds[i]
+                if kind == 1:  # SPB: origlen, data; the captured part is what fits in the block and snaplen
                     bl, orig = struct.unpack_from(order + "4xII", buf, p)
                     cap = min(orig, bl - 16)
                     if snap0:
                         cap = min(cap, snap0)
-                    blen[i], iface[i], caplen[i], origlen[i], data[i] = bl, 0, cap, orig, p + 12
-                    ts[i] = 0
-                else:  # OPB: interface u16, drops u16, ts high, ts low, caplen, origlen, data
+                    blen[i], iface[i], caplen[i], origlen[i], data[i], header[i] = bl, 0, cap, orig, p + 12, 16
+                elif kind == 2:  # OPB: interface u16, drops u16, ts high, ts low, caplen, origlen, data
                     bl, ifc, _drops, hi, lo, cap, orig = struct.unpack_from(order + "4xIHHIIII", buf, p)
                     blen[i], iface[i], caplen[i], origlen[i], data[i] = bl, ifc, cap, orig, p + 28
                     ts[i] = (hi << 32) | lo
+                else:  # journal (whole body) or custom block (body after the 4-byte enterprise number)
+                    (bl,) = struct.unpack_from(order + "4xI", buf, p)
+                    skip = 12 if kind == 4 else 8
+                    cap = bl - 4 - skip
+                    blen[i], iface[i], caplen[i], origlen[i], data[i], header[i] = bl, -1, cap, cap, p + skip, 12
 
         # Validation, in file order: the first bad block ends the batch (and the walk).
-        header = np.where(k == SPB, 16, 32)
-        bad = (caplen > blen - header) | (iface >= len(self.interfaces))
-        if (k == SPB).any() and not self.interfaces:
-            bad |= k == SPB
+        bad = (caplen > blen - header) | (iface >= len(self.interfaces)) | (caplen < 0)
         bad_at = None
         if bad.any():
             j = int(np.flatnonzero(bad)[0])
@@ -243,13 +263,14 @@ class PcapngWalker:
             warn_damaged(self.info, base + packets[j], what)
             bad_at = packets[j]
             n = j
-            o, iface, caplen, origlen, ts, data = o[:j], iface[:j], caplen[:j], origlen[:j], ts[:j], data[:j]
+            iface, caplen, origlen, ts, data = iface[:j], caplen[:j], origlen[:j], ts[:j], data[:j]
             k = k[:j]
         if n == 0:
             return None, bad_at
 
         time = np.empty(n, dtype=np.float64)
         linktype = np.empty(n, dtype=np.int32)
+        linktype[:] = -1
         for idx, itf in enumerate(self.interfaces):
             sel = iface == idx
             if not sel.any():
@@ -259,9 +280,13 @@ class PcapngWalker:
             # Whole seconds and the fraction separately, so nanosecond stamps keep their precision.
             time[sel] = (t // units).astype(np.float64) + (t % units).astype(np.float64) / itf.units + itf.tsoffset
             linktype[sel] = itf.linktype
-        spb = k == SPB
-        if spb.any():
-            time[spb] = 0.0
+        untimed = np.flatnonzero((k == 1) | (k >= 3))
+        if untimed.size:
+            for i in untimed.tolist():
+                time[i] = time[i - 1] if i else self._last_time
+            linktype[k == 3] = LINKTYPE_SYSTEMD_JOURNAL
+            linktype[k == 4] = LINKTYPE_PCAPNG_CUSTOM
+        self._last_time = float(time[-1])
         batch = FrameBatch(
             first_number=first_number,
             buf=buf,

@@ -18,7 +18,6 @@ byte offset (``info.truncated`` is set for a cut file or a cut gzip stream).
 
 from __future__ import annotations
 
-import gzip
 import mmap
 import os
 import tempfile
@@ -34,9 +33,88 @@ from analyzer.ingest.walk import MORE, NEED_DATA
 NOT_A_CAPTURE = "not a capture file (pcap, pcapng, NetMon)"
 GZIP_WINDOW = 1 << 20  # decompressed bytes per window
 HEAD_BYTES = 64 * 1024  # enough for any file header (a pcapng SHB with long comments included)
-GZIP_ERRORS = (OSError, EOFError, zlib.error)  # gzip.BadGzipFile is an OSError
+GZIP_ERRORS = (OSError, EOFError, zlib.error)
 
 Progress = Callable[[int, int], None]
+
+
+class GzipStream:
+    """Incremental gzip decompression that delivers every byte decoded before damage.
+
+    ``gzip.GzipFile.read(n)`` raises on a cut or corrupt stream and drops what it decoded within that call, so a
+    damaged file would lose up to a whole window of good frames. Here compressed data goes to zlib in 2 KiB
+    steps, the bytes decoded before a failing step are returned first, and the error is raised on the *next*
+    call. Several gzip members in a row (``cat a.gz b.gz``) are one stream, as with gzip(1); trailing zero
+    padding is ignored.
+    """
+
+    RAW_CHUNK = 256 * 1024
+    STEP = 2 * 1024  # small, so a failing step loses little; ~250 calls per decompressed MB, negligible
+
+    def __init__(self, fh):
+        self.fh = fh
+        self._z = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        self._raw = memoryview(b"")  # compressed bytes read from the file
+        self._pos = 0  # next byte of _raw to give to zlib
+        self._tail = b""  # input zlib did not consume yet (output limit reached)
+        self._error: BaseException | None = None
+        self._eof = False
+
+    def read(self, n: int) -> bytes:
+        if self._error is not None:
+            err, self._error = self._error, None
+            self._eof = True
+            raise err
+        out = []
+        got = 0
+        while got < n and not self._eof:
+            if self._tail:
+                piece = self._tail
+            else:
+                if self._pos >= len(self._raw):
+                    self._raw, self._pos = memoryview(self.fh.read(self.RAW_CHUNK)), 0
+                    if not len(self._raw):
+                        if not self._z.eof:
+                            self._error = EOFError("compressed stream ended before its end marker")
+                        else:
+                            self._eof = True
+                        break
+                piece = self._raw[self._pos : self._pos + self.STEP]
+                self._pos += len(piece)
+            try:
+                data = self._z.decompress(piece, n - got)
+            except zlib.error as exc:
+                self._error = exc
+                break
+            self._tail = self._z.unconsumed_tail
+            if data:
+                out.append(data)
+                got += len(data)
+            if self._z.eof:
+                rest = self._z.unused_data + self._tail + bytes(self._raw[self._pos :])
+                self._tail, self._raw, self._pos = b"", memoryview(b""), 0
+                if rest.strip(b"\0") or (not rest and self._more_members()):
+                    if not rest:
+                        continue
+                    if rest[:2] != b"\x1f\x8b":
+                        self._error = zlib.error("data after the end of the gzip stream is not gzip")
+                        break
+                    self._z = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                    self._raw = memoryview(rest)
+                else:
+                    self._eof = True
+        if not out and self._error is not None:
+            return self.read(n)
+        return b"".join(out)
+
+    def _more_members(self) -> bool:
+        """At a member's end with no buffered input: is there another member in the file?"""
+        nxt = self.fh.read(self.RAW_CHUNK)
+        if not nxt or not nxt.strip(b"\0"):
+            return False
+        self._raw, self._pos = memoryview(nxt), 0
+        self._z = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        return True
 
 
 def open_capture(path) -> "Capture":
@@ -111,7 +189,7 @@ class Capture:
 
     def _gzip_head(self) -> bytes:
         self._file.seek(0)
-        gz = gzip.GzipFile(fileobj=self._file, mode="rb")
+        gz = GzipStream(self._file)
         parts, got = [], 0
         try:
             while got < HEAD_BYTES:
@@ -131,7 +209,7 @@ class Capture:
             return self._mm
         self._spool = tempfile.TemporaryFile(prefix="mailpush-netmon-")
         self._file.seek(0)
-        gz = gzip.GzipFile(fileobj=self._file, mode="rb")
+        gz = GzipStream(self._file)
         written = 0
         try:
             while True:
@@ -226,7 +304,7 @@ class Capture:
         walker, info = self._walker, self.info
         walker.reset()
         self._file.seek(0)
-        gz = gzip.GzipFile(fileobj=self._file, mode="rb")
+        gz = GzipStream(self._file)
         carry, base, pos, number = b"", 0, walker.start(), 1
         decompressed = 0
         while True:
