@@ -1,0 +1,100 @@
+"""Endpoint mapper (EPM, ``e1af8308-5d1f-11c9-91a4-08002b14a0fa`` v3.0, TCP 135): ``ept_map`` (opnum 3)
+responses teach which interface listens on which (server address, TCP port), so that connections whose bind is
+not in the capture still get their interface (see :mod:`analyzer.dissect.collector`).
+
+ept_map response stub (NDR20; protocol.md §4)::
+
+    entry_handle (20)  num_towers u32
+    towers: max_count u32, offset u32, actual_count u32, actual_count referent ids (u32, 0 = NULL),
+            then per non-NULL referent a twr_t: max_count u32 (hoisted conformance), tower_length u32,
+            tower octets, padded to 4
+    status u32 (0 ok; 0x16c9a0d6 EPT_S_NOT_REGISTERED)
+
+The tower octets are parsed with scapy's ``protocol_tower_t`` (floor 1 = interface UUID + version, floor 4 = TCP
+port big-endian, floor 5 = IPv4 address). EPM traffic is a handful of PDUs per capture, so scapy's cost (a few
+hundred µs per tower) does not matter here.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+EPT_S_NOT_REGISTERED = 0x16C9A0D6
+
+PROTO_TCP = 0x07
+PROTO_UDP = 0x08
+PROTO_IP = 0x09
+PROTO_HTTP = 0x1F
+_PROTO_NAMES = {PROTO_TCP: "tcp", PROTO_UDP: "udp", PROTO_HTTP: "http"}
+
+
+@dataclass(slots=True, frozen=True)
+class Endpoint:
+    if_uuid: str
+    if_major: int
+    if_minor: int
+    protocol: str  # "tcp", "udp", "http" or "" (named pipes, LRPC ... : no port)
+    port: int | None
+    ip: str | None
+
+
+def parse_tower(octets: bytes) -> Endpoint | None:
+    """Tower octets -> Endpoint, or None when the tower has no interface floor. Uses scapy's protocol_tower_t."""
+    from scapy.layers.msrpce.ept import protocol_tower_t
+
+    try:
+        tower = protocol_tower_t(bytes(octets))
+    except Exception:
+        return None
+    floors = list(tower.floors or [])
+    if not floors or floors[0].protocol_identifier != 0x0D:
+        return None
+    first = floors[0]
+    if_uuid = str(first.uuid).lower()
+    major = int(first.version or 0)
+    minor = first.rhs if isinstance(first.rhs, int) else 0
+    protocol, port, ip = "", None, None
+    for floor in floors[2:]:
+        pid = floor.protocol_identifier
+        if pid in _PROTO_NAMES and isinstance(floor.rhs, int):
+            protocol, port = _PROTO_NAMES[pid], int(floor.rhs)
+        elif pid == PROTO_IP and floor.rhs is not None:
+            ip = str(floor.rhs)
+    return Endpoint(if_uuid, major, int(minor), protocol, port, ip)
+
+
+def parse_ept_map_response(stub: bytes, little_endian: bool = True) -> tuple[list[Endpoint], int | None, str | None]:
+    """ept_map response stub -> (endpoints, status, note). Never raises."""
+    e = "<" if little_endian else ">"
+    stub = bytes(stub)
+    endpoints: list[Endpoint] = []
+    try:
+        pos = 20
+        (num_towers,) = struct.unpack_from(e + "I", stub, pos)
+        max_count, offset, actual = struct.unpack_from(e + "III", stub, pos + 4)
+        pos += 16
+        if actual > 4096 or offset + actual > max_count:
+            return endpoints, None, f"ept_map response: implausible tower array ({offset}+{actual} of {max_count})"
+        referents = struct.unpack_from(e + f"{actual}I", stub, pos)
+        pos += 4 * actual
+        for ref in referents:
+            if not ref:
+                continue
+            _conformance, tower_len = struct.unpack_from(e + "II", stub, pos)
+            pos += 8
+            octets = stub[pos : pos + tower_len]
+            if len(octets) < tower_len:
+                return endpoints, None, "ept_map response: tower truncated"
+            pos += tower_len
+            pos += (-pos) % 4
+            endpoint = parse_tower(octets)
+            if endpoint is not None:
+                endpoints.append(endpoint)
+        status = struct.unpack_from(e + "I", stub, pos)[0] if pos + 4 <= len(stub) else None
+        note = None
+        if num_towers != len(referents):
+            note = f"ept_map response: num_towers {num_towers} != {len(referents)} towers"
+        return endpoints, status, note
+    except struct.error:
+        return endpoints, None, f"ept_map response stub of {len(stub)} bytes truncated"
