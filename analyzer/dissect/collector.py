@@ -1,0 +1,501 @@
+"""The application analyser of the native engine: a :class:`analyzer.dissect.stream.PacketSink` that turns
+reassembled TCP bytes, UDP datagrams and ICMP errors into :class:`analyzer.dissect.model.Event` rows.
+
+Per TCP connection (state kept in ``TcpConnection.app``):
+
+* one byte buffer per direction; several PDUs in one chunk and one PDU over several chunks both work. A PDU's
+  row gets the frame of the chunk that completed it (as Wireshark reports it).
+* after a gap (``tcp_gap``), at a connection whose first captured bytes are not a PDU boundary, or when the bytes
+  at a PDU boundary are not a plausible header, the partial PDU is dropped and the stream is scanned for the next
+  plausible header (version 5.0/5.1, connection-oriented PTYPE, valid drep, sane lengths), with a warning that
+  names the frame.
+* fragments: one row per PDU, as tshark lists them. A multi-fragment call (FIRST..LAST, keyed by direction and
+  call_id) is reassembled; the decoded fields go on the LAST fragment's row, whose ``stub_len`` is the
+  reassembled length. Earlier fragment rows carry their own stub length and a note.
+* auth verifiers are removed from stubs; ``auth_level`` is kept; at packet privacy (6) the stub is not decoded,
+  ``encrypted`` is True and ``stub_len`` is the alloc_hint of the first fragment (the clear-text size).
+* presentation contexts: bind / alter_context offer contexts, bind_ack / alter_context_resp accept or reject them
+  in order; only accepted contexts map ``ctx_id`` -> interface. When the ack is not in the capture, the offered
+  context is used (with a note). Bind and alter_context rows report the FIRST OFFERED abstract syntax (acceptance
+  is not known yet when they are emitted); bind_ack / alter_context_resp rows report the FIRST ACCEPTED one.
+* responses and faults are matched to their request by call_id on the same connection (opnum, request_frame).
+* connections whose bind is not in the capture: EPM ept_map responses and bind_ack secondary addresses teach
+  (server address, TCP port) -> interface. Such a connection's context id 0 is assumed to be that interface
+  (context 0 is what every Windows client binds first); other context ids stay unknown. Port 135 is EPM.
+
+UDP datagrams (already filtered by the transport to ports >= 1024 and not connectionless DCE/RPC) become
+``udp`` rows with the payload length and its first 64 bytes as hex; ICMP errors quoting a UDP datagram become
+``icmp_unreachable`` rows.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from analyzer.dissect import dcerpc
+from analyzer.dissect.dcerpc import (
+    AUTH_LEVEL_PKT_PRIVACY,
+    HEADER_LEN,
+    PTYPE_ALTER_CONTEXT,
+    PTYPE_ALTER_CONTEXT_RESP,
+    PTYPE_BIND,
+    PTYPE_BIND_ACK,
+    PTYPE_BIND_NAK,
+    PTYPE_FAULT,
+    PTYPE_REQUEST,
+    PTYPE_RESPONSE,
+    find_plausible_header,
+    plausible_header,
+)
+from analyzer.dissect.emsmdb import decode_request_stub, decode_response_stub
+from analyzer.dissect.epm import parse_ept_map_response
+from analyzer.dissect.interfaces import EPM, EPM_UUID, NDR64_UUID, interface_name, opname
+from analyzer.dissect.model import Event
+from analyzer.dissect.stream import TcpConnection
+
+EPM_PORT = 135
+# Well-known DCE/RPC TCP ports: the endpoint mapper and its RPC-over-HTTP-free twin on 593 (ncacn_http
+# endpoint mapper). Exchange's dynamic ports are learned from ept_map responses and bind_ack sec_addr.
+KNOWN_DCERPC_PORTS = (135, 593)
+UDP_HEX_BYTES = 64
+# A reassembled call larger than this is not kept (EcDoRpcExt2 buffers are at most 256 KiB, MS-OXCRPC 3.1.4.2)
+MAX_CALL_BYTES = 4 * 1024 * 1024
+# Warnings about one direction of one connection that keeps failing to parse are capped at this many.
+MAX_WARNINGS_PER_DIRECTION = 3
+
+
+class _Iface:
+    __slots__ = ("name", "uuid", "ver", "ndr64")
+
+    def __init__(self, uuid: str, major: int, minor: int, ndr64: bool = False):
+        self.uuid = uuid
+        self.ver = f"{major}.{minor}"
+        self.name = interface_name(uuid, major, minor)
+        self.ndr64 = ndr64
+
+
+_EPM_IFACE = _Iface(EPM_UUID, 3, 0)
+
+
+class _Direction:
+    __slots__ = ("buf", "resync", "started", "offset", "warnings")
+
+    def __init__(self):
+        self.buf = bytearray()
+        self.resync = False  # scanning for the next plausible header
+        self.started = False  # first bytes seen
+        self.offset = 0  # stream offset of buf[0] (bytes of this direction consumed so far)
+        self.warnings = 0
+
+
+class _Call:
+    """Fragments of one call in one direction, FIRST..LAST."""
+
+    __slots__ = ("parts", "size", "alloc_hint", "count", "damaged")
+
+    def __init__(self, alloc_hint: int, damaged: str | None = None):
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.alloc_hint = alloc_hint
+        self.count = 0
+        self.damaged = damaged  # reason the stub cannot be decoded, or None
+
+
+class _Request:
+    __slots__ = ("opnum", "ctx_id", "frame", "iface")
+
+    def __init__(self, opnum, ctx_id, frame, iface):
+        self.opnum = opnum
+        self.ctx_id = ctx_id
+        self.frame = frame
+        self.iface = iface
+
+
+class _ConnState:
+    __slots__ = ("dirs", "contexts", "pending_binds", "requests", "calls")
+
+    def __init__(self):
+        self.dirs = {True: _Direction(), False: _Direction()}
+        self.contexts: dict[int, _Iface] = {}
+        self.pending_binds: dict[int, list] = {}  # call_id -> offered ContextItems, in bind order
+        self.requests: dict[int, _Request] = {}  # call_id -> request awaiting its response
+        self.calls: dict[tuple[bool, int], _Call] = {}  # (from_client, call_id) -> fragments so far
+
+
+def _default_warn(message: str) -> None:
+    pass
+
+
+class EventCollector:
+    """PacketSink producing Events. ``finish()`` flushes per-connection state and returns the events sorted by
+    frame (stable: PDUs of one frame keep their stream order)."""
+
+    def __init__(self, warn: Callable[[str], None] = _default_warn):
+        self._warn = warn
+        self.warnings: list[str] = []
+        self.events: list[Event] = []
+        self._ports: set[int] = set(KNOWN_DCERPC_PORTS)
+        self._endpoints: dict[tuple[str, int], _Iface] = {}  # (server ip, tcp port) -> interface
+        self._live: dict[int, TcpConnection] = {}
+
+    # ------------------------------------------------------------------------------------------------ sink API
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+        self._warn(message)
+
+    def is_interesting_tcp(self, payload: bytes, sport: int, dport: int) -> bool:
+        if sport in self._ports or dport in self._ports:
+            return True
+        if plausible_header(payload, 0):
+            return True
+        # A plausible header further in (the flow was joined mid-stream): stricter, to keep bulk flows out:
+        # the PDU types of a call or bind and the drep every Windows/DCE stack sends (LE ASCII IEEE).
+        i = 0
+        while True:
+            i = payload.find(b"\x05", i)
+            if i < 0 or len(payload) - i < HEADER_LEN:
+                return False
+            if (payload[i + 2] in (0, 2, 3, 11, 12, 14, 15) and payload[i + 4 : i + 8] == b"\x10\x00\x00\x00"
+                    and plausible_header(payload, i)):
+                return True
+            i += 1
+
+    def tcp_data(self, conn: TcpConnection, from_client: bool, data: bytes, frame: int, time: float) -> None:
+        st = conn.app
+        if st is None:
+            st = conn.app = _ConnState()
+            self._live[conn.index] = conn
+        d = st.dirs[from_client]
+        if not d.started:
+            d.started = True
+            if not plausible_header(data, 0) and len(data) >= HEADER_LEN:
+                self._direction_warning(conn, from_client, d, f"frame {frame}: {self._flow(conn, from_client)} "
+                                        "does not start at a DCE/RPC PDU boundary; resynchronising")
+                d.resync = True
+        if d.buf:
+            d.buf += data
+            work = d.buf
+        else:
+            work = data if isinstance(data, (bytes, bytearray)) else bytes(data)
+        pos = 0
+        n = len(work)
+        while True:
+            if d.resync:
+                i = find_plausible_header(work, pos)
+                if i < 0:
+                    pos = max(pos, n - (HEADER_LEN - 1))  # a header may straddle the next chunk
+                    break
+                pos = i
+                d.resync = False
+            if n - pos < HEADER_LEN:
+                break
+            if not plausible_header(work, pos):
+                self._direction_warning(conn, from_client, d, f"frame {frame}: {self._flow(conn, from_client)}: "
+                                        f"no DCE/RPC header at stream offset {d.offset + pos}; resynchronising")
+                d.resync = True
+                pos += 1
+                continue
+            hdr = dcerpc.parse_header(work, pos)
+            if n - pos < hdr.frag_len:
+                break
+            pdu = bytes(work[pos : pos + hdr.frag_len])
+            pos += hdr.frag_len
+            try:
+                self._pdu(conn, st, from_client, hdr, pdu, frame, time)
+            except Exception as exc:  # a bug in one PDU's handling must not lose the rest of the capture
+                self.warn(f"frame {frame}: DCE/RPC PDU not analysed ({type(exc).__name__}: {exc})")
+        d.offset += pos
+        if work is d.buf:
+            del d.buf[:pos]
+        elif pos < n:
+            d.buf = bytearray(work[pos:])
+
+    def tcp_gap(self, conn: TcpConnection, from_client: bool, missing: int, frame: int, time: float) -> None:
+        st = conn.app
+        if st is None:
+            st = conn.app = _ConnState()
+            self._live[conn.index] = conn
+        d = st.dirs[from_client]
+        d.started = True
+        dropped = len(d.buf)
+        d.buf = bytearray()
+        d.offset += dropped + missing
+        d.resync = True
+        for key, call in st.calls.items():
+            if key[0] == from_client and call.damaged is None:
+                call.damaged = f"{missing} bytes missing at frame {frame}"
+        self.warn(f"frame {frame}: {missing} bytes missing in {self._flow(conn, from_client)}"
+                  + (f" (dropped {dropped} bytes of a partial PDU)" if dropped else "")
+                  + "; resynchronising on the next DCE/RPC header")
+
+    def tcp_close(self, conn: TcpConnection) -> None:
+        st = conn.app
+        if not isinstance(st, _ConnState):
+            return
+        for from_client, d in st.dirs.items():
+            if d.buf and not d.resync:
+                self.warn(f"{self._flow(conn, from_client)} ended with an incomplete DCE/RPC PDU "
+                          f"({len(d.buf)} bytes buffered)")
+        conn.app = None
+        self._live.pop(conn.index, None)
+
+    def udp(self, frame: int, time: float, src: str, sport: int, dst: str, dport: int, payload: bytes) -> None:
+        self.events.append(Event(frame=frame, time=time, src=src, dst=dst, sport=sport, dport=dport, kind="udp",
+                                 stub_len=len(payload), context_hex=bytes(payload[:UDP_HEX_BYTES]).hex()))
+
+    def icmp_error(self, frame: int, time: float, src: str, dst: str, icmp_type: int, icmp_code: int,
+                   quoted_src: str, quoted_dst: str, quoted_sport: int, quoted_dport: int) -> None:
+        self.events.append(Event(frame=frame, time=time, src=src, dst=dst, sport=None, dport=None,
+                                 kind="icmp_unreachable", icmp_type=icmp_type, icmp_code=icmp_code,
+                                 quoted_src=quoted_src, quoted_dst=quoted_dst, quoted_sport=quoted_sport,
+                                 quoted_dport=quoted_dport))
+
+    def finish(self) -> list[Event]:
+        for conn in list(self._live.values()):
+            self.tcp_close(conn)
+        self.events.sort(key=lambda e: e.frame)  # stable: stream order within a frame is kept
+        return self.events
+
+    # ------------------------------------------------------------------------------------------------ helpers
+
+    @staticmethod
+    def _flow(conn: TcpConnection, from_client: bool) -> str:
+        if from_client:
+            a, b = f"{conn.client_ip}:{conn.client_port}", f"{conn.server_ip}:{conn.server_port}"
+        else:
+            a, b = f"{conn.server_ip}:{conn.server_port}", f"{conn.client_ip}:{conn.client_port}"
+        return f"TCP connection {conn.index} ({a} -> {b})"
+
+    def _direction_warning(self, conn, from_client, d: _Direction, message: str) -> None:
+        d.warnings += 1
+        if d.warnings <= MAX_WARNINGS_PER_DIRECTION:
+            if d.warnings == MAX_WARNINGS_PER_DIRECTION:
+                message += " (further warnings for this direction suppressed)"
+            self.warn(message)
+
+    def _learned_iface(self, server_ip: str, server_port: int) -> _Iface | None:
+        iface = self._endpoints.get((server_ip, server_port))
+        if iface is None and server_port == EPM_PORT:
+            iface = _EPM_IFACE
+        return iface
+
+    def _ctx_iface(self, st: _ConnState, ctx_id: int, server_ip: str, server_port: int) -> tuple[_Iface | None, str | None]:
+        iface = st.contexts.get(ctx_id)
+        if iface is not None:
+            return iface, None
+        for offered in st.pending_binds.values():
+            for item in offered:
+                if item.ctx_id == ctx_id:
+                    return _Iface(item.if_uuid, item.if_major, item.if_minor, _offers_only_ndr64(item)), \
+                        "context not acknowledged in the capture (bind_ack missing): offered interface assumed"
+        if ctx_id == 0 and not st.contexts:
+            iface = self._learned_iface(server_ip, server_port)
+            if iface is not None:
+                return iface, "bind not in the capture: interface learned from the endpoint mapper / port"
+        return None, None
+
+    def _learn_endpoint(self, ip: str, port: int, iface: _Iface) -> None:
+        if port is None or not (0 < port < 65536):
+            return
+        self._endpoints[(ip, port)] = iface
+        self._ports.add(port)
+
+    # ------------------------------------------------------------------------------------------------ PDUs
+
+    def _pdu(self, conn: TcpConnection, st: _ConnState, from_client: bool, hdr, pdu: bytes, frame: int,
+             time: float) -> None:
+        if from_client:
+            src, sport, dst, dport = conn.client_ip, conn.client_port, conn.server_ip, conn.server_port
+        else:
+            src, sport, dst, dport = conn.server_ip, conn.server_port, conn.client_ip, conn.client_port
+        ev = Event(frame=frame, time=time, src=src, dst=dst, sport=sport, dport=dport, kind=hdr.kind,
+                   conn=conn.index, call_id=hdr.call_id)
+        ptype = hdr.ptype
+        if ptype == PTYPE_REQUEST:
+            self._request(st, from_client, hdr, pdu, ev, (dst, dport))
+        elif ptype in (PTYPE_RESPONSE, PTYPE_FAULT):
+            self._response(st, from_client, hdr, pdu, ev, (src, sport))
+        elif ptype in (PTYPE_BIND, PTYPE_ALTER_CONTEXT):
+            self._bind(st, hdr, pdu, ev)
+        elif ptype in (PTYPE_BIND_ACK, PTYPE_ALTER_CONTEXT_RESP):
+            self._bind_ack(st, hdr, pdu, ev)
+        elif ptype == PTYPE_BIND_NAK:
+            self._bind_nak(st, hdr, pdu, ev)
+        else:
+            body = dcerpc.parse_auth_only(pdu, hdr)
+            ev.auth_level = body.auth_level
+        self.events.append(ev)
+
+    def _set_iface(self, ev: Event, iface: _Iface | None) -> None:
+        if iface is not None:
+            ev.interface, ev.interface_uuid, ev.interface_ver = iface.name, iface.uuid, iface.ver
+
+    def _fragment(self, st: _ConnState, from_client: bool, hdr, cp, ev: Event) -> tuple[bytes | None, _Call | None]:
+        """Fragment bookkeeping. Returns (complete stub, call) at the LAST fragment, (None, None) before it."""
+        stub = cp.body.stub
+        if hdr.first and hdr.last:
+            call = _Call(cp.alloc_hint)
+            call.size, call.count = len(stub), 1
+            return stub, call
+        key = (from_client, hdr.call_id)
+        call = st.calls.get(key)
+        if hdr.first or call is None:
+            if call is not None:
+                ev.note = "new FIRST fragment before the previous call's LAST: previous fragments dropped"
+            call = st.calls[key] = _Call(cp.alloc_hint, None if hdr.first else "first fragment(s) not in the capture")
+        call.count += 1
+        if call.damaged is None:
+            if call.size + len(stub) > MAX_CALL_BYTES:
+                call.damaged = f"call larger than {MAX_CALL_BYTES} bytes"
+                call.parts = []
+            else:
+                call.parts.append(stub)
+        call.size += len(stub)
+        if not hdr.last:
+            ev.stub_len = len(stub)
+            ev.note = _join(ev.note, f"fragment {call.count} of call {hdr.call_id} (reassembled at its LAST fragment)")
+            return None, None
+        del st.calls[key]
+        return (b"".join(call.parts) if call.damaged is None else b""), call
+
+    def _request(self, st: _ConnState, from_client: bool, hdr, pdu: bytes, ev: Event, server) -> None:
+        cp = dcerpc.parse_call(pdu, hdr)
+        ev.ctx_id, ev.opnum = cp.ctx_id, cp.opnum
+        ev.auth_level = cp.body.auth_level
+        ev.encrypted = ev.auth_level == AUTH_LEVEL_PKT_PRIVACY
+        iface, note = self._ctx_iface(st, cp.ctx_id, *server)
+        self._set_iface(ev, iface)
+        ev.opname = opname(ev.interface, ev.opnum)
+        ev.note = _join(note, cp.body.note)
+        stub, call = self._fragment(st, from_client, hdr, cp, ev)
+        if call is None:
+            return
+        st.requests[hdr.call_id] = _Request(cp.opnum, cp.ctx_id, ev.frame, iface)
+        self._finish_stub(ev, hdr, stub, call, iface, decode_request_stub)
+
+    def _response(self, st: _ConnState, from_client: bool, hdr, pdu: bytes, ev: Event, server) -> None:
+        cp = dcerpc.parse_call(pdu, hdr)
+        ev.ctx_id = cp.ctx_id
+        ev.auth_level = cp.body.auth_level
+        ev.encrypted = ev.auth_level == AUTH_LEVEL_PKT_PRIVACY
+        req = st.requests.get(hdr.call_id)
+        if req is not None:
+            iface, note = req.iface, None
+            ev.opnum, ev.request_frame = req.opnum, req.frame
+        else:
+            iface, note = self._ctx_iface(st, cp.ctx_id, *server)
+            note = _join(note, "request not in the capture")
+        self._set_iface(ev, iface)
+        ev.opname = opname(ev.interface, ev.opnum)
+        ev.note = _join(note, cp.body.note)
+        if hdr.ptype == PTYPE_FAULT:
+            ev.status = cp.status
+            ev.stub_len = len(cp.body.stub)
+            st.requests.pop(hdr.call_id, None)
+            st.calls.pop((from_client, hdr.call_id), None)
+            return
+        stub, call = self._fragment(st, from_client, hdr, cp, ev)
+        if call is None:
+            return
+        st.requests.pop(hdr.call_id, None)
+        if ev.interface == EPM and ev.opnum == 3 and not ev.encrypted and call.damaged is None:
+            self._learn_from_ept_map(ev, stub, hdr.little_endian, server[0])
+        self._finish_stub(ev, hdr, stub, call, iface, decode_response_stub)
+
+    def _finish_stub(self, ev: Event, hdr, stub: bytes, call: _Call, iface: _Iface | None, decoder) -> None:
+        """Common end of a complete request/response: stub_len, and the decoded fields when readable."""
+        if ev.encrypted:
+            ev.stub_len = call.alloc_hint or call.size
+            return
+        ev.stub_len = call.size
+        if call.damaged is not None:
+            ev.note = _join(ev.note, f"stub not decoded: {call.damaged}")
+            return
+        if iface is None or ev.opnum is None:
+            return
+        if iface.ndr64:
+            ev.note = _join(ev.note, "NDR64 transfer syntax: stub not decoded")
+            return
+        fields = decoder(iface.name, ev.opnum, stub, hdr.little_endian)
+        for name, value in fields.items():
+            if name == "note":
+                ev.note = _join(ev.note, value)
+            else:
+                setattr(ev, name, value)
+
+    def _learn_from_ept_map(self, ev: Event, stub: bytes, little_endian: bool, epm_server_ip: str) -> None:
+        endpoints, _status, note = parse_ept_map_response(stub, little_endian)
+        if note:
+            ev.note = _join(ev.note, note)
+        for ep in endpoints:
+            if ep.protocol != "tcp" or ep.port is None:
+                continue
+            ip = ep.ip if ep.ip and ep.ip != "0.0.0.0" else epm_server_ip
+            self._learn_endpoint(ip, ep.port, _Iface(ep.if_uuid, ep.if_major, ep.if_minor))
+
+    def _bind(self, st: _ConnState, hdr, pdu: bytes, ev: Event) -> None:
+        bp = dcerpc.parse_bind(pdu, hdr)
+        ev.auth_level = bp.body.auth_level
+        ev.note = _join(bp.note, bp.body.note)
+        st.pending_binds[hdr.call_id] = bp.contexts
+        if bp.contexts:
+            first = bp.contexts[0]
+            ev.ctx_id = first.ctx_id
+            self._set_iface(ev, _Iface(first.if_uuid, first.if_major, first.if_minor))
+
+    def _take_pending(self, st: _ConnState, call_id: int):
+        offered = st.pending_binds.pop(call_id, None)
+        if offered is None and st.pending_binds:
+            # Acks carry the bind's call_id; a stack that does not: take the oldest outstanding bind
+            offered = st.pending_binds.pop(next(iter(st.pending_binds)))
+        return offered
+
+    def _bind_ack(self, st: _ConnState, hdr, pdu: bytes, ev: Event) -> None:
+        ap = dcerpc.parse_bind_ack(pdu, hdr)
+        ev.auth_level = ap.body.auth_level
+        ev.note = _join(ap.note, ap.body.note)
+        offered = self._take_pending(st, hdr.call_id)
+        if offered is None:
+            ev.note = _join(ev.note, "bind not in the capture: contexts unknown")
+            return
+        first_accepted = None
+        for item, res in zip(offered, ap.results):
+            if res.result != 0:
+                continue
+            iface = _Iface(item.if_uuid, item.if_major, item.if_minor, res.transfer_uuid == NDR64_UUID)
+            st.contexts[item.ctx_id] = iface
+            if first_accepted is None:
+                first_accepted = (item.ctx_id, iface)
+        if len(ap.results) != len(offered):
+            ev.note = _join(ev.note, f"{len(ap.results)} results for {len(offered)} offered contexts")
+        if first_accepted is None:
+            ev.note = _join(ev.note, "no presentation context accepted")
+            if offered:
+                self._set_iface(ev, _Iface(offered[0].if_uuid, offered[0].if_major, offered[0].if_minor))
+                ev.ctx_id = offered[0].ctx_id
+            return
+        ev.ctx_id, iface = first_accepted
+        self._set_iface(ev, iface)
+        # The secondary address is the server's port for ncacn_ip_tcp: one more way to learn port -> interface
+        if ap.sec_addr.isdigit() and int(ap.sec_addr) != EPM_PORT:
+            self._learn_endpoint(ev.src, int(ap.sec_addr), iface)
+
+    def _bind_nak(self, st: _ConnState, hdr, pdu: bytes, ev: Event) -> None:
+        offered = self._take_pending(st, hdr.call_id)
+        if offered:
+            ev.ctx_id = offered[0].ctx_id
+            self._set_iface(ev, _Iface(offered[0].if_uuid, offered[0].if_major, offered[0].if_minor))
+        if len(pdu) >= 18:
+            reason = int.from_bytes(pdu[16:18], "little" if hdr.little_endian else "big")
+            ev.note = f"bind rejected, reason {reason}"
+
+
+def _offers_only_ndr64(item) -> bool:
+    return bool(item.transfer) and all(ts == NDR64_UUID for ts, _ in item.transfer)
+
+
+def _join(a: str | None, b: str | None) -> str | None:
+    if a and b:
+        return f"{a}; {b}"
+    return a or b
