@@ -7,8 +7,10 @@ Speed: the record chain is inherently sequential (each header gives the next off
 loop, kept to one ``unpack_from`` of the length word and one list append per record, with the end of the buffer
 detected by the ``struct.error`` of the first read beyond it instead of a bounds test per record. Everything else
 (timestamps, lengths, validation) is done per batch with numpy. Measured on a generated 1,000,000-frame,
-366 MB pcap on this machine (2 shared cores): the walk alone 0.42 s (415 ns/frame); full ``Capture.batches()``
-including the numpy work: see ``tests/test_ingest_perf.py`` / the report (about 0.65 µs/frame).
+366 MB pcap on this machine (2 shared cores, lightly loaded): the walk alone 0.42 s (415 ns/frame; a plain
+``while pos + 16 <= end`` loop took 605 ns/frame); the whole ``Capture.batches()`` iteration 0.81-0.91 s
+(1.1-1.24 M frames/s) with 31 MB of anonymous memory. Gathering the headers with numpy takes 0.18 s of that;
+gathering 32-bit words from four aligned views instead was no faster (0.20 s).
 """
 
 from __future__ import annotations

@@ -1,0 +1,256 @@
+"""Scoring many captures: expand the inputs, skip what RESULTS already has, run ``score_one`` on a local process
+pool or a Dask cluster, write rows as captures finish, return one sorted table."""
+
+from __future__ import annotations
+
+import glob
+import multiprocessing
+import os
+import sys
+from collections import Counter
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from typing import Callable, Iterable, Iterator
+
+import pandas as pd
+
+from analyzer.batch.store import ResultsStore, rows_frame, sort_rows
+from analyzer.batch.worker import error_row, is_url, preload, score_one, sha256_file
+
+GLOB_CHARS = set("*?[")
+
+
+# -- inputs ----------------------------------------------------------------------------------------------------
+
+def looks_like_capture(path: str) -> bool:
+    """Content sniffing (as ``open_capture`` does) for files found inside folders."""
+    import zlib
+
+    from analyzer.ingest.sniff import SNIFF_BYTES, is_gzip, sniff_format
+
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
+    except OSError:
+        return False
+    if is_gzip(head):
+        try:
+            head = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(head, 64)
+        except zlib.error:
+            return False
+    return sniff_format(head[:SNIFF_BYTES]) is not None
+
+
+def expand_paths(paths: Iterable[str]) -> tuple[list[str], int]:
+    """Files, folders (recursed) and globs -> (capture paths in a stable order, files skipped in folders).
+
+    Named files (and glob matches) are always scored, so a wrong file gets an error row; files found by
+    recursing into a folder are scored only when their content looks like a capture (a README or manifest
+    beside the captures is skipped, and counted).
+    """
+    out: list[str] = []
+    skipped = 0
+
+    def walk(folder: str) -> None:
+        nonlocal skipped
+        for root, dirs, files in os.walk(folder):
+            dirs.sort()
+            for name in sorted(files):
+                full = os.path.join(root, name)
+                if looks_like_capture(full):
+                    out.append(full)
+                else:
+                    skipped += 1
+
+    for p in paths:
+        p = str(p)
+        if is_url(p):
+            out.append(p)
+        elif os.path.isdir(p):
+            walk(p)
+        elif os.path.exists(p) or not (GLOB_CHARS & set(p)):
+            out.append(p)  # a missing named file becomes an error row
+        else:
+            for match in sorted(glob.glob(p, recursive=True)):
+                if os.path.isdir(match):
+                    walk(match)
+                else:
+                    out.append(match)
+    seen: set[str] = set()
+    unique = [p for p in out if not (p in seen or seen.add(p))]
+    return unique, skipped
+
+
+# -- executors -------------------------------------------------------------------------------------------------
+
+def _pool_context():
+    # fork: workers inherit the parent's imported pipeline (preloaded below), so they start in milliseconds;
+    # spawn would re-import scapy/pandas in every worker (~1-2 s each).
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods else methods[0])
+
+
+def run_local(paths: list[str], jobs: int) -> Iterator[tuple[str, list[dict]]]:
+    """(path, rows) as captures finish, on a local process pool. A worker that dies (crash, out of memory)
+    turns the captures it held into error rows and the pool is restarted for the rest."""
+    preload()
+    queue = list(reversed(paths))
+    window = max(2, jobs * 4)  # bounded number of submitted tasks: thousands of paths don't all queue at once
+    while queue:
+        broken = False
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=_pool_context(), initializer=preload) as ex:
+            running = {}
+            while queue or running:
+                while queue and len(running) < window:
+                    path = queue.pop()
+                    running[ex.submit(score_one, path)] = path
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    path = running.pop(fut)
+                    try:
+                        rows = fut.result()
+                    except BrokenProcessPool:
+                        broken = True
+                        rows = [error_row(path, None, "analysis failed: the worker process died "
+                                          "(crash or out of memory)")]
+                    except Exception as exc:
+                        rows = [error_row(path, None, f"analysis failed: {type(exc).__name__}: {exc}")]
+                    yield path, rows
+                if broken:
+                    for fut, path in running.items():
+                        yield path, [error_row(path, None, "analysis failed: the worker process died "
+                                               "(crash or out of memory)")]
+                    running.clear()
+                    break
+        if not broken:
+            return
+
+
+def run_dask(paths: list[str], client) -> Iterator[tuple[str, list[dict]]]:
+    """(path, rows) as captures finish, on a dask.distributed cluster. The workers need mailpush installed and
+    must be able to read the paths (a shared filesystem, or fsspec URLs)."""
+    from distributed import as_completed
+
+    futures = client.map(score_one, paths, pure=False)
+    by_key = {f.key: p for f, p in zip(futures, paths)}
+    for fut in as_completed(futures):
+        path = by_key[fut.key]
+        try:
+            rows = fut.result()
+        except Exception as exc:  # KilledWorker, lost connection, ...
+            rows = [error_row(path, None, f"analysis failed on the cluster: {type(exc).__name__}: {exc}")]
+        fut.release()
+        yield path, rows
+
+
+# -- the whole batch -------------------------------------------------------------------------------------------
+
+class BatchReport:
+    """What a batch did, for the one-line summary."""
+
+    def __init__(self):
+        self.inputs = 0
+        self.scored = 0
+        self.resumed = 0
+        self.skipped_in_folders = 0
+
+    def summary(self, table: pd.DataFrame) -> str:
+        errors = int(table["error"].notna().sum()) if len(table) else 0
+        verdicts = Counter(v for v, e in zip(table["verdict"], table["error"]) if pd.isna(e) and pd.notna(v))
+        parts = [f"{self.scored} captures scored"]
+        if self.resumed:
+            parts.append(f"{self.resumed} already in results")
+        if self.skipped_in_folders:
+            parts.append(f"{self.skipped_in_folders} non-capture files skipped")
+        per_verdict = ", ".join(f"{v} {n}" for v, n in sorted(verdicts.items())) or "no verdicts"
+        return f"batch: {'; '.join(parts)}; {len(table)} rows: {per_verdict}; errors {errors}"
+
+
+def score(
+    paths: Iterable[str],
+    jobs: int | None = None,
+    client=None,
+    *,
+    scheduler: str | None = None,
+    output: str | None = None,
+    fmt: str | None = None,
+    resume: bool = False,
+    progress: bool | None = None,
+    report: BatchReport | None = None,
+    on_rows: Callable[[str, list[dict]], None] | None = None,
+) -> pd.DataFrame:
+    """Score captures; one row per (capture, client) with ``BATCH_COLUMNS``, sorted by file then client.
+
+    ``jobs``: local worker processes (default: CPU count). ``client``: a ``distributed.Client`` to run on instead;
+    ``scheduler``: its address (``tcp://host:8786``), connected to here. ``output``: RESULTS file written as
+    captures finish (``fmt`` csv|parquet|jsonl, default from the suffix); ``resume`` skips captures whose
+    sha256 RESULTS already has, and their rows are part of the returned table. ``progress``: a tqdm bar on
+    stderr (default: when stderr is a terminal).
+    """
+    report = report or BatchReport()
+    todo, report.skipped_in_folders = expand_paths(paths)
+    report.inputs = len(todo)
+
+    store = ResultsStore(output, fmt) if output else None
+    kept = rows_frame([])
+    if store is not None and resume:
+        kept = store.load()
+        done = {h for h in kept["sha256"].dropna().astype(str) if h}
+        if done:
+            remaining = []
+            for p in todo:
+                if not is_url(p):
+                    try:
+                        if sha256_file(p) in done:
+                            report.resumed += 1
+                            continue
+                    except OSError:
+                        pass
+                remaining.append(p)
+            todo = remaining
+    if store is not None:
+        store.start(kept if resume else None)
+
+    own_client = None
+    if client is None and scheduler:
+        from distributed import Client
+
+        client = own_client = Client(scheduler)
+    if progress is None:
+        progress = sys.stderr.isatty()
+    bar = None
+    if progress and todo:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo), unit="capture", file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+
+    new_rows: list[dict] = []
+    try:
+        if not todo:
+            source: Iterable = ()
+        elif client is not None:
+            source = run_dask(todo, client)
+        else:
+            source = run_local(todo, max(1, int(jobs or os.cpu_count() or 1)))
+        for path, rows in source:
+            new_rows.extend(rows)
+            report.scored += 1
+            if store is not None:
+                store.append(rows)
+            if on_rows is not None:
+                on_rows(path, rows)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+        if own_client is not None:
+            own_client.close()
+        if store is not None:
+            store.close()
+
+    table = sort_rows(pd.concat([kept, rows_frame(new_rows)], ignore_index=True) if len(kept) else
+                      rows_frame(new_rows))
+    if store is not None:
+        store.finish(table)
+    return table

@@ -1,0 +1,202 @@
+"""The RESULTS file of a batch: written incrementally while captures finish, sorted once at the end.
+
+* **csv / jsonl**: rows are appended to RESULTS itself as each capture finishes: all rows of one capture in one
+  ``write()`` on an ``O_APPEND`` descriptor, so a killed batch leaves whole captures (a torn last line, if any,
+  is dropped when the file is read back). At the end the file is rewritten sorted by (file, client), through a
+  temporary file and an atomic rename.
+* **parquet** cannot be appended to, so finished rows go to a journal beside it, ``RESULTS.partial.jsonl``; the
+  parquet file is written (sorted) at the end and the journal removed. ``--resume`` reads both.
+
+``--resume`` skips captures whose sha256 is already in RESULTS (or its journal). Without it an existing RESULTS
+is replaced.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from analyzer.batch.worker import BATCH_COLUMNS
+
+FORMATS = ("csv", "parquet", "jsonl")
+
+
+def format_for(path: str, fmt: str | None) -> str:
+    if fmt:
+        return fmt
+    suffix = Path(path).suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        return "parquet"
+    if suffix in (".jsonl", ".json", ".ndjson"):
+        return "jsonl"
+    return "csv"
+
+
+def _clean(value):
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def sort_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """Deterministic order: by file, then client (rows without a client first), then the original order."""
+    if df.empty:
+        return df.reset_index(drop=True)
+    key = pd.DataFrame({"file": df["file"].fillna("").astype(str), "client": df["client"].fillna("").astype(str)})
+    order = key.sort_values(["file", "client"], kind="stable").index
+    return df.loc[order].reset_index(drop=True)
+
+
+def rows_frame(rows: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=BATCH_COLUMNS)
+
+
+class ResultsStore:
+    def __init__(self, path: str, fmt: str | None = None):
+        self.path = str(path)
+        self.format = format_for(self.path, fmt)
+        if self.format not in FORMATS:
+            raise ValueError(f"unknown results format {self.format!r} (csv, parquet, jsonl)")
+        self.journal = self.path + ".partial.jsonl" if self.format == "parquet" else self.path
+        self._fd: int | None = None
+
+    # -- reading back ------------------------------------------------------------------------------------------
+
+    def load(self) -> pd.DataFrame:
+        """Rows already in RESULTS (final file and journal); empty when there are none."""
+        frames = []
+        if self.format == "parquet":
+            if os.path.exists(self.path):
+                try:
+                    frames.append(pd.read_parquet(self.path))
+                except Exception as exc:  # a parquet file cut by a crash is unreadable as a whole
+                    raise ValueError(f"{self.path}: cannot read existing results: {exc}") from None
+            frames.append(self._read_jsonl(self.journal))
+        elif self.format == "jsonl":
+            frames.append(self._read_jsonl(self.path))
+        else:
+            frames.append(self._read_csv(self.path))
+        frames = [f for f in frames if not f.empty]
+        if not frames:
+            return rows_frame([])
+        df = pd.concat(frames, ignore_index=True)
+        for col in BATCH_COLUMNS:
+            if col not in df.columns:
+                df[col] = None
+        return df[BATCH_COLUMNS]
+
+    @staticmethod
+    def _read_jsonl(path: str) -> pd.DataFrame:
+        if not os.path.exists(path):
+            return rows_frame([])
+        rows = []
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue  # torn last line of an interrupted batch
+                if isinstance(row, dict):
+                    rows.append(row)
+        return rows_frame(rows)
+
+    @staticmethod
+    def _read_csv(path: str) -> pd.DataFrame:
+        if not os.path.exists(path) or os.path.getsize(path) == 0:
+            return rows_frame([])
+        with open(path, encoding="utf-8", newline="") as fh:
+            text = fh.read()
+        if not text.endswith("\n"):
+            text = text[: text.rfind("\n") + 1]  # drop a torn last line
+        if not text.strip():
+            return rows_frame([])
+        df = pd.read_csv(io.StringIO(text), dtype={"sha256": str, "file": str, "client": str})
+        return df
+
+    def done_hashes(self) -> set[str]:
+        df = self.load()
+        return {h for h in df["sha256"].dropna().astype(str) if h}
+
+    # -- writing -----------------------------------------------------------------------------------------------
+
+    def start(self, keep: pd.DataFrame | None) -> None:
+        """Begin a run: RESULTS (or the journal) holds exactly ``keep`` (the rows resumed), then rows append."""
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        keep = keep if keep is not None else rows_frame([])
+        if self.format == "parquet":
+            # resumed rows live in the journal until the final write
+            self._atomic_write(self.journal, self._jsonl_text(keep))
+            if os.path.exists(self.path):
+                os.unlink(self.path)
+        elif self.format == "jsonl":
+            self._atomic_write(self.path, self._jsonl_text(keep))
+        else:
+            self._atomic_write(self.path, self._csv_text(keep, header=True))
+        self._fd = os.open(self.journal, os.O_WRONLY | os.O_APPEND)
+
+    def append(self, rows: list[dict]) -> None:
+        """All rows of one finished capture, in one write."""
+        if not rows:
+            return
+        if self.format == "csv":
+            data = self._csv_text(rows_frame(rows), header=False)
+        else:
+            data = self._jsonl_text(rows_frame(rows))
+        os.write(self._fd, data.encode("utf-8"))
+
+    def finish(self, df: pd.DataFrame) -> None:
+        """Replace RESULTS with the complete, sorted table."""
+        self.close()
+        if self.format == "parquet":
+            tmp = self.path + ".tmp"
+            try:
+                df.to_parquet(tmp, index=False)
+            except Exception:
+                # mixed Python types in an object column: store those columns as text
+                fixed = df.copy()
+                for col in fixed.columns:
+                    if fixed[col].dtype == object:
+                        fixed[col] = fixed[col].map(lambda v: None if v is None else str(v))
+                fixed.to_parquet(tmp, index=False)
+            os.replace(tmp, self.path)
+            if os.path.exists(self.journal):
+                os.unlink(self.journal)
+        elif self.format == "jsonl":
+            self._atomic_write(self.path, self._jsonl_text(df))
+        else:
+            self._atomic_write(self.path, self._csv_text(df, header=True))
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    @staticmethod
+    def _jsonl_text(df: pd.DataFrame) -> str:
+        out = []
+        for row in df.to_dict(orient="records"):
+            out.append(json.dumps({k: _clean(v) for k, v in row.items()}, default=str, ensure_ascii=False))
+        return "".join(line + "\n" for line in out)
+
+    @staticmethod
+    def _csv_text(df: pd.DataFrame, header: bool) -> str:
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        if header:
+            writer.writerow(BATCH_COLUMNS)
+        for row in df.to_dict(orient="records"):
+            writer.writerow(["" if _clean(row.get(c)) is None else row.get(c) for c in BATCH_COLUMNS])
+        return buf.getvalue()
+
+    @staticmethod
+    def _atomic_write(path: str, text: str) -> None:
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+        os.replace(tmp, path)

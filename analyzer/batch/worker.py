@@ -1,0 +1,112 @@
+"""The unit of batch work: one capture -> its result rows. Runs in a pool process or on a Dask worker.
+
+``score_one`` never raises: a capture that cannot be read, hashed or analysed becomes one row with ``error``
+set, so one bad file never stops a batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+
+from analyzer.pipeline import RESULT_COLUMNS
+
+# The issue's required columns are all in RESULT_COLUMNS except sha256, which batch adds after `file`. No
+# timing column: the table must be identical whichever executor produced it.
+BATCH_COLUMNS = ["file", "sha256"] + [c for c in RESULT_COLUMNS if c != "file"]
+
+HASH_CHUNK = 1 << 20
+
+
+def sha256_file(path: str) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks (constant memory)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def is_url(path: str) -> bool:
+    return "://" in path and not path.startswith("file://")
+
+
+def _fetch(url: str) -> tuple[str, str]:
+    """Copy a remote (fsspec) capture to a local temporary file, hashing it on the way.
+
+    The readers mmap local files; a capture behind an fsspec URL (s3://, gcs://, http://, ... with the matching
+    filesystem package installed on the worker) is streamed to local disk first, 1 MiB at a time.
+    """
+    import fsspec
+
+    h = hashlib.sha256()
+    fd, local = tempfile.mkstemp(prefix="mailpush-batch-")
+    try:
+        with fsspec.open(url, "rb") as src, os.fdopen(fd, "wb") as dst:
+            while chunk := src.read(HASH_CHUNK):
+                h.update(chunk)
+                dst.write(chunk)
+    except BaseException:
+        os.unlink(local)
+        raise
+    return local, h.hexdigest()
+
+
+def error_row(path: str, sha256: str | None, message: str) -> dict:
+    row = dict.fromkeys(BATCH_COLUMNS)
+    row.update(file=path, sha256=sha256, error=message)
+    return row
+
+
+def score_one(path: str) -> list[dict]:
+    """Analyse one capture; its rows (``BATCH_COLUMNS``). Never raises."""
+    path = str(path)
+    sha = None
+    local = path
+    try:
+        if is_url(path):
+            local, sha = _fetch(path)
+        else:
+            if path.startswith("file://"):
+                local = path[len("file://"):]
+            sha = sha256_file(local)
+    except OSError as exc:
+        return [error_row(path, sha, f"cannot read: {exc.strerror or exc}")]
+    except Exception as exc:  # fsspec: unknown protocol, missing filesystem package, network errors
+        return [error_row(path, sha, f"cannot fetch: {type(exc).__name__}: {exc}")]
+    try:
+        from analyzer.pipeline import analyze_capture, result_rows
+
+        result = analyze_capture(local)
+        result.file = path
+        rows = result_rows(result)
+    except Exception as exc:  # a bug in a stage must not stop the batch; the message says which
+        return [error_row(path, sha, f"analysis failed: {type(exc).__name__}: {exc}")]
+    finally:
+        if local != path and is_url(path):
+            try:
+                os.unlink(local)
+            except OSError:
+                pass
+    out = []
+    for row in rows:
+        full = dict.fromkeys(BATCH_COLUMNS)
+        full.update(row)
+        full["file"] = path
+        full["sha256"] = sha
+        out.append(full)
+    return out
+
+
+def preload() -> None:
+    """Import the pipeline stages once per worker process (pool initializer / Dask worker start), so the first
+    capture of each worker does not pay for importing scapy, pandas and the stages."""
+    try:
+        import analyzer.pipeline  # noqa: F401
+        from analyzer import correlate, dissect, ingest, verdict  # noqa: F401
+        import analyzer.dissect.engine  # noqa: F401
+    except Exception:
+        pass  # score_one reports any import failure per capture
+
+
