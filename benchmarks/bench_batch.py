@@ -1,0 +1,103 @@
+"""Benchmark (not a test): batch scoring of 200 sample-sized captures with --jobs 1 and --jobs 2.
+
+Reports captures/s for each, the speed-up (target >= 1.8x on 2 cores) and the per-capture overhead of the batch
+machinery (process pool start-up, scheduling, result writing; target < 20 ms), measured as
+
+    (wall time of score(paths, jobs=1, output=...) - time of calling score_one() on each path in this process) / n
+
+The captures are the project's samples (captures/*) when generated, else the public captures, copied
+round-robin under 200 distinct names into a temporary folder. The machine's load average is printed first:
+the speed-up is only meaningful when the second core is idle.
+
+    .venv/bin/python benchmarks/bench_batch.py [--captures 200] [--cli]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from analyzer.batch import score  # noqa: E402
+from analyzer.batch.worker import preload, score_one  # noqa: E402
+
+
+def sample_files() -> list[Path]:
+    samples = sorted(p for p in (ROOT / "captures").glob("*") if p.is_file() and p.suffix in
+                     (".pcap", ".pcapng", ".cap", ".gz"))
+    if samples:
+        return samples
+    public = ROOT.parent / "shared" / "captures" / "public"
+    if not public.is_dir():
+        public = Path("/work/shared/captures/public")
+    return sorted(p for p in public.glob("*") if p.suffix in (".pcap", ".pcapng", ".cap"))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--captures", type=int, default=200)
+    ap.add_argument("--cli", action="store_true", help="also time the `mailpush batch` command end to end")
+    args = ap.parse_args()
+
+    sources = sample_files()
+    if not sources:
+        print("no sample captures found", file=sys.stderr)
+        return 1
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} cores")
+    with tempfile.TemporaryDirectory(prefix="mailpush-bench-batch-") as tmp:
+        folder = Path(tmp) / "captures"
+        folder.mkdir()
+        paths = []
+        for i in range(args.captures):
+            src = sources[i % len(sources)]
+            dst = folder / f"{i:04d}-{src.name}"
+            shutil.copy(src, dst)
+            paths.append(str(dst))
+        size = sum(os.path.getsize(p) for p in paths)
+        print(f"{len(paths)} captures from {len(sources)} samples, {size / 1e6:.1f} MB in total")
+
+        preload()
+        score_one(paths[0])  # warm caches (imports, page cache) before timing
+        t = time.perf_counter()
+        inline_rows = [row for p in paths for row in score_one(p)]
+        inline = time.perf_counter() - t
+        errors = sum(1 for r in inline_rows if r["error"])
+        print(f"in-process analysis, no batch machinery: {inline:.2f} s ({len(paths) / inline:.1f} captures/s), "
+              f"{len(inline_rows)} rows, {errors} error rows")
+
+        timings = {}
+        for jobs in (1, 2):
+            out = Path(tmp) / f"results-{jobs}.csv"
+            t = time.perf_counter()
+            table = score(paths, jobs=jobs, output=str(out), progress=False)
+            timings[jobs] = time.perf_counter() - t
+            print(f"--jobs {jobs}: {timings[jobs]:.2f} s, {len(paths) / timings[jobs]:.1f} captures/s, "
+                  f"{len(table)} rows")
+        speedup = timings[1] / timings[2]
+        overhead_ms = (timings[1] - inline) / len(paths) * 1000
+        print(f"speed-up --jobs 2 vs --jobs 1: {speedup:.2f}x (target >= 1.8x)")
+        print(f"per-capture overhead of the batch machinery: {overhead_ms:.1f} ms (target < 20 ms)")
+
+        if args.cli:
+            for jobs in (1, 2):
+                out = Path(tmp) / f"cli-{jobs}.csv"
+                t = time.perf_counter()
+                subprocess.run([sys.executable, "-m", "analyzer", "batch", str(folder), "-o", str(out),
+                                "--jobs", str(jobs)], check=False, capture_output=True, cwd=ROOT)
+                wall = time.perf_counter() - t
+                print(f"`mailpush batch --jobs {jobs}` end to end (with interpreter start-up): {wall:.2f} s, "
+                      f"{len(paths) / wall:.1f} captures/s")
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
