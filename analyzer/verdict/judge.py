@@ -1,0 +1,385 @@
+"""ClientActivity -> ClientVerdict: does push notification work for this client, and if not, why.
+
+The decision follows issue 3 and protocol.md §1.7-1.9, §2:
+
+* An Outlook 2007+ client using EcDoAsyncConnectEx/EcDoAsyncWaitEx needs no UDP (``async_wait``).
+* A DCE/RPC fault or a non-zero return to EcRRegisterPushNotification means the client is not registered.
+* A registered client keeps polling about every pcmsPollsMax until its first datagram (MS-OXCNOTIF 3.2.5.4), so
+  polling alone proves nothing: UDP trouble needs a datagram without a reaction, an ICMP error quoting it, a
+  callback address the server cannot reach, or mail that arrived without any datagram.
+* Packet privacy hides the return value and the callback address: then only behaviour can decide, and the reason
+  says so.
+"""
+
+from __future__ import annotations
+
+from analyzer.correlate.model import (
+    EC_REJECTED,
+    EMSMDB,
+    ClientActivity,
+    CorrelationResult,
+    Notification,
+    Registration,
+    RpcCall,
+)
+from analyzer.verdict.model import CAUSES, CaptureResult, ClientVerdict, EvidenceItem, TimelineMark
+from analyzer.verdict.remedies import remedy_for
+
+# Outlook registers right after logon (EcDoConnect(Ex) -> opnum 4 within a few seconds). When the capture holds
+# the logon and runs at least this long after it without an opnum 4, the client did not register; a shorter
+# capture cannot tell (the short Outlook 2003 session in wiki-ShortMAPI.pcapng is such a case).
+LOGON_GRACE_S = 30.0
+# Evidence lists stay readable: at most this many polls / datagrams are cited per verdict.
+MAX_CITED = 30
+
+STATUS_NAMES = {
+    0x00000000: "success",
+    0x80040102: "ecNotSupported",
+    0x80070057: "ecInvalidParam",
+    0x80040305: "ecTooBig",
+    0x80040115: "ecRpcFailed",
+    0x000007EE: "ecRejected",
+    0x000003ED: "ecExiting",
+    0x00000970: "ecNotEncrypted",
+    0x000004B6: "ecRpcFormat",
+    0x1C010002: "nca_s_op_rng_error",
+    0x1C00001A: "nca_s_fault_context_mismatch",
+    0x000006F7: "RPC_X_BAD_STUB_DATA",
+    0x00000005: "access denied",
+}
+
+
+def status_text(status: int | None) -> str:
+    if status is None:
+        return "unknown"
+    s = status & 0xFFFFFFFF
+    name = STATUS_NAMES.get(s)
+    return f"0x{s:08x}" + (f" ({name})" if name else "")
+
+
+def display_filter(frames) -> str:
+    """Wireshark display filter showing exactly these frames."""
+    frames = sorted(set(int(f) for f in frames))
+    if not frames:
+        return ""
+    if len(frames) == 1:
+        return f"frame.number == {frames[0]}"
+    return "frame.number in {" + " ".join(str(f) for f in frames) + "}"
+
+
+class _Evidence:
+    """Evidence items keyed by frame (the first description of a frame wins), in frame order."""
+
+    def __init__(self):
+        self.items: dict[int, EvidenceItem] = {}
+
+    def add(self, frame: int | None, time: float | None, what: str) -> None:
+        if frame is None or frame in self.items:
+            return
+        self.items[int(frame)] = EvidenceItem(int(frame), float(time or 0.0), what)
+
+    def sorted(self) -> list[EvidenceItem]:
+        return [self.items[f] for f in sorted(self.items)]
+
+
+def _name(call: RpcCall) -> str:
+    return call.opname or f"{call.interface} opnum {call.opnum}"
+
+
+def _cite_registration(ev: _Evidence, r: Registration) -> None:
+    if r.encrypted and not r.callback:
+        ev.add(r.frame, r.time, "EcRRegisterPushNotification request (stub encrypted: callback hidden)")
+    else:
+        ctx = f", context {r.context_hex}" if r.context_hex else ""
+        ev.add(r.frame, r.time, f"EcRRegisterPushNotification request: callback {r.callback or 'unreadable'}{ctx}")
+    if r.fault_frame is not None:
+        ev.add(r.fault_frame, None, f"DCE/RPC fault {status_text(r.fault_status)} to the registration")
+    if r.response_frame is not None:
+        if r.status is None:
+            ev.add(r.response_frame, r.response_time, "EcRRegisterPushNotification answer (status hidden by packet privacy)")
+        else:
+            ev.add(r.response_frame, r.response_time, f"EcRRegisterPushNotification answer: {status_text(r.status)}")
+
+
+def _cite_notification(ev: _Evidence, n: Notification, with_reaction: bool = True) -> None:
+    how = {"context": "payload = registered context", "port": "to the registered callback port",
+           "timing": "client called the server right after", "icmp": "quoted by an ICMP error"}.get(n.matched_by, "")
+    ev.add(n.frame, n.time, f"UDP {n.src}:{n.sport} -> {n.dst}:{n.dport}" + (f" ({how})" if how else ""))
+    if with_reaction and n.reaction_frame is not None:
+        ev.add(n.reaction_frame, n.reaction_time,
+               f"client calls the server {n.reaction_time - n.time:.2f} s after the datagram: Outlook reacted")
+
+
+def _cite_connect(ev: _Evidence, a: ClientActivity) -> None:
+    for c in a.connect_calls[:3]:
+        who = f" for {a.mailbox}" if a.mailbox else ""
+        ev.add(c.frame, c.time, f"{_name(c)} request: Outlook logs on{who}")
+        if c.response_frame is not None:
+            pm = f", pcmsPollsMax {a.poll_max_ms} ms" if a.poll_max_ms else ""
+            ev.add(c.response_frame, c.response_time, f"{_name(c)} answer{pm}")
+
+
+def _cite_polls(ev: _Evidence, a: ClientActivity, after: float | None = None) -> None:
+    polls = [c for c in a.polls if after is None or c.time > after]
+    prev = None
+    for c in polls[:MAX_CITED]:
+        gap = f", {c.time - prev:.1f} s after the previous" if prev is not None else ""
+        ev.add(c.frame, c.time, f"unprompted {_name(c)} (polling{gap})")
+        prev = c.time
+
+
+def _poll_phrase(a: ClientActivity) -> str:
+    if a.poll_interval_s is None:
+        return f"{len(a.polls)} unprompted poll(s)"
+    srv = f" (server's pcmsPollsMax {a.server_poll_interval_s:g} s)" if a.server_poll_interval_s else ""
+    return f"polls every {a.poll_interval_s:.0f} s{srv}"
+
+
+def _registration_outcome(a: ClientActivity):
+    """(successful, refused, faulted, unknown) registrations."""
+    ok = [r for r in a.registrations if r.status == 0 and r.fault_status is None]
+    refused = [r for r in a.registrations if r.status not in (None, 0) and r.fault_status is None]
+    faulted = [r for r in a.registrations if r.fault_status is not None]
+    unknown = [r for r in a.registrations if r.status is None and r.fault_status is None]
+    return ok, refused, faulted, unknown
+
+
+def _decide(a: ClientActivity, corr: CorrelationResult):
+    """-> (cause, confidence, reason, _Evidence)."""
+    ev = _Evidence()
+    vantage = corr.vantage
+    reacted = [n for n in a.notifications if n.reaction_frame is not None]
+    ignored = [n for n in a.notifications if n.reaction_frame is None]
+    ok, refused, faulted, unknown = _registration_outcome(a)
+    hidden = bool(unknown) and all(r.encrypted for r in unknown)
+    privacy_note = "; packet privacy hides the registration's status and callback, judged from behaviour" \
+        if (hidden and not ok) else ""
+    end = corr.end if corr.end is not None else a.last_time
+
+    # Outlook 2007+ against Exchange 2007+: EcDoAsyncWaitEx long-poll instead of UDP.
+    async_ok = [c for c in a.async_connect_calls if c.status != EC_REJECTED and c.fault_status is None]
+    if a.async_waits or (async_ok and not a.registrations):
+        for c in a.async_connect_calls[:3]:
+            ev.add(c.frame, c.time, f"{_name(c)} request: asynchronous notification session")
+            if c.response_frame is not None:
+                ev.add(c.response_frame, c.response_time, f"{_name(c)} answer: {status_text(c.status)}")
+        for w in a.async_waits[:MAX_CITED]:
+            ev.add(w.frame, w.time, "EcDoAsyncWaitEx request (waits for server events)")
+            if w.completion_frame is not None:
+                flags = "NotificationPending" if (w.flags or 0) & 1 else f"flags {w.flags}"
+                ev.add(w.completion_frame, w.completion_time, f"EcDoAsyncWaitEx completes: {flags}")
+        for m in a.mail_evidence:
+            ev.add(m.frame, m.time, m.what)
+        done = [w for w in a.async_waits if w.completion_frame is not None]
+        conf = 0.9 if a.async_waits else 0.7
+        reason = (f"Outlook uses EcDoAsyncWaitEx ({len(a.async_waits)} wait(s), {len(done)} completed): "
+                  "notifications arrive over the async RPC, UDP push is not needed")
+        if not a.async_waits:
+            reason = "EcDoAsyncConnectEx accepted but no EcDoAsyncWaitEx captured yet; async notification, no UDP needed"
+        return "async_wait", conf, reason, ev
+
+    if faulted and not ok:
+        r = faulted[-1]
+        _cite_registration(ev, r)
+        _cite_polls(ev, a, after=r.time)
+        return ("registration_fault", 0.9,
+                f"EcRRegisterPushNotification answered with DCE/RPC fault {status_text(r.fault_status)}; "
+                f"{_poll_phrase(a)} instead", ev)
+
+    if refused and not ok:
+        r = refused[-1]
+        _cite_registration(ev, r)
+        _cite_polls(ev, a, after=r.time)
+        return ("server_refused", 0.95,
+                f"server {r.server} refused EcRRegisterPushNotification with {status_text(r.status)}; "
+                f"Outlook falls back to polling ({_poll_phrase(a)})", ev)
+
+    if ok or unknown:
+        r = (ok or unknown)[-1]
+        for reg in a.registrations:
+            if reg is r or reg.status == 0:
+                _cite_registration(ev, reg)
+        penalty = 0.15 if privacy_note else 0.0
+        if reacted:
+            for n in a.notifications[:MAX_CITED]:
+                _cite_notification(ev, n)
+            return ("push_working", 0.95 - penalty / 2,
+                    f"{len(a.notifications)} UDP notification(s) from {a.server} reached the client and it called "
+                    f"the server within 2 s each time{privacy_note}", ev)
+        if r.callback_ip and r.callback_ip != a.client and r.callback_ip not in a.servers:
+            for n in a.notifications[:MAX_CITED]:
+                _cite_notification(ev, n)
+            for e in a.icmp_errors[:MAX_CITED]:
+                ev.add(e.frame, e.time, _icmp_what(e))
+            _cite_polls(ev, a, after=r.time)
+            return ("callback_unreachable_nat", 0.85,
+                    f"the client registered callback {r.callback} but the server sees it as {a.client} (NAT or VPN): "
+                    f"{len(a.notifications)} datagram(s) to the callback, no reaction; {_poll_phrase(a)}", ev)
+        if a.icmp_errors:
+            for n in a.notifications[:MAX_CITED]:
+                _cite_notification(ev, n)
+            for e in a.icmp_errors[:MAX_CITED]:
+                ev.add(e.frame, e.time, _icmp_what(e))
+            first = a.icmp_errors[0]
+            return ("icmp_unreachable", 0.9 - penalty,
+                    f"{len(a.icmp_errors)} ICMP error(s) from {first.src} (type {first.icmp_type} code "
+                    f"{first.icmp_code}) reject the server's UDP notification{privacy_note}", ev)
+        if ignored:
+            for n in ignored[:MAX_CITED]:
+                _cite_notification(ev, n)
+            _cite_polls(ev, a, after=ignored[0].time)
+            return ("udp_not_delivered", 0.85 - penalty,
+                    f"the server sent {len(ignored)} UDP notification(s) to {ignored[0].dst}:{ignored[0].dport} and "
+                    f"the client never reacted; {_poll_phrase(a)}{privacy_note}", ev)
+        if a.mail_evidence and (ok or not hidden):
+            for m in a.mail_evidence:
+                ev.add(m.frame, m.time, m.what)
+            _cite_polls(ev, a, after=r.time)
+            conf = 0.8 if vantage in ("client", "unknown") else 0.55
+            where = "" if vantage != "server" else " (odd on a server-side capture: the server sent nothing)"
+            return ("udp_not_received", conf,
+                    f"registered (status 0) and mail arrived ({len(a.mail_evidence)} sign(s)), yet no UDP "
+                    f"notification reached the client; {_poll_phrase(a)}{where}", ev)
+        if ok:
+            _cite_polls(ev, a, after=r.time)
+            return ("registered_no_mail_seen", 0.6,
+                    f"EcRRegisterPushNotification returned 0 (callback {r.callback or 'unreadable'}); no mail arrived "
+                    "while capturing, and polling until the first notification is normal (MS-OXCNOTIF 3.2.5.4)", ev)
+        if hidden:
+            _cite_polls(ev, a, after=r.time)
+            return ("encrypted_no_evidence", 0.4,
+                    "packet privacy hides the registration's status and callback, and no datagram, ICMP error or "
+                    f"reaction shows what happened; {_poll_phrase(a)}", ev)
+        # answer not captured
+        _cite_polls(ev, a, after=r.time)
+        return ("capture_too_short", 0.3,
+                "the answer to EcRRegisterPushNotification is not in the capture, and nothing after it shows the "
+                "outcome", ev)
+
+    # No registration in the capture.
+    if reacted:
+        for n in a.notifications[:MAX_CITED]:
+            _cite_notification(ev, n)
+        return ("notification_seen_registration_not_captured", 0.85,
+                f"{len(reacted)} UDP datagram(s) from {a.server} each followed within 2 s by a call from the client; "
+                "the registration happened before the capture", ev)
+    if a.icmp_errors:
+        for n in a.notifications[:MAX_CITED]:
+            _cite_notification(ev, n)
+        for e in a.icmp_errors[:MAX_CITED]:
+            ev.add(e.frame, e.time, _icmp_what(e))
+        first = a.icmp_errors[0]
+        return ("icmp_unreachable", 0.75,
+                f"{len(a.icmp_errors)} ICMP error(s) from {first.src} (type {first.icmp_type} code {first.icmp_code}) "
+                "reject UDP datagrams from the server to the client (registration not captured)", ev)
+    if a.session_start_captured:
+        logon = a.logon_time if a.logon_time is not None else a.first_time
+        watched = (end - logon) if (end is not None and logon is not None) else 0.0
+        _cite_connect(ev, a)
+        if watched >= LOGON_GRACE_S:
+            _cite_polls(ev, a)
+            conf = 0.85 if a.polls else 0.7
+            return ("client_did_not_register", conf,
+                    f"Outlook logged on and ran {watched:.0f} s without calling EcRRegisterPushNotification; "
+                    f"{_poll_phrase(a)}", ev)
+        for c in a.calls[:MAX_CITED]:
+            if c.interface == EMSMDB:
+                ev.add(c.frame, c.time, f"{_name(c)} request")
+        return ("capture_too_short", 0.5,
+                f"the capture covers only {watched:.1f} s after the logon (Outlook registers shortly after logon; "
+                f"{LOGON_GRACE_S:.0f} s needed to tell), and no opnum 4 was seen", ev)
+    first_calls = [c for c in a.calls if c.interface == EMSMDB][:3]
+    for c in first_calls:
+        ev.add(c.frame, c.time, f"{_name(c)} request (session already running at capture start)")
+    _cite_polls(ev, a)
+    for n in a.unmatched_udp[:MAX_CITED]:
+        ev.add(n.frame, n.time, f"UDP {n.src}:{n.sport} -> {n.dst}:{n.dport} (no reaction, no registration to match)")
+    if a.all_encrypted:
+        return ("encrypted_no_evidence", 0.35,
+                "the session started before the capture and packet privacy hides the stubs; no datagram, ICMP error "
+                f"or reaction decides; {_poll_phrase(a)}", ev)
+    return ("mid_session_no_evidence", 0.4,
+            "the capture starts mid-session (no logon, no registration) and shows no datagram, ICMP error or "
+            f"reaction; {_poll_phrase(a)} proves nothing by itself (MS-OXCNOTIF 3.2.5.4)", ev)
+
+
+def _icmp_what(e) -> str:
+    code = " (administratively prohibited)" if (e.icmp_type, e.icmp_code) in ((3, 13), (1, 1)) else ""
+    return (f"ICMP type {e.icmp_type} code {e.icmp_code}{code} from {e.src} quoting UDP "
+            f"{e.quoted_src}:{e.quoted_sport} -> {e.quoted_dst}:{e.quoted_dport}")
+
+
+def _timeline(a: ClientActivity) -> list[TimelineMark]:
+    marks: list[TimelineMark] = []
+    for r in a.registrations:
+        label = "opnum 4" + (f" -> {status_text(r.status)}" if r.status is not None else
+                             " -> fault" if r.fault_status is not None else "")
+        marks.append(TimelineMark(r.time, "registration", r.frame, label))
+    for n in a.notifications:
+        marks.append(TimelineMark(n.time, "notification", n.frame, f"UDP -> {n.dst}:{n.dport}"))
+    for e in a.icmp_errors:
+        marks.append(TimelineMark(e.time, "icmp", e.frame, f"ICMP {e.icmp_type}/{e.icmp_code} from {e.src}"))
+    reg_frames = {r.frame for r in a.registrations}
+    for c in a.calls:
+        if c.interface != EMSMDB or c.frame in reg_frames:
+            continue
+        marks.append(TimelineMark(c.time, "prompted" if c.prompted else "unprompted", c.frame, _name(c)))
+    for w in a.async_waits:
+        flags = "" if w.flags is None else ("NotificationPending" if w.flags & 1 else f"flags {w.flags}")
+        marks.append(TimelineMark(w.time, "async_wait", w.frame, f"EcDoAsyncWaitEx {flags}".strip(),
+                                  end=w.completion_time))
+    for m in a.mail_evidence:
+        marks.append(TimelineMark(m.time, "mail", m.frame, m.what))
+    marks.sort(key=lambda m: (m.time, m.frame or 0))
+    return marks
+
+
+def judge_client(a: ClientActivity, corr: CorrelationResult) -> ClientVerdict:
+    cause, confidence, reason, ev = _decide(a, corr)
+    verdict = CAUSES[cause]
+    evidence = ev.sorted()
+    reg = next((r for r in reversed(a.registrations) if r.status == 0), None) or \
+        (a.registrations[-1] if a.registrations else None)
+    return ClientVerdict(
+        client=a.client,
+        server=a.server,
+        verdict=verdict,
+        cause=cause,
+        confidence=max(0.0, min(1.0, round(confidence, 3))),
+        reason=reason,
+        mailbox=a.mailbox,
+        callback=reg.callback if reg else None,
+        register_status=reg.status if reg else None,
+        notifications=len(a.notifications),
+        polls=len(a.polls),
+        poll_interval_s=a.poll_interval_s,
+        poll_interval_spread_s=a.poll_interval_spread_s,
+        server_poll_interval_s=a.server_poll_interval_s,
+        evidence=evidence,
+        filter=display_filter(e.frame for e in evidence),
+        remedy=remedy_for(cause),
+        timeline=_timeline(a),
+        logon_time=a.logon_time if a.logon_time is not None else a.first_time,
+        poll_intervals=list(a.poll_intervals),
+    )
+
+
+def judge_clients(correlation: CorrelationResult) -> list[ClientVerdict]:
+    """One verdict per client of the correlation, in the correlation's order (sorted by IP)."""
+    return [judge_client(a, correlation) for a in correlation.clients]
+
+
+def build_capture_result(info, correlation: CorrelationResult, verdicts: list[ClientVerdict]) -> CaptureResult:
+    warnings = list(getattr(info, "warnings", []) or []) + list(correlation.warnings)
+    return CaptureResult(
+        file=str(info.path),
+        format=info.format,
+        compressed=bool(info.compressed),
+        frames=int(info.frames),
+        start=info.start,
+        end=info.end,
+        vantage=correlation.vantage,
+        vantage_reason=correlation.vantage_reason,
+        warnings=warnings,
+        clients=list(verdicts),
+    )

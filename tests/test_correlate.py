@@ -1,0 +1,262 @@
+"""Correlate stage on event lists built here (events are the stage's real input; the sample captures are covered
+end to end by test_verdict_samples.py).
+
+``Script`` writes an Outlook/Exchange conversation as the dissector would report it: one Event per PDU, datagram
+and ICMP error, frames numbered in order.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from analyzer.correlate import correlate, split_endpoint
+try:
+    from analyzer.dissect.model import Event
+except ImportError:  # the dissect package's engine is still being written: load its (fixed) model module alone
+    import importlib.util
+    import pathlib
+    import sys
+
+    _spec = importlib.util.spec_from_file_location(
+        "analyzer.dissect.model", pathlib.Path(__file__).parent.parent / "analyzer" / "dissect" / "model.py")
+    _model = importlib.util.module_from_spec(_spec)
+    sys.modules["analyzer.dissect.model"] = _model
+    _spec.loader.exec_module(_model)
+    Event = _model.Event
+from analyzer.ingest.model import CaptureInfo
+
+CLIENT = "192.168.1.20"
+SERVER = "10.0.0.10"
+T0 = 1_700_000_000.0
+
+OPNAMES = {0: "EcDoConnect", 1: "EcDoDisconnect", 2: "EcDoRpc", 4: "EcRRegisterPushNotification", 6: "EcDummyRpc",
+           10: "EcDoConnectEx", 11: "EcDoRpcExt2", 14: "EcDoAsyncConnectEx"}
+
+
+class Script:
+    def __init__(self, client=CLIENT, server=SERVER, conn=0, sport=50000, dport=6001, encrypted=False):
+        self.events: list[Event] = []
+        self.frame = 0
+        self.client, self.server, self.conn = client, server, conn
+        self.sport, self.dport = sport, dport
+        self.encrypted = encrypted
+        self.call_id = 0
+        self.t_end = T0
+
+    def _next(self, t):
+        self.frame += 1
+        self.t_end = max(self.t_end, T0 + t)
+        return self.frame
+
+    def bind(self, t, interface="EMSMDB"):
+        f = self._next(t)
+        self.events.append(Event(f, T0 + t, self.client, self.server, self.sport, self.dport, "bind", conn=self.conn,
+                                 interface=interface, interface_ver="0.81"))
+        f2 = self._next(t + 0.01)
+        self.events.append(Event(f2, T0 + t + 0.01, self.server, self.client, self.dport, self.sport, "bind_ack",
+                                 conn=self.conn, interface=interface))
+        return f, f2
+
+    def call(self, t, opnum, interface="EMSMDB", rtt=0.02, req=None, resp=None, fault=None, answer=True,
+             stub_len=40, resp_len=60):
+        """Request at t and (unless answer=False) its response rtt later; returns (request frame, answer frame)."""
+        self.call_id += 1
+        opname = "EcDoAsyncWaitEx" if interface == "AsyncEMSMDB" else OPNAMES.get(opnum)
+        enc = self.encrypted
+        f = self._next(t)
+        self.events.append(Event(f, T0 + t, self.client, self.server, self.sport, self.dport, "request", conn=self.conn,
+                                 interface=interface, opnum=opnum, opname=opname, ctx_id=0, call_id=self.call_id,
+                                 auth_level=6 if enc else 0, encrypted=enc, stub_len=stub_len, **(req or {})))
+        if not answer:
+            return f, None
+        f2 = self._next(t + rtt)
+        kind = "fault" if fault is not None else "response"
+        extra = dict(resp or {})
+        if fault is not None:
+            extra["status"] = fault
+        self.events.append(Event(f2, T0 + t + rtt, self.server, self.client, self.dport, self.sport, kind,
+                                 conn=self.conn, interface=interface, opnum=opnum, opname=opname, ctx_id=0,
+                                 call_id=self.call_id, auth_level=6 if enc else 0, encrypted=enc and fault is None,
+                                 stub_len=resp_len, request_frame=f, **extra))
+        return f, f2
+
+    def logon(self, t=0.0, poll_max_ms=60000, user_dn="/o=Org/ou=Site/cn=Recipients/cn=alice"):
+        self.bind(t)
+        return self.call(t + 0.1, 10, req={"user_dn": user_dn}, resp={"poll_max_ms": poll_max_ms, "status": 0})
+
+    def register(self, t, status=0, callback=None, context="6c69626d61706900", fault=None, answer=True):
+        callback = callback or f"{self.client}:2500"
+        req = {} if self.encrypted else {"callback": callback, "context_hex": context, "advise_bits": 0xFFFFFFFF}
+        resp = {} if self.encrypted else {"status": status, "hnotification": 1 if status == 0 else 0}
+        return self.call(t, 4, req=req, resp=resp, fault=fault, answer=answer, stub_len=74, resp_len=28)
+
+    def poll(self, t, resp_len=60, rop_ids=""):
+        return self.call(t, 11, resp={"rop_ids": None if self.encrypted else rop_ids}, resp_len=resp_len)
+
+    def polls(self, start, count, every=60.0):
+        return [self.poll(start + i * every) for i in range(count)]
+
+    def udp(self, t, payload="6c69626d61706900", dst=None, dport=2500, src=None, sport=40001):
+        f = self._next(t)
+        self.events.append(Event(f, T0 + t, src or self.server, dst or self.client, sport, dport, "udp",
+                                 context_hex=payload, stub_len=len(payload) // 2))
+        return f
+
+    def icmp(self, t, src, dst, quoted_dst=None, quoted_dport=2500, icmp_type=3, icmp_code=13, quoted_sport=40001):
+        f = self._next(t)
+        self.events.append(Event(f, T0 + t, src, dst, None, None, "icmp_unreachable", icmp_type=icmp_type,
+                                 icmp_code=icmp_code, quoted_src=self.server, quoted_dst=quoted_dst or self.client,
+                                 quoted_sport=quoted_sport, quoted_dport=quoted_dport))
+        return f
+
+    def info(self, duration=None):
+        end = T0 + duration if duration is not None else self.t_end
+        return CaptureInfo(path="synthetic.pcap", format="pcap", compressed=False, frames=self.frame, start=T0, end=end)
+
+    def correlate(self, vantage="auto", duration=None):
+        return correlate(self.events, self.info(duration), vantage=vantage)
+
+
+def test_split_endpoint():
+    assert split_endpoint("10.0.0.5:1234") == ("10.0.0.5", 1234)
+    assert split_endpoint("[2001:db8::5]:1234") == ("2001:db8::5", 1234)
+    assert split_endpoint("garbage") == (None, None)
+    assert split_endpoint(None) == (None, None)
+
+
+def test_client_server_mailbox_registration_and_push():
+    s = Script()
+    s.logon()
+    reg_req, reg_resp = s.register(1.0)
+    s.polls(60, 2)
+    n1 = s.udp(150.0)
+    reaction, _ = s.poll(150.3, resp_len=400, rop_ids="2a")
+    corr = s.correlate()
+    assert [a.client for a in corr.clients] == [CLIENT]
+    a = corr.clients[0]
+    assert a.server == SERVER and a.mailbox.endswith("cn=alice")
+    assert a.session_start_captured and a.logon_time == pytest.approx(T0)
+    assert a.poll_max_ms == 60000 and a.server_poll_interval_s == 60.0
+    (r,) = a.registrations
+    assert (r.frame, r.response_frame, r.status, r.callback_ip, r.callback_port) == (reg_req, reg_resp, 0, CLIENT, 2500)
+    (n,) = a.notifications
+    assert (n.frame, n.matched_by, n.registration_frame, n.reaction_frame) == (n1, "context", reg_req, reaction)
+    assert [c.frame for c in a.prompted_calls] == [reaction]
+    assert len(a.polls) == 2 and a.poll_intervals == [pytest.approx(60.0)]
+    assert [m.frame for m in a.mail_evidence] == [reaction + 1]  # the RopNotify answer
+
+
+def test_notification_matching_order_context_then_port_then_timing():
+    s = Script()
+    s.logon()
+    s.register(1.0, context="00112233")
+    by_port = s.udp(100.0, payload="ffff")  # wrong payload, registered port
+    s.poll(100.5)
+    by_timing = s.udp(200.0, payload="eeee", dport=3000)  # other port, client calls right after
+    s.poll(200.4)
+    ignored = s.udp(300.0, payload="dddd", dport=3001)  # other port, no reaction: not a notification
+    s.poll(330.0)
+    a = s.correlate().clients[0]
+    assert [(n.frame, n.matched_by) for n in a.notifications] == [(by_port, "port"), (by_timing, "timing")]
+    assert [n.frame for n in a.unmatched_udp] == [ignored]
+
+
+def test_datagrams_from_other_hosts_are_not_notifications():
+    s = Script()
+    s.logon()
+    s.register(1.0)
+    s.udp(100.0, src="10.0.0.99")  # same payload and port, but not from the client's Exchange server
+    s.poll(100.2)
+    a = s.correlate().clients[0]
+    assert a.notifications == [] and a.unmatched_udp == []
+
+
+def test_nspi_opnum4_is_not_a_registration_nor_a_client():
+    s = Script()
+    s.bind(0.0, interface="NSPI")
+    s.call(0.1, 4, interface="NSPI")
+    corr = s.correlate()
+    assert corr.clients == []
+    assert corr.vantage == "unknown"
+
+
+def test_icmp_error_linked_to_the_datagram_it_quotes():
+    s = Script()
+    s.logon()
+    s.register(1.0)
+    d = s.udp(100.0)
+    e = s.icmp(100.001, src="10.0.0.1", dst=SERVER)
+    s.icmp(100.002, src="10.0.0.1", dst=SERVER, quoted_dport=53)  # quotes DNS, not a push datagram
+    corr = s.correlate()
+    a = corr.clients[0]
+    assert [(i.frame, i.notification_frame) for i in a.icmp_errors] == [(e, d)]
+    assert a.notifications[0].icmp_frames == [e]
+    assert corr.vantage == "server"
+
+
+def test_bursts_prompted_and_poll_statistics():
+    s = Script()
+    s.logon()
+    s.register(1.0)
+    s.polls(60, 5, every=61.0)  # 60, 121, 182, 243, 304
+    s.call(304.5, 11)  # same burst as the 304 poll: not a separate poll
+    corr = s.correlate()
+    a = corr.clients[0]
+    assert len(a.polls) == 5
+    assert a.poll_interval_s == pytest.approx(61.0) and a.poll_interval_spread_s == pytest.approx(0.0)
+
+
+def test_large_poll_answer_followed_by_fetches_is_mail_evidence():
+    s = Script()
+    s.logon()
+    s.register(1.0)
+    s.polls(60, 3)
+    _, big = s.poll(240.0, resp_len=900)
+    s.call(240.3, 11, resp_len=5000)  # fetching the message
+    s.poll(300.0)
+    a = s.correlate().clients[0]
+    assert [m.frame for m in a.mail_evidence] == [big]
+
+
+def test_vantage_inference_and_override():
+    s = Script()
+    s.logon()
+    s.register(1.0, callback="192.168.50.7:2500")  # callback differs from the address the capture sees
+    corr = s.correlate()
+    assert corr.vantage == "server" and "NAT" in corr.vantage_reason
+    assert s.correlate(vantage="client").vantage == "client"
+    assert "--vantage" in s.correlate(vantage="client").vantage_reason
+
+
+def test_async_wait_is_gathered():
+    s = Script()
+    s.logon()
+    s.call(1.0, 14, resp={"status": 0})
+    w, done = s.call(2.0, 0, interface="AsyncEMSMDB", rtt=90.0, resp={"async_flags": 1, "status": 0})
+    s.poll(92.1)
+    a = s.correlate().clients[0]
+    assert [(x.frame, x.completion_frame, x.flags) for x in a.async_waits] == [(w, done, 1)]
+    assert len(a.async_connect_calls) == 1
+    assert [c.prompted for c in a.calls if c.interface == "EMSMDB" and c.opnum == 11] == [True]
+
+
+def test_encrypted_registration_hides_status_and_callback():
+    s = Script(encrypted=True)
+    s.logon()
+    s.register(1.0)
+    a = s.correlate().clients[0]
+    (r,) = a.registrations
+    assert r.encrypted and r.status is None and r.callback is None
+    assert a.all_encrypted
+
+
+def test_two_clients_sorted_by_ip_and_server_side_vantage():
+    s = Script(client="10.1.0.30")
+    s.logon()
+    other = Script(client="10.1.0.4", conn=1, sport=50001)
+    other.frame = s.frame
+    other.logon(5.0)
+    s.events += other.events
+    corr = correlate(s.events, s.info(duration=10))
+    assert [a.client for a in corr.clients] == ["10.1.0.4", "10.1.0.30"]
+    assert corr.vantage == "server"
