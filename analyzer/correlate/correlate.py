@@ -240,8 +240,9 @@ def _match_notifications(a: ClientActivity, udp, claimed: set[int]) -> None:
     for r in a.registrations:
         if r.callback_port is not None:
             by_port.setdefault((r.callback_ip, r.callback_port), r)
-    emsmdb_times = [c.time for c in a.calls if c.interface == EMSMDB]
-    emsmdb_frames = [c.frame for c in a.calls if c.interface == EMSMDB]
+    emsmdb = sorted((c.time, c.frame) for c in a.calls if c.interface == EMSMDB)
+    emsmdb_times = [t for t, _ in emsmdb]
+    emsmdb_frames = [f for _, f in emsmdb]
     for e in udp:
         if id(e) in claimed or e.src not in servers or e.dst not in targets:
             continue
@@ -254,9 +255,11 @@ def _match_notifications(a: ClientActivity, udp, claimed: set[int]) -> None:
         elif e.dst == a.client and e.dport in {p for (_, p) in by_port}:
             reg, how = next(r for (_, p), r in by_port.items() if p == e.dport), "port"
         # the reaction: the client's first EMSMDB request after the datagram, within the prompt window
-        i = bisect.bisect_right(emsmdb_frames, e.frame)
+        i = bisect.bisect_left(emsmdb_times, e.time)
+        while i < len(emsmdb) and emsmdb_frames[i] < e.frame:
+            i += 1  # same timestamp but earlier in the file: not a reaction
         reaction = None
-        if i < len(emsmdb_frames) and emsmdb_times[i] - e.time <= PROMPT_WINDOW_S:
+        if i < len(emsmdb) and emsmdb_times[i] - e.time <= PROMPT_WINDOW_S:
             reaction = i
         if how is None and reaction is not None and e.dst == a.client:
             how = "timing"
