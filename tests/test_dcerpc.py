@@ -513,3 +513,42 @@ def test_udp_and_icmp_rows():
     assert udp2.stub_len == 100 and udp2.context_hex == "00" * 64
     assert (icmp.kind, icmp.icmp_type, icmp.icmp_code, icmp.quoted_dst, icmp.quoted_dport, icmp.sport) == (
         "icmp_unreachable", 3, 13, "10.0.0.5", 1234, None)
+
+
+# ept_map response stub of netmon23-authsod-ex3-2.cap frame 29 (Windows Server 2016, NDR64 context), as printed by
+# `tshark --disable-protocol epm -T fields -e dcerpc.stub_data`: two NETLOGON towers, ports 49670 and 49668
+NDR64_EPT_MAP_RESPONSE = bytes.fromhex(
+    "0000000000000000000000000000000000000000020000000400000000000000"
+    "0000000000000000020000000000000003000000000000000400000000000000"
+    "4b000000000000004b000000050013000d785634123412cdabef0001234567cf"
+    "fb01000200000013000d045d888aeb1cc9119fe808002b104860020002000000"
+    "01000b020000000100070200c2060100090400c0a80001004b00000000000000"
+    "4b000000050013000d785634123412cdabef0001234567cffb01000200000013"
+    "000d045d888aeb1cc9119fe808002b10486002000200000001000b0200000001"
+    "00070200c2040100090400c0a800010000000000"
+)
+
+
+def test_ept_map_response_in_ndr64():
+    endpoints, status, note = parse_ept_map_response(NDR64_EPT_MAP_RESPONSE, ndr64=True)
+    assert (status, note) == (0, None)
+    assert [(e.if_uuid, e.protocol, e.port, e.ip) for e in endpoints] == [
+        ("12345678-1234-abcd-ef00-01234567cffb", "tcp", 49670, "192.168.0.1"),
+        ("12345678-1234-abcd-ef00-01234567cffb", "tcp", 49668, "192.168.0.1")]
+    # read as NDR20 the same bytes give no endpoint, never an exception
+    assert parse_ept_map_response(NDR64_EPT_MAP_RESPONSE, ndr64=False)[0] == []
+
+
+def test_ept_map_over_ndr64_context_teaches_ports():
+    f = Feeder()
+    epm_conn = conn(0, server_port=135)
+    f.send(epm_conn, True, bind(1, [(0, EPM, 3, 0, [NDR]), (1, EPM, 3, 0, [NDR64])]))
+    f.send(epm_conn, False, bind_ack(1, b"135\x00", [(2, 2, NDR), (0, 0, NDR64)]))
+    f.send(epm_conn, True, request(2, 1, 3, bytes(144)))
+    f.send(epm_conn, False, response(2, 1, NDR64_EPT_MAP_RESPONSE))
+    assert f.sink.is_interesting_tcp(b"\x00" * 20, 52649, 49670)
+    late = TcpConnection(index=1, client_ip="192.168.0.2", client_port=52649, server_ip="192.168.0.1",
+                         server_port=49668, started_in_capture=False)
+    f.send(late, True, request(3, 0, 21, bytes(40)))
+    ev = [e for e in f.events() if e.conn == 1][0]
+    assert (ev.interface, ev.opname) == ("NETLOGON", "NetrLogonGetCapabilities")

@@ -400,7 +400,7 @@ class EventCollector:
             return
         st.requests.pop(hdr.call_id, None)
         if ev.interface == EPM and ev.opnum == 3 and not ev.encrypted and call.damaged is None:
-            self._learn_from_ept_map(ev, stub, hdr.little_endian, server[0])
+            self._learn_from_ept_map(ev, stub, hdr.little_endian, iface.ndr64, server[0])
         self._finish_stub(ev, hdr, stub, call, iface, decode_response_stub)
 
     def _finish_stub(self, ev: Event, hdr, stub: bytes, call: _Call, iface: _Iface | None, decoder) -> None:
@@ -415,7 +415,8 @@ class EventCollector:
         if iface is None or ev.opnum is None:
             return
         if iface.ndr64:
-            ev.note = _join(ev.note, "NDR64 transfer syntax: stub not decoded")
+            if iface.name != EPM:  # EPM responses are read in NDR64 too (_learn_from_ept_map)
+                ev.note = _join(ev.note, "NDR64 transfer syntax: stub not decoded")
             return
         fields = decoder(iface.name, ev.opnum, stub, hdr.little_endian)
         for name, value in fields.items():
@@ -424,8 +425,8 @@ class EventCollector:
             else:
                 setattr(ev, name, value)
 
-    def _learn_from_ept_map(self, ev: Event, stub: bytes, little_endian: bool, epm_server_ip: str) -> None:
-        endpoints, _status, note = parse_ept_map_response(stub, little_endian)
+    def _learn_from_ept_map(self, ev: Event, stub: bytes, little_endian: bool, ndr64: bool, epm_server_ip: str) -> None:
+        endpoints, _status, note = parse_ept_map_response(stub, little_endian, ndr64)
         if note:
             ev.note = _join(ev.note, note)
         for ep in endpoints:

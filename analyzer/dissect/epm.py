@@ -64,33 +64,43 @@ def parse_tower(octets: bytes) -> Endpoint | None:
     return Endpoint(if_uuid, major, int(minor), protocol, port, ip)
 
 
-def parse_ept_map_response(stub: bytes, little_endian: bool = True) -> tuple[list[Endpoint], int | None, str | None]:
-    """ept_map response stub -> (endpoints, status, note). Never raises."""
+def parse_ept_map_response(stub: bytes, little_endian: bool = True, ndr64: bool = False) -> tuple[list[Endpoint], int | None, str | None]:
+    """ept_map response stub -> (endpoints, status, note). Never raises.
+
+    ``ndr64``: the context negotiated the NDR64 transfer syntax (Windows 8+ endpoint mappers accept it): array
+    counts, offsets and referent ids are 8 bytes aligned to 8, and each twr_t aligns to 8 (checked against
+    tshark's epm dissector on netmon23-authsod-ex3-2.cap frame 29)."""
     e = "<" if little_endian else ">"
+    size, code = (8, "Q") if ndr64 else (4, "I")
     stub = bytes(stub)
     endpoints: list[Endpoint] = []
+
+    def align(pos: int, n: int) -> int:
+        return pos + (-pos) % n
+
     try:
-        pos = 20
-        (num_towers,) = struct.unpack_from(e + "I", stub, pos)
-        max_count, offset, actual = struct.unpack_from(e + "III", stub, pos + 4)
-        pos += 16
+        (num_towers,) = struct.unpack_from(e + "I", stub, 20)
+        pos = align(24, size)
+        max_count, offset, actual = struct.unpack_from(e + 3 * code, stub, pos)
+        pos += 3 * size
         if actual > 4096 or offset + actual > max_count:
             return endpoints, None, f"ept_map response: implausible tower array ({offset}+{actual} of {max_count})"
-        referents = struct.unpack_from(e + f"{actual}I", stub, pos)
-        pos += 4 * actual
+        referents = struct.unpack_from(e + f"{actual}{code}", stub, pos)
+        pos += size * actual
         for ref in referents:
             if not ref:
                 continue
-            _conformance, tower_len = struct.unpack_from(e + "II", stub, pos)
-            pos += 8
+            pos = align(pos, size)
+            _conformance, tower_len = struct.unpack_from(e + code + "I", stub, pos)
+            pos += size + 4
             octets = stub[pos : pos + tower_len]
             if len(octets) < tower_len:
                 return endpoints, None, "ept_map response: tower truncated"
             pos += tower_len
-            pos += (-pos) % 4
             endpoint = parse_tower(octets)
             if endpoint is not None:
                 endpoints.append(endpoint)
+        pos = align(pos, 4)
         status = struct.unpack_from(e + "I", stub, pos)[0] if pos + 4 <= len(stub) else None
         note = None
         if num_towers != len(referents):
