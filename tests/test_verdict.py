@@ -109,6 +109,18 @@ def test_udp_not_delivered_server_side():
     assert "264035" in v.remedy and "1024" in v.remedy
 
 
+def test_poll_coinciding_with_one_of_many_repeats_is_not_push_working():
+    s = Script()
+    s.logon()
+    s.register(1.0)
+    datagrams = []
+    for k in range(4):  # the server repeats the datagram every 60 s; one poll happens to follow one of them
+        datagrams.append(s.udp(100.0 + 60 * k))
+        s.poll(100.0 + 60 * k + (1.0 if k == 2 else 30.0))
+    v = judge(s)
+    check_common(v, "udp_blocked", "udp_not_delivered", datagrams)
+
+
 def test_icmp_unreachable():
     s = Script()
     s.logon()
