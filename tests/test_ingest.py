@@ -5,6 +5,7 @@ empty files, absurd lengths, corrupt gzip and random byte flips (never anything 
 
 from __future__ import annotations
 
+import calendar
 import gzip
 import json
 import os
@@ -433,3 +434,68 @@ def test_random_corruption_never_raises_while_reading(name, public_dir, tmp_path
                 for f in b.frames():
                     assert len(f.data) == b.caplen[f.number - b.first_number] >= 0
             assert cap.info.frames == n
+
+
+# -- NetMon 2.1-2.3 built by hand: per-frame media types, metadata records, frame table order -------------------
+
+def write_netmon2(path, minor, frames, table_order=None, start=(2024, 3, 0, 5, 13, 14, 15, 250)):
+    """frames: (delta_µs, media type, bytes, FILETIME or None). Records are written in list order; the frame
+    table lists them in ``table_order`` (default: the same order)."""
+    trailer_extra = {1: b"", 2: b"\0" * 4, 3: None}[minor]
+    body, offsets = bytearray(), []
+    pos = 128
+    for delta, media, data, filetime in frames:
+        rec = struct.pack("<QII", delta, len(data), len(data)) + data + struct.pack("<H", media)
+        if minor == 2:
+            rec += trailer_extra
+        elif minor == 3:
+            rec += b"\0" * 4 + struct.pack("<QB", filetime or 0, 0)
+        offsets.append(pos)
+        body += rec
+        pos += len(rec)
+    order = table_order or list(range(len(frames)))
+    table = b"".join(struct.pack("<I", offsets[i]) for i in order)
+    year, month, day, hour, minute, sec, msec = start[0], start[1], start[3], start[4], start[5], start[6], start[7]
+    header = struct.pack("<4sBBH8HII", b"GMBU", minor, 2, 1, year, month, 0, day, hour, minute, sec, msec,
+                         pos, len(table))
+    header += b"\0" * (128 - len(header))
+    Path(path).write_bytes(header + bytes(body) + table)
+    return path
+
+
+@pytest.mark.parametrize("minor", [1, 2, 3])
+def test_handmade_netmon2x_matches_tshark(minor, tmp_path, tshark):
+    ft = 133_000_000_000_000_000  # 2022-06-12, UTC FILETIME
+    frames = [
+        (0, 1, ETH_UDP, ft),
+        (1_500, 0xFFFD, b"\x01\x02network info", ft + 15_000),  # metadata: no frame number
+        (2_000_250, 0xE000 | 101, RAW_UDP, ft + 20_002_500),  # converted pcap, raw IP
+        (3_000_000, 0xFFE0, b"\0" * 40, ft + 30_000_000),  # ETW event: a frame with a private link type
+        (4_000_001, 0, ETH_UDP, ft + 40_000_010),  # media 0 = Ethernet
+    ]
+    path = write_netmon2(tmp_path / f"handmade-2{minor}.cap", minor, frames, table_order=[0, 2, 1, 4, 3])
+    expected = tshark_frames(path)
+    got, info = our_frames(path)
+    assert_same_frames(expected, got)
+    assert len(got) == 4 and info.warnings == []
+    with open_capture(path) as cap:
+        linktypes = [f.linktype for f in cap.frames()]
+    assert linktypes == [1, 101, 1, 0x1FFE0]  # table order: 0, 2, (1 skipped), 4, 3
+    if minor < 3:
+        start = calendar.timegm((2024, 3, 5, 13, 14, 15)) + 0.25  # the header's SYSTEMTIME, read as UTC
+        assert got[0][1] == pytest.approx(start, abs=1e-6)
+        assert got[1][1] == pytest.approx(start + 2.000250, abs=1e-6)
+    else:
+        assert got[0][1] == pytest.approx((ft - 116_444_736_000_000_000) / 1e7, abs=1e-6)
+
+
+def test_netmon_time_zone_rule_is_utc(tmp_path, tshark):
+    """NetMon 2.0-2.2 start times are local time without a zone: we read them as UTC, i.e. equal to tshark
+    with TZ=UTC and different from tshark in another zone by exactly that zone's offset."""
+    path = write_netmon2(tmp_path / "tz.cap", 1, [(0, 1, ETH_UDP, None)])
+    ours = our_frames(path)[0][0][1]
+    env = dict(os.environ, TZ="Asia/Kolkata")  # UTC+05:30, no daylight saving
+    out = subprocess.run(["tshark", "-r", str(path), "-T", "fields", "-e", "frame.time_epoch"], env=env,
+                         capture_output=True, text=True, check=True)
+    assert float(out.stdout.split()[0]) == pytest.approx(ours - 5.5 * 3600, abs=1e-6)
+    assert tshark_frames(path)[0][1] == pytest.approx(ours, abs=1e-6)

@@ -35,6 +35,7 @@ records are read sequentially from byte 128 instead, with a warning.
 from __future__ import annotations
 
 import calendar
+import itertools
 import struct
 
 import numpy as np
@@ -131,7 +132,8 @@ class NetmonReader:
                 f"file truncated at {where(info, size)}: NetMon frame table ({ft_len} bytes at byte {ft_off}) "
                 f"is missing; frames read in file order")
         else:
-            self.table = np.frombuffer(mm, dtype="<u4", count=ft_len // 4, offset=ft_off).astype(np.int64)
+            # a view on the map (no copy): converted to int64 one batch-sized chunk at a time
+            self.table = np.frombuffer(mm, dtype="<u4", count=ft_len // 4, offset=ft_off)
 
     def reset(self) -> None:
         pass
@@ -139,62 +141,60 @@ class NetmonReader:
     # -- iteration ---------------------------------------------------------------------------------------------
 
     def batches(self, batch_size: int):
-        """Yields (FrameBatch, progress offset). Batch offsets are absolute offsets into the mmap."""
-        offsets = self.table if self.table is not None else self._walk_sequentially()
-        cols = self._columns(offsets)
-        if cols is None:
-            return
-        data, caplen, origlen, time, linktype, rec_start = cols
+        """Yields (FrameBatch, progress offset). Batch offsets are absolute offsets into the mmap.
+
+        The frame table is decoded one batch-sized chunk at a time, so memory does not grow with the number of
+        frames (a batch can be a little shorter than ``batch_size`` where metadata records were skipped)."""
         number = 1
-        for s in range(0, len(data), batch_size):
-            e = s + batch_size
-            batch = FrameBatch(
-                first_number=number,
-                buf=self.mm,
-                offset=data[s:e],
-                caplen=caplen[s:e],
-                origlen=origlen[s:e],
-                time=time[s:e],
-                linktype=linktype[s:e],
-            )
-            number += len(batch)
-            yield batch, int(rec_start[min(e, len(data)) - 1])
+        for offs in self._offset_chunks(batch_size):
+            cols, stopped = self._columns(offs)
+            if cols is not None and len(cols[0]):
+                data, caplen, origlen, time, linktype, rec_start = cols
+                batch = FrameBatch(first_number=number, buf=self.mm, offset=data, caplen=caplen, origlen=origlen,
+                                   time=time, linktype=linktype)
+                number += len(batch)
+                yield batch, int(rec_start[-1])
+            if stopped:
+                return
 
-    def _walk_sequentially(self) -> np.ndarray:
-        """Record offsets by walking the records in file order (no usable frame table).
-
-        Where the first record starts is not recorded anywhere but in the lost table: 128 is usual, but some
-        writers start at 72 (e.g. the public NetMon 2.3 captures). Each plausible start is tried and the one
-        giving the longest chain of plausible records wins. The walk stops at the first implausible record;
-        :meth:`_columns` then validates what was found like table entries.
-        """
+    def _offset_chunks(self, size: int):
+        if self.table is not None:
+            for s in range(0, len(self.table), size):
+                yield self.table[s : s + size].astype(np.int64)
+            return
         best: list[int] = []
+        best_start = HEADER
         for start in (HEADER, 72, 64, 80, 88, 96, 104, 112, 120):
-            chain = self._chain(start, limit=16)
+            chain = list(itertools.islice(self._chain(start), 16))
             if len(chain) > len(best):
                 best, best_start = chain, start
         if not best:
-            return np.array([], dtype=np.int64)
-        return np.array(self._chain(best_start, limit=None), dtype=np.int64)
+            return
+        it = self._chain(best_start)
+        while chunk := list(itertools.islice(it, size)):
+            yield np.array(chunk, dtype=np.int64)
 
-    def _chain(self, p: int, limit: int | None) -> list[int]:
+    def _chain(self, p: int):
+        """Record offsets from ``p`` on, in file order (no usable frame table), up to the first implausible
+        record. Where the first record starts is not recorded anywhere but in the lost table: 128 is usual, but
+        some writers start at 72 (e.g. the public NetMon 2.3 captures), so :meth:`_offset_chunks` tries each
+        plausible start and keeps the one giving the longest chain. :meth:`_columns` then validates the records
+        like table entries (a record cut by the end of the file is yielded, and reported there)."""
         mm, size = self.mm, len(self.mm)
         hs, trailer = self.header_size, self.trailer
         lengths = struct.Struct("<HH" if self.major == 1 else "<II").unpack_from
         len_at = 4 if self.major == 1 else 8
-        offsets: list[int] = []
-        while p + hs <= size and (limit is None or len(offsets) < limit):
+        while p + hs <= size:
             orig, incl = lengths(mm, p + len_at)
             if incl > MAX_RECORD or incl > orig or incl == 0:
-                break
+                return
             end = p + hs + incl + trailer
             if self.per_packet and end <= size:
                 (media,) = struct.unpack_from("<H", mm, p + hs + incl)
                 if media_to_linktype(media) == _REJECT:
-                    break
-            offsets.append(p)  # a record cut by the end of the file is kept: _columns reports the cut
+                    return
+            yield p
             p = end
-        return offsets
 
     def _columns(self, offs: np.ndarray):
         """Vectorised header decoding and validation for the records at ``offs`` (frame-table order)."""
@@ -203,7 +203,7 @@ class NetmonReader:
         hs, trailer = self.header_size, self.trailer
         n = len(offs)
         if n == 0:
-            return None
+            return None, False
         # The first failing record (in table order) ends the capture, as in tshark.
         stop = n
         stop_why = None
@@ -275,7 +275,8 @@ class NetmonReader:
             orig = orig - ATM_PSEUDO_HEADER
         keep = linktype != _SKIP
         del arr, idx
-        return (data[keep], incl[keep], orig[keep], time[keep], linktype[keep].astype(np.int32), o[keep])
+        cols = (data[keep], incl[keep], orig[keep], time[keep], linktype[keep].astype(np.int32), o[keep])
+        return cols, stop_why is not None
 
     def _incl_at(self, start: int) -> int:
         if self.major == 1:

@@ -335,6 +335,7 @@ class Capture:
     # -- closing -----------------------------------------------------------------------------------------------
 
     def close(self) -> None:
+        self._walker = None  # first: it may hold numpy views on the map (NetMon frame table)
         mm, self._mm = self._mm, None
         if mm is not None:
             try:
