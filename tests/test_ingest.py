@@ -276,6 +276,16 @@ def test_gzip_windows_carry_records_over(tmp_path, monkeypatch):
         assert [bytes.fromhex(f[3]) for f in packed] == [d for _, _, d in frames]
 
 
+def test_gzip_multi_member_and_zero_padding(tmp_path, public_dir):
+    """``cat a.gz b.gz`` is one stream (as for gzip -d); zero padding after the last member is ignored."""
+    data = (public_dir / "wiki-ShortMAPI.pcapng").read_bytes()
+    path = tmp_path / "members.pcapng.gz"
+    path.write_bytes(gzip.compress(data[:1000]) + gzip.compress(data[1000:]) + b"\0" * 512)
+    expected, _ = our_frames(public_dir / "wiki-ShortMAPI.pcapng")
+    got, info = our_frames(path)
+    assert got == expected and info.warnings == [] and info.compressed
+
+
 # -- bad input -----------------------------------------------------------------------------------------------------
 
 def test_not_a_capture(tmp_path):

@@ -222,6 +222,8 @@ def score(
     if progress and todo:
         from tqdm import tqdm
 
+        # no monitor thread: the local pool forks after the bar exists, and forking a threaded parent is unsafe
+        tqdm.monitor_interval = 0
         bar = tqdm(total=len(todo), unit="capture", file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
 
     new_rows: list[dict] = []
