@@ -552,3 +552,22 @@ def test_ept_map_over_ndr64_context_teaches_ports():
     f.send(late, True, request(3, 0, 21, bytes(40)))
     ev = [e for e in f.events() if e.conn == 1][0]
     assert (ev.interface, ev.opname) == ("NETLOGON", "NetrLogonGetCapabilities")
+
+
+def test_ncacn_http_greeting_is_skipped_quietly():
+    f = Feeder()
+    c = conn(0, server_port=6001)
+    assert f.sink.is_interesting_tcp(b"ncacn_http/1.0", 50000, 6001)
+    f.send(c, True, b"ncacn_http/1.0" + VECTOR_REQUEST_PDU)
+    events = f.events()
+    assert [(e.kind, e.opnum) for e in events] == [("request", 4)] and f.warnings == []
+
+
+def test_is_interesting_tcp_finds_a_header_inside_a_segment_but_not_in_bulk_data():
+    sink = EventCollector()
+    assert sink.is_interesting_tcp(VECTOR_REQUEST_PDU, 50000, 49155)
+    assert sink.is_interesting_tcp(memoryview(b"\x00" * 30 + VECTOR_REQUEST_PDU), 50000, 49155)
+    rng = random.Random(3)
+    bulk = [bytes(rng.randrange(256) for _ in range(1460)) for _ in range(200)]
+    assert sum(sink.is_interesting_tcp(b, 50000, 8080) for b in bulk) == 0
+    assert not sink.is_interesting_tcp(b"\x05\x00\x00\x03\x10\x00\x00\x00", 50000, 8080)  # too short for a header

@@ -57,6 +57,9 @@ EPM_PORT = 135
 # Well-known DCE/RPC TCP ports: the endpoint mapper and its RPC-over-HTTP-free twin on 593 (ncacn_http
 # endpoint mapper). Exchange's dynamic ports are learned from ept_map responses and bind_ack sec_addr.
 KNOWN_DCERPC_PORTS = (135, 593)
+# ncacn_http (RPC over HTTP v1 / direct RPC proxy connections) opens each direction with this ASCII greeting
+# before the first PDU (MS-RPCH 2.1.2.1.1 "legacy server response"; C706 ncacn_http): skipped, not a gap.
+NCACN_HTTP_GREETING = b"ncacn_http/1.0"
 UDP_HEX_BYTES = 64
 # A reassembled call larger than this is not kept (EcDoRpcExt2 buffers are at most 256 KiB, MS-OXCRPC 3.1.4.2)
 MAX_CALL_BYTES = 4 * 1024 * 1024
@@ -147,7 +150,9 @@ class EventCollector:
     def is_interesting_tcp(self, payload: bytes, sport: int, dport: int) -> bool:
         if sport in self._ports or dport in self._ports:
             return True
-        if plausible_header(payload, 0):
+        if not isinstance(payload, (bytes, bytearray)):
+            payload = bytes(payload)
+        if plausible_header(payload, 0) or payload.startswith(NCACN_HTTP_GREETING):
             return True
         # A plausible header further in (the flow was joined mid-stream): stricter, to keep bulk flows out:
         # the PDU types of a call or bind and the drep every Windows/DCE stack sends (LE ASCII IEEE).
@@ -162,6 +167,8 @@ class EventCollector:
             i += 1
 
     def tcp_data(self, conn: TcpConnection, from_client: bool, data: bytes, frame: int, time: float) -> None:
+        if not isinstance(data, (bytes, bytearray)):
+            data = bytes(data)
         st = conn.app
         if st is None:
             st = conn.app = _ConnState()
@@ -169,6 +176,9 @@ class EventCollector:
         d = st.dirs[from_client]
         if not d.started:
             d.started = True
+            if data.startswith(NCACN_HTTP_GREETING):
+                data = data[len(NCACN_HTTP_GREETING):]
+                d.offset += len(NCACN_HTTP_GREETING)
             if not plausible_header(data, 0) and len(data) >= HEADER_LEN:
                 self._direction_warning(conn, from_client, d, f"frame {frame}: {self._flow(conn, from_client)} "
                                         "does not start at a DCE/RPC PDU boundary; resynchronising")
@@ -177,7 +187,7 @@ class EventCollector:
             d.buf += data
             work = d.buf
         else:
-            work = data if isinstance(data, (bytes, bytearray)) else bytes(data)
+            work = data
         pos = 0
         n = len(work)
         while True:
