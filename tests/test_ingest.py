@@ -110,10 +110,12 @@ def ng_opb(order, iface, ts, data):
 
 
 def write_pcap(path, frames, order="<", magic=0xA1B2C3D4, linktype=1, snaplen=65535):
-    """frames: (seconds, fraction, bytes). Written by hand so byte order and magic can be anything."""
+    """frames: (seconds, fraction, bytes). Written by hand so byte order and magic can be anything (Kuznetzov's
+    modified pcap, magic 0xA1B2CD34, adds ifindex, protocol and packet type: 8 more header bytes)."""
     out = [struct.pack(order + "IHHiIII", magic, 2, 4, 0, 0, snaplen, linktype)]
+    extra = struct.pack(order + "IHBx", 2, 0x0800, 0) if magic == 0xA1B2CD34 else b""
     for sec, frac, data in frames:
-        out.append(struct.pack(order + "IIII", sec, frac, len(data), len(data)) + data)
+        out.append(struct.pack(order + "IIII", sec, frac, len(data), len(data)) + extra + data)
     Path(path).write_bytes(b"".join(out))
     return path
 
@@ -153,6 +155,7 @@ def variants(tmp_path_factory, public_dir):
     files["be.pcap"] = write_pcap(d / "be.pcap", recs, order=">")
     files["be-ns.pcap"] = write_pcap(d / "be-ns.pcap", [(s, u * 1000 + 7, b) for s, u, b in recs], order=">",
                                      magic=0xA1B23C4D)
+    files["kuznetzov.pcap"] = write_pcap(d / "kuznetzov.pcap", recs, magic=0xA1B2CD34)
     files["raw-dlt12.pcap"] = write_pcap(d / "raw-dlt12.pcap", [(1700000000, 1, RAW_UDP)], linktype=12)
 
     # pcapng: two sections (LE then BE), interfaces with different link types, tsresol/tsoffset, EPB/SPB/OPB,
@@ -193,7 +196,7 @@ def test_public_capture_matches_tshark(name, public_dir, tshark):
 
 
 VARIANTS = ["ns.pcap", "netmon1.cap", "netmon2.cap", "from-netmon.pcapng", "from-pcapng.pcap", "be.pcap",
-            "be-ns.pcap", "raw-dlt12.pcap", "multi.pcapng"]
+            "be-ns.pcap", "kuznetzov.pcap", "raw-dlt12.pcap", "multi.pcapng"]
 
 
 @pytest.mark.parametrize("name", VARIANTS + [v + ".gz" for v in VARIANTS if not v.startswith("netmon")])
