@@ -212,3 +212,22 @@ def test_cli_killed_mid_batch_then_resumed(tmp_path, public_dir):
     assert dict(zip(kept["file"], kept["sha256"])) == dict(zip(before["file"], before["sha256"]))
     keys = list(zip(after["file"], after["client"].fillna("")))
     assert keys == sorted(keys)
+
+
+def test_cli_usage_errors_and_no_inputs(tmp_path):
+    out = tmp_path / "r.csv"
+    bad_jobs = subprocess.run(MAILPUSH + ["batch", str(tmp_path), "-o", str(out), "--jobs", "0"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=60)
+    assert bad_jobs.returncode == 2 and "--jobs must be at least 1" in bad_jobs.stderr
+    none = subprocess.run(MAILPUSH + ["batch", str(tmp_path / "nowhere" / "*.pcap"), "-o", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert none.returncode == 3
+    assert "no captures found" in none.stderr and "Traceback" not in none.stderr
+    text = tmp_path / "notes.txt"
+    text.write_text("not a capture\n")
+    only_bad = subprocess.run(MAILPUSH + ["batch", str(text), "-o", str(out), "--jobs", "1"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=60)
+    assert only_bad.returncode == 3, only_bad.stderr  # not one capture could be read
+    assert only_bad.stderr.strip().splitlines()[-1] == "batch: 1 captures scored; 1 rows: no verdicts; errors 1"
+    rows = ResultsStore(str(out)).load()
+    assert rows["file"].tolist() == [str(text)] and rows["error"].notna().all()
