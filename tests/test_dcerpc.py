@@ -571,3 +571,26 @@ def test_is_interesting_tcp_finds_a_header_inside_a_segment_but_not_in_bulk_data
     bulk = [bytes(rng.randrange(256) for _ in range(1460)) for _ in range(200)]
     assert sum(sink.is_interesting_tcp(b, 50000, 8080) for b in bulk) == 0
     assert not sink.is_interesting_tcp(b"\x05\x00\x00\x03\x10\x00\x00\x00", 50000, 8080)  # too short for a header
+
+
+def test_one_sided_capture_keeps_bounded_state():
+    from analyzer.dissect.collector import MAX_OUTSTANDING_CALLS
+
+    f = Feeder()
+    c = conn()
+    emsmdb_session(f, c)
+    stream = b"".join(request(i, 0, 11, bytes(8)) for i in range(10, 10 + 3 * MAX_OUTSTANDING_CALLS))
+    f.send(c, True, stream)
+    assert len(c.app.requests) == MAX_OUTSTANDING_CALLS
+    f.send(c, False, response(10 + 3 * MAX_OUTSTANDING_CALLS - 1, 0, bytes(8)))  # the newest is still matched
+    assert f.events()[-1].opnum == 11
+
+
+def test_orphaned_call_drops_its_fragments():
+    f = Feeder()
+    c = conn()
+    emsmdb_session(f, c)
+    f.send(c, True, request(9, 0, 4, VECTOR_STUB[:40], flags=0x01))
+    f.send(c, True, pdu(19, 9, b""))
+    assert c.app.calls == {}
+    assert [e.kind for e in f.events()][-2:] == ["request", "orphaned"]

@@ -42,6 +42,7 @@ from analyzer.dissect.dcerpc import (
     PTYPE_BIND_ACK,
     PTYPE_BIND_NAK,
     PTYPE_FAULT,
+    PTYPE_ORPHANED,
     PTYPE_REQUEST,
     PTYPE_RESPONSE,
     find_plausible_header,
@@ -63,6 +64,10 @@ NCACN_HTTP_GREETING = b"ncacn_http/1.0"
 UDP_HEX_BYTES = 64
 # A reassembled call larger than this is not kept (EcDoRpcExt2 buffers are at most 256 KiB, MS-OXCRPC 3.1.4.2)
 MAX_CALL_BYTES = 4 * 1024 * 1024
+# Per-connection tables are bounded so that memory stays constant when one direction is missing (a capture that
+# sees only requests would otherwise remember every unanswered call): the oldest entries are forgotten first.
+MAX_OUTSTANDING_CALLS = 1024
+MAX_PENDING_BINDS = 64
 # Warnings about one direction of one connection that keeps failing to parse are capped at this many.
 MAX_WARNINGS_PER_DIRECTION = 3
 
@@ -335,6 +340,9 @@ class EventCollector:
         else:
             body = dcerpc.parse_auth_only(pdu, hdr)
             ev.auth_level = body.auth_level
+            if ptype == PTYPE_ORPHANED:  # the client abandoned the call: forget its fragments and request
+                st.calls.pop((from_client, hdr.call_id), None)
+                st.requests.pop(hdr.call_id, None)
         self.events.append(ev)
 
     def _set_iface(self, ev: Event, iface: _Iface | None) -> None:
@@ -353,6 +361,8 @@ class EventCollector:
         if hdr.first or call is None:
             if call is not None:
                 ev.note = "new FIRST fragment before the previous call's LAST: previous fragments dropped"
+            if len(st.calls) >= MAX_OUTSTANDING_CALLS:
+                del st.calls[next(iter(st.calls))]
             call = st.calls[key] = _Call(cp.alloc_hint, None if hdr.first else "first fragment(s) not in the capture")
         call.count += 1
         if call.damaged is None:
@@ -381,6 +391,8 @@ class EventCollector:
         stub, call = self._fragment(st, from_client, hdr, cp, ev)
         if call is None:
             return
+        if len(st.requests) >= MAX_OUTSTANDING_CALLS:
+            del st.requests[next(iter(st.requests))]
         st.requests[hdr.call_id] = _Request(cp.opnum, cp.ctx_id, ev.frame, iface)
         self._finish_stub(ev, hdr, stub, call, iface, decode_request_stub)
 
@@ -449,6 +461,8 @@ class EventCollector:
         bp = dcerpc.parse_bind(pdu, hdr)
         ev.auth_level = bp.body.auth_level
         ev.note = _join(bp.note, bp.body.note)
+        if len(st.pending_binds) >= MAX_PENDING_BINDS:
+            del st.pending_binds[next(iter(st.pending_binds))]
         st.pending_binds[hdr.call_id] = bp.contexts
         if bp.contexts:
             first = bp.contexts[0]
