@@ -295,7 +295,8 @@ class EventCollector:
             iface = _EPM_IFACE
         return iface
 
-    def _ctx_iface(self, st: _ConnState, ctx_id: int, server_ip: str, server_port: int) -> tuple[_Iface | None, str | None]:
+    def _ctx_iface(self, st: _ConnState, ctx_id: int, server_ip: str,
+                   server_port: int) -> tuple[_Iface | None, str | None]:
         iface = st.contexts.get(ctx_id)
         if iface is not None:
             return iface, None

@@ -247,14 +247,18 @@ def parse_bind(pdu, hdr: Header) -> BindPdu:
         ctx_id, n_ts = struct.unpack_from(e + "HB", b, off)
         if_uuid = guid(b[off + 4 : off + 20], hdr.little_endian)
         # if_version is one u32 = minor << 16 | major: little-endian puts major first, big-endian minor first
-        major, minor = struct.unpack_from("<HH", b, off + 20) if hdr.little_endian else struct.unpack_from(">HH", b, off + 20)[::-1]
+        if hdr.little_endian:
+            major, minor = struct.unpack_from("<HH", b, off + 20)
+        else:
+            minor, major = struct.unpack_from(">HH", b, off + 20)
         off += 24
         item = ContextItem(ctx_id, if_uuid, major, minor)
         for _ in range(n_ts):
             if off + 20 > len(b):
                 note = "bind transfer syntax list truncated"
                 break
-            item.transfer.append((guid(b[off : off + 16], hdr.little_endian), struct.unpack_from(e + "I", b, off + 16)[0]))
+            (ts_ver,) = struct.unpack_from(e + "I", b, off + 16)
+            item.transfer.append((guid(b[off : off + 16], hdr.little_endian), ts_ver))
             off += 20
         contexts.append(item)
         if note:

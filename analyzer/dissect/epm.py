@@ -64,7 +64,8 @@ def parse_tower(octets: bytes) -> Endpoint | None:
     return Endpoint(if_uuid, major, int(minor), protocol, port, ip)
 
 
-def parse_ept_map_response(stub: bytes, little_endian: bool = True, ndr64: bool = False) -> tuple[list[Endpoint], int | None, str | None]:
+def parse_ept_map_response(stub: bytes, little_endian: bool = True,
+                           ndr64: bool = False) -> tuple[list[Endpoint], int | None, str | None]:
     """ept_map response stub -> (endpoints, status, note). Never raises.
 
     ``ndr64``: the context negotiated the NDR64 transfer syntax (Windows 8+ endpoint mappers accept it): array
