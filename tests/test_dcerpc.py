@@ -594,3 +594,26 @@ def test_orphaned_call_drops_its_fragments():
     f.send(c, True, pdu(19, 9, b""))
     assert c.app.calls == {}
     assert [e.kind for e in f.events()][-2:] == ["request", "orphaned"]
+
+
+ASYNC_EMSMDB = "5261574a-4572-206e-b268-6b199213b4e4"
+
+
+def test_async_emsmdb_wait_on_its_own_context():
+    f = Feeder()
+    c = conn()
+    f.send(c, True, bind(1, [(0, EMSMDB, 0, 81, [NDR]), (1, ASYNC_EMSMDB, 0, 1, [NDR])]))
+    f.send(c, False, bind_ack(1, b"49155\x00", [(0, 0, NDR), (0, 0, NDR)]))
+    f.send(c, True, request(2, 0, 14, bytes(20)))
+    f.send(c, False, response(2, 0, bytes(20) + struct.pack("<I", 0)))
+    wait_frame = f.send(c, True, request(3, 1, 0, bytes(24)))
+    f.send(c, False, response(3, 1, struct.pack("<II", 1, 0)))
+    ipv6 = register_stub(bytes(range(16)), b"\x17\x00\x04\xd2" + bytes(4) + bytes.fromhex("20010db8" + "00" * 11 + "05")
+                         + bytes(4))
+    f.send(c, True, request(4, 0, 4, ipv6))
+    events = f.events()
+    connect, connected, wait, woken, register = events[2:]
+    assert (connect.opname, connected.status) == ("EcDoAsyncConnectEx", 0)
+    assert (wait.interface, wait.interface_ver, wait.opname) == ("AsyncEMSMDB", "0.1", "EcDoAsyncWaitEx")
+    assert (woken.async_flags, woken.status, woken.request_frame) == (1, 0, wait_frame)
+    assert register.callback == "[2001:db8::5]:1234" and register.stub_len == 86
