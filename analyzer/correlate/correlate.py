@@ -73,14 +73,26 @@ def correlate(events, info, vantage: str = "auto") -> CorrelationResult:
         vantage = "auto"
 
     clients = _find_clients(events)
-    udp = [e for e in events if e.kind == "udp"]
-    icmp = [e for e in events if e.kind == "icmp_unreachable"]
+    # Index datagrams by destination and ICMP errors by the quoted destination, so each client looks only at
+    # its own (a server-side capture can hold a thousand clients).
+    udp_by_dst: dict[str, list] = defaultdict(list)
+    icmp_by_quoted_dst: dict[str, list] = defaultdict(list)
+    icmp = []
+    for e in events:
+        if e.kind == "udp":
+            udp_by_dst[e.dst].append(e)
+        elif e.kind == "icmp_unreachable":
+            icmp_by_quoted_dst[e.quoted_dst].append(e)
+            icmp.append(e)
     claimed_udp: set[int] = set()  # id() of datagrams already given to a client
     result_clients = []
     for ip in sorted(clients, key=_ip_key):
         activity = _build_client(ip, clients[ip], events)
-        _match_notifications(activity, udp, claimed_udp)
-        _match_icmp(activity, icmp)
+        targets = {ip} | {r.callback_ip for r in activity.registrations if r.callback_ip}
+        _match_notifications(activity, sorted((e for t in targets for e in udp_by_dst.get(t, ())),
+                                              key=lambda e: e.frame), claimed_udp)
+        _match_icmp(activity, sorted((e for t in targets for e in icmp_by_quoted_dst.get(t, ())),
+                                     key=lambda e: e.frame))
         _classify_calls(activity)
         _mail_evidence(activity)
         result_clients.append(activity)
@@ -124,6 +136,7 @@ def _build_client(ip: str, evs: list, all_events) -> ClientActivity:
     by_request_frame: dict = {}
     registrations: list[Registration] = []
     reg_by_call: dict[int, Registration] = {}
+    async_flags: dict[int, int | None] = {}  # id(call) -> pulFlagsOut of its EcDoAsyncWaitEx answer
     mailbox = None
     poll_max = None
     session_start = False
@@ -174,6 +187,7 @@ def _build_client(ip: str, evs: list, all_events) -> ClientActivity:
             else:
                 call.status = e.status
                 call.rop_ids = e.rop_ids
+                async_flags[id(call)] = e.async_flags
             if e.poll_max_ms:
                 poll_max = e.poll_max_ms
             reg = reg_by_call.get(id(call))
@@ -207,19 +221,10 @@ def _build_client(ip: str, evs: list, all_events) -> ClientActivity:
     )
     activity.async_waits = [
         AsyncWait(frame=c.frame, time=c.time, completion_frame=c.response_frame, completion_time=c.response_time,
-                  flags=_async_flags(c, evs), status=c.status)
+                  flags=async_flags.get(id(c)), status=c.status)
         for c in calls if c.interface == ASYNC_EMSMDB and c.opnum == ASYNC_OP_WAIT
     ]
     return activity
-
-
-def _async_flags(call: RpcCall, evs) -> int | None:
-    if call.response_frame is None:
-        return None
-    for e in evs:
-        if e.frame == call.response_frame and e.kind == "response" and e.call_id == call.call_id:
-            return e.async_flags
-    return None
 
 
 # ---------------------------------------------------------------------------------------------------------------
