@@ -247,3 +247,23 @@ def test_capture_result_json_contract():
     assert {"client", "mailbox", "server", "verdict", "cause", "confidence", "reason", "callback", "register_status",
             "notifications", "polls", "poll_interval_s", "server_poll_interval_s", "evidence", "filter",
             "remedy"} <= set(c)
+
+
+def test_ipv6_callback_of_a_dual_stack_client_is_not_nat():
+    s = Script()
+    s.logon()
+    req, resp = s.register(1.0, callback="[2001:db8::20]:2500")
+    d = s.udp(100.0, src=SERVER, dst="2001:db8::20")
+    reaction, _ = s.poll(100.1)
+    v = judge(s)
+    check_common(v, "registered", "push_working", [req, resp, d, reaction])
+    assert v.callback == "[2001:db8::20]:2500"
+
+
+def test_fault_evidence_carries_its_time():
+    s = Script()
+    s.logon()
+    _, fault = s.register(1.0, fault=0x1C00001A)
+    v = judge(s)
+    (item,) = [e for e in v.evidence if e.frame == fault]
+    assert item.time == pytest.approx(s.events[fault - 1].time) and "fault" in item.what

@@ -193,7 +193,7 @@ def _build_client(ip: str, evs: list, all_events) -> ClientActivity:
             reg = reg_by_call.get(id(call))
             if reg is not None:
                 if e.kind == "fault":
-                    reg.fault_frame, reg.fault_status = e.frame, e.status
+                    reg.fault_frame, reg.fault_time, reg.fault_status = e.frame, e.time, e.status
                 else:
                     reg.response_frame, reg.response_time = e.frame, e.time
                     reg.status = None if e.encrypted else e.status
@@ -398,8 +398,7 @@ def infer_vantage(clients: list[ClientActivity], icmp) -> tuple[str, str]:
     share the capture, who sent the ICMP errors, whether datagrams were seen and answered."""
     if not clients:
         return "unknown", "no Outlook client in the capture"
-    nat = [(a, r) for a in clients for r in a.registrations
-           if r.callback_ip and r.callback_ip != a.client]
+    nat = [(a, r) for a in clients for r in a.registrations if r.callback_differs_from(a.client)]
     if nat:
         a, r = nat[0]
         return "server", (f"client {a.client} registered callback {r.callback_ip}, an address the capture does not "

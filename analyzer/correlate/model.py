@@ -73,7 +73,15 @@ class Registration:
     response_time: float | None = None
     status: int | None = None  # return value; None when not captured or hidden by packet privacy
     fault_frame: int | None = None
+    fault_time: float | None = None
     fault_status: int | None = None  # DCE/RPC fault status when the call faulted
+
+    def callback_differs_from(self, client_ip: str) -> bool:
+        """The registered callback is another address of the same family than the one the capture sees the
+        client use: the server will send the datagram somewhere the client is not (NAT, VPN)."""
+        if not self.callback_ip or self.callback_ip == client_ip:
+            return False
+        return (":" in self.callback_ip) == (":" in client_ip)
 
 
 @dataclass

@@ -93,7 +93,7 @@ def _cite_registration(ev: _Evidence, r: Registration) -> None:
         ctx = f", context {r.context_hex}" if r.context_hex else ""
         ev.add(r.frame, r.time, f"EcRRegisterPushNotification request: callback {r.callback or 'unreadable'}{ctx}")
     if r.fault_frame is not None:
-        ev.add(r.fault_frame, None, f"DCE/RPC fault {status_text(r.fault_status)} to the registration")
+        ev.add(r.fault_frame, r.fault_time, f"DCE/RPC fault {status_text(r.fault_status)} to the registration")
     if r.response_frame is not None:
         if r.status is None:
             ev.add(r.response_frame, r.response_time, "EcRRegisterPushNotification answer (status hidden by packet privacy)")
@@ -211,7 +211,7 @@ def _decide(a: ClientActivity, corr: CorrelationResult):
             return ("push_working", 0.95 - penalty / 2,
                     f"{len(a.notifications)} UDP notification(s) from {a.server} reached the client and it called "
                     f"the server within 2 s each time{privacy_note}", ev)
-        if r.callback_ip and r.callback_ip != a.client and r.callback_ip not in a.servers:
+        if r.callback_differs_from(a.client):
             for n in a.notifications[:MAX_CITED]:
                 _cite_notification(ev, n)
             for e in a.icmp_errors[:MAX_CITED]:
