@@ -249,15 +249,16 @@ def test_capture_result_json_contract():
             "remedy"} <= set(c)
 
 
-def test_ipv6_callback_of_a_dual_stack_client_is_not_nat():
-    s = Script()
+def test_ipv6_client_and_callback():
+    server6, client6 = "2001:db8::10", "2001:db8::20"
+    s = Script(client=client6, server=server6)
     s.logon()
-    req, resp = s.register(1.0, callback="[2001:db8::20]:2500")
-    d = s.udp(100.0, src=SERVER, dst="2001:db8::20")
+    req, resp = s.register(1.0, callback=f"[{client6}]:2500")
+    d = s.udp(100.0)
     reaction, _ = s.poll(100.1)
     v = judge(s)
     check_common(v, "registered", "push_working", [req, resp, d, reaction])
-    assert v.callback == "[2001:db8::20]:2500"
+    assert v.callback == "[2001:db8::20]:2500" and v.client == client6
 
 
 def test_fault_evidence_carries_its_time():
