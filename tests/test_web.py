@@ -509,3 +509,10 @@ def test_cli_bad_database_or_data_dir_is_a_message_not_a_traceback(tmp_path, cap
     assert "secret" not in err and "cannot" in err  # no password echoed; driver missing or server down
     assert main(["user", "add", "bad name!", "--data-dir", str(tmp_path / "d")]) == 2
     assert "user name must be" in capsys.readouterr().err
+
+
+def test_every_cause_has_a_tooltip_on_the_report_page():
+    from analyzer.verdict.model import CAUSES
+    from analyzer.web.app import CAUSE_HELP
+
+    assert set(CAUSE_HELP) == set(CAUSES)

@@ -43,6 +43,26 @@ DOCS_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.j
             "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; img-src 'self' data: https:")
 
 
+# One line per cause, shown as a tooltip on the report page (the verdict stage's reason says what was seen).
+CAUSE_HELP = {
+    "push_working": "A UDP notification reached the client and it fetched the new mail at once.",
+    "registered_no_mail_seen": "Registration succeeded; no mail arrived during the capture, so delivery was not tested.",
+    "notification_seen_registration_not_captured": "Notifications work; the registration happened before the capture.",
+    "async_wait": "Outlook 2007+ uses EcDoAsyncWaitEx (long poll): UDP is not needed.",
+    "server_refused": "The server answered EcRRegisterPushNotification with an error (e.g. 0x80040102).",
+    "registration_fault": "The registration call ended in a DCE/RPC fault.",
+    "client_did_not_register": "The client never asked for push notification (PR_DISABLE_WINSOCK, VPN client).",
+    "udp_not_delivered": "The server sent notifications but the client never reacted: UDP is blocked on the way.",
+    "icmp_unreachable": "The client side answered the notification with ICMP unreachable.",
+    "udp_not_received": "Mail arrived for a registered client, but no notification reached it.",
+    "callback_unreachable_nat": "The callback address is not the address the server sees (NAT/VPN).",
+    "no_emsmdb_session": "No Outlook-to-Exchange (EMSMDB) session in this capture.",
+    "capture_too_short": "The capture is too short to see a polling pattern.",
+    "encrypted_no_evidence": "Packet privacy hides the calls and nothing in the behaviour decides.",
+    "mid_session_no_evidence": "The capture starts mid-session without the registration or notifications.",
+}
+
+
 class LoginRequired(Exception):
     """Raised by page dependencies: answered with a redirect to the login form."""
 
@@ -334,7 +354,8 @@ def create_app(
                             "plots": sorted((p for p in detail["plots"] if p.endswith("-" + slug)),
                                             key=lambda p: (not p.startswith("timeline"), p))})
         return templates.TemplateResponse(request, "capture.html", {
-            "user": user, "capture": detail, "result": row.result, "clients": clients, "causes": CAUSES})
+            "user": user, "capture": detail, "result": row.result, "clients": clients, "causes": CAUSES,
+            "cause_help": CAUSE_HELP})
 
     return app
 

@@ -154,7 +154,17 @@
         const resp = await fetch("/api/captures/" + id, { credentials: "same-origin", headers: HEADERS });
         if (resp.ok) {
           const c = await resp.json();
+          if (c.status === "running" && statusBadge.dataset.status === "queued") {
+            statusBadge.dataset.status = "running"; // queued -> running: just update the badge, keep polling
+            statusBadge.className = "status status-running";
+          }
           if (c.status !== statusBadge.dataset.status) { window.location.reload(); return; }
+          if (c.status === "running") {
+            const pct = Math.round(100 * (c.progress || 0));
+            statusBadge.textContent = pct > 0 ? "running " + pct + "%" : "running";
+            const note = document.getElementById("pending-text");
+            if (note) note.textContent = "Analysing" + (pct > 0 ? " (" + pct + "% of the file read)" : "") + "… This page updates by itself.";
+          }
         }
       } catch (e) { /* retry */ }
       setTimeout(poll, 1000);
