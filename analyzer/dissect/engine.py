@@ -1,0 +1,52 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""The dissect stage's entry points (contract in :mod:`analyzer.dissect`): the native engine wires the ingest
+stream through :class:`analyzer.dissect.transport.Transport` into the application analyser
+(:class:`analyzer.dissect.collector.EventCollector`); ``engine="tshark"`` hands the file to tshark instead."""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+from analyzer.dissect.model import Event, events_to_dataframe
+from analyzer.dissect.stream import PacketSink
+from analyzer.dissect.transport import Transport
+from analyzer.ingest import CaptureInfo, FrameBatch, open_capture
+
+ENGINES = ("native", "tshark")
+
+
+def dissect_batches(batches: Iterable[FrameBatch], info: CaptureInfo, sink: PacketSink | None = None) -> list[Event]:
+    """Run the native engine over an ingest stream. Warnings go to ``info.warnings``. With ``sink`` given, it
+    receives the transport's calls and its ``finish()`` result (if it has one) is returned."""
+    if sink is None:
+        from analyzer.dissect.collector import EventCollector
+
+        # info.warnings is replaced when iteration starts: look the list up at warning time
+        sink = EventCollector(warn=lambda message: info.warnings.append(message))
+    transport = Transport(sink)
+    for batch in batches:
+        transport.feed(batch)
+    transport.finish()
+    finish = getattr(sink, "finish", None)
+    return finish() if callable(finish) else []
+
+
+def dissect_capture(path, engine: str = "native",
+                    progress: Callable[[int, int], None] | None = None) -> tuple[list[Event], CaptureInfo]:
+    """Events of one capture file and what the reader learned about it. Raises ``CaptureError`` when the file
+    cannot be read at all; ``ValueError`` for an unknown engine."""
+    if engine == "tshark":
+        from analyzer.dissect.tshark_engine import dissect_with_tshark
+
+        return dissect_with_tshark(str(path), progress=progress)
+    if engine != "native":
+        raise ValueError(f"unknown engine {engine!r} (choose from {', '.join(ENGINES)})")
+    with open_capture(path) as cap:
+        events = dissect_batches(cap.batches(progress=progress), cap.info)
+        return events, cap.info
+
+
+def events_dataframe(path, engine: str = "native"):
+    """The events table of one capture as a pandas DataFrame (schema in :mod:`analyzer.dissect.model`)."""
+    events, _info = dissect_capture(path, engine=engine)
+    return events_to_dataframe(events)

@@ -1,0 +1,259 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""TCP connection tracking and per-direction stream reassembly for the native engine.
+
+Rules (chosen to give the PDU frames ``tshark -o tcp.reassemble_out_of_order:TRUE`` reports):
+
+* connections are numbered in order of first appearance (like ``tcp.stream``); a SYN on a 4-tuple whose
+  connection was closed (FIN both ways or RST) starts a new one;
+* bytes are delivered once they are contiguous, with the frame that made them contiguous (for a reordered
+  segment: the frame that filled the hole);
+* retransmissions are dropped; where segments overlap the bytes delivered first win (as Wireshark);
+* a hole is given up (``tcp_gap``) at FIN/RST, at end of capture, or when the out-of-order buffer of one
+  direction exceeds :data:`MAX_OOO_SEGMENTS` / :data:`MAX_OOO_BYTES` (with a warning) - so memory per connection
+  is bounded;
+* a direction whose first bytes are not in the capture starts at its first seen segment, after a
+  ``tcp_gap(missing=0)`` telling the analyser it may be mid-PDU;
+* sequence numbers are unwrapped against the next expected byte, so a stream crossing 2**32 is one stream.
+
+Flows the sink never finds interesting keep only a small :class:`TcpFlow` (for the connection number and the
+SYN sequence numbers); their bytes are never looked at.
+"""
+
+from __future__ import annotations
+
+from analyzer.dissect.stream import PacketSink, TcpConnection
+
+FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
+SEQ_MASK = 0xFFFFFFFF
+HALF = 1 << 31
+MAX_OOO_SEGMENTS = 64
+MAX_OOO_BYTES = 1 << 20
+# Flows remembered at once. Past this the oldest flows that the sink never found interesting (or already closed)
+# are forgotten: their connection number is the only thing lost, and only if they turn interesting later.
+MAX_FLOWS = 200_000
+
+
+class _Direction:
+    __slots__ = ("isn", "next", "ooo", "ooo_bytes", "fin")
+
+    def __init__(self):
+        self.isn: int | None = None  # sequence number of this direction's SYN, when captured
+        self.next: int | None = None  # unwrapped sequence number of the next byte to deliver
+        self.ooo: dict[int, bytes] = {}  # unwrapped start -> bytes, beyond a hole
+        self.ooo_bytes = 0
+        self.fin = False
+
+    def unwrap(self, seq: int) -> int:
+        nxt = self.next
+        return nxt + ((seq - nxt + HALF) & SEQ_MASK) - HALF
+
+
+class TcpFlow:
+    """One TCP connection as the transport sees it. Endpoint A is the lower (address, port) of the 4-tuple."""
+
+    __slots__ = ("index", "a", "b", "dirs", "interesting", "conn", "syn_from_a", "first_from_a", "closed",
+                 "rst")
+
+    def __init__(self, index: int, a: tuple[str, int], b: tuple[str, int], first_from_a: bool):
+        self.index = index
+        self.a, self.b = a, b
+        self.dirs = (_Direction(), _Direction())  # [0]: sent by A, [1]: sent by B
+        self.interesting = False
+        self.conn: TcpConnection | None = None
+        self.syn_from_a: bool | None = None  # who sent the SYN (client), when seen
+        self.first_from_a = first_from_a
+        self.closed = False
+        self.rst = False
+
+
+class TcpTable:
+    """All TCP flows of a capture; :meth:`segment` is called for every TCP segment the pre-filter lets through."""
+
+    def __init__(self, sink: PacketSink, known_ports=None):
+        self.sink = sink
+        self.flows: dict[tuple, TcpFlow] = {}
+        self.count = 0  # connections numbered so far
+        # ports the sink already knows to carry DCE/RPC: their side is the server when no SYN says otherwise
+        self.known_ports = known_ports if known_ports is not None else set()
+        self.newly_interesting: list[TcpFlow] = []  # flows that turned interesting since the caller last looked
+        self.ooo_overflows = 0
+
+    # ------------------------------------------------------------------------------------------------ segments
+
+    def segment(self, frame: int, time: float, src: str, sport: int, dst: str, dport: int, seq: int,
+                flags: int, payload: bytes) -> None:
+        if (src, sport) <= (dst, dport):
+            key, from_a = (src, sport, dst, dport), True
+        else:
+            key, from_a = (dst, dport, src, sport), False
+        flow = self.flows.get(key)
+        if flow is None or (flow.closed and flags & (SYN | ACK) == SYN):
+            if flow is not None:
+                del self.flows[key]
+            flow = self._new_flow(key, from_a)
+        elif flow.closed:
+            return  # stray segment after the close (final ACK, late retransmission)
+        d = flow.dirs[0 if from_a else 1]
+        if flags & SYN:
+            if flags & ACK == 0:
+                flow.syn_from_a = from_a
+            elif flow.syn_from_a is None:
+                flow.syn_from_a = not from_a
+            if d.isn is None:
+                d.isn = seq
+                if flow.interesting and d.next is None:
+                    d.next = seq + 1
+            seq = (seq + 1) & SEQ_MASK  # the SYN takes one sequence number; any data follows it
+        if not flow.interesting:
+            if not self.sink.is_interesting_tcp(payload, sport, dport):
+                if flags & (FIN | RST):
+                    self._note_close(flow, d, flags, deliver=False)
+                return
+            self._start(flow, from_a, seq, payload, frame, time)
+        if payload:
+            self._data(flow, from_a, d, seq, payload, frame, time)
+        if flags & (FIN | RST):
+            self._note_close(flow, d, flags, deliver=True, frame=frame, time=time)
+
+    def finish(self, frame: int, time: float) -> None:
+        """End of capture (``frame``/``time``: the last frame): give up remaining holes, close every followed
+        connection."""
+        for flow in list(self.flows.values()):
+            if flow.interesting and not flow.closed:
+                self._close(flow, frame, time)
+        self.flows.clear()
+
+    # ------------------------------------------------------------------------------------------------ internals
+
+    def _new_flow(self, key: tuple, from_a: bool) -> TcpFlow:
+        flows = self.flows
+        if len(flows) >= MAX_FLOWS:
+            self._evict()
+        flow = TcpFlow(self.count, (key[0], key[1]), (key[2], key[3]), from_a)
+        self.count += 1
+        flows[key] = flow
+        return flow
+
+    def _evict(self) -> None:
+        # dicts keep insertion order: drop the oldest quarter of flows not being followed
+        budget = MAX_FLOWS // 4
+        for key in [k for k, f in self.flows.items() if not f.interesting or f.closed][:budget]:
+            del self.flows[key]
+
+    def _client_is_a(self, flow: TcpFlow, payload: bytes, from_a: bool) -> bool:
+        if flow.syn_from_a is not None:
+            return flow.syn_from_a
+        pa, pb = flow.a[1], flow.b[1]
+        if (pa < 1024) != (pb < 1024):  # a well-known port and an ephemeral one
+            return pa >= 1024
+        known = self.known_ports
+        if (pa in known) != (pb in known):
+            return pb in known
+        # Mid-stream without port hints: a connection-oriented DCE/RPC PDU type says who speaks (requests,
+        # binds, alter_context and auth3 go client -> server; responses, acks and faults come back).
+        if len(payload) >= 3 and payload[0] == 5:
+            ptype = payload[2]
+            if ptype in (0, 11, 14, 16):
+                return from_a
+            if ptype in (2, 3, 12, 13, 15):
+                return not from_a
+        return flow.first_from_a
+
+    def _start(self, flow: TcpFlow, from_a: bool, data_seq: int, payload: bytes, frame: int, time: float) -> None:
+        """The sink wants this flow (from the segment at ``data_seq`` on): set up both directions."""
+        client_is_a = self._client_is_a(flow, payload, from_a)
+        client, server = (flow.a, flow.b) if client_is_a else (flow.b, flow.a)
+        flow.conn = TcpConnection(index=flow.index, client_ip=client[0], client_port=client[1],
+                                  server_ip=server[0], server_port=server[1],
+                                  started_in_capture=flow.syn_from_a is not None)
+        flow.interesting = True
+        self.newly_interesting.append(flow)
+        for i, d in enumerate(flow.dirs):
+            if d.isn is not None:
+                d.next = d.isn + 1
+        d = flow.dirs[0 if from_a else 1]
+        if d.isn is not None and (data_seq - d.next) & SEQ_MASK and not (data_seq - d.next) & HALF:
+            # bytes of this direction went by before the flow looked interesting
+            missing = (data_seq - d.next) & SEQ_MASK
+            d.next = data_seq
+            self.sink.tcp_gap(flow.conn, from_a == client_is_a, missing, frame, time)
+
+    def _data(self, flow: TcpFlow, from_a: bool, d: _Direction, seq: int, payload: bytes, frame: int,
+              time: float) -> None:
+        conn = flow.conn
+        from_client = (flow.a if from_a else flow.b) == (conn.client_ip, conn.client_port)
+        if d.next is None:  # first bytes of a direction whose start was not captured
+            d.next = seq
+            self.sink.tcp_gap(conn, from_client, 0, frame, time)
+        start = d.unwrap(seq)
+        end = start + len(payload)
+        nxt = d.next
+        if end <= nxt:
+            return  # retransmission of delivered bytes
+        if start > nxt:
+            self._buffer(flow, d, from_client, start, payload, frame, time)
+            return
+        parts = [payload[nxt - start :] if start < nxt else payload]
+        d.next = end
+        if d.ooo:
+            self._drain(d, parts)
+        self.sink.tcp_data(conn, from_client, b"".join(parts) if len(parts) > 1 else bytes(parts[0]), frame, time)
+
+    @staticmethod
+    def _drain(d: _Direction, parts: list) -> None:
+        ooo = d.ooo
+        while ooo:
+            first = min(ooo)
+            if first > d.next:
+                return
+            seg = ooo.pop(first)
+            d.ooo_bytes -= len(seg)
+            seg_end = first + len(seg)
+            if seg_end > d.next:
+                parts.append(seg[d.next - first :])
+                d.next = seg_end
+
+    def _buffer(self, flow: TcpFlow, d: _Direction, from_client: bool, start: int, payload: bytes, frame: int,
+                time: float) -> None:
+        held = d.ooo.get(start)
+        if held is None:
+            d.ooo[start] = bytes(payload)
+            d.ooo_bytes += len(payload)
+        elif len(payload) > len(held):  # same start, longer: keep the first copy, add the new tail
+            d.ooo[start] = held + bytes(payload[len(held) :])
+            d.ooo_bytes += len(payload) - len(held)
+        if len(d.ooo) > MAX_OOO_SEGMENTS or d.ooo_bytes > MAX_OOO_BYTES:
+            self.ooo_overflows += 1
+            self.sink.warn(f"frame {frame}: TCP connection {flow.index}: more than {MAX_OOO_SEGMENTS} segments or "
+                           f"{MAX_OOO_BYTES} bytes beyond a hole; giving the missing bytes up")
+            while len(d.ooo) > MAX_OOO_SEGMENTS // 2 or d.ooo_bytes > MAX_OOO_BYTES // 2:
+                self._skip_hole(flow.conn, d, from_client, frame, time)
+
+    def _skip_hole(self, conn: TcpConnection, d: _Direction, from_client: bool, frame, time) -> None:
+        first = min(d.ooo)
+        self.sink.tcp_gap(conn, from_client, first - d.next, frame, time)
+        d.next = first
+        parts: list = []
+        self._drain(d, parts)
+        if parts:
+            self.sink.tcp_data(conn, from_client, b"".join(parts), frame, time)
+
+    def _note_close(self, flow: TcpFlow, d: _Direction, flags: int, deliver: bool, frame=None, time=None) -> None:
+        if flags & RST:
+            flow.rst = True
+        else:
+            d.fin = True
+        if flow.rst or (flow.dirs[0].fin and flow.dirs[1].fin):
+            if deliver:
+                self._close(flow, frame, time)
+            flow.closed = True
+
+    def _close(self, flow: TcpFlow, frame, time) -> None:
+        conn = flow.conn
+        for i, d in enumerate(flow.dirs):
+            if d.ooo:
+                from_client = (flow.a if i == 0 else flow.b) == (conn.client_ip, conn.client_port)
+                while d.ooo:
+                    self._skip_hole(conn, d, from_client, frame, time)
+        flow.closed = True
+        self.sink.tcp_close(conn)

@@ -1,0 +1,294 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""Transport layer of the native engine: FrameBatch stream -> PacketSink calls (TCP bytes, UDP, ICMP errors).
+
+Two paths over each batch:
+
+* a numpy pre-filter over the batch's columns (``np.frombuffer`` over the batch buffer: zero-copy over the mmap)
+  for the common frame, Ethernet / IPv4 without options or fragmentation / TCP or UDP. It computes ports, TCP
+  flags, payload offset and length and a direction-independent flow hash, and keeps only the frames that can
+  matter: segments of flows the sink follows (with payload or SYN/FIN/RST), SYN/FIN/RST of any flow (connection
+  numbering and ISNs), the first frame of every new flow, segments whose payload starts like a connection-oriented
+  DCE/RPC header or that use a DCE/RPC port the sink knows, and UDP datagrams between ports >= 1024 that are not
+  connectionless DCE/RPC. Ethernet frames that are not IP, and IPv4 protocols other than TCP/UDP/ICMP, are dropped
+  there too.
+* a per-frame Python path (:mod:`link`, :mod:`net`, :mod:`tcp`) for the selected frames and for everything the
+  pre-filter does not classify (VLAN/QinQ, IPv6, SLL/SLL2, NULL/LOOP, raw IP, IP options, fragments, ICMP,
+  truncated frames). It is complete on its own; the pre-filter only decides what it may skip.
+
+Bulk flows therefore cost a few numpy operations per frame and no Python at all.
+
+Measured (benchmark capture, see the report / README): figures in PERFORMANCE below.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import numpy as np
+
+from analyzer.dissect.link import SUPPORTED_LINKTYPES, ip_start
+from analyzer.dissect.net import (
+    ICMP_DEST_UNREACHABLE,
+    ICMPV6_DEST_UNREACHABLE,
+    IP_LATER_FRAGMENT,
+    IP_OK,
+    PROTO_ICMP,
+    PROTO_ICMPV6,
+    PROTO_TCP,
+    PROTO_UDP,
+    parse_ip,
+    quoted_udp,
+)
+from analyzer.dissect.stream import PacketSink
+from analyzer.dissect.tcp import TcpTable
+from analyzer.ingest.model import FrameBatch
+
+PERFORMANCE = """(filled in below from measurements)"""
+
+# First byte of a connectionless (UDP) DCE/RPC PDU: such datagrams are RPC, never a push notification.
+DCERPC_CL_VERSION = 4
+MIN_NOTIFY_PORT = 1024
+# Ethertypes the slow path must see (IPv4, IPv6 and VLAN tags that may hide them); other Ethernet frames are dropped
+_IP_OR_VLAN = np.array([0x0800, 0x86DD, 0x8100, 0x88A8, 0x9100], dtype=np.uint16)
+# Multiplier of the flow hash (2**64 / golden ratio): spreads the lower endpoint before the XOR with the higher
+_HASH_MULT = np.uint64(0x9E3779B97F4A7C15)
+_MASK64 = (1 << 64) - 1
+# Maximum distinct malformed-frame reasons quoted in the warning
+_MAX_REASONS = 3
+
+
+def flow_hash(src_ip: str, sport: int, dst_ip: str, dport: int) -> int | None:
+    """The pre-filter's flow hash for an IPv4 4-tuple (same value in either direction); None for IPv6 (IPv6
+    frames always take the per-frame path)."""
+    try:
+        a = int.from_bytes(socket.inet_aton(src_ip), "big") << 16 | sport
+        b = int.from_bytes(socket.inet_aton(dst_ip), "big") << 16 | dport
+    except OSError:
+        return None
+    lo, hi = (a, b) if a < b else (b, a)
+    return ((lo * 0x9E3779B97F4A7C15) & _MASK64) ^ hi
+
+
+class Transport:
+    """Feeds a :class:`PacketSink` from FrameBatches. Call :meth:`feed` per batch, then :meth:`finish` once."""
+
+    def __init__(self, sink: PacketSink, use_prefilter: bool = True):
+        self.sink = sink
+        self.use_prefilter = use_prefilter
+        # the collector's set of ports known to carry DCE/RPC (135, 593, learned ones); it grows while we read
+        self.known_ports = getattr(sink, "_ports", None)
+        self.tcp = TcpTable(sink, self.known_ports if self.known_ports is not None else set())
+        self.unsupported: dict[int, int] = {}
+        self.later_fragments = 0
+        self.malformed = 0
+        self.malformed_reasons: list[str] = []
+        self.frames_seen = 0
+        self.frames_parsed = 0  # frames that took the per-frame Python path
+        self.last_frame = 0
+        self.last_time = 0.0
+        self._seen_hashes = np.empty(0, dtype=np.uint64)  # flows met so far (sorted)
+        self._followed_hashes = np.empty(0, dtype=np.uint64)  # flows the sink follows
+
+    # ------------------------------------------------------------------------------------------------ batches
+
+    def feed(self, batch: FrameBatch) -> None:
+        n = len(batch)
+        if not n:
+            return
+        self.frames_seen += n
+        self.last_frame = batch.first_number + n - 1
+        self.last_time = float(batch.time[-1])
+        if not self.use_prefilter:
+            self._run(batch, range(n), None, None)
+            return
+        try:
+            raw = np.frombuffer(batch.buf, dtype=np.uint8)
+        except (TypeError, ValueError):  # a buffer numpy cannot view: every frame takes the per-frame path
+            self._run(batch, range(n), None, None)
+            return
+        selected, tcp_rows, tcp_hash, tcp_wanted = self._prefilter(batch, raw)
+        self._run(batch, selected, tcp_rows, (tcp_hash, tcp_wanted))
+
+    def _prefilter(self, batch: FrameBatch, raw: np.ndarray):
+        offset, caplen, linktype = batch.offset, batch.caplen, batch.linktype
+        last = len(raw) - 1
+        if last < 0:
+            return np.arange(len(offset)), None, None, None
+
+        def byte_at(base, k):
+            idx = base + k
+            np.minimum(idx, last, out=idx)  # frames too short for k are masked out by their caplen anyway
+            return raw[idx]
+
+        eth = (linktype == 1) & (caplen >= 14)
+        ethertype = byte_at(offset, 12).astype(np.uint16) << 8 | byte_at(offset, 13)
+        ipv4 = eth & (ethertype == 0x0800) & (caplen >= 34) & (byte_at(offset, 14) == 0x45)
+        # MF flag or a fragment offset: fragments go to the per-frame path
+        ipv4 &= ((byte_at(offset, 20) & 0x3F) | byte_at(offset, 21)) == 0
+        proto = byte_at(offset, 23)
+        tcp = ipv4 & (proto == PROTO_TCP) & (caplen >= 54)
+        udp = ipv4 & (proto == PROTO_UDP) & (caplen >= 42)
+        drop = (eth & ~np.isin(ethertype, _IP_OR_VLAN)) | (
+            ipv4 & (proto != PROTO_TCP) & (proto != PROTO_UDP) & (proto != PROTO_ICMP))
+        slow = ~(tcp | udp | drop)
+        parts = [np.flatnonzero(slow)]
+
+        # --- TCP
+        rows = np.flatnonzero(tcp)
+        h = wanted = None
+        if len(rows):
+            base = offset[rows]
+            cap = caplen[rows]
+            ip_len = byte_at(base, 16).astype(np.int64) << 8 | byte_at(base, 17)
+            ip_end = np.minimum(ip_len + 14, cap)
+            sport = byte_at(base, 34).astype(np.uint64) << 8 | byte_at(base, 35)
+            dport = byte_at(base, 36).astype(np.uint64) << 8 | byte_at(base, 37)
+            data_offset = (byte_at(base, 46) >> 4).astype(np.int64) * 4
+            flags = byte_at(base, 47)
+            pstart = data_offset + 34
+            plen = ip_end - pstart
+            src = (byte_at(base, 26).astype(np.uint64) << 24 | byte_at(base, 27).astype(np.uint64) << 16
+                   | byte_at(base, 28).astype(np.uint64) << 8 | byte_at(base, 29))
+            dst = (byte_at(base, 30).astype(np.uint64) << 24 | byte_at(base, 31).astype(np.uint64) << 16
+                   | byte_at(base, 32).astype(np.uint64) << 8 | byte_at(base, 33))
+            ea = src << np.uint64(16) | sport
+            eb = dst << np.uint64(16) | dport
+            h = (np.minimum(ea, eb) * _HASH_MULT) ^ np.maximum(ea, eb)
+            has_data = plen > 0
+            control = (flags & 0x07) != 0  # FIN, SYN, RST
+            pbase = base + pstart
+            looks_dcerpc = (plen >= 3) & (byte_at(pbase, 0) == 5) & (byte_at(pbase, 1) <= 1) & (
+                byte_at(pbase, 2) <= 20)
+            interesting = looks_dcerpc
+            if self.known_ports:
+                ports = np.fromiter(self.known_ports, dtype=np.uint64, count=len(self.known_ports))
+                interesting = interesting | np.isin(sport, ports) | np.isin(dport, ports)
+            if len(self._followed_hashes):
+                interesting = interesting | np.isin(h, self._followed_hashes)
+            wanted = control | (has_data & interesting)
+            new = ~np.isin(h, self._seen_hashes, assume_unique=False)
+            if new.any():
+                fresh, first = np.unique(h[new], return_index=True)
+                wanted[np.flatnonzero(new)[first]] = True  # the first frame of every flow numbers it
+                self._seen_hashes = np.union1d(self._seen_hashes, fresh)
+            wanted_payload = control | has_data
+            parts.append(rows[wanted])
+            wanted = wanted_payload  # for flows that turn interesting inside this batch
+
+        # --- UDP
+        urows = np.flatnonzero(udp)
+        if len(urows):
+            base = offset[urows]
+            sport = byte_at(base, 34).astype(np.int64) << 8 | byte_at(base, 35)
+            dport = byte_at(base, 36).astype(np.int64) << 8 | byte_at(base, 37)
+            clean = (sport >= MIN_NOTIFY_PORT) & (dport >= MIN_NOTIFY_PORT)
+            cl_rpc = (caplen[urows] > 42) & (byte_at(base, 42) == DCERPC_CL_VERSION)
+            parts.append(urows[clean & ~cl_rpc])
+        selected = np.sort(np.concatenate(parts))
+        return selected, rows, h, wanted
+
+    def _run(self, batch: FrameBatch, selected, tcp_rows, tcp_info) -> None:
+        buf, offset, caplen, times, linktype = batch.buf, batch.offset, batch.caplen, batch.time, batch.linktype
+        first = batch.first_number
+        newly = self.tcp.newly_interesting
+        order = selected.tolist() if isinstance(selected, np.ndarray) else list(selected)
+        pos = 0
+        while pos < len(order):
+            i = order[pos]
+            pos += 1
+            start = int(offset[i])
+            data = buf[start : start + int(caplen[i])]
+            if not isinstance(data, bytes):
+                data = bytes(data)
+            self.frames_parsed += 1
+            self.frame(first + i, float(times[i]), int(linktype[i]), data)
+            if newly:
+                hashes = [hh for hh in (flow_hash(f.a[0], f.a[1], f.b[0], f.b[1]) for f in newly) if hh is not None]
+                newly.clear()
+                if hashes:
+                    add = np.array(hashes, dtype=np.uint64)
+                    self._followed_hashes = np.union1d(self._followed_hashes, add)
+                    if tcp_rows is not None and len(tcp_rows):
+                        tcp_hash, tcp_wanted = tcp_info
+                        later = tcp_rows > i
+                        extra = tcp_rows[later & tcp_wanted & np.isin(tcp_hash, add)]
+                        if len(extra):
+                            order = sorted(set(order[pos:]).union(extra.tolist()))
+                            pos = 0
+
+    # ------------------------------------------------------------------------------------------------ one frame
+
+    def frame(self, number: int, time: float, linktype: int, data: bytes) -> None:
+        """The per-frame path: link -> IP -> TCP/UDP/ICMP for one frame. Never raises on bad bytes."""
+        try:
+            self._frame(number, time, linktype, data)
+        except (IndexError, ValueError, OSError) as exc:  # a frame shorter than its headers claim
+            self._malformed(number, f"{type(exc).__name__}: {exc}")
+
+    def _malformed(self, number: int, reason: str) -> None:
+        self.malformed += 1
+        if len(self.malformed_reasons) < _MAX_REASONS:
+            self.malformed_reasons.append(f"frame {number}: {reason}")
+
+    def _frame(self, number: int, time: float, linktype: int, data: bytes) -> None:
+        if linktype not in SUPPORTED_LINKTYPES:
+            self.unsupported[linktype] = self.unsupported.get(linktype, 0) + 1
+            return
+        version, off = ip_start(linktype, data)
+        if not version:
+            return  # ARP, LLDP, ... nothing for us
+        status, src, dst, proto, l4, end = parse_ip(data, off, version)
+        if status != IP_OK:
+            if status == IP_LATER_FRAGMENT:
+                self.later_fragments += 1
+            else:
+                self._malformed(number, f"bad IPv{version} header")
+            return
+        if proto == PROTO_TCP:
+            if end < l4 + 20:
+                self._malformed(number, "TCP header cut short")
+                return
+            header_len = (data[l4 + 12] >> 4) * 4
+            if header_len < 20 or l4 + header_len > end:
+                self._malformed(number, "bad TCP header length")
+                return
+            sport = data[l4] << 8 | data[l4 + 1]
+            dport = data[l4 + 2] << 8 | data[l4 + 3]
+            seq = int.from_bytes(data[l4 + 4 : l4 + 8], "big")
+            self.tcp.segment(number, time, src, sport, dst, dport, seq, data[l4 + 13], data[l4 + header_len : end])
+        elif proto == PROTO_UDP:
+            if end < l4 + 8:
+                self._malformed(number, "UDP header cut short")
+                return
+            sport = data[l4] << 8 | data[l4 + 1]
+            dport = data[l4 + 2] << 8 | data[l4 + 3]
+            if sport < MIN_NOTIFY_PORT or dport < MIN_NOTIFY_PORT:
+                return
+            udp_len = data[l4 + 4] << 8 | data[l4 + 5]
+            # UDP length 0 is legal for IPv6 jumbograms; otherwise it bounds the payload (trailer bytes excluded)
+            stop = end if udp_len < 8 else min(end, l4 + udp_len)
+            payload = data[l4 + 8 : stop]
+            if payload[:1] == b"\x04":
+                return  # connectionless DCE/RPC
+            self.sink.udp(number, time, src, sport, dst, dport, payload)
+        elif proto == PROTO_ICMP and version == 4 or proto == PROTO_ICMPV6 and version == 6:
+            if end < l4 + 8:
+                return
+            icmp_type = data[l4]
+            if icmp_type != (ICMP_DEST_UNREACHABLE if version == 4 else ICMPV6_DEST_UNREACHABLE):
+                return
+            quoted = quoted_udp(data[:end], l4 + 8, version)
+            if quoted is not None:
+                self.sink.icmp_error(number, time, src, dst, icmp_type, data[l4 + 1], *quoted)
+
+    # ------------------------------------------------------------------------------------------------ the end
+
+    def finish(self) -> None:
+        self.tcp.finish(self.last_frame, self.last_time)
+        warn = self.sink.warn
+        for linktype, count in sorted(self.unsupported.items()):
+            warn(f"{count} frames with unsupported link type {linktype} skipped")
+        if self.later_fragments:
+            warn(f"{self.later_fragments} IP fragments after the first ignored (fragments are not reassembled)")
+        if self.malformed:
+            warn(f"{self.malformed} malformed frames skipped ({'; '.join(self.malformed_reasons)})")
