@@ -1,0 +1,995 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""Generate the sample captures in this directory and their manifest.
+
+    python captures/generate.py [OUTDIR]          (default: the directory of this script)
+
+Every file is deterministic: fixed timestamps, a fixed random seed per scenario, hand-written file headers (no
+wall-clock time anywhere), so running the generator twice gives identical bytes (tests/test_captures_manifest.py
+checks it). Link, network and transport layers are built with scapy (Ether/Dot1Q/IP/IPv6/TCP/UDP/ICMP); the
+DCE/RPC PDUs and NDR stubs are packed with struct following protocol.md §1.4-1.10 and §4 and the MS-OXCRPC IDL
+(scapy has no EMSMDB definitions, and packing by hand keeps every byte under control, including the deliberately
+segmented, reordered and retransmitted opnum 4 request). The opnum 4 stub is checked against the §1.10 vector at
+import time.
+
+The manifest (manifest.json) says, per file, what any correct analysis must conclude for each Outlook client
+(verdict, cause, evidence frames) and lists every DCE/RPC bind / alter_context / request / response PDU as
+(frame, kind, opnum), frame = the frame carrying the PDU's last byte (for the reordered case: the frame that fills
+the hole), as Wireshark numbers frames. Frame numbers are computed here, never written by hand.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import ipaddress
+import json
+import random
+import struct
+import sys
+import uuid
+from pathlib import Path
+
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.dns import DNS, DNSQR, DNSRR
+from scapy.layers.l2 import Dot1Q, Ether
+
+HERE = Path(__file__).resolve().parent
+
+# ------------------------------------------------------------------------------------------------------------------
+# constants (protocol.md)
+
+EMSMDB_UUID = "a4f1db00-ca47-1067-b31f-00dd010662da"  # v0.81
+ASYNC_EMSMDB_UUID = "5261574a-4572-206e-b268-6b199213b4e4"  # v0.01
+NSPI_UUID = "f5cc5a18-4264-101a-8c59-08002b2f8426"  # v56.0
+EPM_UUID = "e1af8308-5d1f-11c9-91a4-08002b14a0fa"  # v3.0
+OXABREF_UUID = "1544f5e0-613c-11d1-93df-00c04fd7bd09"  # v1.0, Exchange address-book referral
+NDR_UUID = "8a885d04-1ceb-11c9-9fe8-08002b104860"  # v2
+BTFN_UUID = "6cb71c2c-9812-4540-0300-000000000000"  # bind-time feature negotiation, bitmask 3
+
+EMSMDB = (EMSMDB_UUID, 0, 81)
+ASYNC_EMSMDB = (ASYNC_EMSMDB_UUID, 0, 1)
+NSPI = (NSPI_UUID, 56, 0)
+EPM = (EPM_UUID, 3, 0)
+OXABREF = (OXABREF_UUID, 1, 0)
+
+PT_REQUEST, PT_RESPONSE, PT_FAULT = 0, 2, 3
+PT_BIND, PT_BIND_ACK, PT_ALTER, PT_ALTER_RESP, PT_AUTH3 = 11, 12, 14, 15, 16
+KIND = {PT_REQUEST: "request", PT_RESPONSE: "response", PT_FAULT: "fault", PT_BIND: "bind",
+        PT_BIND_ACK: "bind_ack", PT_ALTER: "alter_context", PT_ALTER_RESP: "alter_context_resp", PT_AUTH3: "auth3"}
+# PDUs the manifest lists (the set the events table must reproduce, issue 2)
+LISTED_KINDS = {"bind", "alter_context", "request", "response"}
+
+EC_NOT_SUPPORTED = 0x80040102
+NCA_S_OP_RNG_ERROR = 0x1C010002
+AUTH_NTLMSSP = 10
+AUTH_LEVEL_PRIVACY = 6
+
+EXCHANGE = "10.0.0.10"
+EXCHANGE_PORT = 49155  # dynamic EMSMDB endpoint learned through the endpoint mapper
+DN = "/o=Contoso/ou=First Administrative Group/cn=Recipients/cn=%s"
+EPOCH_BASE = 1772442000  # 2026-03-02 09:00:00 UTC; each scenario starts at its own offset from here
+
+# ------------------------------------------------------------------------------------------------------------------
+# NDR writer
+
+
+class Ndr:
+    """NDR20 little-endian writer; every scalar aligned to its size relative to the stub start."""
+
+    def __init__(self):
+        self.b = bytearray()
+
+    def align(self, n):
+        self.b += b"\x00" * ((-len(self.b)) % n)
+
+    def u8(self, v):
+        self.b += struct.pack("<B", v)
+        return self
+
+    def u16(self, v):
+        self.align(2)
+        self.b += struct.pack("<H", v)
+        return self
+
+    def u32(self, v):
+        self.align(4)
+        self.b += struct.pack("<I", v & 0xFFFFFFFF)
+        return self
+
+    def raw(self, data):
+        self.b += data
+        return self
+
+    def conformant(self, data):  # [size_is] array: max_count, elements
+        self.u32(len(data))
+        self.b += data
+        return self
+
+    def varying(self, data, max_count=None):  # conformant varying array: max_count, offset, actual_count, elements
+        self.u32(len(data) if max_count is None else max_count).u32(0).u32(len(data))
+        self.b += data
+        return self
+
+    def string(self, text):  # [string] char*: conformant varying, NUL included
+        return self.varying(text.encode("ascii") + b"\x00")
+
+    def unique_string(self, text, referent=0x00020000):
+        self.u32(referent)
+        return self.string(text)
+
+    def bytes(self):
+        return bytes(self.b)
+
+
+def sockaddr(ip: str, port: int) -> bytes:
+    """Windows SOCKADDR_IN / SOCKADDR_IN6 (family little-endian, AF_INET6 = 23; port and address big-endian)."""
+    addr = ipaddress.ip_address(ip)
+    if addr.version == 4:
+        return struct.pack("<H", 2) + struct.pack(">H", port) + addr.packed + b"\x00" * 8
+    return struct.pack("<H", 23) + struct.pack(">H", port) + b"\x00" * 4 + addr.packed + b"\x00" * 4
+
+
+def callback_text(ip: str, port: int) -> str:
+    addr = ipaddress.ip_address(ip)
+    return f"{addr.compressed}:{port}" if addr.version == 4 else f"[{addr.compressed}]:{port}"
+
+
+def handle(rng) -> bytes:
+    """NDR context handle: attributes u32 (0) + 16-byte UUID."""
+    return b"\x00" * 4 + bytes(rng.randrange(256) for _ in range(16))
+
+
+# --- EMSMDB stubs (MS-OXCRPC IDL; [in]/[out] parameters in IDL order) --------------------------------------------
+
+
+def register_push_request(cxh, context, cb_ip, cb_port):
+    """EcRRegisterPushNotification (opnum 4) request, protocol.md §1.4."""
+    addr = sockaddr(cb_ip, cb_port)
+    return (Ndr().raw(cxh).u32(0).conformant(context).u16(len(context)).u32(0xFFFFFFFF)
+            .conformant(addr).u16(len(addr)).bytes())
+
+
+def register_push_response(cxh, hnotification, status):
+    return cxh + struct.pack("<II", hnotification, status)  # §1.5: always 28 bytes
+
+
+# Check the opnum 4 layout against the protocol.md §1.10 worked example.
+_VEC_CXH = b"\x00" * 4 + bytes.fromhex("1a2b3c4d5e6f708192a3b4c5d6e7f809")
+assert register_push_request(_VEC_CXH, bytes(range(16)), "10.0.0.5", 1234).hex() == (
+    "000000001a2b3c4d5e6f708192a3b4c5d6e7f8090000000010000000000102030405060708090a0b0c0d0e0f10000000ffffffff"
+    "10000000020004d20a00000500000000000000001000")
+assert register_push_request(_VEC_CXH, bytes(range(16)), "2001:db8::5", 1234)[0x34:].hex() == (
+    "1c000000170004d20000000020010db80000000000000000000000050000000" "01c00")
+assert register_push_response(_VEC_CXH, 0, EC_NOT_SUPPORTED).hex() == \
+    "000000001a2b3c4d5e6f708192a3b4c5d6e7f8090000000002010480"
+
+
+def connect_request(user_dn, ex):
+    """EcDoConnect (0) / EcDoConnectEx (10) request: szUserDN, ulFlags, ulConMod, cbLimit, ulCpid, ulLcidString,
+    ulLcidSort, ulIcxrLink, usFCanConvertCodePages, rgwClientVersion[3], pulTimeStamp (+ rgbAuxIn, cbAuxIn,
+    pcbAuxOut for Ex)."""
+    w = Ndr().string(user_dn)
+    for v in (0, 0x4B6A2F13, 0, 1252, 1033, 1033, 0xFFFFFFFF):
+        w.u32(v)
+    w.u16(1)
+    for v in ((0x000B, 0x0000, 0x1FE9) if ex else (0x000A, 0x0000, 0x0A2F)):
+        w.u16(v)
+    w.u32(0)
+    if ex:
+        aux = bytes.fromhex("1000010401000000") + b"OUTLOOK.EXE\x00"  # AUX_HEADER + a client-name block
+        w.conformant(aux).u32(len(aux)).u32(0x1008)
+    return w.bytes()
+
+
+def connect_response(cxh, poll_ms, ex, display):
+    w = Ndr().raw(cxh).u32(poll_ms).u32(6).u32(10000).u16(0x2A1)
+    w.unique_string("/o=Contoso/ou=First Administrative Group", 0x00020000)
+    w.unique_string(display, 0x00020004)
+    for v in (6, 5, 7638, 6, 5, 7638) if not ex else (8, 0, 685, 8, 0, 685):
+        w.u16(v)
+    w.u32(0x3A2B1C0D)
+    if ex:
+        w.varying(b"", max_count=0).u32(0)
+    w.u32(0)  # return value
+    return w.bytes()
+
+
+def rop_payload(rops: bytes, handles=(0xFFFFFFFF,)) -> bytes:
+    """ROP buffer {RopSize u16 (incl. itself), ROPs, server object handle table}."""
+    return struct.pack("<H", 2 + len(rops)) + rops + b"".join(struct.pack("<I", h) for h in handles)
+
+
+def empty_rops() -> bytes:
+    return rop_payload(b"", handles=())
+
+
+def new_mail_rops(rng) -> bytes:
+    """A poll/fetch answer announcing new mail: RopNotify (NewMail) + two RopNotify (TableModified, row added)
+    + RopPending: well over a hundred bytes, as MS-OXCNOTIF describes."""
+    fid, mid = rng.getrandbits(64), rng.getrandbits(64)
+    new_mail = (struct.pack("<BIBH", 0x2A, 0x00000011, 0, 0x0002) + struct.pack("<QQIB", fid, mid, 0x0000, 0)
+                + b"IPM.Note\x00")
+    rows = b""
+    for h in (0x21, 0x22):
+        row = bytes(rng.randrange(256) for _ in range(48))
+        rows += (struct.pack("<BIBHH", 0x2A, h, 0, 0x0100, 0x0003) + struct.pack("<QQIQQIH", fid, mid, 0, fid, 0,
+                                                                                   0, len(row)) + row)
+    pending = struct.pack("<BH", 0x6E, 0)
+    return rop_payload(new_mail + rows + pending, handles=(0x11, 0x21, 0x22))
+
+
+def fetch_request_rops(rng) -> bytes:
+    # RopOpenMessage (0x03) + RopGetPropertiesSpecific (0x07) for the new message
+    ops = (struct.pack("<BBBBH", 0x03, 0, 0, 1, 1252) + struct.pack("<QBQ", rng.getrandbits(64), 0,
+                                                                     rng.getrandbits(64))
+           + struct.pack("<BBBHHH", 0x07, 0, 1, 0x1000, 0, 3) + struct.pack("<III", 0x0037001F, 0x0E060040,
+                                                                           0x1000001F))
+    return rop_payload(ops, handles=(0x11, 0xFFFFFFFF))
+
+
+def fetch_response_rops(rng) -> bytes:
+    body = bytes(rng.randrange(32, 127) for _ in range(420))
+    return rop_payload(struct.pack("<BBI", 0x03, 1, 0) + struct.pack("<BBIB", 0x07, 1, 0, 0) + body,
+                       handles=(0x31, 0x32))
+
+
+def rpc_header_ext(payload: bytes) -> bytes:
+    """RPC_HEADER_EXT {Version 0, Flags 0x04 Last, Size, SizeActual} + payload (not compressed, not XORed)."""
+    return struct.pack("<HHHH", 0, 0x0004, len(payload), len(payload)) + payload
+
+
+def ecdorpcext2_request(cxh, payload):
+    """EcDoRpcExt2 (11): pcxh, pulFlags, rgbIn (conformant), cbIn, pcbOut, rgbAuxIn (conformant), cbAuxIn,
+    pcbAuxOut."""
+    rgb_in = rpc_header_ext(payload)
+    return (Ndr().raw(cxh).u32(0).conformant(rgb_in).u32(len(rgb_in)).u32(0x40000).conformant(b"").u32(0)
+            .u32(0x1008).bytes())
+
+
+def ecdorpcext2_response(cxh, payload):
+    """pcxh, pulFlags, rgbOut (conformant varying), pcbOut, rgbAuxOut (conformant varying), pcbAuxOut,
+    pulTransTime, return value."""
+    rgb_out = rpc_header_ext(payload)
+    return (Ndr().raw(cxh).u32(0).varying(rgb_out, max_count=0x40000).u32(len(rgb_out))
+            .varying(b"", max_count=0x1008).u32(0).u32(16).u32(0).bytes())
+
+
+def xor_a5(b: bytes) -> bytes:
+    return bytes(x ^ 0xA5 for x in b)
+
+
+def ecdorpc_request(cxh, payload):
+    """Legacy EcDoRpc (2) as Wireshark/OpenChange marshal it: handle, size, offset, ROP request buffer (u32
+    length + XOR-0xA5 obfuscated bytes), length u16, max_data u16."""
+    return (Ndr().raw(cxh).u32(0x8000).u32(0).u32(len(payload)).raw(xor_a5(payload)).u16(len(payload))
+            .u16(0x8000).bytes())
+
+
+def ecdorpc_response(cxh, payload):
+    return (Ndr().raw(cxh).u32(0x8000).u32(0).u32(len(payload)).raw(xor_a5(payload)).u16(len(payload))
+            .u32(0).bytes())
+
+
+def async_connect_request(cxh):
+    return cxh  # EcDoAsyncConnectEx (14): [in] pcxh
+
+
+def async_connect_response(acxh, status=0):
+    return acxh + struct.pack("<I", status)  # [out] pacxh, return value
+
+
+def async_wait_request(acxh):
+    return acxh + struct.pack("<I", 0)  # EcDoAsyncWaitEx: acxh, ulFlagsIn
+
+
+def async_wait_response(flags, status=0):
+    return struct.pack("<II", flags, status)  # pulFlagsOut, return value
+
+
+# --- endpoint mapper ----------------------------------------------------------------------------------------------
+
+
+def tower(iface, port, ip):
+    uuid_s, vmaj, vmin = iface
+
+    def floor(lhs, rhs):
+        return struct.pack("<H", len(lhs)) + lhs + struct.pack("<H", len(rhs)) + rhs
+
+    floors = [
+        floor(b"\x0d" + uuid.UUID(uuid_s).bytes_le + struct.pack("<H", vmaj), struct.pack("<H", vmin)),
+        floor(b"\x0d" + uuid.UUID(NDR_UUID).bytes_le + struct.pack("<H", 2), struct.pack("<H", 0)),
+        floor(b"\x0b", struct.pack("<H", 0)),
+        floor(b"\x07", struct.pack(">H", port)),
+        floor(b"\x09", ipaddress.IPv4Address(ip).packed),
+    ]
+    return struct.pack("<H", len(floors)) + b"".join(floors)
+
+
+def ept_map_request(iface):
+    t = tower(iface, 0, "0.0.0.0")
+    w = Ndr().u32(1).raw(b"\x00" * 16)  # [ptr] object: referent + nil UUID
+    w.u32(2).u32(len(t)).u32(len(t)).raw(t)  # [ptr] map_tower: referent, twr_t {max_count, tower_length, octets}
+    w.align(4)
+    w.raw(b"\x00" * 20).u32(4)  # entry_handle, max_towers
+    return w.bytes()
+
+
+def ept_map_response(iface, port, ip):
+    t = tower(iface, port, ip)
+    w = Ndr().raw(b"\x00" * 20).u32(1)  # entry_handle, num_towers
+    w.u32(4).u32(0).u32(1).u32(3)  # towers: max_count, offset, actual_count, referent of tower 0
+    w.u32(len(t)).u32(len(t)).raw(t)
+    w.align(4)
+    w.u32(0)  # status
+    return w.bytes()
+
+
+# --- NTLMSSP tokens (minimal, well-formed; the captures never need to be decryptable) -----------------------------
+
+NTLM_FLAGS = 0xE2088297
+
+
+def ntlm_negotiate():
+    return b"NTLMSSP\x00" + struct.pack("<II", 1, NTLM_FLAGS) + b"\x00" * 16 + bytes.fromhex("0a00614a0000000f")
+
+
+def ntlm_challenge(rng):
+    target = "CONTOSO".encode("utf-16-le")
+    info = struct.pack("<HH", 2, len(target)) + target + struct.pack("<HH", 0, 0)
+    off = 56
+    return (b"NTLMSSP\x00" + struct.pack("<I", 2) + struct.pack("<HHI", len(target), len(target), off)
+            + struct.pack("<I", NTLM_FLAGS) + bytes(rng.randrange(256) for _ in range(8)) + b"\x00" * 8
+            + struct.pack("<HHI", len(info), len(info), off + len(target)) + bytes.fromhex("0a00614a0000000f")
+            + target + info)
+
+
+def ntlm_authenticate(rng, user):
+    dom, usr, ws = ("CONTOSO".encode("utf-16-le"), user.encode("utf-16-le"), "WS01".encode("utf-16-le"))
+    lm = b"\x00" * 24
+    nt = bytes(rng.randrange(256) for _ in range(16)) + bytes.fromhex("0101000000000000") + b"\x00" * 24
+    key = bytes(rng.randrange(256) for _ in range(16))
+    off = 88
+    fields = []
+    payload = b""
+    for item in (lm, nt, dom, usr, ws, key):
+        fields.append(struct.pack("<HHI", len(item), len(item), off + len(payload)))
+        payload += item
+    lm_f, nt_f, dom_f, usr_f, ws_f, key_f = fields
+    return (b"NTLMSSP\x00" + struct.pack("<I", 3) + lm_f + nt_f + dom_f + usr_f + ws_f + key_f
+            + struct.pack("<I", NTLM_FLAGS) + bytes.fromhex("0a00614a0000000f") + b"\x00" * 16 + payload)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# DCE/RPC connection-oriented PDUs (protocol.md §4)
+
+
+def co_pdu(ptype, call_id, body, flags=0x03, auth=None):
+    """auth = (auth_type, auth_level, token): the sec_trailer follows the body padded so that it starts 16-byte
+    aligned relative to the PDU body (MS-RPCE); for request/response the body includes the 8-byte header."""
+    auth_part = b""
+    auth_len = 0
+    if auth is not None:
+        auth_type, auth_level, token = auth
+        align = 16 if ptype in (PT_REQUEST, PT_RESPONSE) else 4
+        start = 8 if ptype in (PT_REQUEST, PT_RESPONSE) else 0  # stub offset within the body
+        pad = (-(len(body) - start)) % align
+        body = body + b"\x00" * pad
+        auth_part = struct.pack("<BBBBI", auth_type, auth_level, pad, 0, 0) + token
+        auth_len = len(token)
+    frag_len = 16 + len(body) + len(auth_part)
+    return struct.pack("<BBBB4sHHI", 5, 0, ptype, flags, b"\x10\x00\x00\x00", frag_len, auth_len, call_id) + body \
+        + auth_part
+
+
+def bind_body(contexts, assoc=0):
+    """contexts: [(ctx_id, iface, [transfer syntax uuid/version...])]."""
+    b = struct.pack("<HHIBBH", 5840, 5840, assoc, len(contexts), 0, 0)
+    for ctx_id, (u, vmaj, vmin), syntaxes in contexts:
+        b += struct.pack("<HBB", ctx_id, len(syntaxes), 0) + uuid.UUID(u).bytes_le + struct.pack("<HH", vmaj, vmin)
+        for su, sv in syntaxes:
+            b += uuid.UUID(su).bytes_le + struct.pack("<I", sv)
+    return b
+
+
+def bind_ack_body(results, sec_addr, assoc):
+    """results: [(result, reason, (syntax uuid, version))]."""
+    sa = sec_addr.encode("ascii") + b"\x00" if sec_addr else b""
+    b = struct.pack("<HHIH", 5840, 5840, assoc, len(sa)) + sa
+    b += b"\x00" * ((-(16 + len(b))) % 4)
+    b += struct.pack("<BBH", len(results), 0, 0)
+    for result, reason, (su, sv) in results:
+        b += struct.pack("<HH", result, reason) + uuid.UUID(su).bytes_le + struct.pack("<I", sv)
+    return b
+
+
+NIL_SYNTAX = ("00000000-0000-0000-0000-000000000000", 0)
+
+
+def request_body(ctx_id, opnum, stub, alloc_hint=None):
+    return struct.pack("<IHH", len(stub) if alloc_hint is None else alloc_hint, ctx_id, opnum) + stub
+
+
+def response_body(ctx_id, stub, alloc_hint=None):
+    return struct.pack("<IHBB", len(stub) if alloc_hint is None else alloc_hint, ctx_id, 0, 0) + stub
+
+
+def fault_body(ctx_id, status):
+    return struct.pack("<IHBBII", 32, ctx_id, 0, 0, status, 0)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# capture, hosts, TCP
+
+
+class Host:
+    def __init__(self, ip, mac=None):
+        self.ip = ip
+        self.v6 = ipaddress.ip_address(ip).version == 6
+        if mac is None:
+            packed = ipaddress.ip_address(ip).packed
+            mac = "02:00:%02x:%02x:%02x:%02x" % tuple(packed[-4:])
+        self.mac = mac
+
+
+class Capture:
+    def __init__(self, name, start_offset_s, seed, vlan=None):
+        self.name = name
+        self.base_us = (EPOCH_BASE + start_offset_s) * 1_000_000
+        self.frames: list[tuple[int, bytes]] = []  # (timestamp µs since epoch, bytes)
+        self.events: list[list] = []  # [frame, kind, opnum]
+        self.rng = random.Random(seed)
+        self.vlan = vlan
+        self.next_port = 49700 + self.rng.randrange(200)
+
+    def ephemeral_port(self):
+        self.next_port += 1 + self.rng.randrange(3)
+        return self.next_port
+
+    def add(self, t, pkt) -> int:
+        """Add a frame; returns its creation index. Frames are generated per conversation and put in time order
+        (stable) at the end, so frame numbers are only known after :meth:`finish` (see :meth:`number`)."""
+        ts = self.base_us + int(round(t * 1_000_000))
+        self.frames.append((ts, bytes(pkt)))
+        return len(self.frames) - 1
+
+    def finish(self):
+        order = sorted(range(len(self.frames)), key=lambda k: self.frames[k][0])
+        self._number = {k: n + 1 for n, k in enumerate(order)}
+        self.sorted_frames = [self.frames[k] for k in order]
+        self.events = sorted(([self._number[k], kind, op] for k, kind, op in self.events),
+                             key=lambda e: e[0])
+
+    def number(self, k) -> int:
+        return self._number[k]
+
+    def l2(self, src: Host, dst: Host, l3):
+        eth = Ether(src=src.mac, dst=dst.mac)
+        if self.vlan is not None:
+            return eth / Dot1Q(vlan=self.vlan) / l3
+        return eth / l3
+
+    def ip(self, src: Host, dst: Host, ttl=128):
+        if src.v6:
+            return IPv6(src=src.ip, dst=dst.ip, hlim=ttl)
+        return IP(src=src.ip, dst=dst.ip, ttl=ttl, id=self.rng.randrange(65536), flags="DF")
+
+    def record(self, frame, kind, opnum):
+        if kind in LISTED_KINDS:
+            self.events.append([frame, kind, opnum])
+
+    @property
+    def duration(self):
+        return (self.sorted_frames[-1][0] - self.sorted_frames[0][0]) / 1e6 if self.frames else 0.0
+
+
+class Tcp:
+    MSS = 1460
+
+    def __init__(self, cap: Capture, client: Host, server: Host, dport, sport=None):
+        self.cap, self.c, self.s = cap, client, server
+        self.cport = sport if sport is not None else cap.ephemeral_port()
+        self.sport = dport
+        self.nxt = {True: cap.rng.randrange(1 << 32), False: cap.rng.randrange(1 << 32)}  # next seq per side
+
+    def segment(self, t, from_client, payload=b"", flags="PA", seq=None):
+        src, dst = (self.c, self.s) if from_client else (self.s, self.c)
+        sp, dp = (self.cport, self.sport) if from_client else (self.sport, self.cport)
+        seq = self.nxt[from_client] if seq is None else seq
+        ack = self.nxt[not from_client] if "A" in flags else 0
+        tcp = TCP(sport=sp, dport=dp, seq=seq & 0xFFFFFFFF, ack=ack & 0xFFFFFFFF, flags=flags,
+                  window=64240 if from_client else 65535)
+        pkt = self.cap.l2(src, dst, self.cap.ip(src, dst) / tcp / payload) if payload else \
+            self.cap.l2(src, dst, self.cap.ip(src, dst) / tcp)
+        return self.cap.add(t, pkt)
+
+    def handshake(self, t, rtt=0.0006):
+        self.segment(t, True, flags="S")
+        self.nxt[True] += 1
+        self.segment(t + rtt / 2, False, flags="SA")
+        self.nxt[False] += 1
+        return self.segment(t + rtt, True, flags="A")
+
+    def send(self, t, from_client, payload, gap=0.00002):
+        """Send payload in MSS-sized segments; returns the frame carrying its last byte."""
+        frame = None
+        for i in range(0, len(payload), self.MSS):
+            chunk = payload[i : i + self.MSS]
+            frame = self.segment(t + gap * (i // self.MSS), from_client, chunk)
+            self.nxt[from_client] += len(chunk)
+        return frame
+
+    def ack(self, t, from_client):
+        return self.segment(t, from_client, flags="A")
+
+    def close(self, t):
+        self.segment(t, True, flags="FA")
+        self.nxt[True] += 1
+        self.segment(t + 0.0003, False, flags="FA")
+        self.nxt[False] += 1
+        return self.segment(t + 0.0006, True, flags="A")
+
+
+class Rpc:
+    """A DCE/RPC association over one TCP connection; records the listed PDUs in the capture's event list."""
+
+    def __init__(self, tcp: Tcp, auth_level=0, user="alice"):
+        self.tcp = tcp
+        self.cap = tcp.cap
+        self.call_id = 1
+        self.auth_level = auth_level
+        self.user = user
+        self.ctx_iface = {}
+        self.auth_seq = 0
+
+    def pdu(self, t, from_client, data, kind, opnum=None):
+        frame = self.tcp.send(t, from_client, data)
+        self.cap.record(frame, kind, opnum)
+        return frame
+
+    def _verifier(self):
+        """NTLMSSP message signature (version 1, checksum, sequence number) for a call at packet privacy."""
+        self.auth_seq += 1
+        token = struct.pack("<I", 1) + bytes(self.cap.rng.randrange(256) for _ in range(8)) + \
+            struct.pack("<I", self.auth_seq - 1)
+        return (AUTH_NTLMSSP, self.auth_level, token)
+
+    def bind(self, t, contexts, sec_addr, results=None, alter=False, rtt=0.001):
+        """contexts: [(ctx_id, iface)]: each offered with NDR; results default to acceptance. Windows also
+        offers a bind-time feature negotiation context (answered with negotiate_ack) on the first bind."""
+        offered = [(cid, iface, [(NDR_UUID, 2)]) for cid, iface in contexts]
+        if not alter:
+            offered.append((contexts[-1][0] + 1, contexts[0][1], [(BTFN_UUID, 1)]))
+        acks = results or [(0, 0, (NDR_UUID, 2))] * len(contexts)
+        if not alter:
+            acks = acks + [(3, 3, NIL_SYNTAX)]
+        for (cid, iface), (res, _r, _s) in zip(contexts, acks):
+            if res == 0:
+                self.ctx_iface[cid] = iface
+        auth_req = auth_ack = None
+        if self.auth_level and not alter:
+            auth_req = (AUTH_NTLMSSP, self.auth_level, ntlm_negotiate())
+            auth_ack = (AUTH_NTLMSSP, self.auth_level, ntlm_challenge(self.cap.rng))
+        cid = self.call_id
+        self.call_id += 1
+        f1 = self.pdu(t, True, co_pdu(PT_ALTER if alter else PT_BIND, cid, bind_body(offered, 0), auth=auth_req),
+                      "alter_context" if alter else "bind")
+        f2 = self.pdu(t + rtt, False,
+                      co_pdu(PT_ALTER_RESP if alter else PT_BIND_ACK, cid,
+                             bind_ack_body(acks, "" if alter else sec_addr, 0x1234 + self.tcp.cport), auth=auth_ack),
+                      "alter_context_resp" if alter else "bind_ack")
+        if auth_req is not None:
+            auth3 = struct.pack("<I", 0)
+            self.pdu(t + rtt + 0.0005, True,
+                     co_pdu(PT_AUTH3, cid, auth3, auth=(AUTH_NTLMSSP, self.auth_level,
+                                                         ntlm_authenticate(self.cap.rng, self.user))), "auth3")
+        return f1, f2
+
+    def call(self, t, ctx_id, opnum, req_stub, resp_stub, delay=0.003, fault=None, ack_after=0.2):
+        """Request and response (or fault). Returns (request frame, response/fault frame)."""
+        cid = self.call_id
+        self.call_id += 1
+        enc = self.auth_level >= AUTH_LEVEL_PRIVACY
+        rng = self.cap.rng
+        if enc:
+            body = request_body(ctx_id, opnum, bytes(rng.randrange(256) for _ in range(len(req_stub))),
+                                alloc_hint=len(req_stub))
+            req = co_pdu(PT_REQUEST, cid, body, auth=self._verifier())
+        else:
+            req = co_pdu(PT_REQUEST, cid, request_body(ctx_id, opnum, req_stub))
+        f1 = self.pdu(t, True, req, "request", opnum)
+        if fault is not None:
+            f2 = self.pdu(t + delay, False, co_pdu(PT_FAULT, cid, fault_body(ctx_id, fault), flags=0x23), "fault",
+                          opnum)
+        elif enc:
+            body = response_body(ctx_id, bytes(rng.randrange(256) for _ in range(len(resp_stub))),
+                                 alloc_hint=len(resp_stub))
+            f2 = self.pdu(t + delay, False, co_pdu(PT_RESPONSE, cid, body, auth=self._verifier()), "response",
+                          opnum)
+        else:
+            f2 = self.pdu(t + delay, False, co_pdu(PT_RESPONSE, cid, response_body(ctx_id, resp_stub)), "response",
+                          opnum)
+        if ack_after:
+            self.tcp.ack(t + delay + ack_after, True)
+        return f1, f2
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Outlook building blocks
+
+
+def epm_lookup(cap, client: Host, server: Host, t, iface=EMSMDB, port=EXCHANGE_PORT):
+    """Endpoint mapper: connect to TCP 135, bind EPM, ept_map for the interface, close. Returns t after."""
+    tcp = Tcp(cap, client, server, 135)
+    tcp.handshake(t)
+    rpc = Rpc(tcp)
+    rpc.bind(t + 0.002, [(0, EPM)], "135")
+    rpc.call(t + 0.005, 0, 3, ept_map_request(iface), ept_map_response(iface, port, server.ip), delay=0.001,
+             ack_after=0)
+    tcp.close(t + 0.010)
+    return t + 0.02
+
+
+class Outlook:
+    """One Outlook client's EMSMDB session with the Exchange server (or the visible parts of it)."""
+
+    def __init__(self, cap, client: Host, server: Host, name, legacy=False, auth_level=0, port=EXCHANGE_PORT,
+                 display=None):
+        self.cap, self.client, self.server = cap, client, server
+        self.legacy = legacy
+        self.name = name
+        self.user_dn = DN % name
+        self.display = display or name.capitalize() + " Example"
+        self.port = port
+        self.auth_level = auth_level
+        self.cxh = handle(cap.rng)
+        self.ctx = 0
+        self.rpc = None
+        self.tcp = None
+        self.frames = {}  # name -> frame, for the manifest
+
+    # --- session start
+    def logon(self, t, epm=True, sport=None):
+        if epm:
+            t = epm_lookup(self.cap, self.client, self.server, t, port=self.port)
+        self.tcp = Tcp(self.cap, self.client, self.server, self.port, sport=sport)
+        self.tcp.handshake(t)
+        self.rpc = Rpc(self.tcp, auth_level=self.auth_level, user=self.name)
+        self.rpc.bind(t + 0.002, [(0, EMSMDB)], str(self.port))
+        return self.connect(t + 0.02)
+
+    def attach_mid_session(self, sport=None):
+        """The connection is already up when the capture starts: no handshake, no bind."""
+        self.tcp = Tcp(self.cap, self.client, self.server, self.port, sport=sport)
+        self.rpc = Rpc(self.tcp, auth_level=self.auth_level, user=self.name)
+        self.rpc.call_id = 40 + self.cap.rng.randrange(50)
+        self.rpc.ctx_iface[0] = EMSMDB
+
+    def connect(self, t, poll_ms=60000):
+        op = 0 if self.legacy else 10
+        f = self.rpc.call(t, self.ctx, op, connect_request(self.user_dn, not self.legacy),
+                          connect_response(self.cxh, poll_ms, not self.legacy, self.display), delay=0.03)
+        self.frames["connect"] = f
+        return t + 0.05
+
+    def register(self, t, cb_ip, cb_port, context, status=0, fault=None):
+        req = register_push_request(self.cxh, context, cb_ip, cb_port)
+        resp = register_push_response(self.cxh if status == 0 else self.cxh, 0x2F1 if status == 0 else 0, status)
+        f = self.rpc.call(t, self.ctx, 4, req, resp, delay=0.002, fault=fault)
+        self.frames["register"] = f
+        self.callback = callback_text(cb_ip, cb_port)
+        self.context = context
+        return f
+
+    # --- ROP traffic
+    def _rop_call(self, t, req_payload, resp_payload, delay):
+        if self.legacy:
+            return self.rpc.call(t, self.ctx, 2, ecdorpc_request(self.cxh, req_payload),
+                                 ecdorpc_response(self.cxh, resp_payload), delay=delay)
+        return self.rpc.call(t, self.ctx, 11, ecdorpcext2_request(self.cxh, req_payload),
+                             ecdorpcext2_response(self.cxh, resp_payload), delay=delay)
+
+    def poll(self, t, mail=False):
+        """The polling call: an empty ROP request; the answer is empty, or carries RopNotify when mail is queued."""
+        return self._rop_call(t, empty_rops(), new_mail_rops(self.cap.rng) if mail else empty_rops(), 0.004)
+
+    def fetch(self, t, notify=True):
+        """Reaction to new mail: fetch the notification details and the message."""
+        f1 = self._rop_call(t, empty_rops(), new_mail_rops(self.cap.rng) if notify else empty_rops(), 0.005)
+        f2 = self._rop_call(t + 0.03, fetch_request_rops(self.cap.rng), fetch_response_rops(self.cap.rng), 0.008)
+        return f1, f2
+
+    def poll_times(self, start, end, period=60.0):
+        """Unprompted calls every pcmsPollsMax (60 s) plus a little deterministic jitter."""
+        out = []
+        t = start
+        while t < end:
+            out.append(t)
+            t += period + self.cap.rng.uniform(0.2, 2.5)
+        return out
+
+
+def udp_datagram(cap, server: Host, sport, dst: Host, dport, payload, t):
+    return cap.add(t, cap.l2(server, dst, cap.ip(server, dst) / UDP(sport=sport, dport=dport) / payload))
+
+
+def icmp_prohibited(cap, router: Host, server: Host, datagram_frame, t):
+    """ICMP type 3 code 13 (communication administratively prohibited) from a filtering router back to the
+    server, quoting the IP header and first 8 bytes of the dropped datagram."""
+    raw = cap.frames[datagram_frame - 1][1]
+    ip_start = 14 + (4 if cap.vlan is not None else 0)
+    quoted = raw[ip_start : ip_start + 20 + 8]
+    return cap.add(t, cap.l2(router, server, IP(src=router.ip, dst=server.ip, ttl=254, id=0) /
+                             ICMP(type=3, code=13) / quoted))
+
+
+def dns_noise(cap, client: Host, t, name="mail.contoso.example"):
+    dns_server = Host("10.0.0.2")
+    q = cap.rng.randrange(65536)
+    sport = cap.ephemeral_port()
+    cap.add(t, cap.l2(client, dns_server, cap.ip(client, dns_server) / UDP(sport=sport, dport=53) /
+                      DNS(id=q, rd=1, qd=DNSQR(qname=name))))
+    ans = DNS(id=q, qr=1, rd=1, ra=1, qd=DNSQR(qname=name), an=DNSRR(rrname=name, ttl=3600, rdata=EXCHANGE))
+    return cap.add(t + 0.0008, cap.l2(dns_server, client, cap.ip(dns_server, client) / UDP(sport=53, dport=sport)
+                                      / ans))
+
+
+def bulk_noise(cap, client: Host, t, segments=24):
+    """A bulk HTTPS download: irrelevant to the analysis, must cost almost nothing."""
+    web = Host("198.51.100.80")
+    tcp = Tcp(cap, client, web, 443)
+    tcp.handshake(t)
+    tcp.send(t + 0.001, True, b"\x16\x03\x01\x00\x40" + bytes(cap.rng.randrange(256) for _ in range(64)))
+    tt = t + 0.02
+    for i in range(segments):
+        data = bytearray(cap.rng.randrange(256) for _ in range(1200))
+        data[0] = 0x17  # never looks like a DCE/RPC header (version 5) to a heuristic
+        tcp.send(tt, False, bytes(data))
+        if i % 2:
+            tcp.ack(tt + 0.0002, True)
+        tt += 0.001
+    return tt
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# scenarios: each returns (Capture, manifest fields); the manifest's frame numbers all come from here
+
+
+def client_entry(o: Outlook, verdict, cause, evidence, notifications=0, callback="auto", status="auto",
+                 client_ip=None):
+    if callback == "auto":
+        callback = getattr(o, "callback", None)
+    if status == "auto":
+        status = None
+    return {"client": ipaddress.ip_address(client_ip or o.client.ip).compressed, "mailbox": o.user_dn,
+            "server": o.server.ip, "verdict": verdict, "cause": cause, "callback": callback,
+            "register_status": None if status is None else "0x%08x" % status,
+            "evidence_frames": list(evidence), "notifications": notifications}
+
+
+def s_push_working():
+    """Legacy Outlook (EcDoConnect/EcDoRpc) registers, gets three datagrams, fetches within a second each time."""
+    cap = Capture("push_working", 0, 101)
+    c, s = Host("10.1.20.31"), Host(EXCHANGE)
+    dns_noise(cap, c, 0.0)
+    o = Outlook(cap, c, s, "alice", legacy=True)
+    t = o.logon(0.05)
+    ctx = bytes.fromhex("0c5e2a9177d3f0b4")
+    reg = o.register(t + 0.4, c.ip, 2512, ctx)
+    ev = list(reg)
+    # polls until the first datagram (MS-OXCNOTIF 3.2.5.4), then push only
+    o.poll(61.3)
+    udp_port = 1030
+    notes = []
+    for i, tn in enumerate((95.2, 168.7, 241.9)):
+        f = udp_datagram(cap, s, udp_port + i, c, 2512, ctx, tn)
+        notes.append(f)
+        o.fetch(tn + 0.35)
+    bulk_noise(cap, c, 130.0)
+    o.poll(300.0, mail=False)
+    entry = dict(vantage="client", description="Outlook 2000-era client (EcDoConnect/EcDoRpc, XOR-obfuscated ROPs) "
+                 "registers 10.1.20.31:2512 (status 0); three UDP datagrams from the server, each followed within "
+                 "0.35 s by an EcDoRpc fetch; DNS and HTTPS noise")
+    entry["clients"] = [client_entry(o, "registered", "push_working", ev + notes, notifications=3, status=0)]
+    return cap, entry
+
+
+def s_server_refused():
+    """Outlook 2003 (EcDoConnectEx/EcDoRpcExt2) against Exchange 2010: opnum 4 -> 0x80040102, then polling."""
+    cap = Capture("server_refused", 3600, 102)
+    c, s = Host("10.1.20.45"), Host(EXCHANGE)
+    o = Outlook(cap, c, s, "bob")
+    t = o.logon(0.1)
+    reg = o.register(t + 0.5, c.ip, 3087, bytes.fromhex("6f75746c6f6f6b00a1b2c3d4e5f60718"), status=EC_NOT_SUPPORTED)
+    for tp in o.poll_times(60.8, 330):
+        o.poll(tp)
+    entry = dict(vantage="client", description="Outlook 2003 (EcDoConnectEx/EcDoRpcExt2) registers callback "
+                 "10.1.20.45:3087; the server answers 0x80040102 ecNotSupported; the client polls every ~60 s")
+    entry["clients"] = [client_entry(o, "not_registered", "server_refused", list(reg), status=EC_NOT_SUPPORTED)]
+    return cap, entry
+
+
+def s_client_did_not_register():
+    cap = Capture("client_did_not_register", 7200, 103)
+    c, s = Host("10.1.21.12"), Host(EXCHANGE)
+    dns_noise(cap, c, 0.0)
+    o = Outlook(cap, c, s, "carol")
+    o.logon(0.02)
+    for tp in o.poll_times(60.4, 320):
+        o.poll(tp)
+    bulk_noise(cap, c, 150.0)
+    entry = dict(vantage="client", description="Outlook 2003 logs on (EcDoConnectEx, pcmsPollsMax 60000) and never "
+                 "calls EcRRegisterPushNotification (PR_DISABLE_WINSOCK or a VPN client); polls every ~60 s")
+    entry["clients"] = [client_entry(o, "not_registered", "client_did_not_register", list(o.frames["connect"]))]
+    return cap, entry
+
+
+def s_udp_not_delivered():
+    """Server-side capture: registration OK, the server sends the datagram every ~60 s, no reaction, polls go on."""
+    cap = Capture("udp_not_delivered", 10800, 104)
+    c, s = Host("10.1.30.77"), Host(EXCHANGE)
+    o = Outlook(cap, c, s, "dave")
+    t = o.logon(0.1)
+    ctx = bytes.fromhex("d1c2b3a4958677685a4b3c2d1e0f0011")
+    reg = o.register(t + 0.3, c.ip, 1755, ctx)
+    polls = o.poll_times(60.5, 330)
+    notes = []
+    tn = 84.0
+    while tn < 330:
+        notes.append((tn, None))
+        tn += 60.0
+    # interleave in time order
+    items = sorted([(tp, "poll") for tp in polls] + [(tn, "udp") for tn, _ in notes])
+    frames = []
+    for tt, what in items:
+        if what == "poll":
+            o.poll(tt)
+        else:
+            frames.append(udp_datagram(cap, s, 1041, c, 1755, ctx, tt))
+    entry = dict(vantage="server", description="server-side capture: status 0 for callback 10.1.30.77:1755; the "
+                 f"server sends the context datagram {len(frames)} times, ~60 s apart; the client never reacts "
+                 "and keeps polling every ~60 s (a firewall drops the UDP)")
+    entry["clients"] = [client_entry(o, "udp_blocked", "udp_not_delivered", list(reg) + frames,
+                                     notifications=len(frames), status=0)]
+    return cap, entry
+
+
+SCENARIOS = {
+    "push_working.pcap": s_push_working,
+    "server_refused.pcap": s_server_refused,
+    "client_did_not_register.pcap": s_client_did_not_register,
+    "udp_not_delivered.pcap": s_udp_not_delivered,
+}
+
+# ------------------------------------------------------------------------------------------------------------------
+# file writers (by hand: fixed headers, no clocks)
+
+
+def write_pcap(frames, linktype=1) -> bytes:
+    out = io.BytesIO()
+    out.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, linktype))
+    for ts, data in frames:
+        out.write(struct.pack("<IIII", ts // 1_000_000, ts % 1_000_000, len(data), len(data)))
+        out.write(data)
+    return out.getvalue()
+
+
+def write_pcapng(frames, linktype=1) -> bytes:
+    def block(btype, body):
+        body += b"\x00" * ((-len(body)) % 4)
+        n = 12 + len(body)
+        return struct.pack("<II", btype, n) + body + struct.pack("<I", n)
+
+    def opt(code, value):
+        return struct.pack("<HH", code, len(value)) + value + b"\x00" * ((-len(value)) % 4)
+
+    shb = struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1) + opt(4, b"mailpush captures/generate.py") + opt(0, b"")
+    idb = struct.pack("<HHI", linktype, 0, 262144) + opt(2, b"eth0") + opt(9, b"\x06") + opt(0, b"")
+    out = [block(0x0A0D0D0A, shb), block(1, idb)]
+    for ts, data in frames:
+        out.append(block(6, struct.pack("<IIIII", 0, ts >> 32, ts & 0xFFFFFFFF, len(data), len(data)) + data))
+    return b"".join(out)
+
+
+def write_netmon2(frames) -> bytes:
+    """Network Monitor 2.1 file (protocol.md §5, Wireshark wiretap/netmon.c): 128-byte header ('GMBU', 2.1,
+    Ethernet, SYSTEMTIME of the first frame), per-frame records {ts_delta u64 µs since start, orig_len u32,
+    incl_len u32, data, media type u16 (2.1 trailer)}, then the frame table (u32 file offsets). The SYSTEMTIME is
+    written in UTC (NetMon writes local time without a zone; readers in UTC see the right times)."""
+    import datetime as dt
+
+    start_us = frames[0][0]
+    st = dt.datetime.fromtimestamp(start_us // 1_000_000, tz=dt.timezone.utc)
+    ms = (start_us % 1_000_000) // 1000
+    body = io.BytesIO()
+    offsets = []
+    pos = 128
+    for ts, data in frames:
+        rec = struct.pack("<QII", ts - (start_us - (start_us % 1000)), len(data), len(data)) + data + \
+            struct.pack("<H", 1)
+        offsets.append(pos)
+        body.write(rec)
+        pos += len(rec)
+    table = b"".join(struct.pack("<I", o) for o in offsets)
+    header = b"GMBU" + struct.pack("<BBH", 1, 2, 1)
+    header += struct.pack("<8H", st.year, st.month, (st.weekday() + 1) % 7, st.day, st.hour, st.minute, st.second, ms)
+    header += struct.pack("<II", pos, len(table))  # frame table offset, length
+    header += struct.pack("<IIIIIIII", 0, 0, 0, 0, 0, 0, 0, 0)
+    header += b"\x00" * (128 - len(header))
+    return header + body.getvalue() + table
+
+
+def gzip_bytes(data: bytes, name: str) -> bytes:
+    buf = io.BytesIO()
+    with gzip.GzipFile(filename=name, mode="wb", fileobj=buf, mtime=0, compresslevel=9) as gz:
+        gz.write(data)
+    return buf.getvalue()
+
+
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def build(outdir: Path) -> list[dict]:
+    outdir.mkdir(parents=True, exist_ok=True)
+    manifest = []
+    for fname, fn in SCENARIOS.items():
+        cap, entry = fn()
+        cap.finish()
+        for cl in entry["clients"]:
+            cl["evidence_frames"] = sorted({cap.number(k) for k in cl["evidence_frames"]})
+        fmt = entry.pop("format", "pcap")
+        compressed = fname.endswith(".gz")
+        if fmt == "pcapng":
+            data = write_pcapng(cap.sorted_frames)
+        elif fmt == "netmon2":
+            data = write_netmon2(cap.sorted_frames)
+        else:
+            data = write_pcap(cap.sorted_frames)
+        frames = len(cap.sorted_frames)
+        events = cap.events
+        truncate_at = entry.pop("truncate_frames", None)
+        warning = False
+        if truncate_at is not None:
+            data, frames = truncate(data, cap.sorted_frames, cap.number(truncate_at) - 1)
+            events = [e for e in events if e[0] <= frames]
+            warning = True
+        if compressed:
+            data = gzip_bytes(data, fname[:-3])
+        (outdir / fname).write_bytes(data)
+        manifest.append({
+            "file": fname,
+            "scenario": entry.pop("scenario", cap.name),
+            "description": entry.pop("description"),
+            "format": fmt,
+            "compressed": compressed,
+            "vantage": entry.pop("vantage"),
+            "frames": frames,
+            "warning_expected": warning or entry.pop("warning_expected", False),
+            "duration_s": round(cap.duration, 6),
+            "clients": entry.pop("clients"),
+            "events": events,
+            **entry,
+        })
+    (outdir / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+def truncate(data: bytes, frames, keep: int):
+    """Cut a pcap in the middle of the record of frame keep+1: keep whole frames survive."""
+    pos = 24
+    for i in range(keep):
+        pos += 16 + len(frames[i][1])
+    cut = pos + 16 + len(frames[keep][1]) // 2
+    return data[:cut], keep
+
+
+def main(argv):
+    outdir = Path(argv[1]) if len(argv) > 1 else HERE
+    manifest = build(outdir)
+    for m in manifest:
+        print(f"{m['file']:42s} {m['frames']:5d} frames  {m['scenario']}")
+
+
+if __name__ == "__main__":
+    main(sys.argv)
