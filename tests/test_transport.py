@@ -1,0 +1,382 @@
+"""Transport layer of the native engine (link -> IP -> TCP reassembly / UDP / ICMP), on real capture files
+written with scapy and read back through the ingest reader. A small recording sink (a test harness implementing
+the PacketSink protocol, not a stand-in for a dependency) records every call; TCP results are compared with
+tshark where tshark has an opinion (stream numbers, reassembled bytes)."""
+
+import subprocess
+
+import pytest
+from scapy.layers.inet import ICMP, IP, TCP, UDP, UDPerror, IPerror
+from scapy.layers.inet6 import (
+    ICMPv6DestUnreach,
+    IPv6,
+    IPv6ExtHdrDestOpt,
+    IPv6ExtHdrFragment,
+    IPv6ExtHdrHopByHop,
+    IPv6ExtHdrRouting,
+)
+from scapy.layers.l2 import CookedLinux, CookedLinuxV2, Dot1AD, Dot1Q, Ether, Loopback
+from scapy.packet import Raw
+from scapy.utils import wrpcap
+
+from analyzer.dissect.transport import Transport
+from analyzer.ingest import open_capture
+
+CLIENT, SERVER = "10.0.0.5", "10.0.0.10"
+CPORT, SPORT = 50000, 6001
+CLIENT_ISN, SERVER_ISN = 1000, 5000
+MAC = dict(src="00:11:22:33:44:55", dst="66:77:88:99:aa:bb")
+
+
+class RecordingSink:
+    """Records the transport's calls. ``follow``: which TCP flows to follow (by server port), as the collector
+    decides by payload or known port."""
+
+    def __init__(self, follow_ports=(SPORT,), follow_all=False):
+        self.follow_ports = set(follow_ports)
+        self.follow_all = follow_all
+        self.calls = []
+        self.warnings = []
+
+    def is_interesting_tcp(self, payload, sport, dport):
+        return self.follow_all or sport in self.follow_ports or dport in self.follow_ports
+
+    def tcp_data(self, conn, from_client, data, frame, time):
+        self.calls.append(("data", conn.index, from_client, bytes(data), frame))
+
+    def tcp_gap(self, conn, from_client, missing, frame, time):
+        self.calls.append(("gap", conn.index, from_client, missing, frame))
+
+    def tcp_close(self, conn):
+        self.calls.append(("close", conn.index, (conn.client_ip, conn.client_port, conn.server_ip,
+                                                 conn.server_port, conn.started_in_capture)))
+
+    def udp(self, frame, time, src, sport, dst, dport, payload):
+        self.calls.append(("udp", frame, src, sport, dst, dport, bytes(payload)))
+
+    def icmp_error(self, frame, time, src, dst, icmp_type, icmp_code, quoted_src, quoted_dst, quoted_sport,
+                   quoted_dport):
+        self.calls.append(("icmp", frame, src, dst, icmp_type, icmp_code, quoted_src, quoted_dst, quoted_sport,
+                           quoted_dport))
+
+    def warn(self, message):
+        self.warnings.append(message)
+
+    def stream(self, index, from_client):
+        return b"".join(c[3] for c in self.calls if c[0] == "data" and c[1] == index and c[2] == from_client)
+
+    def of(self, kind):
+        return [c for c in self.calls if c[0] == kind]
+
+
+def run(path, sink, use_prefilter=True):
+    transport = Transport(sink, use_prefilter=use_prefilter)
+    with open_capture(str(path)) as cap:
+        for batch in cap.batches():
+            transport.feed(batch)
+        transport.finish()
+        return cap.info
+
+
+def write(path, packets, linktype=None):
+    for i, p in enumerate(packets):
+        p.time = 1700000000 + i * 0.01
+    if linktype is None:
+        wrpcap(str(path), packets)
+    else:
+        wrpcap(str(path), packets, linktype=linktype)
+    return path
+
+
+def seg(seq_offset, data=b"", flags="PA", from_client=True, client_isn=CLIENT_ISN, server_isn=SERVER_ISN,
+        cport=CPORT):
+    """A segment of the test connection; seq_offset counts payload bytes from the first data byte."""
+    if from_client:
+        ip = IP(src=CLIENT, dst=SERVER) / TCP(sport=cport, dport=SPORT, flags=flags,
+                                               seq=(client_isn + 1 + seq_offset) & 0xFFFFFFFF,
+                                               ack=server_isn + 1)
+    else:
+        ip = IP(src=SERVER, dst=CLIENT) / TCP(sport=SPORT, dport=cport, flags=flags,
+                                               seq=(server_isn + 1 + seq_offset) & 0xFFFFFFFF,
+                                               ack=client_isn + 1)
+    return Ether(**MAC) / ip / Raw(data) if data else Ether(**MAC) / ip
+
+
+def handshake(client_isn=CLIENT_ISN, server_isn=SERVER_ISN, cport=CPORT):
+    return [
+        Ether(**MAC) / IP(src=CLIENT, dst=SERVER) / TCP(sport=cport, dport=SPORT, flags="S", seq=client_isn),
+        Ether(**MAC) / IP(src=SERVER, dst=CLIENT) / TCP(sport=SPORT, dport=cport, flags="SA", seq=server_isn,
+                                                        ack=client_isn + 1),
+        seg(0, flags="A", client_isn=client_isn, server_isn=server_isn, cport=cport),
+    ]
+
+
+def tshark_follow(tshark, path, stream=0):
+    """Both directions' reassembled bytes of one TCP stream as tshark reassembles them (out-of-order on)."""
+    out = subprocess.run([tshark, "-r", str(path), "-o", "tcp.reassemble_out_of_order:TRUE", "-q", "-z",
+                          f"follow,tcp,raw,{stream}"], capture_output=True, text=True, check=True).stdout
+    client, server = [], []
+    for line in out.splitlines():  # client bytes as hex lines, server bytes as tab-indented hex lines
+        text = line.strip()
+        if text and all(ch in "0123456789abcdef" for ch in text):
+            (server if line.startswith("\t") else client).append(bytes.fromhex(text))
+    return b"".join(client), b"".join(server)
+
+
+MESSAGE = bytes(range(256)) * 4  # 1024 bytes, every offset distinguishable
+
+
+@pytest.mark.parametrize("use_prefilter", [True, False])
+def test_reordered_retransmitted_overlapping_segments(tmp_path, tshark, use_prefilter):
+    m = MESSAGE
+    packets = handshake() + [
+        seg(0, m[0:100]),  # frame 4: in order
+        seg(300, m[300:500]),  # frame 5: beyond a hole (100..300)
+        seg(0, m[0:100]),  # frame 6: retransmission of delivered bytes
+        seg(200, b"X" * 150),  # frame 7: held too, overlapping the held 300..500 with other bytes
+        seg(100, m[100:200]),  # frame 8: fills the first hole -> 100..500 contiguous
+        seg(450, m[450:1024]),  # frame 9: overlaps delivered bytes, extends to the end
+        seg(0, b"reply", from_client=False),  # frame 10
+    ]
+    path = write(tmp_path / "reorder.pcap", packets)
+    sink = RecordingSink()
+    run(path, sink, use_prefilter)
+    # Held segments are drained in sequence order and bytes already delivered are never replaced: the X segment
+    # (starting lower) supplies 200..350, as tshark's reassembly does; the retransmission at frame 6 and the
+    # overlap at frame 9 change nothing that was delivered.
+    expected = m[0:200] + b"X" * 150 + m[350:1024]
+    assert sink.stream(0, True) == expected
+    assert sink.stream(0, False) == b"reply"
+    # bytes are delivered with the frame that made them contiguous: frame 8 completes 100..500
+    assert [(c[4], len(c[3])) for c in sink.of("data") if c[2]] == [(4, 100), (8, 400), (9, 524)]
+    assert not sink.of("gap")
+    client_bytes, server_bytes = tshark_follow(tshark, path)
+    assert client_bytes == expected  # tshark agrees on which copy wins
+    assert server_bytes == b"reply"
+    assert sink.of("close") == [("close", 0, (CLIENT, CPORT, SERVER, SPORT, True))]
+
+
+def test_capture_starting_mid_stream(tmp_path):
+    # no handshake; the server answers first in the file: the higher port is still not the server here (both
+    # ports >= 1024), so the DCE/RPC PDU type of the first payload (response, 2) says who the server is
+    response = bytes([5, 0, 2, 3]) + bytes(12)
+    packets = [seg(10, response, from_client=False), seg(50, b"request", from_client=True),
+               seg(10 + len(response), b"more", from_client=False)]
+    path = write(tmp_path / "mid.pcap", packets)
+    sink = RecordingSink()
+    run(path, sink)
+    assert sink.calls[:2] == [("gap", 0, False, 0, 1), ("data", 0, False, response, 1)]
+    assert sink.calls[2:4] == [("gap", 0, True, 0, 2), ("data", 0, True, b"request", 2)]
+    assert sink.calls[4] == ("data", 0, False, b"more", 3)
+    assert sink.calls[-1] == ("close", 0, (CLIENT, CPORT, SERVER, SPORT, False))
+
+
+def test_gap_given_up_at_fin_with_the_missing_length(tmp_path):
+    packets = handshake() + [
+        seg(0, b"a" * 10),  # frame 4
+        seg(30, b"c" * 10),  # frame 5: bytes 10..30 never captured
+        seg(40, flags="FA"),  # frame 6
+        seg(0, flags="FA", from_client=False),  # frame 7: both FINs -> close, hole given up
+    ]
+    sink = RecordingSink()
+    run(write(tmp_path / "gap.pcap", packets), sink)
+    assert sink.calls == [
+        ("data", 0, True, b"a" * 10, 4),
+        ("gap", 0, True, 20, 7),
+        ("data", 0, True, b"c" * 10, 7),
+        ("close", 0, (CLIENT, CPORT, SERVER, SPORT, True)),
+    ]
+
+
+def test_hole_given_up_at_end_of_capture_and_when_the_buffer_overflows(tmp_path):
+    # 70 segments beyond a hole: past 64 held segments the transport gives the hole up with a warning
+    packets = handshake() + [seg(0, b"h" * 5)] + [seg(100 + 10 * k, bytes([k]) * 10) for k in range(70)]
+    sink = RecordingSink()
+    run(write(tmp_path / "overflow.pcap", packets), sink)
+    gaps = sink.of("gap")
+    assert gaps[0] == ("gap", 0, True, 95, 4 + 65)  # the 65th held segment (frame 69) overflows the bound
+    assert any("beyond a hole" in w for w in sink.warnings)
+    assert sink.stream(0, True) == b"h" * 5 + b"".join(bytes([k]) * 10 for k in range(70))
+
+    packets = handshake() + [seg(0, b"h" * 5), seg(50, b"t" * 5)]  # hole still open at end of capture
+    sink = RecordingSink()
+    run(write(tmp_path / "eoc.pcap", packets), sink)
+    assert sink.calls[1:] == [("gap", 0, True, 45, 5), ("data", 0, True, b"t" * 5, 5),
+                              ("close", 0, (CLIENT, CPORT, SERVER, SPORT, True))]
+
+
+def test_sequence_numbers_wrap_around(tmp_path):
+    isn = 0xFFFFFFF0
+    packets = handshake(client_isn=isn) + [
+        seg(0, b"A" * 10, client_isn=isn),
+        seg(20, b"C" * 10, client_isn=isn),  # seq wrapped past 2**32, held beyond the hole
+        seg(10, b"B" * 10, client_isn=isn),  # fills it
+    ]
+    sink = RecordingSink()
+    run(write(tmp_path / "wrap.pcap", packets), sink)
+    assert sink.stream(0, True) == b"A" * 10 + b"B" * 10 + b"C" * 10
+    assert [c[4] for c in sink.of("data")] == [4, 6]
+    assert not sink.of("gap")
+
+
+def test_connection_numbers_match_tshark_streams(tmp_path, tshark):
+    packets = (handshake(cport=50001) + [seg(0, b"x", cport=50001)]
+               + [Ether(**MAC) / IP(src="10.0.0.7", dst="10.0.0.8") / TCP(sport=443, dport=40000, flags="A",
+                                                                          seq=7) / Raw(b"bulk")]
+               + handshake(cport=50002) + [seg(0, b"y", cport=50002)]
+               + [seg(1, b"z", cport=50001)]
+               # the first connection closes, then the same 4-tuple is reused with a new SYN: a new stream
+               + [seg(2, flags="R", cport=50001)]
+               + handshake(cport=50001, client_isn=90000) + [seg(0, b"w", cport=50001, client_isn=90000)])
+    path = write(tmp_path / "streams.pcap", packets)
+    sink = RecordingSink()
+    run(path, sink)
+    ours = [(c[4], c[1]) for c in sink.of("data")]
+    out = subprocess.run([tshark, "-r", str(path), "-Y", "tcp.len > 0 && tcp.dstport == 6001", "-T", "fields",
+                          "-e", "frame.number", "-e", "tcp.stream"], capture_output=True, text=True,
+                         check=True).stdout
+    theirs = [tuple(int(x) for x in line.split("\t")) for line in out.splitlines()]
+    assert ours == theirs == [(4, 0), (9, 2), (10, 0), (15, 3)]
+
+
+def test_flows_never_interesting_are_not_delivered(tmp_path):
+    packets = handshake() + [seg(0, b"bulk data")]
+    sink = RecordingSink(follow_ports=())
+    run(write(tmp_path / "bulk.pcap", packets), sink)
+    assert sink.calls == []
+
+
+NOTIFY = b"\x00\x01" + b"context!" * 2
+
+
+def _notify_udp():
+    return UDP(sport=49500, dport=60000) / Raw(NOTIFY)
+
+
+@pytest.mark.parametrize("name,packet,linktype", [
+    ("vlan", Ether(**MAC) / Dot1Q(vlan=10) / IP(src=SERVER, dst=CLIENT) / _notify_udp(), None),
+    ("qinq", Ether(**MAC) / Dot1AD(vlan=100) / Dot1Q(vlan=10) / IP(src=SERVER, dst=CLIENT) / _notify_udp(), None),
+    ("sll", CookedLinux(pkttype=0, lladdrtype=1, lladdrlen=6, proto=0x0800) / IP(src=SERVER, dst=CLIENT)
+     / _notify_udp(), 113),
+    ("sll2", CookedLinuxV2(proto=0x0800, ifindex=2, lladdrtype=1, lladdrlen=6) / IP(src=SERVER, dst=CLIENT)
+     / _notify_udp(), 276),
+    ("null", Loopback(type=2) / IP(src=SERVER, dst=CLIENT) / _notify_udp(), 0),
+    ("raw", IP(src=SERVER, dst=CLIENT) / _notify_udp(), 101),
+    ("ipv4-options", Ether(**MAC) / IP(src=SERVER, dst=CLIENT, options=b"\x01\x01\x01\x00") / _notify_udp(), None),
+])
+def test_link_layers_ipv4(tmp_path, name, packet, linktype):
+    sink = RecordingSink()
+    run(write(tmp_path / f"{name}.pcap", [packet], linktype), sink)
+    assert sink.calls == [("udp", 1, SERVER, 49500, CLIENT, 60000, NOTIFY)]
+    assert sink.warnings == []
+
+
+def test_ipv6_extension_headers_and_link_layers(tmp_path):
+    s6, c6 = "2001:db8::10", "2001:db8::5"
+    ext = IPv6ExtHdrHopByHop() / IPv6ExtHdrRouting(addresses=[]) / IPv6ExtHdrDestOpt()
+    packets = {
+        "eth": (Ether(**MAC) / IPv6(src=s6, dst=c6) / ext / _notify_udp(), None),
+        "vlan": (Ether(**MAC) / Dot1Q(vlan=5) / IPv6(src=s6, dst=c6) / ext / _notify_udp(), None),
+        "frag0": (Ether(**MAC) / IPv6(src=s6, dst=c6) / IPv6ExtHdrFragment(offset=0, m=0, id=7) / _notify_udp(),
+                  None),
+        "null-bsd": (Loopback(type=24) / IPv6(src=s6, dst=c6) / ext / _notify_udp(), 0),
+        "null-macos": (Loopback(type=30) / IPv6(src=s6, dst=c6) / _notify_udp(), 0),
+        "raw229": (IPv6(src=s6, dst=c6) / ext / _notify_udp(), 229),
+    }
+    for name, (packet, linktype) in packets.items():
+        sink = RecordingSink()
+        run(write(tmp_path / f"{name}.pcap", [packet], linktype), sink)
+        assert sink.calls == [("udp", 1, s6, 49500, c6, 60000, NOTIFY)], name
+
+
+def test_udp_filter_ports_and_connectionless_dcerpc(tmp_path):
+    packets = [
+        Ether(**MAC) / IP(src=SERVER, dst=CLIENT) / UDP(sport=53, dport=50000) / Raw(b"dns"),
+        Ether(**MAC) / IP(src=SERVER, dst=CLIENT) / UDP(sport=50000, dport=50001) / Raw(b"\x04\x00cl-rpc"),
+        Ether(**MAC) / IP(src=SERVER, dst=CLIENT) / _notify_udp(),
+    ]
+    for use_prefilter in (True, False):
+        sink = RecordingSink()
+        run(write(tmp_path / "udp.pcap", packets), sink, use_prefilter)
+        assert sink.calls == [("udp", 3, SERVER, 49500, CLIENT, 60000, NOTIFY)]
+
+
+def test_icmp_and_icmpv6_unreachable_quoting_udp(tmp_path):
+    router, s6, c6, r6 = "10.0.0.1", "2001:db8::10", "2001:db8::5", "2001:db8::1"
+    packets = [
+        Ether(**MAC) / IP(src=router, dst=SERVER) / ICMP(type=3, code=13)
+        / IPerror(src=SERVER, dst=CLIENT) / UDPerror(sport=49500, dport=60000) / Raw(NOTIFY[:4]),
+        Ether(**MAC) / IPv6(src=r6, dst=s6) / ICMPv6DestUnreach(code=1)
+        / IPv6(src=s6, dst=c6) / UDP(sport=49500, dport=60000) / Raw(NOTIFY),
+        # an echo reply and an unreachable quoting TCP are not UDP errors
+        Ether(**MAC) / IP(src=router, dst=SERVER) / ICMP(type=0),
+        Ether(**MAC) / IP(src=router, dst=SERVER) / ICMP(type=3, code=3) / IPerror(src=SERVER, dst=CLIENT)
+        / TCP(sport=1, dport=2),
+    ]
+    sink = RecordingSink()
+    run(write(tmp_path / "icmp.pcap", packets), sink)
+    assert sink.calls == [
+        ("icmp", 1, router, SERVER, 3, 13, SERVER, CLIENT, 49500, 60000),
+        ("icmp", 2, r6, s6, 1, 1, s6, c6, 49500, 60000),
+    ]
+
+
+def test_ipv4_fragments_and_odd_frames(tmp_path):
+    datagram = IP(src=SERVER, dst=CLIENT, id=42) / UDP(sport=49500, dport=60000) / Raw(b"F" * 100)
+    from scapy.layers.inet import fragment
+
+    frags = [Ether(**MAC) / f for f in fragment(datagram, fragsize=48)]
+    assert len(frags) == 3
+    bad_tcp = Ether(**MAC) / IP(src=CLIENT, dst=SERVER, proto=6) / Raw(b"\x00" * 8)  # TCP header cut short
+    arp_like = Ether(src=MAC["src"], dst=MAC["dst"], type=0x0806) / Raw(b"\x00" * 28)
+    path = write(tmp_path / "frag.pcap", frags + [bad_tcp, arp_like])
+    for use_prefilter in (True, False):
+        sink = RecordingSink()
+        run(path, sink, use_prefilter)
+        udp = sink.of("udp")
+        assert [c[1:6] for c in udp] == [(1, SERVER, 49500, CLIENT, 60000)]  # the first fragment only
+        assert "2 IP fragments after the first ignored (fragments are not reassembled)" in sink.warnings
+        assert any(w.startswith("1 malformed frames skipped (frame 4: TCP header cut short") for w in sink.warnings)
+
+
+def test_unsupported_link_type_counted_once(tmp_path):
+    path = write(tmp_path / "lt.pcap", [Raw(b"\x00" * 40), Raw(b"\x01" * 40)], linktype=147)
+    sink = RecordingSink()
+    info = run(path, sink)
+    assert info.frames == 2
+    assert sink.calls == []
+    assert sink.warnings == ["2 frames with unsupported link type 147 skipped"]
+
+
+def test_prefilter_gives_the_same_calls_as_the_per_frame_path(tmp_path):
+    """Bulk flows, DNS and a followed connection interleaved: the numpy pre-filter may only skip frames that
+    change nothing."""
+    packets = []
+    for k in range(40):
+        packets.append(Ether(**MAC) / IP(src="10.1.0.1", dst="10.1.0.2") / TCP(sport=443, dport=40000 + k % 4,
+                                                                              flags="PA", seq=100 * k)
+                       / Raw(bytes([k]) * 100))
+        packets.append(Ether(**MAC) / IP(src="10.1.0.3", dst="10.1.0.53") / UDP(sport=33000, dport=53) / Raw(b"q"))
+        if k == 5:
+            packets += handshake()
+        if 5 < k < 30:
+            bind_header = bytes([5, 0, 11, 3, 16, 0, 0, 0, 0x80, 1, 0, 0, 1, 0, 0, 0])  # a 384-byte bind
+            packets.append(seg((k - 6) * 16, bind_header if k == 6 else bytes([k]) * 16))
+        if k == 31:
+            packets.append(seg(384, flags="FA"))
+            packets.append(seg(0, flags="FA", from_client=False))
+        if k == 20:
+            packets.append(Ether(**MAC) / Dot1Q(vlan=3) / IP(src=SERVER, dst=CLIENT) / _notify_udp())
+    path = write(tmp_path / "mixed.pcap", packets)
+    fast, slow = RecordingSink(follow_ports=()), RecordingSink(follow_ports=())
+
+    # the real collector's decision (payload looks like a DCE/RPC header, or a known DCE/RPC port); the bulk flow
+    # segments of byte 5 start with 0x05 but are no plausible header
+    from analyzer.dissect.collector import EventCollector
+
+    fast.is_interesting_tcp = slow.is_interesting_tcp = EventCollector().is_interesting_tcp
+    run(path, fast, use_prefilter=True)
+    run(path, slow, use_prefilter=False)
+    assert fast.calls == slow.calls
+    assert len(fast.stream(4, True)) == 384  # the followed connection (bulk flows are 0..3)
+    assert fast.of("udp") and fast.of("close")
