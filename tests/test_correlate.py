@@ -10,19 +10,7 @@ from __future__ import annotations
 import pytest
 
 from analyzer.correlate import correlate, split_endpoint
-try:
-    from analyzer.dissect.model import Event
-except ImportError:  # the dissect package's engine is still being written: load its (fixed) model module alone
-    import importlib.util
-    import pathlib
-    import sys
-
-    _spec = importlib.util.spec_from_file_location(
-        "analyzer.dissect.model", pathlib.Path(__file__).parent.parent / "analyzer" / "dissect" / "model.py")
-    _model = importlib.util.module_from_spec(_spec)
-    sys.modules["analyzer.dissect.model"] = _model
-    _spec.loader.exec_module(_model)
-    Event = _model.Event
+from analyzer.dissect.model import Event
 from analyzer.ingest.model import CaptureInfo
 
 CLIENT = "192.168.1.20"

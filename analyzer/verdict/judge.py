@@ -291,7 +291,7 @@ def _decide(a: ClientActivity, corr: CorrelationResult):
             if c.interface == EMSMDB:
                 ev.add(c.frame, c.time, f"{_name(c)} request")
         return ("capture_too_short", 0.5,
-                f"the capture covers only {watched:.1f} s after the logon (Outlook registers shortly after logon; "
+                f"the capture covers only {_seconds(watched)} after the logon (Outlook registers shortly after logon; "
                 f"{LOGON_GRACE_S:.0f} s needed to tell), and no opnum 4 was seen", ev)
     first_calls = [c for c in a.calls if c.interface == EMSMDB][:3]
     for c in first_calls:
@@ -306,6 +306,10 @@ def _decide(a: ClientActivity, corr: CorrelationResult):
     return ("mid_session_no_evidence", 0.4,
             "the capture starts mid-session (no logon, no registration) and shows no datagram, ICMP error or "
             f"reaction; {_poll_phrase(a)} proves nothing by itself (MS-OXCNOTIF 3.2.5.4)", ev)
+
+
+def _seconds(x: float) -> str:
+    return f"{x * 1000:.0f} ms" if x < 1 else f"{x:.1f} s"
 
 
 def _icmp_what(e) -> str:
