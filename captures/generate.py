@@ -717,7 +717,7 @@ def udp_datagram(cap, server: Host, sport, dst: Host, dport, payload, t):
 def icmp_prohibited(cap, router: Host, server: Host, datagram_frame, t):
     """ICMP type 3 code 13 (communication administratively prohibited) from a filtering router back to the
     server, quoting the IP header and first 8 bytes of the dropped datagram."""
-    raw = cap.frames[datagram_frame - 1][1]
+    raw = cap.frames[datagram_frame][1]  # creation index
     ip_start = 14 + (4 if cap.vlan is not None else 0)
     quoted = raw[ip_start : ip_start + 20 + 8]
     return cap.add(t, cap.l2(router, server, IP(src=router.ip, dst=server.ip, ttl=254, id=0) /
@@ -762,7 +762,9 @@ def client_entry(o: Outlook, verdict, cause, evidence, notifications=0, callback
         callback = getattr(o, "callback", None)
     if status == "auto":
         status = None
-    return {"client": ipaddress.ip_address(client_ip or o.client.ip).compressed, "mailbox": o.user_dn,
+    # at packet privacy the szUserDN of the logon is encrypted: no mailbox can be read
+    mailbox = o.user_dn if o.auth_level < AUTH_LEVEL_PRIVACY else None
+    return {"client": ipaddress.ip_address(client_ip or o.client.ip).compressed, "mailbox": mailbox,
             "server": o.server.ip, "verdict": verdict, "cause": cause, "callback": callback,
             "register_status": None if status is None else "0x%08x" % status,
             "evidence_frames": list(evidence), "notifications": notifications}
@@ -855,11 +857,439 @@ def s_udp_not_delivered():
     return cap, entry
 
 
+def s_udp_not_received():
+    """Client-side capture: registered (status 0), polling; twice a poll answer carries RopNotify (mail arrived)
+    and the client fetches at once, yet no datagram ever reaches the client."""
+    cap = Capture("udp_not_received", 14400, 105)
+    c, s = Host("10.1.31.8"), Host(EXCHANGE)
+    o = Outlook(cap, c, s, "erin")
+    t = o.logon(0.1)
+    reg = o.register(t + 0.4, c.ip, 2231, bytes.fromhex("8e1f77a3c4d5e6f7"))
+    mail = []
+    for i, tp in enumerate(o.poll_times(61.0, 330)):
+        if i in (1, 3):
+            _req, resp = o.poll(tp, mail=True)
+            mail.append(resp)
+            o._rop_call(tp + 0.06, fetch_request_rops(cap.rng), fetch_response_rops(cap.rng), 0.008)
+        else:
+            o.poll(tp)
+    dns_noise(cap, c, 200.0)
+    entry = dict(vantage="client", description="client-side capture: status 0 for 10.1.31.8:2231; two poll answers "
+                 "are large and carry RopNotify (new mail) and the client fetches at once, yet no UDP datagram "
+                 "arrives: something between server and client drops it")
+    entry["clients"] = [client_entry(o, "udp_blocked", "udp_not_received", list(reg) + mail, status=0)]
+    return cap, entry
+
+
+def s_icmp_unreachable():
+    """Server-side: every datagram answered by ICMP 3/13 (administratively prohibited) from a router."""
+    cap = Capture("icmp_unreachable", 18000, 106)
+    c, s, router = Host("10.1.50.23"), Host(EXCHANGE), Host("10.0.0.1")
+    o = Outlook(cap, c, s, "frank")
+    t = o.logon(0.1)
+    ctx = bytes.fromhex("41c8d2e9f00b1a2b3c4d5e6f70819203")
+    reg = o.register(t + 0.3, c.ip, 1900, ctx)
+    ev = list(reg)
+    for tp in o.poll_times(60.2, 300):
+        o.poll(tp)
+    for tn in (75.0, 135.0, 195.0):
+        d = udp_datagram(cap, s, 1105, c, 1900, ctx, tn)
+        ev += [d, icmp_prohibited(cap, router, s, d, tn + 0.0011)]
+    entry = dict(vantage="server", description="server-side capture, gzip-compressed: status 0 for 10.1.50.23:1900; "
+                 "each of three datagrams draws an ICMP type 3 code 13 (administratively prohibited) from the "
+                 "router 10.0.0.1 quoting it; the client polls")
+    entry["clients"] = [client_entry(o, "udp_blocked", "icmp_unreachable", ev, notifications=3, status=0)]
+    return cap, entry
+
+
+def s_nat():
+    """Server-side: the client registers its private address; the server sees it as a public NAT address."""
+    cap = Capture("callback_unreachable_nat", 21600, 107)
+    c, s = Host("203.0.113.45"), Host(EXCHANGE)
+    inside = Host("192.168.1.23")
+    o = Outlook(cap, c, s, "grace")
+    t = o.logon(0.1)
+    ctx = bytes.fromhex("5a5b5c5d5e5f60616263646566676869")
+    reg = o.register(t + 0.5, inside.ip, 2890, ctx)
+    ev = list(reg)
+    for tp in o.poll_times(60.7, 310):
+        o.poll(tp)
+    for tn in (100.0, 160.0):
+        ev.append(udp_datagram(cap, s, 1210, inside, 2890, ctx, tn))
+    entry = dict(vantage="server", description="server-side capture: client seen as 203.0.113.45 registers callback "
+                 "192.168.1.23:2890 (its address behind NAT); the server's two datagrams go to the private address "
+                 "and never arrive; polling goes on")
+    entry["clients"] = [client_entry(o, "udp_blocked", "callback_unreachable_nat", ev, notifications=2, status=0)]
+    return cap, entry
+
+
+def s_three_clients():
+    """Server-side capture with three clients: legacy push working, modern refused, modern never registering."""
+    cap = Capture("three_clients", 25200, 108)
+    s = Host(EXCHANGE)
+    a, b, c = Host("10.1.40.11"), Host("10.1.40.12"), Host("10.1.40.13")
+    oa = Outlook(cap, a, s, "henry", legacy=True)
+    ob = Outlook(cap, b, s, "irene")
+    oc = Outlook(cap, c, s, "jack")
+    ta = oa.logon(0.1)
+    ctx_a = bytes.fromhex("a0a1a2a3a4a5a6a7")
+    reg_a = oa.register(ta + 0.3, a.ip, 2600, ctx_a)
+    tb = ob.logon(4.2)
+    reg_b = ob.register(tb + 0.4, b.ip, 3101, bytes.fromhex("b0b1b2b3b4b5b6b7b8b9babbbcbdbebf"),
+                        status=EC_NOT_SUPPORTED)
+    oc.logon(9.7)
+    oa.poll(60.9)
+    notes = []
+    for tn in (88.4, 177.1, 262.6):
+        notes.append(udp_datagram(cap, s, 1320, a, 2600, ctx_a, tn))
+        oa.fetch(tn + 0.6)
+    for tp in ob.poll_times(64.8, 310):
+        ob.poll(tp)
+    for tp in oc.poll_times(70.3, 310):
+        oc.poll(tp)
+    dns_noise(cap, a, 30.0)
+    entry = dict(vantage="server", description="server-side capture, three clients of one server: 10.1.40.11 "
+                 "(legacy) registered and reacts to 3 datagrams; 10.1.40.12 refused 0x80040102 and polls; "
+                 "10.1.40.13 never registers and polls")
+    entry["clients"] = [
+        client_entry(oa, "registered", "push_working", list(reg_a) + notes, notifications=3, status=0),
+        client_entry(ob, "not_registered", "server_refused", list(reg_b), status=EC_NOT_SUPPORTED),
+        client_entry(oc, "not_registered", "client_did_not_register", list(oc.frames["connect"])),
+    ]
+    return cap, entry
+
+
+def s_netmon():
+    """The push_working story (modern client) written as a Network Monitor 2.1 file."""
+    cap = Capture("push_working", 28800, 109)
+    c, s = Host("10.1.22.60"), Host(EXCHANGE)
+    o = Outlook(cap, c, s, "kate")
+    t = o.logon(0.1)
+    ctx = bytes.fromhex("1122334455667788")
+    reg = o.register(t + 0.4, c.ip, 3344, ctx)
+    o.poll(61.2)
+    notes = []
+    for tn in (90.5, 171.3):
+        notes.append(udp_datagram(cap, s, 1077, c, 3344, ctx, tn))
+        o.fetch(tn + 0.22)
+    entry = dict(vantage="client", format="netmon2", description="Network Monitor 2.1 file (GMBU, frame table, "
+                 "per-frame media type): Outlook 2003 registered 10.1.22.60:3344, two datagrams each followed by a "
+                 "fetch within 0.25 s")
+    entry["clients"] = [client_entry(o, "registered", "push_working", list(reg) + notes, notifications=2, status=0)]
+    return cap, entry
+
+
+def s_segmented():
+    """The opnum 4 request is split over three TCP segments, sent out of order, one retransmitted."""
+    cap = Capture("push_working", 32400, 110)
+    c, s = Host("10.1.23.99"), Host(EXCHANGE)
+    o = Outlook(cap, c, s, "liam")
+    t = o.logon(0.1) + 0.4
+    ctx = bytes.fromhex("77e0c1d2a3b4f5061728394a5b6c7d8e")
+    rpc, tcp = o.rpc, o.tcp
+    pdu = co_pdu(PT_REQUEST, rpc.call_id, request_body(0, 4, register_push_request(o.cxh, ctx, c.ip, 2777)))
+    rpc.call_id += 1
+    base = tcp.nxt[True]
+    parts = [(0, pdu[:40]), (40, pdu[40:70]), (70, pdu[70:])]
+    seg_a = tcp.segment(t, True, parts[0][1], seq=base)
+    seg_c = tcp.segment(t + 0.0004, True, parts[2][1], seq=base + 70)
+    seg_b = tcp.segment(t + 0.0009, True, parts[1][1], seq=base + 40)  # fills the hole: the PDU completes here
+    tcp.segment(t + 0.2009, True, parts[2][1], seq=base + 70)  # retransmission of the last part
+    tcp.nxt[True] = base + len(pdu)
+    cap.record(seg_b, "request", 4)
+    resp = rpc.pdu(t + 0.2015, False, co_pdu(PT_RESPONSE, rpc.call_id - 1,
+                                             response_body(0, register_push_response(o.cxh, 0x3A1, 0))),
+                   "response", 4)
+    o.callback = callback_text(c.ip, 2777)
+    o.poll(60.8)
+    tn = 131.6
+    d = udp_datagram(cap, s, 1090, c, 2777, ctx, tn)
+    o.fetch(tn + 0.4)
+    entry = dict(vantage="client", description="the EcRRegisterPushNotification request travels in three TCP "
+                 "segments sent out of order (1, 3, 2) with segment 3 retransmitted; status 0; one datagram "
+                 "followed by a fetch")
+    entry["clients"] = [client_entry(o, "registered", "push_working", [seg_b, resp, d], notifications=1, status=0)]
+    del seg_a, seg_c
+    return cap, entry
+
+
+NSPI_PORT = 49160
+
+
+def s_nspi_decoy():
+    """An NSPI connection carries an opnum 4 whose stub even looks like a registration; the EMSMDB session never
+    registers."""
+    cap = Capture("client_did_not_register", 36000, 111)
+    c, s = Host("10.1.24.17"), Host(EXCHANGE)
+    t = epm_lookup(cap, c, s, 0.1, iface=NSPI, port=NSPI_PORT)
+    tcp = Tcp(cap, c, s, NSPI_PORT)
+    tcp.handshake(t)
+    nspi = Rpc(tcp)
+    nspi.bind(t + 0.002, [(0, NSPI)], str(NSPI_PORT))
+    stat = struct.pack("<IIIIIIIII", 0, 0, 0, 0, 0, 0, 1252, 1033, 1033)
+    nspi.call(t + 0.01, 0, 0, struct.pack("<I", 0) + stat + struct.pack("<I", 0), handle(cap.rng) + b"\x00" * 4)
+    decoy = register_push_request(handle(cap.rng), bytes.fromhex("deadbeefdeadbeef"), c.ip, 2555)
+    nspi.call(t + 0.05, 0, 4, decoy, b"\x00" * 8)
+    o = Outlook(cap, c, s, "mia")
+    o.logon(1.0)
+    for tp in o.poll_times(61.0, 300):
+        o.poll(tp)
+    entry = dict(vantage="client", description="decoy: an NSPI connection (port 49160) carries an opnum 4 call whose "
+                 "stub even holds a callback address; it is not a push registration. The EMSMDB session never "
+                 "calls EcRRegisterPushNotification and polls")
+    entry["clients"] = [client_entry(o, "not_registered", "client_did_not_register", list(o.frames["connect"]))]
+    return cap, entry
+
+
+def s_alter_context():
+    """EMSMDB added to a connection by alter_context; the connection was first bound to the OXABREF interface."""
+    cap = Capture("push_working", 39600, 112)
+    c, s = Host("10.1.25.140"), Host(EXCHANGE)
+    t = epm_lookup(cap, c, s, 0.1)
+    o = Outlook(cap, c, s, "noah")
+    o.tcp = Tcp(cap, c, s, EXCHANGE_PORT)
+    o.tcp.handshake(t)
+    o.rpc = Rpc(o.tcp)
+    o.rpc.bind(t + 0.002, [(0, OXABREF)], str(EXCHANGE_PORT))
+    o.rpc.bind(t + 0.01, [(1, EMSMDB)], "", alter=True)
+    o.ctx = 1
+    t = o.connect(t + 0.03)
+    ctx = bytes.fromhex("c0ffee00c0ffee01")
+    reg = o.register(t + 0.3, c.ip, 4100, ctx)
+    o.poll(60.6)
+    notes = []
+    for tn in (77.7, 140.2, 205.9):
+        notes.append(udp_datagram(cap, s, 1199, c, 4100, ctx, tn))
+        o.fetch(tn + 0.15)
+    bulk_noise(cap, c, 100.0, segments=16)
+    entry = dict(vantage="client", format="pcapng", description="pcapng: the EMSMDB connection is first bound to "
+                 "OXABREF (ctx 0) and EMSMDB is added by alter_context (ctx 1); registered, three datagrams each "
+                 "followed by a fetch; HTTPS noise")
+    entry["clients"] = [client_entry(o, "registered", "push_working", list(reg) + notes, notifications=3, status=0)]
+    return cap, entry
+
+
+def s_vlan_ipv6():
+    cap = Capture("push_working", 43200, 113, vlan=20)
+    c, s = Host("2001:db8:1::25"), Host("2001:db8::10")
+    o = Outlook(cap, c, s, "olivia")
+    t = o.logon(0.1, epm=False)
+    ctx = bytes.fromhex("0f1e2d3c4b5a69788796a5b4c3d2e1f0")
+    reg = o.register(t + 0.4, c.ip, 5050, ctx)
+    o.poll(60.3)
+    notes = []
+    for tn in (99.9, 222.2):
+        notes.append(udp_datagram(cap, s, 1400, c, 5050, ctx, tn))
+        o.fetch(tn + 0.5)
+    entry = dict(vantage="client", description="802.1Q VLAN 20, IPv6 only: callback [2001:db8:1::25]:5050 as a "
+                 "28-byte SOCKADDR_IN6 (family 23); two datagrams each followed by a fetch (no EPM: the bind_ack "
+                 "names the port)")
+    entry["clients"] = [client_entry(o, "registered", "push_working", list(reg) + notes, notifications=2, status=0)]
+    return cap, entry
+
+
+def s_privacy_push():
+    cap = Capture("push_working", 46800, 114)
+    c, s = Host("10.1.26.5"), Host(EXCHANGE)
+    o = Outlook(cap, c, s, "paul", auth_level=AUTH_LEVEL_PRIVACY)
+    t = o.logon(0.1)
+    reg = o.register(t + 0.4, c.ip, 2020, bytes.fromhex("13572468ace0bdf19876543210fedcba"))
+    o.poll(61.4)
+    notes = []
+    for tn in (101.1, 178.8, 259.4):
+        notes.append(udp_datagram(cap, s, 1150, c, 2020, bytes.fromhex("13572468ace0bdf19876543210fedcba"), tn))
+        o.fetch(tn + 0.3)
+    entry = dict(vantage="client", description="packet privacy (NTLMSSP, auth level 6): every stub is encrypted, so "
+                 "the registration's status and callback are hidden; three datagrams from the server each followed "
+                 "by calls within 0.3 s show push working (judged from behaviour)")
+    entry["clients"] = [client_entry(o, "registered", "push_working", list(reg) + notes, notifications=3,
+                                     callback=None)]
+    return cap, entry
+
+
+def s_privacy_polling():
+    cap = Capture("encrypted_no_evidence", 50400, 115)
+    c, s = Host("10.1.26.6"), Host(EXCHANGE)
+    o = Outlook(cap, c, s, "quinn", auth_level=AUTH_LEVEL_PRIVACY)
+    t = o.logon(0.1)
+    reg = o.register(t + 0.4, c.ip, 2021, bytes.fromhex("2468ace013579bdf2468ace013579bdf"))
+    for tp in o.poll_times(60.9, 320):
+        o.poll(tp)
+    entry = dict(vantage="client", description="packet privacy: an (encrypted) EcRRegisterPushNotification and then "
+                 "only polling; the outcome cannot be told from this capture")
+    entry["clients"] = [client_entry(o, "inconclusive", "encrypted_no_evidence", list(reg), callback=None)]
+    return cap, entry
+
+
+def s_registration_fault():
+    cap = Capture("registration_fault", 54000, 116)
+    c, s = Host("10.1.27.200"), Host(EXCHANGE)
+    o = Outlook(cap, c, s, "rachel")
+    t = o.logon(0.1)
+    reg = o.register(t + 0.4, c.ip, 3030, bytes.fromhex("99aabbccddeeff00"), fault=NCA_S_OP_RNG_ERROR)
+    for tp in o.poll_times(60.5, 300):
+        o.poll(tp)
+    entry = dict(vantage="client", description="EcRRegisterPushNotification answered by a DCE/RPC fault "
+                 "nca_s_op_rng_error (0x1c010002); the client polls")
+    entry["clients"] = [client_entry(o, "not_registered", "registration_fault", list(reg))]
+    return cap, entry
+
+
+def s_async_wait():
+    """Outlook 2007: EcDoAsyncConnectEx, then EcDoAsyncWaitEx long-polls on AsyncEMSMDB; each completes with
+    NotificationPending when mail arrives and is followed by a fetch."""
+    cap = Capture("async_wait", 57600, 117)
+    c, s = Host("10.1.28.71"), Host(EXCHANGE)
+    o = Outlook(cap, c, s, "sam")
+    t = o.logon(0.1)
+    acxh = handle(cap.rng)
+    async_conn = o.rpc.call(t + 0.2, 0, 14, async_connect_request(o.cxh), async_connect_response(acxh))
+    tcp = Tcp(cap, c, s, EXCHANGE_PORT)
+    tcp.handshake(t + 0.3)
+    arpc = Rpc(tcp)
+    arpc.bind(t + 0.302, [(0, ASYNC_EMSMDB)], str(EXCHANGE_PORT))
+    completions = []
+    start = t + 0.31
+    for done in (96.4, 203.9):
+        f_req, f_resp = arpc.call(start, 0, 0, async_wait_request(acxh), async_wait_response(1), delay=done - start,
+                                  ack_after=0)
+        completions.append(f_resp)
+        o.fetch(done + 0.12)
+        start = done + 0.3
+    # a third wait is still outstanding when the capture ends
+    cid = arpc.call_id
+    arpc.call_id += 1
+    arpc.pdu(start, True, co_pdu(PT_REQUEST, cid, request_body(0, 0, async_wait_request(acxh))), "request", 0)
+    tcp.ack(start + 0.2, False)
+    entry = dict(vantage="client", description="Outlook 2007: EcDoConnectEx, EcDoAsyncConnectEx (opnum 14), then "
+                 "EcDoAsyncWaitEx (AsyncEMSMDB opnum 0) on a second connection; two waits complete with "
+                 "pulFlagsOut=1 when mail arrives and the client fetches; no UDP needed")
+    entry["clients"] = [client_entry(o, "registered", "async_wait", [async_conn[0]] + completions)]
+    return cap, entry
+
+
+def s_mid_session_notified():
+    """Capture starts mid-session; an EPM lookup in the capture names the EMSMDB port; datagrams + reactions."""
+    cap = Capture("notification_seen_registration_not_captured", 61200, 118)
+    c, s = Host("10.1.29.33"), Host(EXCHANGE)
+    o = Outlook(cap, c, s, "tina")
+    o.attach_mid_session()
+    o.poll(2.5)
+    epm_lookup(cap, c, s, 20.0)  # e.g. the address book asking the endpoint mapper again
+    notes = []
+    for tn in (45.3, 131.0, 219.8):
+        notes.append(udp_datagram(cap, s, 1061, c, 2345, bytes.fromhex("55aa55aa00112233"), tn))
+        o.fetch(tn + 0.4)
+    entry = dict(vantage="client", description="capture starts mid-session (no handshake, no bind, no logon on the "
+                 "EMSMDB connection); an EPM ept_map in the capture names port 49155; three datagrams each "
+                 "followed by a fetch within 0.4 s")
+    entry["clients"] = [client_entry(o, "registered", "notification_seen_registration_not_captured", notes,
+                                     notifications=3)]
+    entry["clients"][0]["mailbox"] = None
+    return cap, entry
+
+
+def s_mid_session_polling():
+    cap = Capture("mid_session_no_evidence", 64800, 119)
+    c, s = Host("10.1.29.34"), Host(EXCHANGE)
+    o = Outlook(cap, c, s, "uma")
+    o.attach_mid_session()
+    epm_lookup(cap, c, s, 5.0)
+    for tp in o.poll_times(12.0, 300):
+        o.poll(tp)
+    entry = dict(vantage="client", description="capture starts mid-session (EPM lookup present, no bind or logon on "
+                 "the EMSMDB connection); polling only: nothing decides")
+    entry["clients"] = [client_entry(o, "inconclusive", "mid_session_no_evidence", [])]
+    entry["clients"][0]["mailbox"] = None
+    return cap, entry
+
+
+def s_capture_too_short():
+    cap = Capture("capture_too_short", 68400, 120)
+    c, s = Host("10.1.32.9"), Host(EXCHANGE)
+    o = Outlook(cap, c, s, "victor")
+    o.logon(0.1)
+    dns_noise(cap, c, 3.9)
+    entry = dict(vantage="client", description="a 4-second capture: EPM, bind and EcDoConnectEx only")
+    entry["clients"] = [client_entry(o, "inconclusive", "capture_too_short", [o.frames["connect"][0]])]
+    return cap, entry
+
+
+def s_registered_no_mail_seen():
+    cap = Capture("registered_no_mail_seen", 72000, 121)
+    c, s = Host("10.1.33.14"), Host(EXCHANGE)
+    o = Outlook(cap, c, s, "wendy")
+    t = o.logon(0.1)
+    reg = o.register(t + 0.3, c.ip, 2468, bytes.fromhex("0a0b0c0d0e0f1011"))
+    for tp in o.poll_times(60.6, 310):
+        o.poll(tp)
+    bulk_noise(cap, c, 42.0, segments=12)
+    entry = dict(vantage="client", description="client side: status 0 for 10.1.33.14:2468, polling, no mail arrives "
+                 "while capturing (polling until the first notification is normal)")
+    entry["clients"] = [client_entry(o, "registered", "registered_no_mail_seen", list(reg), status=0)]
+    return cap, entry
+
+
+def s_truncated():
+    """The server_refused story, the file cut in the middle of a late poll's record."""
+    cap = Capture("server_refused", 75600, 122)
+    c, s = Host("10.1.34.50"), Host(EXCHANGE)
+    o = Outlook(cap, c, s, "xavier")
+    t = o.logon(0.1)
+    reg = o.register(t + 0.5, c.ip, 3999, bytes.fromhex("feedfacecafebeef"), status=EC_NOT_SUPPORTED)
+    cut = None
+    for i, tp in enumerate(o.poll_times(60.3, 330)):
+        f = o.poll(tp)
+        if i == 3:
+            cut = f[1]  # the record of this response is cut in half
+    entry = dict(vantage="client", truncate_frames=cut, description="the server_refused story in a file cut in the "
+                 "middle of a record (a poll answer): every frame before the cut is readable, a warning is expected")
+    entry["clients"] = [client_entry(o, "not_registered", "server_refused", list(reg), status=EC_NOT_SUPPORTED)]
+    return cap, entry
+
+
+def s_no_emsmdb():
+    cap = Capture("no_emsmdb_session", 79200, 123)
+    c, s = Host("10.1.35.66"), Host(EXCHANGE)
+    dns_noise(cap, c, 0.0)
+    t = epm_lookup(cap, c, s, 0.1, iface=NSPI, port=NSPI_PORT)
+    tcp = Tcp(cap, c, s, NSPI_PORT)
+    tcp.handshake(t)
+    nspi = Rpc(tcp)
+    nspi.bind(t + 0.002, [(0, NSPI)], str(NSPI_PORT))
+    stat = struct.pack("<IIIIIIIII", 0, 0, 0, 0, 0, 0, 1252, 1033, 1033)
+    nspi.call(t + 0.01, 0, 0, struct.pack("<I", 0) + stat + struct.pack("<I", 0), handle(cap.rng) + b"\x00" * 4)
+    bulk_noise(cap, c, 5.0, segments=10)
+    entry = dict(vantage="client", description="no EMSMDB at all: DNS, an address-book (NSPI) session, HTTPS; no "
+                 "Outlook client to judge (no_emsmdb_session)")
+    entry["clients"] = []
+    return cap, entry
+
+
 SCENARIOS = {
     "push_working.pcap": s_push_working,
     "server_refused.pcap": s_server_refused,
     "client_did_not_register.pcap": s_client_did_not_register,
     "udp_not_delivered.pcap": s_udp_not_delivered,
+    "udp_not_received.pcap": s_udp_not_received,
+    "icmp_unreachable.pcap.gz": s_icmp_unreachable,
+    "callback_unreachable_nat.pcap": s_nat,
+    "three_clients.pcap": s_three_clients,
+    "netmon2_push_working.cap": s_netmon,
+    "segmented_reordered_opnum4.pcap": s_segmented,
+    "nspi_decoy.pcap": s_nspi_decoy,
+    "alter_context.pcapng": s_alter_context,
+    "vlan_ipv6.pcap": s_vlan_ipv6,
+    "privacy_push_working.pcap": s_privacy_push,
+    "privacy_polling.pcap": s_privacy_polling,
+    "registration_fault.pcap": s_registration_fault,
+    "async_wait.pcap": s_async_wait,
+    "mid_session_notified.pcap": s_mid_session_notified,
+    "mid_session_polling.pcap": s_mid_session_polling,
+    "capture_too_short.pcap": s_capture_too_short,
+    "registered_no_mail_seen.pcap": s_registered_no_mail_seen,
+    "truncated.pcap": s_truncated,
+    "no_emsmdb.pcap": s_no_emsmdb,
 }
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -930,7 +1360,9 @@ def gzip_bytes(data: bytes, name: str) -> bytes:
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def build(outdir: Path) -> list[dict]:
+def build(outdir: Path, times: dict | None = None) -> list[dict]:
+    """Write every scenario's file and manifest.json into outdir; returns the manifest. If ``times`` is a dict it
+    receives file name -> list of frame timestamps (µs since the epoch) of the frames in the file."""
     outdir.mkdir(parents=True, exist_ok=True)
     manifest = []
     for fname, fn in SCENARIOS.items():
@@ -954,6 +1386,9 @@ def build(outdir: Path) -> list[dict]:
             data, frames = truncate(data, cap.sorted_frames, cap.number(truncate_at) - 1)
             events = [e for e in events if e[0] <= frames]
             warning = True
+            entry["cut_at_byte"] = len(data)  # file size: the record of frame frames+1 starts but is incomplete
+        if times is not None:
+            times[fname] = [ts for ts, _ in cap.sorted_frames[:frames]]
         if compressed:
             data = gzip_bytes(data, fname[:-3])
         (outdir / fname).write_bytes(data)
@@ -966,7 +1401,8 @@ def build(outdir: Path) -> list[dict]:
             "vantage": entry.pop("vantage"),
             "frames": frames,
             "warning_expected": warning or entry.pop("warning_expected", False),
-            "duration_s": round(cap.duration, 6),
+            "start": cap.sorted_frames[0][0] / 1e6,
+            "end": cap.sorted_frames[frames - 1][0] / 1e6,
             "clients": entry.pop("clients"),
             "events": events,
             **entry,
