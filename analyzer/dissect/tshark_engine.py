@@ -67,6 +67,9 @@ JSON_LAYERS = "frame ip ipv6 tcp udp icmp icmpv6 dcerpc"
 TSHARK_PARAMETERS = [
     "-o", "tcp.reassemble_out_of_order:TRUE",
     "-o", "tcp.desegment_tcp_streams:TRUE",
+    # heuristics before port-registered dissectors: Exchange's RPC ports 6001-6004 are registered to X11 in
+    # tshark, which would otherwise claim EMSMDB connections learned from the endpoint mapper (test_engines_compare)
+    "-o", "tcp.try_heuristic_first:TRUE",
     "-o", "dcerpc.desegment_dcerpc:TRUE",
     "-o", "dcerpc.reassemble_dcerpc:FALSE",  # fragments are joined here: see the module doc
     # the stub must stay in dcerpc.stub_data; mapi mis-dissects the opnum 4 request (protocol.md §3.1)
@@ -198,6 +201,9 @@ class _EventBuilder:
         prefix = "ip" if "ip" in layers else "ipv6"
         src, dst = ip.get(f"{prefix}.src"), ip.get(f"{prefix}.dst")
         if "tcp" in layers and "dcerpc" in layers:
+            protocols = pkt.frame_info._all_fields.get("frame.protocols", "")
+            if ":nbss" in protocols or ":smb" in protocols:
+                return  # ncacn_np (DCE/RPC in SMB named pipes): not in the events table, as in the native engine
             self._tcp_pdus(frame, time, src, dst, layers)
         elif "udp" in layers:
             self._udp(frame, time, src, dst, layers["udp"][0])
