@@ -248,3 +248,12 @@ def test_two_clients_sorted_by_ip_and_server_side_vantage():
     corr = correlate(s.events, s.info(duration=10))
     assert [a.client for a in corr.clients] == ["10.1.0.4", "10.1.0.30"]
     assert corr.vantage == "server"
+
+
+def test_one_direction_only_is_a_capture_in_between():
+    s = Script()
+    for t in (0.0, 60.0, 120.0):
+        s.call(t, 11, answer=False)
+    corr = s.correlate()
+    assert corr.vantage == "between" and "one direction" in corr.vantage_reason
+    assert [c.response_frame for c in corr.clients[0].calls] == [None, None, None]

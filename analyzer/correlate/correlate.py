@@ -403,6 +403,10 @@ def infer_vantage(clients: list[ClientActivity], icmp) -> tuple[str, str]:
         a, r = nat[0]
         return "server", (f"client {a.client} registered callback {r.callback_ip}, an address the capture does not "
                           "see it use: the capture was taken beyond its NAT, on the server side")
+    one_way = [a for a in clients if a.calls and not any(c.response_frame is not None for c in a.calls)]
+    if one_way and len(one_way) == len(clients):
+        return "between", (f"requests from {one_way[0].client} are in the capture but no answer from the server: only "
+                           "one direction passes the capture point (a tap on an asymmetric route)")
     if len(clients) >= 2 and len({a.server for a in clients}) == 1:
         return "server", f"{len(clients)} clients talk to one Exchange server {clients[0].server}"
     servers = {s for a in clients for s in a.servers}
