@@ -98,3 +98,18 @@ def test_public_short_mapi_session_is_too_short_to_judge(public_dir):
     cited = {e.frame for e in c.evidence}
     assert {12, 13} <= cited  # EcDoConnectEx request and answer: the logon that is in the capture
     assert c.register_status is None and c.notifications == 0
+
+
+# The tshark engine must lead to the same verdicts. All samples take about a minute on the shared machine (measured
+# 64 s for 23 files), so the test runs two that exercise different paths: UDP matching without a reaction, and a
+# packet-privacy session judged from behaviour.
+@pytest.mark.parametrize("name", ["udp_not_delivered.pcap", "privacy_push_working.pcap"])
+def test_tshark_engine_gives_the_same_verdicts(name, captures_dir, tshark):
+    entry = next((e for e in _manifest_entries() if e["file"] == name), None)
+    if entry is None or not (captures_dir / name).is_file():
+        pytest.skip(f"{name} not generated")
+    from analyzer.pipeline import analyze_capture
+
+    result = analyze_capture(str(captures_dir / name), engine="tshark")
+    got = {c.client: (c.verdict, c.cause) for c in result.clients}
+    assert got == {c["client"]: (c["verdict"], c["cause"]) for c in entry["clients"]}
