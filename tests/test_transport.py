@@ -292,13 +292,17 @@ def test_ipv6_extension_headers_and_link_layers(tmp_path):
 def test_udp_filter_ports_and_connectionless_dcerpc(tmp_path):
     packets = [
         Ether(**MAC) / IP(src=SERVER, dst=CLIENT) / UDP(sport=53, dport=50000) / Raw(b"dns"),
-        Ether(**MAC) / IP(src=SERVER, dst=CLIENT) / UDP(sport=50000, dport=50001) / Raw(b"\x04\x00cl-rpc"),
+        # connectionless DCE/RPC: version 4, PTYPE request (0), an 80-byte header and a body
+        Ether(**MAC) / IP(src=SERVER, dst=CLIENT) / UDP(sport=50000, dport=50001) / Raw(b"\x04\x00" + bytes(98)),
         Ether(**MAC) / IP(src=SERVER, dst=CLIENT) / _notify_udp(),
+        # a notification whose opaque context happens to start with 4 is still a notification
+        Ether(**MAC) / IP(src=SERVER, dst=CLIENT) / UDP(sport=49500, dport=60000) / Raw(b"\x04" + NOTIFY),
     ]
     for use_prefilter in (True, False):
         sink = RecordingSink()
         run(write(tmp_path / "udp.pcap", packets), sink, use_prefilter)
-        assert sink.calls == [("udp", 3, SERVER, 49500, CLIENT, 60000, NOTIFY)]
+        assert sink.calls == [("udp", 3, SERVER, 49500, CLIENT, 60000, NOTIFY),
+                              ("udp", 4, SERVER, 49500, CLIENT, 60000, b"\x04" + NOTIFY)]
 
 
 def test_icmp_and_icmpv6_unreachable_quoting_udp(tmp_path):
