@@ -268,3 +268,10 @@ def test_fault_evidence_carries_its_time():
     v = judge(s)
     (item,) = [e for e in v.evidence if e.frame == fault]
     assert item.time == pytest.approx(s.events[fault - 1].time) and "fault" in item.what
+
+
+def test_bind_without_any_call_is_no_session():
+    s = Script()
+    bind, _ = s.bind(0.0)
+    v = judge(s, duration=120.0)
+    check_common(v, "inconclusive", "no_emsmdb_session", [bind])

@@ -277,6 +277,12 @@ def _decide(a: ClientActivity, corr: CorrelationResult):
         return ("icmp_unreachable", 0.75,
                 f"{len(a.icmp_errors)} ICMP error(s) from {first.src} (type {first.icmp_type} code {first.icmp_code}) "
                 "reject UDP datagrams from the server to the client (registration not captured)", ev)
+    if not any(c.interface == EMSMDB for c in a.calls) and not a.unmatched_udp:
+        for c in a.connections[:3]:
+            ev.add(c.bind_frame or c.first_frame, c.first_time, f"{c.interface} connection {a.client}:{c.client_port}"
+                   f" -> {c.server}:{c.server_port}, no EMSMDB call on it")
+        return ("no_emsmdb_session", 0.5,
+                "the client bound to EMSMDB but made no EMSMDB call in the capture: no Outlook session to judge", ev)
     if a.session_start_captured:
         logon = a.logon_time if a.logon_time is not None else a.first_time
         watched = (end - logon) if (end is not None and logon is not None) else 0.0
