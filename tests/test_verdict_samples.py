@@ -113,3 +113,34 @@ def test_tshark_engine_gives_the_same_verdicts(name, captures_dir, tshark):
     result = analyze_capture(str(captures_dir / name), engine="tshark")
     got = {c.client: (c.verdict, c.cause) for c in result.clients}
     assert got == {c["client"]: (c["verdict"], c["cause"]) for c in entry["clients"]}
+
+
+def test_damaged_event_streams_never_raise(captures_dir):
+    """Events as a damaged capture gives them: lost PDUs (answers without requests, requests without answers),
+    datagrams without ports, ICMP errors quoting nothing. The stages must still give a valid verdict per client."""
+    import random
+
+    from analyzer.correlate import correlate
+    from analyzer.dissect import dissect_capture
+    from analyzer.verdict import build_capture_result, judge_clients
+
+    names = [e["file"] for e in _manifest_entries() if (captures_dir / e["file"]).is_file()][:8]
+    if not names:
+        pytest.skip("no sample captures yet")
+    rng = random.Random(319572)
+    for name in names:
+        events, info = dissect_capture(str(captures_dir / name))
+        for trial in range(5):
+            damaged = [e for e in events if rng.random() > 0.3]
+            for e in damaged:
+                if e.kind == "udp" and rng.random() < 0.3:
+                    e.sport = e.dport = None
+                if e.kind == "icmp_unreachable" and rng.random() < 0.5:
+                    e.quoted_src = e.quoted_dst = None
+                if e.kind == "response" and rng.random() < 0.2:
+                    e.request_frame, e.call_id = None, None
+            corr = correlate(damaged, info)
+            result = build_capture_result(info, corr, judge_clients(corr))
+            for c in result.clients:
+                assert CAUSES[c.cause] == c.verdict and 0 <= c.confidence <= 1, (name, trial)
+            result.to_dict()
