@@ -81,7 +81,29 @@ REMEDIES: dict[str, str] = {
     ),
 }
 
+# What each cause means, in one line (for reports, the README and the web pages).
+MEANINGS: dict[str, str] = {
+    "push_working": "registered, and a UDP notification was followed within 2 s by a call from the client",
+    "registered_no_mail_seen": "EcRRegisterPushNotification returned 0; no mail arrived while capturing, so delivery "
+                               "is unproven (polling until the first notification is normal)",
+    "notification_seen_registration_not_captured": "the registration is before the capture, but datagrams from the "
+                                                   "server are each followed by a call from the client",
+    "async_wait": "Outlook 2007+ waits with EcDoAsyncWaitEx (AsyncEMSMDB): no UDP needed",
+    "server_refused": "EcRRegisterPushNotification returned an error (e.g. 0x80040102 ecNotSupported)",
+    "registration_fault": "EcRRegisterPushNotification was answered with a DCE/RPC fault",
+    "client_did_not_register": "Outlook logged on and never called EcRRegisterPushNotification",
+    "udp_not_delivered": "the server sent UDP notifications and the client never reacted",
+    "icmp_unreachable": "an ICMP error rejects the server's UDP notification",
+    "udp_not_received": "registered and mail arrived, but no UDP notification reached the client",
+    "callback_unreachable_nat": "the registered callback address is not the address the server sees (NAT/VPN)",
+    "no_emsmdb_session": "no Outlook EMSMDB session to judge",
+    "capture_too_short": "the capture ends too soon after logon (or before the registration's answer) to tell",
+    "encrypted_no_evidence": "packet privacy hides status and callback, and behaviour decides nothing",
+    "mid_session_no_evidence": "the capture starts mid-session and shows no datagram, ICMP error or reaction",
+}
+
 assert set(REMEDIES) == set(CAUSES), "every cause needs a remedy"
+assert set(MEANINGS) == set(CAUSES), "every cause needs a meaning"
 
 
 def remedy_for(cause: str) -> str:
