@@ -5,23 +5,10 @@ field by field) and fed to EventCollector through its PacketSink methods with a 
 at awkward places, the way the TCP transport delivers them.
 """
 
-import importlib
 import random
 import struct
-import sys
-import types
 import uuid
-from pathlib import Path
 
-try:
-    import analyzer.dissect  # noqa: F401
-except ModuleNotFoundError as exc:  # the transport's engine.py has not landed yet: load the package without it
-    if exc.name != "analyzer.dissect.engine":
-        raise
-    pkg = types.ModuleType("analyzer.dissect")
-    pkg.__path__ = [str(Path(__file__).resolve().parent.parent / "analyzer" / "dissect")]
-    sys.modules["analyzer.dissect"] = pkg
-    importlib.import_module("analyzer.dissect.model")
 
 from analyzer.dissect import dcerpc
 from analyzer.dissect.collector import EventCollector

@@ -4,21 +4,8 @@ Stubs are the protocol.md §1.10 test vector verbatim, its IPv6 variant, and stu
 from the MS-OXCRPC IDL layouts (the builders are written independently of the decoders: plain struct.pack).
 """
 
-import importlib
 import struct
-import sys
-import types
-from pathlib import Path
 
-try:
-    import analyzer.dissect  # noqa: F401
-except ModuleNotFoundError as exc:  # the transport's engine.py has not landed yet: load the package without it
-    if exc.name != "analyzer.dissect.engine":
-        raise
-    pkg = types.ModuleType("analyzer.dissect")
-    pkg.__path__ = [str(Path(__file__).resolve().parent.parent / "analyzer" / "dissect")]
-    sys.modules["analyzer.dissect"] = pkg
-    importlib.import_module("analyzer.dissect.model")
 
 import pytest
 

@@ -16,10 +16,8 @@ from pathlib import Path
 
 import pytest
 
-engine = pytest.importorskip("analyzer.dissect.engine", reason="the native engine (transport) is not there yet")
-
-from analyzer.dissect import dissect_capture  # noqa: E402
-from analyzer.dissect.model import PTYPE_KIND  # noqa: E402
+from analyzer.dissect import dissect_capture
+from analyzer.dissect.model import PTYPE_KIND
 
 COMPARED_KINDS = ("bind", "alter_context", "request", "response")
 
