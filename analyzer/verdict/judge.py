@@ -197,7 +197,7 @@ def _decide(a: ClientActivity, corr: CorrelationResult):
         _cite_polls(ev, a, after=r.time)
         return ("server_refused", 0.95,
                 f"server {r.server} refused EcRRegisterPushNotification with {status_text(r.status)}; "
-                f"Outlook falls back to polling ({_poll_phrase(a)})", ev)
+                f"Outlook falls back to polling: {_poll_phrase(a)}", ev)
 
     if ok or unknown:
         r = (ok or unknown)[-1]
