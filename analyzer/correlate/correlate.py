@@ -416,8 +416,7 @@ def infer_vantage(clients: list[ClientActivity], icmp) -> tuple[str, str]:
             if err.src not in client_ips and err.dst in servers:
                 return "server", (f"ICMP error frame {err.frame} from {err.src} reached the server {err.dst}: "
                                   "captured on the server side of the filtering device")
-            if err.src == a.client:
-                return "client", (f"ICMP error frame {err.frame} was sent by the client {a.client} itself")
+            # An error sent by the client itself is seen on both sides of the path: it tells nothing.
     for a in clients:
         if a.notifications and not any(n.reaction_frame for n in a.notifications):
             return "server", (f"datagrams from {a.server} to {a.client} are in the capture but the client never "
