@@ -604,3 +604,19 @@ def test_async_emsmdb_wait_on_its_own_context():
     assert (wait.interface, wait.interface_ver, wait.opname) == ("AsyncEMSMDB", "0.1", "EcDoAsyncWaitEx")
     assert (woken.async_flags, woken.status, woken.request_frame) == (1, 0, wait_frame)
     assert register.callback == "[2001:db8::5]:1234" and register.stub_len == 86
+
+
+def test_midstream_start_signalled_by_the_transport_is_quiet_at_a_pdu_boundary():
+    f = Feeder()
+    late = conn(1)
+    f.sink.tcp_gap(late, True, 0, 1, 1.0)  # what the transport sends before a direction whose start is missing
+    f.frame = 1
+    f.send(late, True, VECTOR_REQUEST_PDU)
+    assert [e.opnum for e in f.events()] == [4] and f.warnings == []
+    # not at a boundary: resynchronised, with one warning naming the frame
+    g = Feeder()
+    g.sink.tcp_gap(late, False, 0, 1, 1.0)
+    g.frame = 1
+    g.send(late, False, VECTOR_RESPONSE_PDU[7:] + VECTOR_RESPONSE_PDU)
+    assert [e.kind for e in g.events()] == ["response"]
+    assert len(g.warnings) == 1 and g.warnings[0].startswith("frame 2:")

@@ -232,6 +232,11 @@ class EventCollector:
             st = conn.app = _ConnState()
             self._live[conn.index] = conn
         d = st.dirs[from_client]
+        if missing == 0 and not d.started:
+            # The capture starts mid-connection (the transport's tcp_gap(missing=0) before the first bytes of a
+            # direction whose start was not captured). Not a loss: tcp_data's first-chunk check warns only if
+            # those bytes are not at a PDU boundary.
+            return
         d.started = True
         dropped = len(d.buf)
         d.buf = bytearray()
