@@ -209,6 +209,19 @@ def test_encrypted_no_evidence():
     assert "packet privacy" in v.reason
 
 
+def test_encrypted_with_mail_but_no_datagram_stays_inconclusive():
+    s = Script(encrypted=True)
+    s.logon()
+    req, resp = s.register(1.0)
+    s.polls(60, 2)
+    _, big = s.poll(180.0, resp_len=1500)  # answer sizes stay visible at packet privacy (alloc_hint)
+    s.call(180.2, 11, resp_len=9000)
+    s.poll(240.0)
+    v = judge(s)
+    check_common(v, "inconclusive", "encrypted_no_evidence", [req, resp, big])
+    assert "refused" in v.reason
+
+
 def test_mid_session_no_evidence():
     s = Script()
     polls = [f for f, _ in s.polls(5, 4)]

@@ -252,9 +252,13 @@ def _decide(a: ClientActivity, corr: CorrelationResult):
                     "while capturing, and polling until the first notification is normal (MS-OXCNOTIF 3.2.5.4)", ev)
         if hidden:
             _cite_polls(ev, a, after=r.time)
+            for m in a.mail_evidence:
+                ev.add(m.frame, m.time, m.what)
+            mail = (" Mail arrived without a datagram, which fits both a refused registration and blocked UDP."
+                    if a.mail_evidence else "")
             return ("encrypted_no_evidence", 0.4,
                     "packet privacy hides the registration's status and callback, and no datagram, ICMP error or "
-                    f"reaction shows what happened; {_poll_phrase(a)}", ev)
+                    f"reaction shows what happened; {_poll_phrase(a)}.{mail}", ev)
         # answer not captured
         _cite_polls(ev, a, after=r.time)
         return ("capture_too_short", 0.3,
