@@ -96,7 +96,8 @@ def _cite_registration(ev: _Evidence, r: Registration) -> None:
         ev.add(r.fault_frame, r.fault_time, f"DCE/RPC fault {status_text(r.fault_status)} to the registration")
     if r.response_frame is not None:
         if r.status is None:
-            ev.add(r.response_frame, r.response_time, "EcRRegisterPushNotification answer (status hidden by packet privacy)")
+            ev.add(r.response_frame, r.response_time,
+                   "EcRRegisterPushNotification answer (status hidden by packet privacy)")
         else:
             ev.add(r.response_frame, r.response_time, f"EcRRegisterPushNotification answer: {status_text(r.status)}")
 
@@ -180,7 +181,8 @@ def _decide(a: ClientActivity, corr: CorrelationResult):
         reason = (f"Outlook uses EcDoAsyncWaitEx ({len(a.async_waits)} wait(s), {len(done)} completed): "
                   "notifications arrive over the async RPC, UDP push is not needed")
         if not a.async_waits:
-            reason = "EcDoAsyncConnectEx accepted but no EcDoAsyncWaitEx captured yet; async notification, no UDP needed"
+            reason = ("EcDoAsyncConnectEx accepted but no EcDoAsyncWaitEx captured yet; async notification, "
+                      "no UDP needed")
         return "async_wait", conf, reason, ev
 
     if faulted and not ok:
