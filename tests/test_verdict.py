@@ -288,3 +288,24 @@ def test_bind_without_any_call_is_no_session():
     bind, _ = s.bind(0.0)
     v = judge(s, duration=120.0)
     check_common(v, "inconclusive", "no_emsmdb_session", [bind])
+
+
+def test_async_connect_rejected_falls_back_to_push_registration():
+    """Exchange 2007 answers EcDoAsyncConnectEx with ecRejected to tell the client to poll or use push instead."""
+    s = Script()
+    s.logon()
+    ac, ac_resp = s.call(0.5, 14, resp={"status": 0x7EE})
+    req, resp = s.register(1.0, status=0x80040102)
+    s.polls(60, 3)
+    v = judge(s)
+    check_common(v, "not_registered", "server_refused", [req, resp])
+    assert ac not in frames(v)
+
+
+def test_async_connect_accepted_without_a_wait_yet():
+    s = Script()
+    s.logon()
+    ac, ac_resp = s.call(0.5, 14, resp={"status": 0})
+    v = judge(s)
+    check_common(v, "registered", "async_wait", [ac, ac_resp])
+    assert v.confidence < 0.9 and "no EcDoAsyncWaitEx" in v.reason
