@@ -38,19 +38,26 @@ import test_dcerpc as T  # noqa: E402
 CLIENT, SERVER = ("10.0.0.5", 50000), ("10.0.0.10", 49155)
 
 
+def eth():
+    """Ethernet header with fixed addresses (scapy would otherwise resolve MACs via ARP, slowly)."""
+    from scapy.all import Ether
+
+    return Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+
+
 def write_session(path: Path) -> None:
     """The session described in the module doc. Frame numbers are fixed (the tests below rely on them)."""
     from scapy.all import ICMP, IP, TCP, UDP, Ether, wrpcap
 
     seq = {True: 1000, False: 5000}
-    packets = [Ether() / IP(src=CLIENT[0], dst=SERVER[0]) / TCP(sport=CLIENT[1], dport=SERVER[1], flags="S", seq=999),
-               Ether() / IP(src=SERVER[0], dst=CLIENT[0]) / TCP(sport=SERVER[1], dport=CLIENT[1], flags="SA",
+    packets = [eth() / IP(src=CLIENT[0], dst=SERVER[0]) / TCP(sport=CLIENT[1], dport=SERVER[1], flags="S", seq=999),
+               eth() / IP(src=SERVER[0], dst=CLIENT[0]) / TCP(sport=SERVER[1], dport=CLIENT[1], flags="SA",
                                                                 seq=4999, ack=1000)]
 
     def send(from_client, data, cut=None):
         for piece in [data] if cut is None else T._cut(data, cut):
             (s, sp), (d, dp) = (CLIENT, SERVER) if from_client else (SERVER, CLIENT)
-            packets.append(Ether() / IP(src=s, dst=d) / TCP(sport=sp, dport=dp, flags="PA", seq=seq[from_client],
+            packets.append(eth() / IP(src=s, dst=d) / TCP(sport=sp, dport=dp, flags="PA", seq=seq[from_client],
                                                             ack=seq[not from_client]) / piece)
             seq[from_client] += len(piece)
 
@@ -72,10 +79,10 @@ def write_session(path: Path) -> None:
     send(True, T.request(13, 1, 4, T.VECTOR_STUB))  # 16
     send(False, T.response(13, 1, bytes(28)))  # 17: accepted, status 0
     notification = bytes(range(16))
-    packets.append(Ether() / IP(src=SERVER[0], dst=CLIENT[0]) / UDP(sport=60000, dport=1234) / notification)  # 18
-    packets.append(Ether() / IP(src=CLIENT[0], dst=SERVER[0]) / ICMP(type=3, code=13)  # 19
+    packets.append(eth() / IP(src=SERVER[0], dst=CLIENT[0]) / UDP(sport=60000, dport=1234) / notification)  # 18
+    packets.append(eth() / IP(src=CLIENT[0], dst=SERVER[0]) / ICMP(type=3, code=13)  # 19
                    / IP(src=SERVER[0], dst=CLIENT[0]) / UDP(sport=60000, dport=1234) / notification)
-    packets.append(Ether() / IP(src=SERVER[0], dst=CLIENT[0]) / UDP(sport=53, dport=1234) / b"x")  # 20: not a row
+    packets.append(eth() / IP(src=SERVER[0], dst=CLIENT[0]) / UDP(sport=53, dport=1234) / b"x")  # 20: not a row
     for i, p in enumerate(packets):
         p.time = 1_700_000_000 + i * 0.01
     wrpcap(str(path), packets)
@@ -206,7 +213,15 @@ def test_not_a_capture_is_a_clear_error(tmp_path, tshark):
     assert not tshark_children()
 
 
-def test_progress_is_reported(session):
+def test_progress_reports_bytes_as_the_native_engine(session, monkeypatch):
+    """progress(bytes_done, bytes_total), as the ingest reader reports it: rising, ending at (size, size)."""
+    from analyzer.dissect import tshark_engine
+
+    monkeypatch.setattr(tshark_engine, "PROGRESS_EVERY", 5)  # every 5 frames instead of 1000: a small file will do
     seen = []
-    dissect_with_tshark(session, progress=seen.append)
-    assert seen and seen[-1] == 20
+    events, info = dissect_with_tshark(session, progress=lambda done, total: seen.append((done, total)))
+    size = session.stat().st_size
+    assert info.frames == 20 and len(events) == 18
+    assert len(seen) == 5 and seen[-1] == (size, size)  # after frames 5, 10, 15, 20, then the end
+    assert all(total == size for _, total in seen)
+    assert [done for done, _ in seen] == sorted(done for done, _ in seen) and seen[0][0] == size * 5 // 20
