@@ -225,3 +225,15 @@ def test_progress_reports_bytes_as_the_native_engine(session, monkeypatch):
     assert len(seen) == 5 and seen[-1] == (size, size)  # after frames 5, 10, 15, 20, then the end
     assert all(total == size for _, total in seen)
     assert [done for done, _ in seen] == sorted(done for done, _ in seen) and seen[0][0] == size * 5 // 20
+
+
+def test_cli_without_tshark_says_so_without_a_traceback(session, tmp_path):
+    import subprocess
+
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    done = subprocess.run([sys.executable, "-m", "analyzer", "events", str(session), "--engine", "tshark"],
+                          env={**os.environ, "PATH": str(empty)}, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3
+    assert TSHARK_NOT_FOUND in done.stderr and "Traceback" not in done.stderr
+    assert done.stdout == ""
