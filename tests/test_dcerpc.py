@@ -389,6 +389,23 @@ def test_ept_map_tower_parses_with_scapy():
         (EMSMDB, 0, 81, "tcp", 49155, "10.0.0.10")]
 
 
+def test_tower_parse_agrees_with_scapy():
+    from scapy.layers.msrpce.ept import protocol_tower_t
+
+    from analyzer.dissect.epm import parse_tower
+
+    towers = [tower_tcp(EMSMDB, 0, 81, 49155, "10.0.0.10"), tower_tcp(NSPI, 56, 0, 6004, "192.168.1.2"),
+              NDR64_EPT_MAP_RESPONSE[76:151]]
+    for octets in towers:
+        ours = parse_tower(octets)
+        floors = protocol_tower_t(octets).floors
+        assert (ours.if_uuid, ours.if_major, ours.if_minor) == (str(floors[0].uuid), floors[0].version, floors[0].rhs)
+        assert (ours.protocol, ours.port, ours.ip) == ("tcp", floors[3].rhs, floors[4].rhs)
+    for cut in range(len(towers[0])):  # truncated towers: None or an endpoint, never an exception
+        parse_tower(towers[0][:cut])
+    assert parse_tower(towers[0][:40]) is None
+
+
 def test_ept_map_teaches_port_for_connection_without_bind():
     f = Feeder()
     sink = f.sink
