@@ -1,0 +1,164 @@
+"""`mailpush analyze CAPTURE... [--format text|json|csv|html] [-o FILE] [--plots DIR] [--vantage auto|client|server]
+[--engine native|tshark] [--fail-on VERDICT[,VERDICT]]`.
+
+Exit status: 0 the analysis ran (whatever the verdicts), 1 ``--fail-on`` matched a client's verdict, 2 usage
+error, 3 no capture could be read at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from analyzer.cli import EXIT_FAIL_ON, EXIT_NO_CAPTURE, EXIT_OK, EXIT_USAGE
+from analyzer.verdict.model import VERDICTS
+
+PROG = "mailpush analyze"
+# Reading runs at tens of MB/s, so smaller files finish before a bar would tell anything.
+PROGRESS_MIN_BYTES = 20 * 1024 * 1024
+
+
+def _verdict_list(text: str) -> list[str]:
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    unknown = [v for v in names if v not in VERDICTS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown verdict {', '.join(map(repr, unknown)) or repr(text)}; choose from {', '.join(VERDICTS)} "
+            "(comma-separated)")
+    return names
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "analyze", help="verdict per Outlook client: is push notification registered, blocked, or not used, and why",
+        description="Analyse captures of Outlook/Exchange EMSMDB traffic: per client, whether new-mail push "
+        "notification (EcRRegisterPushNotification + UDP) works, the cause when it does not, the evidence frames, "
+        "a Wireshark display filter and a remedy.")
+    p.add_argument("captures", nargs="+", metavar="CAPTURE",
+                   help="pcap, pcapng or NetMon file, optionally gzip-compressed")
+    p.add_argument("--format", choices=("text", "json", "csv", "html"), default="text",
+                   help="text (default): a table and the reasons; json: the documented document; csv: one row "
+                   "per client; html: one self-contained report with the plots embedded")
+    p.add_argument("-o", "--output", metavar="FILE", help="write the report here instead of standard output")
+    p.add_argument("--plots", metavar="DIR",
+                   help="write timing plots (PNG and SVG) per client as DIR/<capture stem>.timeline-<client>.png ...")
+    p.add_argument("--vantage", choices=("auto", "client", "server"), default="auto",
+                   help="where the capture was taken (default: inferred)")
+    p.add_argument("--engine", choices=("native", "tshark"), default="native",
+                   help="dissector: the built-in one (default) or tshark")
+    p.add_argument("--fail-on", metavar="VERDICT[,VERDICT]", type=_verdict_list, default=[],
+                   help=f"exit 1 when any client gets one of these verdicts ({', '.join(VERDICTS)})")
+    p.set_defaults(func=run)
+
+
+class _Progress:
+    """tqdm bar on stderr, only for long files and only when stderr is a terminal (never in logs or pipes)."""
+
+    def __init__(self, path: str):
+        self.bar = None
+        try:
+            size = os.path.getsize(path)
+        except OSError:
+            size = 0
+        self.enabled = size >= PROGRESS_MIN_BYTES and sys.stderr.isatty()
+        self.name = Path(path).name
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total or None, unit="B", unit_scale=True, unit_divisor=1024, desc=self.name,
+                            file=sys.stderr, leave=False, dynamic_ncols=True)
+        self.bar.update(max(0, done - self.bar.n))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _analyze_one(path: str, engine: str, vantage: str):
+    from analyzer.pipeline import analyze_capture
+    from analyzer.verdict.model import CaptureResult
+
+    progress = _Progress(path)
+    try:
+        return analyze_capture(path, engine=engine, vantage=vantage, progress=progress)
+    except Exception as exc:  # a bug below must not cost the other captures' results
+        if os.environ.get("MAILPUSH_DEBUG"):
+            traceback.print_exc()
+        return CaptureResult(file=path, error=f"analysis failed ({type(exc).__name__}: {exc}); "
+                             "set MAILPUSH_DEBUG=1 for the traceback")
+    finally:
+        progress.close()
+
+
+def _plot_prefixes(results) -> list[str]:
+    """'{capture file stem}.' per capture; a repeated stem (same name in two folders) gets '-2', '-3' ..."""
+    seen: dict[str, int] = {}
+    prefixes = []
+    for r in results:
+        stem = Path(r.file).stem
+        seen[stem] = seen.get(stem, 0) + 1
+        prefixes.append(f"{stem}." if seen[stem] == 1 else f"{stem}-{seen[stem]}.")
+    return prefixes
+
+
+def run(args) -> int:
+    from analyzer.report.formats import capture_problems, render_csv, render_json, render_text
+
+    if args.plots and Path(args.plots).exists() and not Path(args.plots).is_dir():
+        print(f"{PROG}: --plots {args.plots}: not a directory", file=sys.stderr)
+        return EXIT_USAGE
+
+    results = []
+    for path in args.captures:
+        result = _analyze_one(path, args.engine, args.vantage)
+        results.append(result)
+        for line in capture_problems(result):
+            print(f"{PROG}: {path}: {line}", file=sys.stderr)
+
+    if args.format == "json":
+        text = render_json(results)
+    elif args.format == "csv":
+        text = render_csv(results)
+    elif args.format == "html":
+        from analyzer.report.html import render_html
+
+        text = render_html(results)
+    else:  # problems went to stderr already; a report file keeps them so it stands on its own
+        text = render_text(results, include_problems=bool(args.output))
+
+    if args.output:
+        try:
+            with open(args.output, "w", encoding="utf-8", newline="") as fh:
+                fh.write(text)
+        except OSError as exc:
+            print(f"{PROG}: cannot write {args.output}: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_USAGE
+    else:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    if args.plots:
+        from analyzer.report.plots import write_plots
+
+        written = 0
+        for result, prefix in zip(results, _plot_prefixes(results)):
+            if result.clients:
+                try:
+                    written += len(write_plots(result, args.plots, prefix=prefix))
+                except OSError as exc:
+                    print(f"{PROG}: cannot write plots to {args.plots}: {exc.strerror or exc}", file=sys.stderr)
+                    return EXIT_USAGE
+        print(f"{PROG}: {written} plot file(s) in {args.plots}", file=sys.stderr)
+
+    if all(r.error for r in results):
+        return EXIT_NO_CAPTURE
+    if args.fail_on and any(c.verdict in args.fail_on for r in results for c in r.clients):
+        return EXIT_FAIL_ON
+    return EXIT_OK

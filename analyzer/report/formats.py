@@ -1,0 +1,149 @@
+"""Text, JSON and CSV renderings of analysis results.
+
+JSON and CSV are the pipeline's own contract objects serialised (``results_document`` and ``results_dataframe``),
+so the CLI, batch scoring and the web service agree byte for byte on the same results.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import re
+import textwrap
+from typing import Iterable
+
+from analyzer.verdict.model import CaptureResult, ClientVerdict
+
+TEXT_WIDTH = 100
+MAILBOX_COLUMN = 30  # widest mailbox shown in the table (the full DN is in the detail block)
+_NUMBER_UNIT = re.compile(r"(\d) (s\b|ms\b|notification|unprompted|call)")
+
+
+def render_json(results: Iterable[CaptureResult]) -> str:
+    """The ``mailpush analyze --format json`` document: exactly ``analyzer.pipeline.results_document``."""
+    from analyzer.pipeline import results_document
+
+    return json.dumps(results_document(results), indent=2, ensure_ascii=False) + "\n"
+
+
+def render_csv(results: Iterable[CaptureResult]) -> str:
+    """One row per (capture, client), columns ``analyzer.pipeline.RESULT_COLUMNS``; a capture without clients
+    (or unreadable) still gets one row so that nothing silently disappears from a spreadsheet."""
+    from analyzer.pipeline import results_dataframe
+
+    return results_dataframe(list(results)).to_csv(index=False, lineterminator="\n")
+
+
+def _utc(t: float | None) -> str:
+    if t is None:
+        return "?"
+    return _dt.datetime.fromtimestamp(t, tz=_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _rel(t: float, start: float | None) -> str:
+    """Time as Wireshark's default Time column shows it: seconds since the first frame."""
+    if start is None:
+        return _utc(t)
+    return f"+{t - start:.3f} s"
+
+
+def _short_mailbox(mailbox: str | None) -> str:
+    if not mailbox:
+        return "-"
+    if len(mailbox) <= MAILBOX_COLUMN:
+        return mailbox
+    return "\u2026" + mailbox[-(MAILBOX_COLUMN - 1):]  # the tail (cn=user) is the part that identifies
+
+
+def capture_summary(r: CaptureResult) -> str:
+    """One line: format, frames, time span, vantage."""
+    if r.error and r.format is None:
+        return "not analysed"
+    fmt = (r.format or "?") + (" (gzip)" if r.compressed else "")
+    span = f"{_utc(r.start)} .. {_utc(r.end)[11:]}, {r.duration_s:.1f} s" if r.start is not None else "no frames"
+    vantage = f"vantage {r.vantage}" + (f" ({r.vantage_reason})" if r.vantage_reason else "")
+    return f"{fmt}, {r.frames} frames, {span}, {vantage}"
+
+
+def _table(clients: list[ClientVerdict]) -> list[str]:
+    header = ("CLIENT", "MAILBOX", "SERVER", "VERDICT", "CAUSE", "CONF")
+    rows = [(c.client, _short_mailbox(c.mailbox), c.server, c.verdict, c.cause, f"{c.confidence:.2f}")
+            for c in clients]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    lines = [fmt.format(*header).rstrip(), fmt.format(*("-" * w for w in widths))]
+    lines += [fmt.format(*row).rstrip() for row in rows]
+    return ["  " + ln for ln in lines]
+
+
+def _wrap(label: str, text: str, indent: int = 4) -> list[str]:
+    prefix = " " * indent + label
+    # keep a number with its unit ("60 s", "3 notification(s)") on one line: glue them for textwrap
+    glued = _NUMBER_UNIT.sub(lambda m: m.group(1) + "\0" + m.group(2), text)
+    lines = textwrap.wrap(glued, width=TEXT_WIDTH, initial_indent=prefix,
+                          subsequent_indent=" " * (indent + len(label)), break_on_hyphens=False,
+                          break_long_words=False) or [prefix.rstrip()]
+    return [ln.replace("\0", " ") for ln in lines]
+
+
+def _client_detail(c: ClientVerdict, start: float | None) -> list[str]:
+    lines = [f"  {c.client} \u2192 {c.server}: {c.verdict} / {c.cause} (confidence {c.confidence:.2f})"]
+    if c.mailbox:
+        lines.append(f"    mailbox:  {c.mailbox}")
+    facts = []
+    if c.callback:
+        facts.append(f"callback {c.callback}")
+    if c.register_status is not None:
+        facts.append(f"register status 0x{c.register_status & 0xFFFFFFFF:08x}")
+    facts.append(f"{c.notifications} notification(s)")
+    polls = f"{c.polls} unprompted call(s)"
+    if c.poll_interval_s is not None:
+        polls += f" every {c.poll_interval_s:.1f} s (median)"
+    facts.append(polls)
+    if c.server_poll_interval_s is not None:
+        facts.append(f"server pcmsPollsMax {c.server_poll_interval_s:.0f} s")
+    lines += _wrap("facts:    ", ", ".join(facts))
+    lines += _wrap("reason:   ", c.reason or "-")
+    if c.evidence:
+        lines.append("    evidence:")
+        width = max(len(str(e.frame)) for e in c.evidence)
+        tw = max(len(_rel(e.time, start)) for e in c.evidence)
+        for e in c.evidence:
+            lines += _wrap(f"  frame {e.frame:>{width}}  {_rel(e.time, start):>{tw}}  ", e.what, indent=4)
+        lines.append(f"    filter:   {c.filter}")
+    lines += _wrap("remedy:   ", c.remedy or "-")
+    return lines
+
+
+def capture_problems(r: CaptureResult) -> list[str]:
+    """Error and warnings of one capture, one line each (prefixed 'error:' / 'warning:')."""
+    out = [f"error: {r.error}"] if r.error else []
+    return out + [f"warning: {w}" for w in r.warnings]
+
+
+def render_text(results: Iterable[CaptureResult], include_problems: bool = True) -> str:
+    """A readable report: per capture a summary line, a verdict table (client, mailbox, server, verdict, cause,
+    confidence) and per client its reason, evidence frames (times since capture start, as Wireshark shows them),
+    display filter and remedy. ``include_problems=False`` leaves out errors/warnings (the CLI prints those on
+    stderr)."""
+    out: list[str] = []
+    for r in results:
+        if r.error and r.format is None:  # nothing read: the error is the whole story, on stdout too
+            out.append(f"{r.file}: not analysed: {r.error}")
+            if include_problems:
+                out += [f"  warning: {w}" for w in r.warnings]
+            out.append("")
+            continue
+        out.append(f"{r.file}: {capture_summary(r)}")
+        if include_problems:
+            out += ["  " + p for p in capture_problems(r)]
+        if not r.clients:
+            out.append("  no Outlook (EMSMDB) client in this capture (inconclusive / no_emsmdb_session)")
+            out.append("")
+            continue
+        out += _table(r.clients)
+        for c in r.clients:
+            out.append("")
+            out += _client_detail(c, r.start)
+        out.append("")
+    return "\n".join(out).rstrip("\n") + "\n"
