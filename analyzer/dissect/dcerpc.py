@@ -17,6 +17,7 @@ from __future__ import annotations
 import struct
 import uuid as _uuid
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from analyzer.dissect.model import PTYPE_KIND
 
@@ -121,6 +122,13 @@ def guid(b, little_endian: bool = True) -> str:
     b = bytes(b)
     if len(b) != 16:
         return ""
+    return _guid_text(b, little_endian)
+
+
+@lru_cache(maxsize=1024)
+def _guid_text(b: bytes, little_endian: bool) -> str:
+    # cached: a capture repeats the same few interface and transfer-syntax GUIDs in every bind (uuid.UUID + str
+    # measured at ~7 µs here, a cache hit (with the bytes() copy in guid) at ~0.8 µs)
     return str(_uuid.UUID(bytes_le=b) if little_endian else _uuid.UUID(bytes=b))
 
 
