@@ -237,3 +237,32 @@ def test_cli_without_tshark_says_so_without_a_traceback(session, tmp_path):
     assert done.returncode == 3
     assert TSHARK_NOT_FOUND in done.stderr and "Traceback" not in done.stderr
     assert done.stdout == ""
+
+
+def test_ctrl_c_stops_tshark(tmp_path, tshark):
+    """KeyboardInterrupt in the caller while tshark is still reading: raised to the caller, and the worker closes
+    the capture so that no tshark process is left behind."""
+    import _thread
+    import threading
+    import time
+
+    import struct
+
+    from scapy.all import IP, UDP
+
+    path = tmp_path / "long.pcap"
+    # 5000 copies of one datagram, records written directly (scapy's wrpcap takes seconds for this many)
+    frame = bytes(eth() / IP(src="10.0.0.10", dst="10.0.0.5") / UDP(sport=60000, dport=1234) / bytes(4))
+    record = struct.pack("<IIII", 1_700_000_000, 0, len(frame), len(frame)) + frame
+    path.write_bytes(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1) + record * 5000)
+    timer = threading.Timer(1.5, _thread.interrupt_main)
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            dissect_with_tshark(path)
+    finally:
+        timer.cancel()
+    deadline = time.monotonic() + 10
+    while tshark_children() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert tshark_children() == []

@@ -179,6 +179,7 @@ class _EventBuilder:
         self.streams: dict[int, _Stream] = {}
         self.endpoints: dict[tuple[str, int], _Iface] = {}  # (server ip, port) -> interface (ept_map, bind_ack)
         self.frames = 0
+        self.stop = threading.Event()  # set by the caller's thread to end the run early (KeyboardInterrupt)
         self.first_time: float | None = None
         self.last_time: float | None = None
 
@@ -506,6 +507,8 @@ def _run_pyshark(path: str, tshark: str, builder: _EventBuilder, progress) -> li
         reported = 0
         try:
             for pkt in capture:
+                if builder.stop.is_set():
+                    break
                 builder.packet(pkt)
                 if progress is not None and builder.frames - reported >= PROGRESS_EVERY:
                     progress(builder.frames)
@@ -604,7 +607,12 @@ def dissect_with_tshark(path, progress=None) -> tuple[list[Event], CaptureInfo]:
     with _PYSHARK_LOCK:  # one run at a time per process: the child watcher swap is process-wide (3.11)
         worker = threading.Thread(target=work, name="mailpush-pyshark", daemon=True)
         worker.start()
-        worker.join()
+        try:
+            worker.join()
+        except BaseException:  # Ctrl-C in the caller: stop reading so that the worker closes tshark, then go
+            builder.stop.set()
+            worker.join(timeout=10)
+            raise
     if "error" in outcome:
         exc = outcome["error"]
         if ingest_error is not None:
