@@ -1,8 +1,8 @@
 """Typed output of the dissect stage: protocol events.
 
-One :class:`Event` per DCE/RPC connection-oriented PDU (after TCP reassembly and, for fragmented calls, per
-reassembled call at its last fragment), per candidate notification UDP datagram, and per ICMP/ICMPv6 error that
-quotes a UDP datagram. Events say what was on the wire; they carry no judgement (that is the verdict stage's job).
+One :class:`Event` per DCE/RPC connection-oriented PDU as tshark lists them (after TCP reassembly; fragments
+included: a fragmented call's decoded fields and reassembled ``stub_len`` are on its LAST fragment's row), per
+candidate notification UDP datagram, and per ICMP/ICMPv6 error that quotes a UDP datagram. Events say what was on the wire; they carry no judgement (that is the verdict stage's job).
 
 Events table schema (``events_dataframe``; column -> pandas dtype; ``<NA>``/None where not applicable)::
 
