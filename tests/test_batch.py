@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -42,11 +43,14 @@ def inputs(tmp_path_factory, public_dir) -> list[str]:
     samples = sorted(p for p in (ROOT / "captures").glob("*") if p.is_file() and p.suffix in
                      (".pcap", ".pcapng", ".cap", ".gz"))
     files = [str(p) for p in samples] or [str(p) for p in sorted(public_dir.glob("*")) if p.suffix != ".md"]
-    corrupt = d / "corrupt.pcap"
-    corrupt.write_bytes(b"\xd4\xc3\xb2\xa1" + os.urandom(16) + b"this is not a capture any more" * 20)
+    corrupt = d / "corrupt.pcap"  # not a capture at all: an error row
+    corrupt.write_bytes(b"\x00\x01garbage, this is not a capture any more" * 20)
+    damaged = d / "damaged.pcap"  # a pcap whose first record has an absurd length: read with a warning
+    damaged.write_bytes(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
+                        + struct.pack("<IIII", 1700000000, 0, 0x7FFFFFFF, 60) + b"\0" * 60)
     packed = d / "packed.pcap.gz"
     packed.write_bytes(gzip.compress((public_dir / "zeek-netlogon.pcapng").read_bytes()))
-    return files + [str(corrupt), str(packed), str(d / "missing.pcap")]
+    return files + [str(corrupt), str(damaged), str(packed), str(d / "missing.pcap")]
 
 
 @pytest.fixture(scope="module")
@@ -73,14 +77,17 @@ def test_columns_cover_the_issue(local_table):
 def test_bad_files_are_error_rows_and_do_not_stop_the_batch(local_table, inputs):
     assert set(local_table["file"]) == set(inputs)
     missing = local_table[local_table["file"].str.endswith("missing.pcap")]
-    assert len(missing) == 1 and missing["error"].iloc[0].startswith("cannot read: No such file")
+    assert len(missing) == 1 and missing["error"].iloc[0].startswith("cannot open: No such file")
     assert pd.isna(missing["sha256"].iloc[0])
     corrupt = local_table[local_table["file"].str.endswith("corrupt.pcap")]
     assert len(corrupt) == 1 and corrupt["error"].notna().all()
     assert len(corrupt["sha256"].iloc[0]) == 64
     if pipeline_complete():
-        assert "damaged record" in corrupt["warnings"].iloc[0] or "file truncated" in (corrupt["warnings"].iloc[0] or "") \
-            or corrupt["error"].iloc[0]
+        assert corrupt["error"].iloc[0] == "not a capture file (pcap, pcapng, NetMon)"
+        damaged = local_table[local_table["file"].str.endswith("damaged.pcap")]
+        assert len(damaged) == 1 and damaged["error"].isna().all()
+        assert damaged["frames"].iloc[0] == 0 and damaged["verdict"].iloc[0] == "inconclusive"
+        assert "damaged record at byte 24: record length 2147483647 bytes exceeds" in damaged["warnings"].iloc[0]
 
 
 def test_rows_sorted_by_file_then_client(local_table):
@@ -90,13 +97,31 @@ def test_rows_sorted_by_file_then_client(local_table):
 
 @pytest.mark.skipif(not pipeline_complete(), reason="pipeline stages (dissect engine, correlate, verdict) not built")
 def test_readable_captures_get_verdicts(local_table, inputs):
-    ok = local_table[~local_table["file"].str.endswith(("corrupt.pcap", "missing.pcap"))]
+    ok = local_table[~local_table["file"].str.endswith(("corrupt.pcap", "missing.pcap", "damaged.pcap"))]
     assert ok["error"].isna().all(), ok[["file", "error"]]
     assert ok["verdict"].isin(["registered", "not_registered", "udp_blocked", "inconclusive"]).all()
     assert (ok["frames"] > 0).all()
     # no EMSMDB client in the public captures except ShortMAPI: one inconclusive row with an empty client
     plain = ok[ok["file"].str.contains("zeek-")]
     assert (plain["client"].fillna("") == "").all() and (plain["verdict"] == "inconclusive").all()
+
+
+@pytest.mark.skipif(not pipeline_complete(), reason="pipeline stages (dissect engine, correlate, verdict) not built")
+def test_batch_rows_equal_the_pipeline_table(local_table, inputs):
+    """Batch adds only sha256 and the executor: every other cell is what the pipeline gives in-process."""
+    import hashlib
+
+    from analyzer.pipeline import analyze, results_dataframe
+
+    expected = results_dataframe(analyze(inputs))
+    expected = expected.assign(_c=expected["client"].fillna("")).sort_values(["file", "_c"], kind="stable")
+    expected = expected.drop(columns="_c").reset_index(drop=True)
+    got = local_table.drop(columns="sha256")
+    assert list(got.columns) == list(expected.columns)
+    pd.testing.assert_frame_equal(got, expected, check_dtype=False)
+    for path, sha in zip(local_table["file"], local_table["sha256"]):
+        if os.path.exists(path):
+            assert sha == hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def test_dask_cluster_table_equals_local_pool_table(local_table, inputs, cluster):

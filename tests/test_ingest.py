@@ -25,6 +25,9 @@ PUBLIC_FILES = sorted(
     if p.suffix in (".cap", ".pcap", ".pcapng")
 ) or sorted(p.name for p in Path("/work/shared/captures/public").glob("*") if p.suffix in (".cap", ".pcap", ".pcapng"))
 
+SAMPLE_FILES = sorted(p.name for p in (Path(__file__).resolve().parent.parent / "captures").glob("*")
+                      if p.suffix in (".cap", ".pcap", ".pcapng", ".gz"))
+
 ETH_UDP = bytes.fromhex("ffffffffffff00112233445508004500001c000100004011f97c0a0000010a000002") + b"\0" * 8
 RAW_UDP = bytes.fromhex("4500001c000100004011f97c0a0000010a000002") + b"\0" * 8
 
@@ -193,6 +196,19 @@ def test_public_capture_matches_tshark(name, public_dir, tshark):
     assert info.warnings == [] and not info.truncated
     assert info.start == got[0][1] and info.end == got[-1][1]
     assert info.format == {"cap": "netmon2", "pcap": "pcap", "pcapng": "pcapng"}[name.rsplit(".", 1)[1]]
+
+
+@pytest.mark.parametrize("name", SAMPLE_FILES)
+def test_sample_capture_matches_tshark(name, captures_dir, tshark):
+    """The project's generated samples (captures/), including the deliberately truncated one."""
+    path = captures_dir / name
+    expected = tshark_frames(path)
+    got, info = our_frames(path)
+    assert expected
+    assert_same_frames(expected, got)
+    assert info.truncated == bool(info.warnings)
+    if info.truncated:
+        assert info.warnings[0].startswith("file truncated at byte ")
 
 
 VARIANTS = ["ns.pcap", "netmon1.cap", "netmon2.cap", "from-netmon.pcapng", "from-pcapng.pcap", "be.pcap",

@@ -54,7 +54,16 @@ def _fetch(url: str) -> tuple[str, str]:
 
 
 def error_row(path: str, sha256: str | None, message: str) -> dict:
+    """The row of a capture that could not be analysed: the same cells the pipeline gives its own error
+    results (``result_rows`` of a CaptureResult with ``error`` set), plus sha256."""
+    from analyzer.pipeline import result_rows
+    from analyzer.verdict.model import CaptureResult
+
     row = dict.fromkeys(BATCH_COLUMNS)
+    try:
+        row.update(result_rows(CaptureResult(file=path, error=message))[0])
+    except Exception:  # keep error rows possible even when the pipeline itself is broken
+        pass
     row.update(file=path, sha256=sha256, error=message)
     return row
 
@@ -71,10 +80,12 @@ def score_one(path: str) -> list[dict]:
             if path.startswith("file://"):
                 local = path[len("file://"):]
             sha = sha256_file(local)
-    except OSError as exc:
-        return [error_row(path, sha, f"cannot read: {exc.strerror or exc}")]
+    except OSError:
+        if is_url(path):
+            return [error_row(path, None, f"cannot fetch {path}")]
+        # unreadable local file: no hash; the pipeline reports why, in the same words as `analyze` does
     except Exception as exc:  # fsspec: unknown protocol, missing filesystem package, network errors
-        return [error_row(path, sha, f"cannot fetch: {type(exc).__name__}: {exc}")]
+        return [error_row(path, None, f"cannot fetch: {type(exc).__name__}: {exc}")]
     try:
         from analyzer.pipeline import analyze_capture, result_rows
 
