@@ -22,6 +22,9 @@ def register(sub) -> None:
                    "analyse nothing)")
     p.add_argument("--job-timeout", type=float, default=900, metavar="S",
                    help="stop an analysis after S seconds and mark it failed (default 900)")
+    p.add_argument("--lazy-plots", action="store_true",
+                   help="draw the timing plots when a report is first viewed, not after every analysis "
+                   "(faster for bulk uploads read through the API)")
     p.set_defaults(func=run_serve)
 
     u = sub.add_parser("user", help="manage accounts of the web service")
@@ -99,7 +102,8 @@ def run_serve(args) -> int:
               file=sys.stderr)
         return EXIT_USAGE
     try:
-        app = create_app(args.db, args.data_dir, args.max_upload_mb, args.workers, job_timeout_s=args.job_timeout)
+        app = create_app(args.db, args.data_dir, args.max_upload_mb, args.workers, job_timeout_s=args.job_timeout,
+                         plots_in_job=not args.lazy_plots)
     except DatabaseError as exc:
         print(f"mailpush serve: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -73,10 +73,14 @@ def create_app(
     max_upload_mb: float = 200,
     workers: int = 2,
     job_timeout_s: float = DEFAULT_JOB_TIMEOUT_S,
+    plots_in_job: bool = True,
 ) -> FastAPI:
+    """``plots_in_job=False`` draws the timing plots when a report is first viewed instead of at the end of every
+    analysis (matplotlib takes ~1 s per client, often more than the analysis itself: worth it for bulk uploads
+    that are mostly read through the API)."""
     store = Store(data_dir)
     db = Database(db_url or default_db_url(store.root))
-    pool = WorkerPool(db, store, workers, job_timeout_s)
+    pool = WorkerPool(db, store, workers, job_timeout_s, plots_in_job)
     max_bytes = int(max_upload_mb * 1024 * 1024)
 
     @asynccontextmanager
@@ -348,7 +352,7 @@ def create_app(
         detail = _detail(row, store, pool)
         clients = []
         for client in (row.result or {}).get("clients", []):
-            slug = client["client"].replace(":", "-")
+            slug = _client_slug(client["client"])
             clients.append({**client, "slug": slug,
                             # timeline first: it is the one that shows the one-minute polling at a glance
                             "plots": sorted((p for p in detail["plots"] if p.endswith("-" + slug)),
@@ -361,6 +365,24 @@ def create_app(
 
 
 # --- helpers ------------------------------------------------------------------------------------------------
+
+
+def _plot_names(row: Capture, store: Store) -> list[str]:
+    """Plots on disk, or (not drawn yet: lazy plots) the names they will have when first requested."""
+    if store.plot_dir(row.id).is_dir():
+        return store.plot_names(row.id)
+    if row.status != DONE:
+        return []
+    clients = (row.result or {}).get("clients", [])
+    return sorted(f"{kind}-{_client_slug(c['client'])}" for c in clients for kind in ("timeline", "intervals"))
+
+
+def _client_slug(client: str) -> str:
+    try:
+        from analyzer.report import client_slug
+    except ImportError:  # the plots' naming rule (report stage): IP with ':' -> '-'
+        return client.replace(":", "-")
+    return client_slug(client)
 
 
 def _own_captures(db: Database, user: User, limit: int = 500, offset: int = 0) -> list[Capture]:
@@ -409,7 +431,7 @@ def _detail(row: Capture, store: Store, pool: WorkerPool) -> dict:
         "finished_at": iso(row.finished_at),
         "verdicts": row.verdict_counts(),
         "progress": _progress(row, pool),
-        "plots": store.plot_names(row.id),
+        "plots": _plot_names(row, store),
     }
 
 

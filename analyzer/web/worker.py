@@ -38,8 +38,10 @@ _MP.set_forkserver_preload(_PRELOAD)
 
 
 class WorkerPool:
-    def __init__(self, db: Database, store: Store, workers: int, job_timeout_s: float = DEFAULT_JOB_TIMEOUT_S):
+    def __init__(self, db: Database, store: Store, workers: int, job_timeout_s: float = DEFAULT_JOB_TIMEOUT_S,
+                 plots_in_job: bool = True):
         self.db = db
+        self.plots_in_job = plots_in_job
         self.job_timeout_s = job_timeout_s
         self.store = store
         self.workers = max(0, int(workers))
@@ -115,7 +117,8 @@ class WorkerPool:
             return None, "the uploaded file is missing from the server's data directory"
         receiver, sender = _MP.Pipe(duplex=False)
         child = _MP.Process(target=analyse_in_child, name=f"mailpush-analyse-{capture_id}",
-                            args=(str(path), display_name, str(self.store.plot_dir(capture_id)), sender))
+                            args=(str(path), display_name,
+                                  str(self.store.plot_dir(capture_id)) if self.plots_in_job else None, sender))
         deadline = time.monotonic() + self.job_timeout_s  # the limit includes starting the process
         child.start()
         sender.close()  # the child holds the only write end: EOF here means it is gone
@@ -163,7 +166,7 @@ class _Stopped(Exception):
     pass
 
 
-def analyse_in_child(path: str, display_name: str, plot_dir: str, conn) -> None:
+def analyse_in_child(path: str, display_name: str, plot_dir: str | None, conn) -> None:
     """Body of a job's child process: run the pipeline, draw the plots, send the outcome back over ``conn``:
     ("progress", fraction)*, then ("result", capture-object JSON, error or None) or ("crash", text, traceback)."""
     try:
@@ -180,7 +183,7 @@ def analyse_in_child(path: str, display_name: str, plot_dir: str, conn) -> None:
         result = analyze_capture(path, progress=progress)
         # The capture object's "file" is the name the user knows, never the server's storage path.
         result.file = display_name
-        if result.error is None:
+        if result.error is None and plot_dir is not None:  # (None: drawn when the report is first viewed)
             problem = draw_plots_to(Path(plot_dir), result)
             if problem:
                 result.warnings.append(problem)
