@@ -252,8 +252,9 @@ def ecdorpcext2_response(cxh, payload):
     """pcxh, pulFlags, rgbOut (conformant varying), pcbOut, rgbAuxOut (conformant varying), pcbAuxOut,
     pulTransTime, return value."""
     rgb_out = rpc_header_ext(payload)
-    return (Ndr().raw(cxh).u32(0).varying(rgb_out, max_count=0x40000).u32(len(rgb_out))
-            .varying(b"", max_count=0x1008).u32(0).u32(16).u32(0).bytes())
+    # [out, length_is(*pcbOut), size_is(*pcbOut)]: the server marshals max_count = actual_count = *pcbOut
+    return (Ndr().raw(cxh).u32(0).varying(rgb_out).u32(len(rgb_out))
+            .varying(b"").u32(0).u32(16).u32(0).bytes())
 
 
 def xor_a5(b: bytes) -> bytes:
