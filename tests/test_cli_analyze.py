@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -168,3 +169,42 @@ def test_samples_end_to_end_verdicts_json_and_plots(tmp_path):
             for kind in ("timeline", "intervals"):
                 for ext in ("png", "svg"):
                     assert (plots / f"{stem}.{kind}-{exp['client'].replace(':', '-')}.{ext}").is_file()
+
+
+# ------------------------------------------------------------------------------- progress bar
+
+
+class _Terminal(io.StringIO):
+    """A stderr that says it is a terminal (tqdm then draws; the CLI's gate looks at isatty())."""
+
+    def __init__(self, tty: bool):
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self):
+        return self.tty
+
+
+def test_progress_bar_only_for_long_files_on_a_terminal(public_dir, monkeypatch):
+    from analyzer.cli import analyze as cli_analyze
+
+    capture = str(public_dir / SHORT_MAPI)
+    # a terminal, file above the threshold: the real pipeline's progress callbacks drive a tqdm bar
+    term = _Terminal(tty=True)
+    monkeypatch.setattr(sys, "stderr", term)
+    monkeypatch.setattr(cli_analyze, "PROGRESS_MIN_BYTES", 0)
+    result = cli_analyze._analyze_one(capture, "native", "auto")
+    assert result.error is None and result.clients
+    size = (public_dir / SHORT_MAPI).stat().st_size
+    drawn = term.getvalue()
+    # named after the file, sized in bytes of the file (tqdm redraws at most every 0.1 s, so a small file
+    # shows its first frame only), and wiped when done (leave=False: the report follows on a clean line)
+    assert drawn.startswith(f"\r{SHORT_MAPI}:") and f"/{size / 1024:.2f}k" in drawn, drawn
+    assert re.search(r"\r +\r$", drawn), drawn
+    # not a terminal (a log, a pipe), or a short file on a terminal: nothing at all on stderr
+    for tty, threshold in ((False, 0), (True, size + 1)):
+        quiet = _Terminal(tty=tty)
+        monkeypatch.setattr(sys, "stderr", quiet)
+        monkeypatch.setattr(cli_analyze, "PROGRESS_MIN_BYTES", threshold)
+        cli_analyze._analyze_one(capture, "native", "auto")
+        assert quiet.getvalue() == ""

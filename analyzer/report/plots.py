@@ -12,6 +12,7 @@ a healthy client shows notifications each followed by a prompted call and little
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from analyzer.verdict.model import TIMELINE_LANES, CaptureResult, ClientVerdict
 
 ASSUMED_POLL_INTERVAL_S = 60.0  # Outlook's fallback when the server's pcmsPollsMax was not captured
 PROMPT_WINDOW_S = 2.0  # a call within this time after a notification is a reaction to it (correlate stage rule)
+GRID_STEPS_S = (60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 43200.0, 86400.0)
+MAX_REACTION_ARROWS = 300  # more notification -> reaction arrows than this are unreadable (and ~1 ms each)
 
 VERDICT_COLOURS = {
     "registered": "#2e7d32",
@@ -122,9 +125,7 @@ def plot_timeline(result: CaptureResult, client: str | ClientVerdict) -> Figure:
 
     # faint grid every 60 s from the origin: one-minute polling puts one orange tick in each cell
     ax.set_axisbelow(True)
-    step = 60.0
-    if span / step > 120:  # hours-long captures: keep the grid readable (still a multiple of a minute)
-        step = 60.0 * round(span / step / 60 + 0.5)
+    step = next((s for s in GRID_STEPS_S if span / s <= 60), GRID_STEPS_S[-1])  # hours-long: coarser, whole minutes
     k = int((x_lo - pad) // step)
     while k * step <= x_hi + pad:
         ax.axvline(k * step, color="#cfcfcf", linewidth=0.7, zorder=0)
@@ -156,7 +157,8 @@ def plot_timeline(result: CaptureResult, client: str | ClientVerdict) -> Figure:
                             textcoords="offset points", fontsize=8, color=colour)
             ax.plot([m.time - origin for m in items], [y] * len(items), "|", color=colour, markersize=14)
             continue
-        size = 16 if marker == "|" else 8
+        dense = len(items) > 150  # hours of calls: thinner ticks so the rhythm's gaps stay visible
+        size = (10 if dense else 16) if marker == "|" else (5 if dense else 8)
         groups = [(items, colour)]
         if lane == "registration":  # a refused or faulted registration is drawn red, an accepted one purple
             failed = [m for m in items if _registration_failed(m.label)]
@@ -164,7 +166,8 @@ def plot_timeline(result: CaptureResult, client: str | ClientVerdict) -> Figure:
         for group, group_colour in groups:
             if group:
                 ax.plot([m.time - origin for m in group], [y] * len(group), linestyle="none", marker=marker,
-                        color=group_colour, markersize=size, markeredgewidth=2 if marker == "|" else 1)
+                        color=group_colour, markersize=size,
+                        markeredgewidth=(0.6 if dense else 2) if marker == "|" else 1)
         if lane in ("registration", "icmp") and len(items) <= 6:  # few and decisive: say what they were
             for m in items:
                 if m.label:
@@ -173,7 +176,10 @@ def plot_timeline(result: CaptureResult, client: str | ClientVerdict) -> Figure:
 
     # a notification followed within 2 s by a prompted call: join them, so a reaction reads at a glance
     prompted = sorted(m.time for m in by_lane.get("prompted", []))
-    for n in by_lane.get("notification", []):
+    notifications = by_lane.get("notification", [])
+    if len(notifications) > MAX_REACTION_ARROWS:  # hours of traffic: arrows would only blot; the lanes still tell
+        notifications = []
+    for n in notifications:
         react = next((t for t in prompted if n.time <= t <= n.time + PROMPT_WINDOW_S), None)
         if react is not None:
             ax.annotate("", xy=(react - origin, ypos["prompted"]), xytext=(n.time - origin, ypos["notification"]),
@@ -184,12 +190,13 @@ def plot_timeline(result: CaptureResult, client: str | ClientVerdict) -> Figure:
     for tick, lane in zip(ax.get_yticklabels(), lanes):
         tick.set_color(LANE_STYLE.get(lane, (lane, "#444444"))[1])
     ax.set_ylim(-0.7, len(lanes) - 0.3)
-    ax.set_xlabel(f"{xlabel}; grid every {step:.0f} s\n{_poll_summary(c)}", fontsize=9)
+    minutes = f" ({step / 60:.0f} min)" if step > 60 else ""
+    ax.set_xlabel(f"{xlabel}; grid every {step:.0f} s{minutes}\n{_poll_summary(c)}", fontsize=9)
     ax.grid(False)
-    if span / step <= 20:  # x ticks on the grid lines: "60, 120, 180" reads as minutes at once
-        from matplotlib.ticker import MultipleLocator
+    # x ticks on grid lines ("60, 120, 180" reads as minutes at once), at most ~12 of them
+    from matplotlib.ticker import MultipleLocator
 
-        ax.xaxis.set_major_locator(MultipleLocator(step))
+    ax.xaxis.set_major_locator(MultipleLocator(step * max(1, math.ceil(span / step / 12))))
     if c.poll_interval_s is not None and len(by_lane.get("unprompted", [])) >= 3:  # name the rhythm where the eye already is
         ax.annotate(f"every ~{c.poll_interval_s:.0f} s", (1.0, ypos["unprompted"]),
                     xycoords=("axes fraction", "data"), xytext=(-4, 9), textcoords="offset points",
