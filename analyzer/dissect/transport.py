@@ -58,6 +58,7 @@ _IP_OR_VLAN = np.array([0x0800, 0x86DD, 0x8100, 0x88A8, 0x9100], dtype=np.uint16
 # Multiplier of the flow hash (2**64 / golden ratio): spreads the lower endpoint before the XOR with the higher
 _HASH_MULT = np.uint64(0x9E3779B97F4A7C15)
 _MASK64 = (1 << 64) - 1
+_MAX_CACHED_ADDRESSES = 65536
 # Maximum distinct malformed-frame reasons quoted in the warning
 _MAX_REASONS = 3
 
@@ -72,6 +73,15 @@ def flow_hash(src_ip: str, sport: int, dst_ip: str, dport: int) -> int | None:
         return None
     lo, hi = (a, b) if a < b else (b, a)
     return ((lo * 0x9E3779B97F4A7C15) & _MASK64) ^ hi
+
+
+def _in_sorted(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    """np.isin for a sorted, unique ``sorted_set`` by binary search (no re-sort of the set per batch)."""
+    if not len(sorted_set):
+        return np.zeros(len(values), dtype=bool)
+    pos = np.searchsorted(sorted_set, values)
+    np.minimum(pos, len(sorted_set) - 1, out=pos)
+    return sorted_set[pos] == values
 
 
 class Transport:
@@ -93,6 +103,7 @@ class Transport:
         self.last_time = 0.0
         self._seen_hashes = np.empty(0, dtype=np.uint64)  # flows met so far (sorted)
         self._followed_hashes = np.empty(0, dtype=np.uint64)  # flows the sink follows
+        self._addresses: dict[int, str] = {}  # IPv4 address (int) -> text, for the pre-parsed segments
 
     # ------------------------------------------------------------------------------------------------ batches
 
@@ -111,91 +122,109 @@ class Transport:
         except (TypeError, ValueError):  # a buffer numpy cannot view: every frame takes the per-frame path
             self._run(batch, range(n), None, None)
             return
-        selected, tcp_rows, tcp_hash, tcp_wanted = self._prefilter(batch, raw)
-        self._run(batch, selected, tcp_rows, (tcp_hash, tcp_wanted))
+        selected, tcp_rows, tcp_hash, tcp_wanted, fast = self._prefilter(batch, raw)
+        self._run(batch, selected, tcp_rows, (tcp_hash, tcp_wanted), fast)
 
     def _prefilter(self, batch: FrameBatch, raw: np.ndarray):
         offset, caplen, linktype = batch.offset, batch.caplen, batch.linktype
-        last = len(raw) - 1
-        if last < 0:
-            return np.arange(len(offset)), None, None, None
+        if len(raw) < 8:
+            return np.arange(len(offset)), None, None, None, {}
+        # A view of the buffer as big-endian 8-byte words starting at EVERY byte (stride 1, numpy handles the
+        # unaligned loads): one gather reads 8 header bytes of every frame. Measured on the 1M-frame bench:
+        # 54 one-byte gathers 0.67 s, this 8 word gathers ~0.2 s. Bytes past a short frame's end belong to the
+        # next frame; the caplen tests mask them out.
+        words = np.ndarray(shape=(len(raw) - 7,), dtype=">u8", buffer=raw, strides=(1,))
+        last = len(words) - 1
 
-        def byte_at(base, k):
+        def word_at(base, k):
             idx = base + k
-            np.minimum(idx, last, out=idx)  # frames too short for k are masked out by their caplen anyway
-            return raw[idx]
+            np.minimum(idx, last, out=idx)
+            return words[idx]
 
         eth = (linktype == 1) & (caplen >= 14)
-        ethertype = byte_at(offset, 12).astype(np.uint16) << 8 | byte_at(offset, 13)
-        ipv4 = eth & (ethertype == 0x0800) & (caplen >= 34) & (byte_at(offset, 14) == 0x45)
+        w12 = word_at(offset, 12)  # ethertype, IPv4 version/IHL, TOS, total length, id
+        w20 = word_at(offset, 20)  # flags/fragment offset, TTL, protocol, checksum, 2 bytes of source
+        ethertype = (w12 >> np.uint64(48)).astype(np.uint16)
+        ipv4 = eth & (ethertype == 0x0800) & (caplen >= 34) & ((w12 >> np.uint64(40)) & np.uint64(0xFF) == 0x45)
         # MF flag or a fragment offset: fragments go to the per-frame path
-        ipv4 &= ((byte_at(offset, 20) & 0x3F) | byte_at(offset, 21)) == 0
-        proto = byte_at(offset, 23)
+        ipv4 &= (w20 >> np.uint64(48)) & np.uint64(0x3FFF) == 0
+        proto = ((w20 >> np.uint64(32)) & np.uint64(0xFF)).astype(np.uint8)
+        ip_total = ((w12 >> np.uint64(16)) & np.uint64(0xFFFF)).astype(np.int64)  # bytes 16-17
         tcp = ipv4 & (proto == PROTO_TCP) & (caplen >= 54)
         udp = ipv4 & (proto == PROTO_UDP) & (caplen >= 42)
         drop = (eth & ~np.isin(ethertype, _IP_OR_VLAN)) | (
             ipv4 & (proto != PROTO_TCP) & (proto != PROTO_UDP) & (proto != PROTO_ICMP))
         slow = ~(tcp | udp | drop)
         parts = [np.flatnonzero(slow)]
+        fast = {}
 
         # --- TCP
         rows = np.flatnonzero(tcp)
         h = wanted = None
         if len(rows):
             base = offset[rows]
-            cap = caplen[rows]
-            ip_len = byte_at(base, 16).astype(np.int64) << 8 | byte_at(base, 17)
-            ip_end = np.minimum(ip_len + 14, cap)
-            sport = byte_at(base, 34).astype(np.uint64) << 8 | byte_at(base, 35)
-            dport = byte_at(base, 36).astype(np.uint64) << 8 | byte_at(base, 37)
-            data_offset = (byte_at(base, 46) >> 4).astype(np.int64) * 4
-            flags = byte_at(base, 47)
+            ip_end = np.minimum(ip_total[rows] + 14, caplen[rows])
+            w26 = word_at(base, 26)  # source, destination
+            w34 = word_at(base, 34)  # ports, sequence number
+            w42 = word_at(base, 42)  # ack, data offset, flags, window
+            src = w26 >> np.uint64(32)
+            dst = w26 & np.uint64(0xFFFFFFFF)
+            sport = w34 >> np.uint64(48)
+            dport = (w34 >> np.uint64(32)) & np.uint64(0xFFFF)
+            data_offset = ((w42 >> np.uint64(28)) & np.uint64(0xF)).astype(np.int64) * 4  # byte 46, high nibble
+            flags = ((w42 >> np.uint64(16)) & np.uint64(0xFF)).astype(np.uint8)  # byte 47
             pstart = data_offset + 34
             plen = ip_end - pstart
-            src = (byte_at(base, 26).astype(np.uint64) << 24 | byte_at(base, 27).astype(np.uint64) << 16
-                   | byte_at(base, 28).astype(np.uint64) << 8 | byte_at(base, 29))
-            dst = (byte_at(base, 30).astype(np.uint64) << 24 | byte_at(base, 31).astype(np.uint64) << 16
-                   | byte_at(base, 32).astype(np.uint64) << 8 | byte_at(base, 33))
             ea = src << np.uint64(16) | sport
             eb = dst << np.uint64(16) | dport
             h = (np.minimum(ea, eb) * _HASH_MULT) ^ np.maximum(ea, eb)
             has_data = plen > 0
             control = (flags & 0x07) != 0  # FIN, SYN, RST
-            pbase = base + pstart
-            looks_dcerpc = (plen >= 3) & (byte_at(pbase, 0) == 5) & (byte_at(pbase, 1) <= 1) & (
-                byte_at(pbase, 2) <= 20)
+            first3 = word_at(base + pstart, 0) >> np.uint64(40)  # the payload's first three bytes
+            looks_dcerpc = (plen >= 3) & (first3 >> np.uint64(16) == 5) & (
+                (first3 >> np.uint64(8)) & np.uint64(0xFF) <= 1) & (first3 & np.uint64(0xFF) <= 20)
             interesting = looks_dcerpc
             if self.known_ports:
                 ports = np.fromiter(self.known_ports, dtype=np.uint64, count=len(self.known_ports))
                 interesting = interesting | np.isin(sport, ports) | np.isin(dport, ports)
             if len(self._followed_hashes):
-                interesting = interesting | np.isin(h, self._followed_hashes)
-            wanted = control | (has_data & interesting)
-            new = ~np.isin(h, self._seen_hashes, assume_unique=False)
+                interesting = interesting | _in_sorted(h, self._followed_hashes)
+            take = control | (has_data & interesting)
+            new = ~_in_sorted(h, self._seen_hashes)
             if new.any():
                 fresh, first = np.unique(h[new], return_index=True)
-                wanted[np.flatnonzero(new)[first]] = True  # the first frame of every flow numbers it
+                take[np.flatnonzero(new)[first]] = True  # the first frame of every flow numbers it
                 self._seen_hashes = np.union1d(self._seen_hashes, fresh)
-            wanted_payload = control | has_data
-            parts.append(rows[wanted])
-            wanted = wanted_payload  # for flows that turn interesting inside this batch
+            wanted = control | has_data  # for flows that turn interesting inside this batch
+            # Hand the selected well-formed segments' header fields to the per-frame path, parsed already.
+            k = np.flatnonzero(take & (data_offset >= 20) & (plen >= 0))
+            if len(k):
+                seq = w34[k] & np.uint64(0xFFFFFFFF)
+                fast = dict(zip(rows[k].tolist(), zip(src[k].tolist(), sport[k].tolist(), dst[k].tolist(),
+                                                      dport[k].tolist(), seq.tolist(), flags[k].tolist(),
+                                                      pstart[k].tolist(), plen[k].tolist())))
+            parts.append(rows[take])
 
         # --- UDP
         urows = np.flatnonzero(udp)
         if len(urows):
             base = offset[urows]
-            sport = byte_at(base, 34).astype(np.int64) << 8 | byte_at(base, 35)
-            dport = byte_at(base, 36).astype(np.int64) << 8 | byte_at(base, 37)
+            w34 = word_at(base, 34)  # ports, length, checksum
+            w42 = word_at(base, 42)  # payload
+            sport = w34 >> np.uint64(48)
+            dport = (w34 >> np.uint64(32)) & np.uint64(0xFFFF)
             clean = (sport >= MIN_NOTIFY_PORT) & (dport >= MIN_NOTIFY_PORT)
-            ip_len = byte_at(base, 16).astype(np.int64) << 8 | byte_at(base, 17)
-            udp_payload = np.minimum(ip_len + 14, caplen[urows]) - 42
-            cl_rpc = ((udp_payload >= DCERPC_CL_HEADER_LEN) & (byte_at(base, 42) == DCERPC_CL_VERSION)
-                      & (byte_at(base, 43) <= DCERPC_CL_MAX_PTYPE))
+            udp_payload = np.minimum(ip_total[urows] + 14, caplen[urows]) - 42
+            cl_rpc = ((udp_payload >= DCERPC_CL_HEADER_LEN) & (w42 >> np.uint64(56) == DCERPC_CL_VERSION)
+                      & ((w42 >> np.uint64(48)) & np.uint64(0xFF) <= DCERPC_CL_MAX_PTYPE))
             parts.append(urows[clean & ~cl_rpc])
         selected = np.sort(np.concatenate(parts))
-        return selected, rows, h, wanted
+        return selected, rows, h, wanted, fast
 
-    def _run(self, batch: FrameBatch, selected, tcp_rows, tcp_info) -> None:
+    def _run(self, batch: FrameBatch, selected, tcp_rows, tcp_info, fast=None) -> None:
+        """The per-frame path over the rows ``selected`` (in order), plus later rows of flows that turn
+        interesting on the way. ``fast``: row -> TCP header fields the pre-filter parsed already (Ethernet/IPv4
+        frames), which skips the link and IP parsing for them."""
         buf, offset, caplen, times, linktype = batch.buf, batch.offset, batch.caplen, batch.time, batch.linktype
         first = batch.first_number
         newly = self.tcp.newly_interesting
@@ -205,6 +234,8 @@ class Transport:
         by_hash = None  # (argsort of the batch's TCP flow hashes, sorted hashes), built on first need
         pos, last, count = 0, -1, len(order)
         frame = self.frame
+        segment = self.tcp.segment
+        address = self._ipv4_text
         while True:
             if extra and (pos >= count or extra[0] < order[pos]):
                 i = heapq.heappop(extra)
@@ -217,10 +248,19 @@ class Transport:
                 continue
             last = i
             start = int(offset[i])
-            data = buf[start : start + int(caplen[i])]
-            if not isinstance(data, bytes):
-                data = bytes(data)
-            frame(first + i, float(times[i]), int(linktype[i]), data)
+            known = fast.get(i) if fast else None
+            if known is None:
+                data = buf[start : start + int(caplen[i])]
+                if not isinstance(data, bytes):
+                    data = bytes(data)
+                frame(first + i, float(times[i]), int(linktype[i]), data)
+            else:
+                src, sport, dst, dport, seq, flags, pstart, plen = known
+                payload = buf[start + pstart : start + pstart + plen]
+                if not isinstance(payload, bytes):
+                    payload = bytes(payload)
+                self.frames_parsed += 1
+                segment(first + i, float(times[i]), address(src), sport, address(dst), dport, seq, flags, payload)
             if newly:
                 hashes = [hh for hh in (flow_hash(f.a[0], f.a[1], f.b[0], f.b[1]) for f in newly) if hh is not None]
                 newly.clear()
@@ -241,6 +281,14 @@ class Transport:
                         row = int(tcp_rows[k])
                         if row > i and tcp_wanted[k]:
                             heapq.heappush(extra, row)
+
+    def _ipv4_text(self, value: int) -> str:
+        text = self._addresses.get(value)
+        if text is None:
+            if len(self._addresses) >= _MAX_CACHED_ADDRESSES:
+                self._addresses.clear()
+            text = self._addresses[value] = socket.inet_ntoa(value.to_bytes(4, "big"))
+        return text
 
     # ------------------------------------------------------------------------------------------------ one frame
 
