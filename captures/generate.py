@@ -1183,7 +1183,8 @@ def s_mid_session_notified():
         o.fetch(tn + 0.4)
     entry = dict(vantage="client", description="capture starts mid-session (no handshake, no bind, no logon on the "
                  "EMSMDB connection); an EPM ept_map in the capture names port 49155; three datagrams each "
-                 "followed by a fetch within 0.4 s")
+                 "followed by a fetch within 0.4 s. Without a bind tshark cannot pair "
+                 "responses with requests (it shows no opnum on them); the events list gives the true opnum")
     entry["clients"] = [client_entry(o, "registered", "notification_seen_registration_not_captured", notes,
                                      notifications=3)]
     entry["clients"][0]["mailbox"] = None
@@ -1199,7 +1200,8 @@ def s_mid_session_polling():
     for tp in o.poll_times(12.0, 300):
         o.poll(tp)
     entry = dict(vantage="client", description="capture starts mid-session (EPM lookup present, no bind or logon on "
-                 "the EMSMDB connection); polling only: nothing decides")
+                 "the EMSMDB connection); polling only: nothing decides. Without a bind tshark cannot pair "
+                 "responses with requests (it shows no opnum on them); the events list gives the true opnum")
     entry["clients"] = [client_entry(o, "inconclusive", "mid_session_no_evidence", [])]
     entry["clients"][0]["mailbox"] = None
     return cap, entry
