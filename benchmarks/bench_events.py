@@ -176,8 +176,8 @@ def write_results(dest: Path, path, frames, size_mb, walk_s, load, rows):
         "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for name, r in rows:
-        lines.append(f"| {name} | {r['frames']:,} | {r['wall']:.1f} | {r['frames'] / r['wall']:,.0f} | {r['cpu']:.1f} | "
-                     f"{r['frames'] / max(r['cpu'], 1e-9):,.0f} | {r['maxrss_mb']:.0f} | {r['peak_anon_mb']:.0f} | "
+        lines.append(f"| {name} | {r['frames']:,} | {r['wall']:.1f} | {r['frames'] / r['wall']:,.0f} | "
+                     f"{r['cpu']:.1f} | {r['frames'] / max(r['cpu'], 1e-9):,.0f} | {r['maxrss_mb']:.0f} | {r['peak_anon_mb']:.0f} | "
                      f"{r['output'] if r['rc'] == 0 else 'exit ' + str(r['rc'])} |")
     lines += [
         "",

@@ -31,7 +31,6 @@ import importlib.util
 import itertools
 import random
 import struct
-import sys
 import time
 from pathlib import Path
 
@@ -254,7 +253,8 @@ def generate(out: Path, frames: int, clients: int, duration: float, seed: int) -
     rng = random.Random(seed)
     client_gens = [outlook_client(i, random.Random(rng.getrandbits(64)), duration) for i in range(clients)]
     # Clients produce about 55-75 frames each over ten minutes; noise fills the rest (10 % DNS, the remainder
-    # in 40 bulk flows), with 3 % spare so the merged stream is cut at exactly --frames.
+    # in 40 bulk flows), with 3 % spare so the merged stream is cut at exactly --frames (when the client estimate
+    # is too high for a small --frames the file has a few fewer).
     noise = max(0, frames - 65 * clients) * 1.03
     dns = int(noise * 0.10)
     bulk_n = 40

@@ -1017,6 +1017,10 @@ def s_segmented():
 NSPI_PORT = 49160
 
 
+def nspi_bind_response(h):  # NspiBind [out]: pServerGuid (unique, NULL), contextHandle, return value
+    return struct.pack("<I", 0) + h + struct.pack("<I", 0)
+
+
 def s_nspi_decoy():
     """An NSPI connection carries an opnum 4 whose stub even looks like a registration; the EMSMDB session never
     registers."""
@@ -1028,7 +1032,8 @@ def s_nspi_decoy():
     nspi = Rpc(tcp)
     nspi.bind(t + 0.002, [(0, NSPI)], str(NSPI_PORT))
     stat = struct.pack("<IIIIIIIII", 0, 0, 0, 0, 0, 0, 1252, 1033, 1033)
-    nspi.call(t + 0.01, 0, 0, struct.pack("<I", 0) + stat + struct.pack("<I", 0), handle(cap.rng) + b"\x00" * 4)
+    nspi.call(t + 0.01, 0, 0, struct.pack("<I", 0) + stat + struct.pack("<I", 0),
+              nspi_bind_response(handle(cap.rng)))
     decoy = register_push_request(handle(cap.rng), bytes.fromhex("deadbeefdeadbeef"), c.ip, 2555)
     nspi.call(t + 0.05, 0, 4, decoy, b"\x00" * 8)
     o = Outlook(cap, c, s, "mia")
@@ -1261,7 +1266,8 @@ def s_no_emsmdb():
     nspi = Rpc(tcp)
     nspi.bind(t + 0.002, [(0, NSPI)], str(NSPI_PORT))
     stat = struct.pack("<IIIIIIIII", 0, 0, 0, 0, 0, 0, 1252, 1033, 1033)
-    nspi.call(t + 0.01, 0, 0, struct.pack("<I", 0) + stat + struct.pack("<I", 0), handle(cap.rng) + b"\x00" * 4)
+    nspi.call(t + 0.01, 0, 0, struct.pack("<I", 0) + stat + struct.pack("<I", 0),
+              nspi_bind_response(handle(cap.rng)))
     bulk_noise(cap, c, 5.0, segments=10)
     entry = dict(vantage="client", description="no EMSMDB at all: DNS, an address-book (NSPI) session, HTTPS; no "
                  "Outlook client to judge (no_emsmdb_session)")
