@@ -165,7 +165,7 @@ def test_samples_end_to_end_verdicts_json_and_plots(tmp_path):
             assert (c["verdict"], c["cause"]) == (exp["verdict"], exp["cause"]), (entry["file"], c["reason"])
             cited = {e["frame"] for e in c["evidence"]}
             assert set(exp.get("evidence_frames") or []) <= cited, entry["file"]
-            stem = Path(entry["file"]).stem
+            stem = Path(entry["file"].removesuffix(".gz")).stem  # x.pcap.gz -> x, like x.pcap
             for kind in ("timeline", "intervals"):
                 for ext in ("png", "svg"):
                     assert (plots / f"{stem}.{kind}-{exp['client'].replace(':', '-')}.{ext}").is_file()

@@ -19,6 +19,7 @@ from analyzer.verdict.model import VERDICTS
 PROG = "mailpush analyze"
 # Reading runs at tens of MB/s, so smaller files finish before a bar would tell anything.
 PROGRESS_MIN_BYTES = 20 * 1024 * 1024
+COMPRESSED_SUFFIXES = (".gz", ".gzip")
 
 
 def _verdict_list(text: str) -> list[str]:
@@ -98,11 +99,17 @@ def _analyze_one(path: str, engine: str, vantage: str):
 
 
 def _plot_prefixes(results) -> list[str]:
-    """'{capture file stem}.' per capture; a repeated stem (same name in two folders) gets '-2', '-3' ..."""
+    """'{capture file stem}.' per capture (x.pcap and x.pcap.gz both give 'x.'); a repeated stem (same name in two
+    folders) gets '-2', '-3' ..."""
     seen: dict[str, int] = {}
     prefixes = []
     for r in results:
-        stem = Path(r.file).stem
+        name = Path(r.file).name
+        for suffix in COMPRESSED_SUFFIXES:
+            if name.lower().endswith(suffix) and len(name) > len(suffix):
+                name = name[: -len(suffix)]
+                break
+        stem = Path(name).stem
         seen[stem] = seen.get(stem, 0) + 1
         prefixes.append(f"{stem}." if seen[stem] == 1 else f"{stem}-{seen[stem]}.")
     return prefixes

@@ -153,8 +153,11 @@ def plot_timeline(result: CaptureResult, client: str | ClientVerdict) -> Figure:
                                linewidth=1.2)
             if open_:  # still outstanding when the capture ended
                 ax.broken_barh(open_, (y - 0.25, 0.5), facecolors="none", edgecolor=colour, hatch="///")
-                ax.annotate("outstanding at capture end", (open_[-1][0], y + 0.25), xytext=(2, 3),
-                            textcoords="offset points", fontsize=8, color=colour)
+                start_x, width = open_[-1]
+                right_half = start_x > x_lo + span / 2  # keep the words inside the axes
+                ax.annotate("outstanding at capture end", (start_x + (width if right_half else 0), y + 0.25),
+                            xytext=(-2 if right_half else 2, 3), textcoords="offset points", fontsize=8,
+                            color=colour, ha="right" if right_half else "left").set_in_layout(False)
             ax.plot([m.time - origin for m in items], [y] * len(items), "|", color=colour, markersize=14)
             continue
         dense = len(items) > 150  # hours of calls: thinner ticks so the rhythm's gaps stay visible
@@ -172,7 +175,7 @@ def plot_timeline(result: CaptureResult, client: str | ClientVerdict) -> Figure:
             for m in items:
                 if m.label:
                     ax.annotate(m.label, (m.time - origin, y), xytext=(6, 6), textcoords="offset points",
-                                fontsize=8, color=colour)
+                                fontsize=8, color=colour).set_in_layout(False)  # never shrinks the axes
 
     # a notification followed within 2 s by a prompted call: join them, so a reaction reads at a glance
     prompted = sorted(m.time for m in by_lane.get("prompted", []))
@@ -200,7 +203,7 @@ def plot_timeline(result: CaptureResult, client: str | ClientVerdict) -> Figure:
     if c.poll_interval_s is not None and len(by_lane.get("unprompted", [])) >= 3:  # name the rhythm where the eye already is
         ax.annotate(f"every ~{c.poll_interval_s:.0f} s", (1.0, ypos["unprompted"]),
                     xycoords=("axes fraction", "data"), xytext=(-4, 9), textcoords="offset points",
-                    ha="right", fontsize=8, color=LANE_STYLE["unprompted"][1])
+                    ha="right", fontsize=8, color=LANE_STYLE["unprompted"][1]).set_in_layout(False)
     return fig
 
 
