@@ -1,9 +1,10 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """Link layers of the native engine: where the IP packet starts in a captured frame.
 
-Hand-written (a few struct-free byte reads) rather than scapy: scapy builds a full packet object per frame,
-measured at ~60 us/frame for Ether/IP/TCP with scapy 2.5 on this machine, while this takes < 0.5 us. Only frames
-the numpy pre-filter in :mod:`analyzer.dissect.transport` could not classify come here.
+Hand-written (a few byte reads) rather than scapy: scapy builds a full packet object per frame. Measured once
+(scapy 2.8, 2-core machine shared with ~8 busy processes, process CPU time): ``Ether(raw)`` plus reading the TCP
+port and IP source took 306 us/packet, ``ip_start`` + ``net.parse_ip`` 5.3 us/packet - ~60 times less. Only frames
+the numpy pre-filter in :mod:`analyzer.dissect.transport` selects or could not classify come here.
 """
 
 from __future__ import annotations
