@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import struct
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
@@ -51,7 +52,10 @@ def _tshark_fields(tshark, path):
     proc = subprocess.run(
         [tshark, "-r", str(path), "-o", "tcp.reassemble_out_of_order:TRUE", "-T", "fields", "-E", "occurrence=a",
          "-e", "frame.number", "-e", "frame.time_epoch", "-e", "dcerpc.pkt_type", "-e", "dcerpc.opnum"],
-        capture_output=True, text=True, timeout=60)
+        capture_output=True, text=True, timeout=60,
+        # NetMon 2.x headers hold local time without a zone and tshark converts it in its own zone; the generator
+        # writes UTC, so read it as UTC whatever the machine's zone
+        env={**os.environ, "TZ": "UTC"})
     times, pdus = {}, set()
     for line in proc.stdout.splitlines():
         number, epoch, ptypes, opnums = (line.split("\t") + ["", "", ""])[:4]
