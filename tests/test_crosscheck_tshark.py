@@ -144,8 +144,13 @@ MANIFEST_PARAMS = [pytest.param(e, id=e["file"]) for e in manifest_entries() if 
 @pytest.mark.parametrize("entry", MANIFEST_PARAMS)
 def test_manifest_events_equal_tshark(entry):
     path = CAPTURES / entry["file"]
-    expected = [(int(f), k, None if op is None else int(op)) for f, k, op in entry["events"]]
     theirs = compared(tshark_rows(path))
+    # the documented difference: where tshark shows a response without opnum (no binding seen), the manifest
+    # gives the true one; those responses are compared on (frame, kind) here, and fully against the native
+    # engine in test_manifest_events_equal_native
+    unmatched_in_tshark = {f for f, k, op in theirs if k == "response" and op is None}
+    expected = [(int(f), k, None if op is None or (k == "response" and int(f) in unmatched_in_tshark) else int(op))
+                for f, k, op in entry["events"]]
     assert set(expected) == set(theirs), (
         f"manifest only {sorted(set(expected) - set(theirs), key=repr)}, "
         f"tshark only {sorted(set(theirs) - set(expected), key=repr)}")
