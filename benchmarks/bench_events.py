@@ -3,7 +3,7 @@
 """Benchmark (not a test): `mailpush events` (native engine) against tshark on the same big capture.
 
     .venv/bin/python benchmarks/bench_events.py [CAPTURE] [--frames 1000000] [--tshark-limit N] [--no-tshark]
-                                                [--results benchmarks/results.md]
+                                                [--analyze] [--results benchmarks/results.md]
 
 Without CAPTURE it generates benchmarks/data/big.pcap (git-ignored) with make_big_capture.py first, unless it
 is already there with the requested frame count. For each tool it runs one child process and reports:
@@ -95,6 +95,22 @@ def run_measured(cmd: list[str], stdout_path: str) -> dict:
             "stderr": stderr.decode("utf-8", "replace")[-2000:]}
 
 
+def verdict_agreement(capture: Path, report: str) -> str:
+    """'N/M clients get the generated verdict and cause' against make_big_capture.py's sidecar file."""
+    import json
+
+    sidecar = capture.with_name(capture.name + ".expected.json")
+    if not sidecar.is_file():
+        return "no expected verdicts beside the capture"
+    expected = json.loads(sidecar.read_text())["clients"]
+    clients = json.loads(Path(report).read_text())["captures"][0]["clients"]
+    got = {c["client"]: (c["verdict"], c["cause"]) for c in clients}
+    same = sum(1 for ip, e in expected.items() if got.get(ip) == (e["verdict"], e["cause"]))
+    extra = len(set(got) - set(expected))
+    return (f"{same}/{len(expected)} clients get the generated verdict and cause"
+            + (f", {extra} unexpected" if extra else ""))
+
+
 def count_lines(path: str) -> int:
     with open(path, "rb") as fh:
         return sum(buf.count(b"\n") for buf in iter(lambda: fh.read(1 << 20), b""))
@@ -106,6 +122,9 @@ def main(argv=None):
     ap.add_argument("--frames", type=int, default=1_000_000, help="frames of the generated capture")
     ap.add_argument("--tshark-limit", type=int, default=0, help="tshark reads only the first N frames (-c N)")
     ap.add_argument("--no-tshark", action="store_true")
+    ap.add_argument("--analyze", action="store_true",
+                    help="also time `mailpush analyze --format json` and check its verdicts against the "
+                         "generator's CAPTURE.expected.json")
     ap.add_argument("--results", type=Path, default=HERE / "results.md")
     args = ap.parse_args(argv)
 
@@ -132,6 +151,13 @@ def main(argv=None):
         native["output"] = f"{max(0, count_lines(out) - 1)} event rows" if native["rc"] == 0 else "failed"
         rows.append(("mailpush events (native)", native))
         print(_line(rows[-1]))
+        if args.analyze:
+            report = os.path.join(tmp, "analyze.json")
+            res = run_measured([mailpush, "analyze", str(path), "--format", "json", "-o", report], os.devnull)
+            res["frames"] = frames
+            res["output"] = verdict_agreement(path, report) if res["rc"] == 0 else "failed"
+            rows.append(("mailpush analyze --format json", res))
+            print(_line(rows[-1]))
         if not args.no_tshark:
             tshark = shutil.which("tshark")
             if not tshark:
@@ -177,7 +203,8 @@ def write_results(dest: Path, path, frames, size_mb, walk_s, load, rows):
     ]
     for name, r in rows:
         lines.append(f"| {name} | {r['frames']:,} | {r['wall']:.1f} | {r['frames'] / r['wall']:,.0f} | "
-                     f"{r['cpu']:.1f} | {r['frames'] / max(r['cpu'], 1e-9):,.0f} | {r['maxrss_mb']:.0f} | {r['peak_anon_mb']:.0f} | "
+                     f"{r['cpu']:.1f} | {r['frames'] / max(r['cpu'], 1e-9):,.0f} | {r['maxrss_mb']:.0f} | "
+                     f"{r['peak_anon_mb']:.0f} | "
                      f"{r['output'] if r['rc'] == 0 else 'exit ' + str(r['rc'])} |")
     lines += [
         "",

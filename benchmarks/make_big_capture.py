@@ -20,7 +20,8 @@ seconds. IPv4 header and TCP/UDP checksums are left 0, as a server-side capture 
 too), so they are the same, already-checked layouts as in the sample captures. Per-flow generators yield frames
 in time order and heapq.merge interleaves them, so memory stays small whatever --frames is.
 
-Deterministic: the same arguments give the same bytes.
+Beside OUT it writes OUT.expected.json: the verdict and cause each client must get (bench_events.py --analyze
+checks `mailpush analyze` against it). Deterministic: the same arguments give the same bytes.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import argparse
 import heapq
 import importlib.util
 import itertools
+import json
 import random
 import struct
 import time
@@ -106,11 +108,19 @@ def us(t: float) -> int:
 # Outlook clients
 
 
-def outlook_client(idx: int, rng: random.Random, duration: float):
+# what each kind of client must be judged (verdict, cause)
+EXPECTED = {"push": ("registered", "push_working"), "refused": ("not_registered", "server_refused"),
+            "none": ("not_registered", "client_did_not_register"), "blocked": ("udp_blocked", "udp_not_delivered")}
+
+
+def client_ip(idx: int) -> bytes:
+    return bytes([10, 2 + idx // 250, (idx % 250) + 1, 10 + idx % 200])
+
+
+def outlook_client(idx: int, rng: random.Random, duration: float, kind: str):
     """Yield (µs, frame bytes) of one client's traffic in time order."""
-    c_ip = bytes([10, 2 + idx // 250, (idx % 250) + 1, 10 + idx % 200])
+    c_ip = client_ip(idx)
     legacy = rng.random() < 0.25
-    kind = rng.choices(["push", "refused", "none", "blocked"], weights=[40, 30, 15, 15])[0]
     name = f"user{idx:04d}"
     cxh = b"\x00" * 4 + rng.getrandbits(128).to_bytes(16, "little")
     t = rng.uniform(0.0, 60.0)
@@ -172,7 +182,8 @@ def outlook_client(idx: int, rng: random.Random, duration: float):
     fetch_resp = (G.ecdorpc_response if legacy else G.ecdorpcext2_response)(cxh, G.fetch_response_rops(rng))
 
     # schedule: polls every ~60 s (a push client stops after its first datagram), datagrams at random times
-    notes = sorted(rng.uniform(t + 30, duration) for _ in range(rng.randrange(1, 4))) \
+    # before 85 % of the duration (the merged stream is cut at --frames, a little before the end)
+    notes = sorted(rng.uniform(t + 30, duration * 0.85) for _ in range(rng.randrange(1, 4))) \
         if kind in ("push", "blocked") else []
     polls = []
     tp = t + 60 + rng.uniform(0, 2)
@@ -251,7 +262,9 @@ def dns_noise(rng: random.Random, start: float, end: float, frames: int):
 
 def generate(out: Path, frames: int, clients: int, duration: float, seed: int) -> dict:
     rng = random.Random(seed)
-    client_gens = [outlook_client(i, random.Random(rng.getrandbits(64)), duration) for i in range(clients)]
+    kinds = rng.choices(list(EXPECTED), weights=[40, 30, 15, 15], k=clients)
+    client_gens = [outlook_client(i, random.Random(rng.getrandbits(64)), duration, kinds[i])
+                   for i in range(clients)]
     # Clients produce about 55-75 frames each over ten minutes; noise fills the rest (10 % DNS, the remainder
     # in 40 bulk flows), with 3 % spare so the merged stream is cut at exactly --frames (when the client estimate
     # is too high for a small --frames the file has a few fewer).
@@ -281,7 +294,15 @@ def generate(out: Path, frames: int, clients: int, duration: float, seed: int) -
                 fh.write(b"".join(chunk))
                 chunk.clear()
         fh.write(b"".join(chunk))
+    # the verdict each client must get, for checking an analysis of the big file (bench_events.py --analyze)
+    expected = {".".join(map(str, client_ip(i))): {"verdict": EXPECTED[k][0], "cause": EXPECTED[k][1]}
+                for i, k in enumerate(kinds)}
+    expected_path(out).write_text(json.dumps({"frames": written, "clients": expected}, indent=0) + "\n")
     return {"frames": written, "bytes": out.stat().st_size}
+
+
+def expected_path(out: Path) -> Path:
+    return out.with_name(out.name + ".expected.json")
 
 
 def main(argv=None):
