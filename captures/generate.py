@@ -676,7 +676,7 @@ class Outlook:
 
     def register(self, t, cb_ip, cb_port, context, status=0, fault=None):
         req = register_push_request(self.cxh, context, cb_ip, cb_port)
-        resp = register_push_response(self.cxh if status == 0 else self.cxh, 0x2F1 if status == 0 else 0, status)
+        resp = register_push_response(self.cxh, 0x2F1 if status == 0 else 0, status)  # handle echoed (§1.5)
         f = self.rpc.call(t, self.ctx, 4, req, resp, delay=0.002, fault=fault)
         self.frames["register"] = f
         self.callback = callback_text(cb_ip, cb_port)
@@ -992,8 +992,8 @@ def s_segmented():
     rpc.call_id += 1
     base = tcp.nxt[True]
     parts = [(0, pdu[:40]), (40, pdu[40:70]), (70, pdu[70:])]
-    seg_a = tcp.segment(t, True, parts[0][1], seq=base)
-    seg_c = tcp.segment(t + 0.0004, True, parts[2][1], seq=base + 70)
+    tcp.segment(t, True, parts[0][1], seq=base)
+    tcp.segment(t + 0.0004, True, parts[2][1], seq=base + 70)  # arrives before the middle part
     seg_b = tcp.segment(t + 0.0009, True, parts[1][1], seq=base + 40)  # fills the hole: the PDU completes here
     tcp.segment(t + 0.2009, True, parts[2][1], seq=base + 70)  # retransmission of the last part
     tcp.nxt[True] = base + len(pdu)
@@ -1010,7 +1010,6 @@ def s_segmented():
                  "segments sent out of order (1, 3, 2) with segment 3 retransmitted; status 0; one datagram "
                  "followed by a fetch")
     entry["clients"] = [client_entry(o, "registered", "push_working", [seg_b, resp, d], notifications=1, status=0)]
-    del seg_a, seg_c
     return cap, entry
 
 
