@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from test_web import LiveServer, pipeline_ready, wait_finished
+from test_web import LiveServer, pipeline_ready, sample_captures, wait_finished
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -39,8 +39,17 @@ def shot(page, tmp_path: Path, name: str) -> Path:
     return path
 
 
+def pick_sample(public_dir: Path) -> tuple[Path, dict | None]:
+    """A sample capture with a diagnosis worth showing (UDP blocked although mail arrived), with its manifest
+    entry; the real public ShortMAPI capture when the samples are not generated."""
+    for path, entry in sample_captures():
+        if entry is not None and path.name == "udp_not_received.pcap":
+            return path, entry
+    return public_dir / "wiki-ShortMAPI.pcapng", None
+
+
 def test_browser_login_upload_and_read_verdict(browser, tmp_path, public_dir):
-    capture = public_dir / "wiki-ShortMAPI.pcapng"
+    capture, expected = pick_sample(public_dir)
     with LiveServer(tmp_path / "data", workers=1) as srv:
         token = srv.add_user("alice")
         context = browser.new_context(viewport={"width": 1280, "height": 900})
@@ -69,7 +78,7 @@ def test_browser_login_upload_and_read_verdict(browser, tmp_path, public_dir):
         page.set_input_files("#file-input", str(capture))
         page.wait_for_selector("#upload-report-link", timeout=15000)
         assert page.locator("#upload-percent").inner_text() == "100%"
-        row = page.locator("#captures-body tr", has_text="wiki-ShortMAPI.pcapng")
+        row = page.locator("#captures-body tr", has_text=capture.name)
         row.locator(".status-done, .status-failed").wait_for(timeout=30000)  # the list updates live
         shot(page, tmp_path, "list")
 
@@ -82,12 +91,19 @@ def test_browser_login_upload_and_read_verdict(browser, tmp_path, public_dir):
 
         if pipeline_ready():
             assert doc["status"] == "done", doc["error"]
+            expected_entry = expected
             expected = [(c["client"], c["verdict"], c["cause"]) for c in doc["result"]["clients"]]
             rows = page.locator(".verdict-table tbody tr")
             seen = [(rows.nth(i).locator("td").first.locator("a").inner_text(),
                      rows.nth(i).locator("[data-verdict]").get_attribute("data-verdict"),
                      rows.nth(i).locator("[data-cause]").get_attribute("data-cause")) for i in range(rows.count())]
             assert seen == expected and seen, seen
+            if expected_entry is not None:  # the sample's manifest says what the page must show
+                assert [(c["client"], c["verdict"], c["cause"]) for c in expected_entry["clients"]] == seen
+            if doc["plots"]:
+                img = page.locator(".plots img").first
+                img.scroll_into_view_if_needed()
+                assert page.evaluate("(i) => i.complete && i.naturalWidth > 100", img.element_handle())
             if doc["result"]["clients"][0]["filter"]:
                 assert page.locator(".filter-text").first.inner_text() == doc["result"]["clients"][0]["filter"]
                 page.locator(".copy-button").first.click()
