@@ -64,8 +64,11 @@ def _find_client(result: CaptureResult, client: str | ClientVerdict) -> ClientVe
     raise ValueError(f"client {client!r} is not in {result.file} (clients: {known})")
 
 
-def _new_figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+def _new_figure(width: float, height: float, margins: dict) -> Figure:
+    # Fixed margins, not constrained layout: the lane labels, title and x label have known sizes, and
+    # constrained layout costs one extra full draw per save (0.29 of 0.87 s CPU per timeline PNG, profiled).
+    fig = Figure(figsize=(width, height), dpi=100)
+    fig.subplots_adjust(**margins)
     FigureCanvasAgg(fig)
     return fig
 
@@ -99,7 +102,7 @@ def plot_timeline(result: CaptureResult, client: str | ClientVerdict) -> Figure:
     """Swim-lane timeline of one client (by IP, or the ClientVerdict itself). Never fails on thin data: a client
     without marks gets an explanatory empty plot. Raises ValueError only for a client that is not in ``result``."""
     c = _find_client(result, client)
-    fig = _new_figure(12, 4.8)
+    fig = _new_figure(12, 4.8, dict(left=0.125, right=0.985, top=0.87 if c.mailbox else 0.925, bottom=0.16))
     ax = fig.add_subplot()
     ax.set_title(_title(result, c), fontsize=11, color=VERDICT_COLOURS.get(c.verdict, "black"), loc="left")
     origin, xlabel = _origin(result, c)
@@ -226,7 +229,7 @@ def plot_intervals(result: CaptureResult, client: str | ClientVerdict) -> Figure
     """Histogram of the intervals between consecutive unprompted calls, with a line at the server's poll interval
     (pcmsPollsMax) or at an assumed 60 s when the server's value was not captured."""
     c = _find_client(result, client)
-    fig = _new_figure(7, 4)
+    fig = _new_figure(7, 4, dict(left=0.09, right=0.97, top=0.91, bottom=0.13))
     ax = fig.add_subplot()
     ax.set_title(f"{c.client}: intervals between unprompted calls", fontsize=11, loc="left")
     intervals = [float(x) for x in c.poll_intervals if x is not None and x >= 0]
@@ -291,7 +294,4 @@ def write_plots(result: CaptureResult, out_dir, prefix: str = "") -> list[Path]:
                 path = out / f"{prefix}{kind}-{slug}.{fmt}"
                 path.write_bytes(figure_bytes(fig, fmt))
                 written.append(path)
-                # the layout solved for the PNG holds for the SVG: solving it again costs ~0.1 s of ~0.35 s
-                # per save (measured on the timeline)
-                fig.set_layout_engine("none")
     return written
