@@ -384,3 +384,24 @@ def test_prefilter_gives_the_same_calls_as_the_per_frame_path(tmp_path):
     assert fast.calls == slow.calls
     assert len(fast.stream(4, True)) == 384  # the followed connection (bulk flows are 0..3)
     assert fast.of("udp") and fast.of("close")
+
+
+def test_flow_joined_mid_pdu_is_offered_its_first_payload(tmp_path):
+    """A capture that starts inside a connection with a bare ACK, then a segment holding the tail of one PDU and
+    the start of the next: the pre-filter must still offer that first payload to the sink (which finds the
+    header inside it), exactly as the per-frame path does."""
+    from analyzer.dissect.collector import EventCollector
+
+    request = bytes([5, 0, 0, 3, 16, 0, 0, 0, 40, 0, 0, 0, 7, 0, 0, 0]) + bytes(24)  # a 40-byte request PDU
+    packets = [seg(0, flags="A"), seg(0, b"\xaa" * 30 + request[:20]), seg(50, request[20:]),
+               seg(90, b"\xbb" * 10)]
+    path = write(tmp_path / "join.pcap", packets)
+    results = []
+    for use_prefilter in (True, False):
+        sink = RecordingSink(follow_ports=())
+        sink.is_interesting_tcp = EventCollector().is_interesting_tcp
+        run(path, sink, use_prefilter)
+        results.append(sink.calls)
+    assert results[0] == results[1]
+    assert results[0][:2] == [("gap", 0, True, 0, 2), ("data", 0, True, b"\xaa" * 30 + request[:20], 2)]
+    assert b"".join(c[3] for c in results[0] if c[0] == "data") == b"\xaa" * 30 + request + b"\xbb" * 10

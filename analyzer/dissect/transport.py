@@ -70,6 +70,8 @@ _IP_OR_VLAN = np.array([0x0800, 0x86DD, 0x8100, 0x88A8, 0x9100], dtype=np.uint16
 _HASH_MULT = np.uint64(0x9E3779B97F4A7C15)
 _MASK64 = (1 << 64) - 1
 _MAX_CACHED_ADDRESSES = 65536
+# Flow hashes remembered by the pre-filter (8 bytes each): 32 MB at most per set
+_MAX_REMEMBERED_FLOWS = 4_000_000
 # Bytes 12..49 of a frame as overlapping big-endian words named by their first byte: w12 = Ethernet type + IPv4
 # bytes 0-5, w20 = IPv4 bytes 6-13, w26 = addresses, w34 = ports + seq (UDP: ports, length, checksum),
 # w42 = TCP ack, data offset, flags, window (UDP: first payload bytes).
@@ -119,6 +121,7 @@ class Transport:
         self.last_frame = 0
         self.last_time = 0.0
         self._seen_hashes = np.empty(0, dtype=np.uint64)  # flows met so far (sorted)
+        self._seen_data_hashes = np.empty(0, dtype=np.uint64)  # flows whose first payload was offered (sorted)
         self._followed_hashes = np.empty(0, dtype=np.uint64)  # flows the sink follows
         self._addresses: dict[int, str] = {}  # IPv4 address (int) -> text, for the pre-parsed segments
 
@@ -216,11 +219,13 @@ class Transport:
             if len(self._followed_hashes):
                 interesting = interesting | _in_sorted(h, self._followed_hashes)
             take = control | (has_data & interesting)
-            new = ~_in_sorted(h, self._seen_hashes)
-            if new.any():
-                fresh, first = np.unique(h[new], return_index=True)
-                take[np.flatnonzero(new)[first]] = True  # the first frame of every flow numbers it
-                self._seen_hashes = np.union1d(self._seen_hashes, fresh)
+            # The first frame of every flow numbers it (connection index in order of appearance); the first
+            # segment with payload lets the sink look for a PDU header anywhere inside it (a flow joined mid-PDU).
+            # Later segments are offered only when they start like a header: the one thing the per-frame path
+            # alone would do differently is find a header in the middle of a later segment of a flow that is
+            # not followed yet.
+            self._seen_hashes = self._mark_first(h, np.ones(len(h), dtype=bool), self._seen_hashes, take)
+            self._seen_data_hashes = self._mark_first(h, has_data, self._seen_data_hashes, take)
             wanted = control | has_data  # for flows that turn interesting inside this batch
             # Hand the selected well-formed segments' header fields to the per-frame path, parsed already.
             k = np.flatnonzero(take & (data_offset >= 20) & (plen >= 0))
@@ -247,6 +252,20 @@ class Transport:
             parts.append(urows[clean & ~cl_rpc])
         selected = np.sort(np.concatenate(parts))
         return selected, rows, h, wanted, fast
+
+    @staticmethod
+    def _mark_first(h: np.ndarray, eligible: np.ndarray, seen: np.ndarray, take: np.ndarray) -> np.ndarray:
+        """Select in ``take`` the first eligible frame of each flow hash not in ``seen``; return the new set."""
+        new = eligible & ~_in_sorted(h, seen)
+        if not new.any():
+            return seen
+        fresh, first = np.unique(h[new], return_index=True)
+        take[np.flatnonzero(new)[first]] = True
+        if len(seen) + len(fresh) > _MAX_REMEMBERED_FLOWS:
+            # Constant memory whatever the capture: forget the flows met so far. Their next frame is offered
+            # again as a "first" one, which costs one dictionary lookup in the TCP table.
+            return np.unique(fresh)
+        return np.union1d(seen, fresh)
 
     def _run(self, batch: FrameBatch, selected, tcp_rows, tcp_info, fast=None) -> None:
         """The per-frame path over the rows ``selected`` (in order), plus later rows of flows that turn
