@@ -418,3 +418,13 @@ def test_plots_of_thin_clients_are_explanatory_not_errors(tmp_path):
     assert "since first event" in fig.axes[0].get_xlabel()
     with pytest.raises(ValueError, match="not in"):
         plot_timeline(result, "10.0.0.99")
+
+
+def test_render_html_caps_embedded_plots_and_says_so(monkeypatch):
+    import analyzer.report.html as html_mod
+
+    monkeypatch.setattr(html_mod, "MAX_PLOTTED_CLIENTS", 2)
+    html = html_mod.render_html(all_results())
+    assert len(re.findall(r'src="data:image/png;base64,', html)) == 4  # the first two clients only
+    assert html.count("plots left out (more than 2 clients in this report") == 5
+    assert "10.9.9.3" in html and "server_refused" in html  # clients past the cap keep their verdict card
