@@ -405,3 +405,34 @@ def test_flow_joined_mid_pdu_is_offered_its_first_payload(tmp_path):
     assert results[0] == results[1]
     assert results[0][:2] == [("gap", 0, True, 0, 2), ("data", 0, True, b"\xaa" * 30 + request[:20], 2)]
     assert b"".join(c[3] for c in results[0] if c[0] == "data") == b"\xaa" * 30 + request + b"\xbb" * 10
+
+
+def test_random_frames_of_every_link_type_never_raise(tmp_path):
+    """Random bytes behind valid-looking link/IP headers (and plain garbage), through the real collector."""
+    import random
+
+    from analyzer.dissect.collector import EventCollector
+
+    rng = random.Random(7)
+    headers = {
+        1: [bytes(12) + b"\x08\x00\x45", bytes(12) + b"\x86\xdd\x60", bytes(12) + b"\x81\x00\x00\x05\x08\x00\x45",
+            bytes(12) + b"\x08\x00\x46"],
+        113: [bytes(14) + b"\x08\x00\x45"],
+        276: [b"\x86\xdd" + bytes(18) + b"\x60"],
+        0: [b"\x02\x00\x00\x00\x45", b"\x00\x00\x00\x1e\x60"],
+        101: [b"\x45", b"\x60"],
+    }
+    for linktype, prefixes in headers.items():
+        packets = []
+        for _ in range(300):
+            body = rng.choice(prefixes) + bytes(rng.randrange(256) for _ in range(rng.randrange(0, 120)))
+            if rng.random() < 0.5 and len(body) > 30:  # make TCP/UDP/ICMP likelier
+                body = bytearray(body)
+                body[min(len(body) - 1, 23 if linktype == 1 else 9)] = rng.choice((1, 6, 17, 58))
+                body = bytes(body)
+            packets.append(Raw(body))
+        path = write(tmp_path / f"fuzz{linktype}.pcap", packets, linktype)
+        for use_prefilter in (True, False):
+            collector = EventCollector()
+            run(path, collector, use_prefilter)  # must not raise
+            collector.finish()

@@ -308,7 +308,11 @@ class Transport:
                 if not isinstance(payload, bytes):
                     payload = bytes(payload)
                 self.frames_parsed += 1
-                segment(first + i, float(times[i]), address(src), sport, address(dst), dport, seq, flags, payload)
+                try:
+                    segment(first + i, float(times[i]), address(src), sport, address(dst), dport, seq, flags,
+                            payload)
+                except Exception as exc:  # noqa: BLE001 - same rule as frame(): one odd frame is never fatal
+                    self._malformed(first + i, f"{type(exc).__name__}: {exc}")
             if newly:
                 hashes = [hh for hh in (flow_hash(f.a[0], f.a[1], f.b[0], f.b[1]) for f in newly) if hh is not None]
                 newly.clear()
@@ -347,7 +351,9 @@ class Transport:
         self.frames_parsed += 1
         try:
             self._frame(number, time, linktype, data)
-        except (IndexError, ValueError, OSError) as exc:  # a frame shorter than its headers claim
+        except Exception as exc:  # noqa: BLE001
+            # A frame shorter than its headers claim, or bytes an application decoder chokes on: the frame is
+            # skipped and named in the warning (type and message kept, so a decoder bug stays visible).
             self._malformed(number, f"{type(exc).__name__}: {exc}")
 
     def _malformed(self, number: int, reason: str) -> None:
