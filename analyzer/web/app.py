@@ -161,7 +161,7 @@ def create_app(
         not installed, or the plot directory was cleaned): the result JSON is the source of truth."""
         result = row.result
         if row.status == DONE and result and result.get("clients") and not store.plot_dir(row.id).is_dir():
-            problem = draw_plots(store, row.id, CaptureResult.from_dict(result))
+            problem = draw_plots(store, row.id, CaptureResult.from_dict(result), only_if_missing=True)
             if problem:
                 log.warning("capture %s: %s", row.id, problem)
 

@@ -80,6 +80,8 @@ class Store:
         for p in (self.capture_path(capture_id), self.partial_path(capture_id)):
             p.unlink(missing_ok=True)
         shutil.rmtree(self.plot_dir(capture_id), ignore_errors=True)
+        for leftover in self.plots.glob(f"{_checked_id(capture_id)}.tmp-*"):  # a drawing cut short
+            shutil.rmtree(leftover, ignore_errors=True)
 
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.root).free

@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
+import os
+import shutil
 import threading
 import time
 import traceback
@@ -194,12 +196,16 @@ def analyse_in_child(path: str, display_name: str, plot_dir: str | None, conn) -
         conn.close()
 
 
-def draw_plots(store: Store, capture_id: str, result) -> str | None:
-    return draw_plots_to(store.plot_dir(capture_id), result)
+def draw_plots(store: Store, capture_id: str, result, *, only_if_missing: bool = False) -> str | None:
+    return draw_plots_to(store.plot_dir(capture_id), result, only_if_missing=only_if_missing)
 
 
-def draw_plots_to(out: Path, result) -> str | None:
-    """Write the timing plots of ``result``; returns a warning text when they could not be drawn."""
+def draw_plots_to(out: Path, result, *, only_if_missing: bool = False) -> str | None:
+    """Write the timing plots of ``result`` into ``out``; returns a warning text when they could not be drawn.
+
+    Drawn into a temporary sibling directory and renamed into place, so a reader never sees half of the plots
+    (a browser asks for both images of a lazily drawn report at the same moment).
+    """
     if not result.clients:
         return None
     try:
@@ -209,11 +215,18 @@ def draw_plots_to(out: Path, result) -> str | None:
         from analyzer.report import write_plots
     except ImportError as exc:
         return f"timing plots are not available on this server ({exc})"
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        with _PLOT_LOCK:
-            write_plots(result, out)
-    except Exception as exc:
-        log.error("plots in %s failed:\n%s", out, traceback.format_exc())
-        return f"timing plots could not be drawn ({type(exc).__name__}: {exc})"
+    with _PLOT_LOCK:
+        if only_if_missing and out.is_dir():
+            return None  # another request drew them while this one waited for the lock
+        tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            write_plots(result, tmp)
+            if out.is_dir():
+                shutil.rmtree(out)
+            tmp.rename(out)
+        except Exception as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            log.error("plots in %s failed:\n%s", out, traceback.format_exc())
+            return f"timing plots could not be drawn ({type(exc).__name__}: {exc})"
     return None
