@@ -428,3 +428,15 @@ def test_render_html_caps_embedded_plots_and_says_so(monkeypatch):
     assert len(re.findall(r'src="data:image/png;base64,', html)) == 4  # the first two clients only
     assert html.count("plots left out (more than 2 clients in this report") == 5
     assert "10.9.9.3" in html and "server_refused" in html  # clients past the cap keep their verdict card
+
+
+def test_capture_read_in_part_then_failed_shows_its_error_not_a_verdict():
+    from analyzer.report import render_html, render_text
+
+    broken = CaptureResult(file="cut.pcapng", format="pcapng", frames=7, start=T0, end=T0 + 1,
+                           error="pcapng block at byte 912 has length 0")
+    text = render_text([broken])
+    assert "error: pcapng block at byte 912 has length 0" in text and "no_emsmdb_session" not in text
+    html = render_html([broken, all_results()[4]], plots=False)
+    assert "not analysed: pcapng block at byte 912 has length 0" in html
+    assert html.count("no_emsmdb_session") == 2  # the clean capture without clients: summary row and section

@@ -138,7 +138,8 @@ def render_text(results: Iterable[CaptureResult], include_problems: bool = True)
         if include_problems:
             out += ["  " + p for p in capture_problems(r)]
         if not r.clients:
-            out.append("  no Outlook (EMSMDB) client in this capture (inconclusive / no_emsmdb_session)")
+            if not r.error:  # with an error, the error (above, or on stderr) is the story
+                out.append("  no Outlook (EMSMDB) client in this capture (inconclusive / no_emsmdb_session)")
             out.append("")
             continue
         out += _table(r.clients)

@@ -77,7 +77,7 @@ _TEMPLATE = r"""<!DOCTYPE html>
 <h2>Summary</h2>
 <table>
 <tr><th>capture</th><th>client</th><th>verdict</th><th>cause</th><th>confidence</th></tr>
-{% for r in results %}{% if r.error and not r.format %}
+{% for r in results %}{% if r.error and not r.clients %}
 <tr><td class="mono"><a href="#cap{{ loop.index }}">{{ r.file }}</a></td><td colspan="4">not analysed: {{ r.error }}</td></tr>
 {% elif not r.clients %}
 <tr><td class="mono"><a href="#cap{{ loop.index }}">{{ r.file }}</a></td><td>&ndash;</td>
@@ -99,10 +99,10 @@ _TEMPLATE = r"""<!DOCTYPE html>
 {% for w in r.warnings %}<li>{{ w }}</li>
 {% endfor %}</ul></div>{% endif %}
 {% if not (r.error and not r.format) %}
-{% if not r.clients %}
+{% if not r.clients and not r.error %}
 <p><span class="badge verdict-inconclusive">inconclusive</span> no_emsmdb_session: no Outlook (EMSMDB) client in this
  capture. Capture on the client or the Exchange server while Outlook starts.</p>
-{% else %}
+{% elif r.clients %}
 <table>
 <tr><th>client</th><th>mailbox</th><th>server</th><th>verdict</th><th>cause</th><th>confidence</th></tr>
 {% for c in r.clients %}<tr class="verdict-{{ c.verdict }}">

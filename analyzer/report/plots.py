@@ -203,7 +203,8 @@ def plot_timeline(result: CaptureResult, client: str | ClientVerdict) -> Figure:
     from matplotlib.ticker import MultipleLocator
 
     ax.xaxis.set_major_locator(MultipleLocator(step * max(1, math.ceil(span / step / 12))))
-    if c.poll_interval_s is not None and len(by_lane.get("unprompted", [])) >= 3:  # name the rhythm where the eye already is
+    # name the polling rhythm where the eye already is (from 3 calls on: 2 make no rhythm)
+    if c.poll_interval_s is not None and len(by_lane.get("unprompted", [])) >= 3:
         ax.annotate(f"every ~{c.poll_interval_s:.0f} s", (1.0, ypos["unprompted"]),
                     xycoords=("axes fraction", "data"), xytext=(-4, 9), textcoords="offset points",
                     ha="right", fontsize=8, color=LANE_STYLE["unprompted"][1]).set_in_layout(False)
