@@ -13,7 +13,7 @@ DEFAULT_DATA_DIR = "mailpush-data"
 def register(sub) -> None:
     p = sub.add_parser("serve", help="run the web service: upload captures in a browser or by API, get the verdicts")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     _storage_args(p)
     p.add_argument("--max-upload-mb", type=float, default=200, metavar="N",
                    help="largest accepted upload in MB (default 200); larger uploads get 413")
