@@ -242,9 +242,11 @@ class Transport:
             k = np.flatnonzero(take & (data_offset >= 20) & (plen >= 0))
             if len(k):
                 seq = w34[k] & np.uint64(0xFFFFFFFF)
-                fast = dict(zip(rows[k].tolist(), zip(src[k].tolist(), sport[k].tolist(), dst[k].tolist(),
-                                                      dport[k].tolist(), seq.tolist(), flags[k].tolist(),
-                                                      pstart[k].tolist(), plen[k].tolist())))
+                chosen = rows[k]
+                fast = dict(zip(chosen.tolist(), zip(
+                    (base[k] + pstart[k]).tolist(), plen[k].tolist(), batch.time[chosen].tolist(),
+                    src[k].tolist(), sport[k].tolist(), dst[k].tolist(), dport[k].tolist(), seq.tolist(),
+                    flags[k].tolist())))
             parts.append(rows[take])
 
         # --- UDP
@@ -301,22 +303,21 @@ class Transport:
             if i <= last:  # selected by both routes
                 continue
             last = i
-            start = int(offset[i])
             known = fast.get(i) if fast else None
             if known is None:
+                start = int(offset[i])
                 data = buf[start : start + int(caplen[i])]
                 if not isinstance(data, bytes):
                     data = bytes(data)
                 frame(first + i, float(times[i]), int(linktype[i]), data)
             else:
-                src, sport, dst, dport, seq, flags, pstart, plen = known
-                payload = buf[start + pstart : start + pstart + plen]
+                payload_start, payload_len, time, src, sport, dst, dport, seq, flags = known
+                payload = buf[payload_start : payload_start + payload_len]
                 if not isinstance(payload, bytes):
                     payload = bytes(payload)
                 self.frames_parsed += 1
                 try:
-                    segment(first + i, float(times[i]), address(src), sport, address(dst), dport, seq, flags,
-                            payload)
+                    segment(first + i, time, address(src), sport, address(dst), dport, seq, flags, payload)
                 except Exception as exc:  # noqa: BLE001 - same rule as frame(): one odd frame is never fatal
                     self._malformed(first + i, f"{type(exc).__name__}: {exc}")
             if newly:
