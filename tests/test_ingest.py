@@ -528,3 +528,24 @@ def test_netmon_time_zone_rule_is_utc(tmp_path, tshark):
                          capture_output=True, text=True, check=True)
     assert float(out.stdout.split()[0]) == pytest.approx(ours - 5.5 * 3600, abs=1e-6)
     assert tshark_frames(path)[0][1] == pytest.approx(ours, abs=1e-6)
+
+
+def test_netmon_atm_pseudo_header_and_short_record(tmp_path, tshark):
+    """NetMon 2.0 ATM (network type 4): the 16-byte NetMon ATM header is not part of the frame; a record too
+    short to hold it ends the capture, as in tshark."""
+    recs = [b"\0" * 16 + b"payload-1", b"\0" * 8, b"\0" * 16 + b"never read"]
+    body, offsets, pos = bytearray(), [], 128
+    for r in recs:
+        rec = struct.pack("<QII", 0, len(r), len(r)) + r
+        offsets.append(pos)
+        body += rec
+        pos += len(rec)
+    table = b"".join(struct.pack("<I", o) for o in offsets)
+    header = struct.pack("<4sBBH8HII", b"GMBU", 0, 2, 4, 2024, 1, 0, 1, 0, 0, 0, 0, pos, len(table))
+    path = tmp_path / "atm.cap"
+    path.write_bytes(header + b"\0" * (128 - len(header)) + bytes(body) + table)
+    got, info = our_frames(path)
+    assert_same_frames(tshark_frames(path), got)
+    assert [bytes.fromhex(f[3]) for f in got] == [b"payload-1"]
+    assert info.warnings == ["damaged record at byte 169: ATM record of 8 bytes is shorter than its 16-byte NetMon "
+                             "ATM header; frames after it are not read"]

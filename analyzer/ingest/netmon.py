@@ -219,6 +219,10 @@ class NetmonReader:
         absurd = np.flatnonzero(incl > MAX_RECORD)
         if absurd.size and int(absurd[0]) < stop:
             stop, stop_why = int(absurd[0]), "absurd"
+        if not self.per_packet and self.header_linktype == LINKTYPE_NETMON_ATM:
+            short = np.flatnonzero(incl < ATM_PSEUDO_HEADER)  # Wireshark: too small for the ATM pseudo-header
+            if short.size and int(short[0]) < stop:
+                stop, stop_why = int(short[0]), "atm"
         rec_end = o + hs + incl + trailer
         cut = np.flatnonzero(rec_end > size)
         if cut.size and int(cut[0]) < stop:
@@ -247,6 +251,9 @@ class NetmonReader:
             j = stop
             warn_damaged(info, int(offs[j]), f"record length {int(self._incl_at(int(offs[j])))} bytes exceeds "
                          f"the maximum of {MAX_RECORD}")
+        elif stop_why == "atm":
+            warn_damaged(info, int(offs[stop]), f"ATM record of {int(self._incl_at(int(offs[stop])))} bytes is "
+                         f"shorter than its {ATM_PSEUDO_HEADER}-byte NetMon ATM header")
         elif stop_why == "cut":
             j = stop
             start = int(offs[j])
