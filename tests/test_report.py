@@ -249,6 +249,13 @@ def test_render_text_table_reasons_evidence_and_remedy():
     from analyzer.report import render_text
 
     text = render_text(all_results())
+    # several captures: an overview of every client first, a row for the unreadable and the empty capture
+    assert text.startswith("5 captures, 7 client(s)\nCAPTURE")
+    overview = text.split("\n\n\n")[0].splitlines()
+    assert len(overview) == 3 + 7 + 2
+    assert re.fullmatch(r"captures/thin\.pcap\s+10\.9\.9\.3\s+not_registered\s+server_refused\s+0\.97", overview[9])
+    assert re.fullmatch(r"notes\.txt\s+-\s+not analysed\s+\(error\)", overview[10])
+    assert render_text(all_results()[:1]).startswith("captures/site-a.pcapng: pcapng, 1234 frames")  # one: no overview
     # the table header and one line per client with verdict and cause
     assert re.search(r"CLIENT\s+MAILBOX\s+SERVER\s+VERDICT\s+CAUSE\s+CONF", text)
     line = next(ln for ln in text.splitlines() if ln.strip().startswith("10.1.2.30 "))

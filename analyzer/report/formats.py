@@ -121,12 +121,30 @@ def capture_problems(r: CaptureResult) -> list[str]:
     return out + [f"warning: {w}" for w in r.warnings]
 
 
+def _overview(results: list[CaptureResult]) -> list[str]:
+    """Several captures: one table of every client first (the verdicts at a glance), details below."""
+    header = ("CAPTURE", "CLIENT", "VERDICT", "CAUSE", "CONF")
+    rows = []
+    for r in results:
+        if r.error and not r.clients:
+            rows.append((r.file, "-", "not analysed", "(error)", ""))
+        elif not r.clients:
+            rows.append((r.file, "-", "inconclusive", "no_emsmdb_session", ""))
+        rows += [(r.file, c.client, c.verdict, c.cause, f"{c.confidence:.2f}") for c in r.clients]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    lines = [f"{len(results)} captures, {sum(len(r.clients) for r in results)} client(s)",
+             fmt.format(*header).rstrip(), fmt.format(*("-" * w for w in widths))]
+    return lines + [fmt.format(*row).rstrip() for row in rows] + ["", ""]
+
+
 def render_text(results: Iterable[CaptureResult], include_problems: bool = True) -> str:
     """A readable report: per capture a summary line, a verdict table (client, mailbox, server, verdict, cause,
     confidence) and per client its reason, evidence frames (times since capture start, as Wireshark shows them),
     display filter and remedy. ``include_problems=False`` leaves out errors/warnings (the CLI prints those on
     stderr)."""
-    out: list[str] = []
+    results = list(results)
+    out: list[str] = _overview(results) if len(results) > 1 else []
     for r in results:
         if r.error and r.format is None:  # nothing read: the error is the whole story, on stdout too
             out.append(f"{r.file}: not analysed: {r.error}")
