@@ -30,8 +30,8 @@ frames, 919 MB, server side, 1,000 Outlook clients among bulk TCP and DNS):
 
 On a heavier mix (1,000 clients each making 25 calls: 56,000 PDUs in 1M frames, 6.4 % of frames kept) the whole
 run took 3.6 s CPU (~280,000 frames/s), 72 MB. With every frame through the per-frame path (use_prefilter=False,
-null sink) reader + transport took 14.1 s CPU. The 1,000,000 frames/s target is not met here: reader + pre-filter take ~1 s
-and the application layer costs ~20-45 us per PDU.
+null sink) reader + transport took 14.1 s CPU. The 1,000,000 frames/s target is not met here: reader +
+pre-filter take ~1 s and the application layer costs ~20-45 us per PDU.
 """
 
 from __future__ import annotations
