@@ -66,7 +66,7 @@ def result_rows(result: CaptureResult) -> list[dict]:
         "frames": result.frames,
         "start": result.to_dict()["start"],
         "end": result.to_dict()["end"],
-        "duration_s": result.duration_s,
+        "duration_s": round(result.duration_s, 6),
         "vantage": result.vantage,
         "error": result.error,
         "warnings": "; ".join(result.warnings),

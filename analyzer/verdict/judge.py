@@ -344,6 +344,8 @@ def _timeline(a: ClientActivity) -> list[TimelineMark]:
     for c in a.calls:
         if c.interface != EMSMDB or c.frame in reg_frames:
             continue
+        if not c.prompted and not c.is_poll_candidate:
+            continue  # logon/disconnect calls are not polling: the unprompted lane must match the poll count
         marks.append(TimelineMark(c.time, "prompted" if c.prompted else "unprompted", c.frame, _name(c)))
     for w in a.async_waits:
         flags = "" if w.flags is None else ("NotificationPending" if w.flags & 1 else f"flags {w.flags}")
