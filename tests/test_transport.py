@@ -352,9 +352,21 @@ def test_unsupported_link_type_counted_once(tmp_path):
     assert sink.warnings == ["2 frames with unsupported link type 147 skipped"]
 
 
-def test_prefilter_gives_the_same_calls_as_the_per_frame_path(tmp_path):
+def _encapsulate(packet, link):
+    """The same IP packet behind another link layer: one 802.1Q tag, or Linux cooked capture v1."""
+    if link == "ethernet":
+        return packet
+    ip = packet[IP]
+    if link == "vlan":
+        return Ether(**MAC) / Dot1Q(vlan=7) / ip
+    return CookedLinux(pkttype=0, lladdrtype=1, lladdrlen=6, proto=0x0800) / ip
+
+
+@pytest.mark.parametrize("link,linktype", [("ethernet", None), ("vlan", None), ("sll", 113)])
+def test_prefilter_gives_the_same_calls_as_the_per_frame_path(tmp_path, link, linktype):
     """Bulk flows, DNS and a followed connection interleaved: the numpy pre-filter may only skip frames that
-    change nothing."""
+    change nothing. It handles plain Ethernet, one 802.1Q tag and Linux cooked capture itself: the bulk frames
+    never reach the per-frame path."""
     packets = []
     for k in range(40):
         packets.append(Ether(**MAC) / IP(src="10.1.0.1", dst="10.1.0.2") / TCP(sport=443, dport=40000 + k % 4,
@@ -371,7 +383,8 @@ def test_prefilter_gives_the_same_calls_as_the_per_frame_path(tmp_path):
             packets.append(seg(0, flags="FA", from_client=False))
         if k == 20:
             packets.append(Ether(**MAC) / Dot1Q(vlan=3) / IP(src=SERVER, dst=CLIENT) / _notify_udp())
-    path = write(tmp_path / "mixed.pcap", packets)
+    packets = [_encapsulate(p, link) for p in packets]
+    path = write(tmp_path / "mixed.pcap", packets, linktype)
     fast, slow = RecordingSink(follow_ports=()), RecordingSink(follow_ports=())
 
     # the real collector's decision (payload looks like a DCE/RPC header, or a known DCE/RPC port); the bulk flow
@@ -379,11 +392,20 @@ def test_prefilter_gives_the_same_calls_as_the_per_frame_path(tmp_path):
     from analyzer.dissect.collector import EventCollector
 
     fast.is_interesting_tcp = slow.is_interesting_tcp = EventCollector().is_interesting_tcp
-    run(path, fast, use_prefilter=True)
+    transport = Transport(fast)
+    with open_capture(str(path)) as cap:
+        for batch in cap.batches():
+            transport.feed(batch)
+        transport.finish()
     run(path, slow, use_prefilter=False)
     assert fast.calls == slow.calls
     assert len(fast.stream(4, True)) == 384  # the followed connection (bulk flows are 0..3)
     assert fast.of("udp") and fast.of("close")
+    # 110 frames: of 40 bulk segments only each bulk flow's first (4) is looked at, of 40 DNS datagrams none;
+    # then SYN and SYN/ACK (not the bare ACK), 24 data and 2 FIN frames of the followed connection and the
+    # notification
+    assert transport.frames_seen == len(packets) == 110
+    assert transport.frames_parsed == 4 + 2 + 24 + 2 + 1
 
 
 def test_flow_joined_mid_pdu_is_offered_its_first_payload(tmp_path):

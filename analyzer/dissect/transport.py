@@ -168,11 +168,25 @@ class Transport:
 
         if records is None:  # a buffer shorter than one header: nothing to pre-filter
             return np.arange(len(offset)), None, None, None, {}
-        ridx = np.minimum(offset, len(records) - 1)
-        head = records[ridx].view(_HEADER_DTYPE)
+        top = len(records) - 1
+        head_bytes = records[np.minimum(offset, top)]
+        # Two more link layers take the same layout a few bytes further on: Ethernet with one 802.1Q tag (4
+        # bytes; SPAN ports of servers often tag) and Linux cooked capture v1 (16-byte header, the protocol in
+        # its last two bytes: 2 bytes further). Their frames are re-gathered at the shifted position and from
+        # here on ``offset``/``caplen`` are those of the shifted frame. QinQ, SLL2, raw IP take the per-frame path.
+        outer_type = head_bytes.view(_HEADER_DTYPE)["w12"] >> np.uint64(48)
+        vlan = (linktype == 1) & (outer_type == 0x8100) & (caplen >= 18)
+        cooked = (linktype == 113) & (caplen >= 16)
+        framed = ((linktype == 1) & (caplen >= 14)) | cooked
+        if vlan.any() or cooked.any():
+            shift = np.where(vlan, 4, np.where(cooked, 2, 0))
+            offset, caplen = offset + shift, caplen - shift
+            moved = np.flatnonzero(shift)
+            head_bytes[moved] = records[np.minimum(offset[moved], top)]
+        head = head_bytes.view(_HEADER_DTYPE)
         w12 = head["w12"].astype(np.uint64)  # ethertype, IPv4 version/IHL, TOS, total length, id
         w20 = head["w20"].astype(np.uint64)  # flags/fragment offset, TTL, protocol, checksum, 2 bytes of source
-        eth = (linktype == 1) & (caplen >= 14)
+        eth = framed
         ethertype = (w12 >> np.uint64(48)).astype(np.uint16)
         ipv4 = eth & (ethertype == 0x0800) & (caplen >= 34) & ((w12 >> np.uint64(40)) & np.uint64(0xFF) == 0x45)
         # MF flag or a fragment offset: fragments go to the per-frame path
