@@ -458,3 +458,28 @@ def test_random_frames_of_every_link_type_never_raise(tmp_path):
             collector = EventCollector()
             run(path, collector, use_prefilter)  # must not raise
             collector.finish()
+
+
+def test_port_reuse_without_a_seen_close_starts_a_new_connection(tmp_path, tshark):
+    """A 4-tuple reused by a new SYN while the old connection was never seen closing (it ended before the
+    capture's view, or its start was not captured): a new connection, numbered as tshark numbers its streams."""
+    packets = (
+        [seg(0, b"old-a", cport=50010), seg(5, b"old-b", cport=50010)]  # mid-stream, no SYN: connection 0
+        + handshake(cport=50010, client_isn=70000) + [seg(0, b"new", cport=50010, client_isn=70000)]  # 1
+        + handshake(cport=50011, client_isn=100) + [seg(0, b"first", cport=50011, client_isn=100)]  # 2
+        # the same client port again with another ISN, no FIN/RST seen for connection 2: connection 3
+        + handshake(cport=50011, client_isn=900000) + [seg(0, b"second", cport=50011, client_isn=900000)]
+        # a retransmitted SYN (same ISN) is not a new connection
+        + [handshake(cport=50011, client_isn=900000)[0], seg(6, b"more", cport=50011, client_isn=900000)]
+    )
+    path = write(tmp_path / "reuse.pcap", packets)
+    sink = RecordingSink()
+    run(path, sink)
+    ours = [(c[4], c[1], c[3]) for c in sink.of("data")]
+    assert ours == [(1, 0, b"old-a"), (2, 0, b"old-b"), (6, 1, b"new"), (10, 2, b"first"), (14, 3, b"second"),
+                    (16, 3, b"more")]
+    out = subprocess.run([tshark, "-r", str(path), "-Y", "tcp.len > 0", "-T", "fields", "-e", "frame.number",
+                          "-e", "tcp.stream"], capture_output=True, text=True, check=True).stdout
+    assert [(f, i) for f, i, _ in ours] == [tuple(int(x) for x in line.split("\t")) for line in out.splitlines()]
+    # the replaced connections were closed for the sink when the new SYN came
+    assert [c[1] for c in sink.of("close")] == [0, 2, 1, 3]

@@ -87,8 +87,10 @@ class TcpTable:
         else:
             key, from_a = (dst, dport, src, sport), False
         flow = self.flows.get(key)
-        if flow is None or (flow.closed and flags & (SYN | ACK) == SYN):
+        if flow is None or (flags & (SYN | ACK) == SYN and (flow.closed or self._reused(flow, from_a, seq))):
             if flow is not None:
+                if flow.interesting and not flow.closed:
+                    self._close(flow, frame, time)
                 del self.flows[key]
             flow = self._new_flow(key, from_a)
         elif flow.closed:
@@ -139,6 +141,16 @@ class TcpTable:
         budget = MAX_FLOWS // 4
         for key in [k for k, f in self.flows.items() if not f.interesting or f.closed][:budget]:
             del self.flows[key]
+
+    @staticmethod
+    def _reused(flow: TcpFlow, from_a: bool, seq: int) -> bool:
+        """A SYN on a 4-tuple whose connection was not seen closing: a new connection when it does not repeat
+        the SYN already seen (another initial sequence number), or when the old connection carried data and
+        had no SYN in the capture (it ended unseen, as Wireshark then starts a new tcp.stream too)."""
+        d = flow.dirs[0 if from_a else 1]
+        if d.isn is not None:
+            return d.isn != seq
+        return any(x.next is not None for x in flow.dirs) or not flow.interesting and flow.syn_from_a is None
 
     def _client_is_a(self, flow: TcpFlow, payload: bytes, from_a: bool) -> bool:
         if flow.syn_from_a is not None:
