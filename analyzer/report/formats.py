@@ -21,7 +21,7 @@ _NUMBER_UNIT = re.compile(r"(\d) (s\b|ms\b|notification|unprompted|call)")
 
 def render_json(results: Iterable[CaptureResult]) -> str:
     """The ``mailpush analyze --format json`` document: exactly ``analyzer.pipeline.results_document``."""
-    from analyzer.pipeline import results_document
+    from analyzer.verdict.results import results_document
 
     return json.dumps(results_document(results), indent=2, ensure_ascii=False) + "\n"
 
@@ -29,7 +29,7 @@ def render_json(results: Iterable[CaptureResult]) -> str:
 def render_csv(results: Iterable[CaptureResult]) -> str:
     """One row per (capture, client), columns ``analyzer.pipeline.RESULT_COLUMNS``; a capture without clients
     (or unreadable) still gets one row so that nothing silently disappears from a spreadsheet."""
-    from analyzer.pipeline import results_dataframe
+    from analyzer.verdict.results import results_dataframe
 
     return results_dataframe(list(results)).to_csv(index=False, lineterminator="\n")
 
