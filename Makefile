@@ -48,8 +48,10 @@ test: $(STAMP) system-deps
 captures: $(STAMP)
 	$(BIN)/python captures/generate.py
 
+# Speed and memory targets live here, never in timed unit tests (results: benchmarks/results*.md).
 bench: $(STAMP)
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python benchmarks/bench_events.py --analyze
+	$(BIN)/python benchmarks/bench_batch.py
 
 clean:
 	rm -rf build .pytest_cache
