@@ -483,3 +483,30 @@ def test_port_reuse_without_a_seen_close_starts_a_new_connection(tmp_path, tshar
     assert [(f, i) for f, i, _ in ours] == [tuple(int(x) for x in line.split("\t")) for line in out.splitlines()]
     # the replaced connections were closed for the sink when the new SYN came
     assert [c[1] for c in sink.of("close")] == [0, 2, 1, 3]
+
+
+def test_flow_followed_late_does_not_wait_for_the_other_directions_skipped_bytes(tmp_path):
+    """Handshake captured, but the first exchange is not DCE/RPC-looking so the flow is followed only from the
+    client's bind on: the server's earlier bytes went by unfollowed, so its next segment comes after a gap at once
+    (not held as out-of-order until the connection ends)."""
+    bind = bytes([5, 0, 11, 3, 16, 0, 0, 0, 72, 0, 0, 0, 1, 0, 0, 0]) + bytes(56)
+    bind_ack = bytes([5, 0, 12, 3, 16, 0, 0, 0, 60, 0, 0, 0, 1, 0, 0, 0]) + bytes(44)
+    packets = handshake() + [
+        seg(0, b"hello"),  # frame 4: not interesting
+        seg(0, b"world", from_client=False),  # frame 5: skipped
+        seg(5, bind),  # frame 6: followed from here
+        seg(5, bind_ack, from_client=False),  # frame 7
+        seg(5 + len(bind), b"x" * 8),  # frame 8
+    ]
+    path = write(tmp_path / "late.pcap", packets)
+    for use_prefilter in (True, False):
+        from analyzer.dissect.collector import EventCollector
+
+        sink = RecordingSink(follow_ports=())
+        sink.is_interesting_tcp = EventCollector().is_interesting_tcp
+        run(path, sink, use_prefilter)
+        assert sink.calls[:5] == [
+            ("gap", 0, True, 5, 6), ("data", 0, True, bind, 6),
+            ("gap", 0, False, 5, 7), ("data", 0, False, bind_ack, 7),
+            ("data", 0, True, b"x" * 8, 8),
+        ]

@@ -34,9 +34,13 @@ MAX_FLOWS = 200_000
 
 
 class _Direction:
-    __slots__ = ("isn", "next", "ooo", "ooo_bytes", "fin")
+    __slots__ = ("isn", "next", "ooo", "ooo_bytes", "fin", "skipped")
 
     def __init__(self):
+        # True from the moment a flow is followed until this direction's first segment after it, when bytes of
+        # this direction may have gone by unfollowed: a hole before that first segment is then a gap, not
+        # reordering to wait for.
+        self.skipped = False
         self.isn: int | None = None  # sequence number of this direction's SYN, when captured
         self.next: int | None = None  # unwrapped sequence number of the next byte to deliver
         self.ooo: dict[int, bytes] = {}  # unwrapped start -> bytes, beyond a hole
@@ -183,6 +187,8 @@ class TcpTable:
         for i, d in enumerate(flow.dirs):
             if d.isn is not None:
                 d.next = d.isn + 1
+        if payload:  # followed from a data segment on: earlier segments of the other direction went by unseen
+            flow.dirs[1 if from_a else 0].skipped = True
         d = flow.dirs[0 if from_a else 1]
         if d.isn is not None and (data_seq - d.next) & SEQ_MASK and not (data_seq - d.next) & HALF:
             # bytes of this direction went by before the flow looked interesting
@@ -200,6 +206,11 @@ class TcpTable:
         start = d.unwrap(seq)
         end = start + len(payload)
         nxt = d.next
+        if d.skipped:
+            d.skipped = False
+            if start > nxt:  # this direction's bytes before the flow was followed were never looked at
+                self.sink.tcp_gap(conn, from_client, start - nxt, frame, time)
+                d.next = nxt = start
         if end <= nxt:
             return  # retransmission of delivered bytes
         if start > nxt:
