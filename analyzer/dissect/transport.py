@@ -25,8 +25,9 @@ frames, 919 MB, server side, 1,000 Outlook clients among bulk TCP and DNS):
 * + this module's pre-filter: ~0.4 s (0.4 us/frame; memory-bound gathers of header bytes);
 * + per-frame path for the 32,097 frames (3.2 %) the pre-filter keeps, TCP reassembly included, null sink:
   ~0.25 s;
-* whole ``dissect_capture`` with the EventCollector (25,977 events): 2.1 s CPU = ~480,000 frames/s; peak anonymous
-  memory 53 MB (RssAnon sampled every 20 ms; the mmap'ed file pages are not anonymous).
+* whole ``dissect_capture`` with the EventCollector (25,977 events): 2.1-3.0 s CPU over six runs = 330,000 to
+  480,000 frames/s (2.5 s wall at load 2.3); peak anonymous memory 53 MB (RssAnon sampled every 20 ms; the
+  mmap'ed file pages are not anonymous). tshark on the same file: 38 s CPU (benchmarks/results.md).
 
 On a heavier mix (1,000 clients each making 25 calls: 56,000 PDUs in 1M frames, 6.4 % of frames kept) the whole
 run took 3.6 s CPU (~280,000 frames/s), 72 MB. With every frame through the per-frame path (use_prefilter=False,
