@@ -30,6 +30,7 @@ UDP datagrams (already filtered by the transport to ports >= 1024 and not connec
 
 from __future__ import annotations
 
+from collections.abc import Set
 from typing import Callable
 
 from analyzer.dissect import dcerpc
@@ -145,6 +146,13 @@ class EventCollector:
         self._ports: set[int] = set(KNOWN_DCERPC_PORTS)
         self._endpoints: dict[tuple[str, int], _Iface] = {}  # (server ip, tcp port) -> interface
         self._live: dict[int, TcpConnection] = {}
+
+    @property
+    def known_ports(self) -> Set[int]:
+        """TCP ports known to carry DCE/RPC: 135, 593 and the ports learned from ept_map responses and bind_ack
+        secondary addresses. The live set, so it grows while the capture is read (the transport keeps a reference
+        instead of asking per frame); read-only for callers."""
+        return self._ports
 
     # ------------------------------------------------------------------------------------------------ sink API
 

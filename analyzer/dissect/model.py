@@ -41,8 +41,8 @@ Events table schema (``events_dataframe``; column -> pandas dtype; ``<NA>``/None
     quoted_sport, quoted_dport   Int64   icmp rows: its ports
     note             string   free text: decode warnings for this PDU
 
-UDP rows are emitted only for datagrams that can be a push notification: both ports >= 1024 and not a
-connectionless DCE/RPC PDU (first byte 4). DNS, NetBIOS, SNMP etc. never appear.
+UDP rows are emitted only for datagrams that can be a push notification: both ports >= 1024 and not
+connectionless DCE/RPC (version 4, PTYPE <= 10, >= 80 bytes). DNS, NetBIOS, SNMP etc. never appear.
 """
 
 from __future__ import annotations

@@ -26,6 +26,9 @@ class TcpConnection:
 
 
 class PacketSink(Protocol):
+    """A sink may also offer ``known_ports`` (a live, read-only set of TCP ports known to carry DCE/RPC): the
+    transport then takes flows on those ports without asking, and its numpy pre-filter keeps their segments."""
+
     def is_interesting_tcp(self, payload: bytes, sport: int, dport: int) -> bool:
         """Asked for TCP segments of flows not yet classified. True when the payload can carry DCE/RPC (it
         starts with, or contains, a plausible connection-oriented PDU header) or a port is known to carry
@@ -47,7 +50,8 @@ class PacketSink(Protocol):
         """FIN/RST seen in both directions, or end of capture."""
 
     def udp(self, frame: int, time: float, src: str, sport: int, dst: str, dport: int, payload: bytes) -> None:
-        """A UDP datagram that can be a push notification (both ports >= 1024, not connectionless DCE/RPC)."""
+        """A UDP datagram that can be a push notification: both ports >= 1024 and not connectionless DCE/RPC
+        (version 4, PTYPE <= 10, >= 80 bytes)."""
 
     def icmp_error(
         self,

@@ -112,7 +112,7 @@ class Transport:
         self.sink = sink
         self.use_prefilter = use_prefilter
         # the collector's set of ports known to carry DCE/RPC (135, 593, learned ones); it grows while we read
-        self.known_ports = getattr(sink, "_ports", None)
+        self.known_ports = getattr(sink, "known_ports", None)
         self.tcp = TcpTable(sink, self.known_ports if self.known_ports is not None else set())
         self.unsupported: dict[int, int] = {}
         self.later_fragments = 0
