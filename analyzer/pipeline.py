@@ -10,6 +10,8 @@ This is the one entry point the CLI, batch scoring, the web service and the note
 
 from __future__ import annotations
 
+import os
+import stat
 from typing import Callable, Iterable
 
 from analyzer.verdict.model import CaptureResult
@@ -19,6 +21,25 @@ from analyzer.verdict.results import (  # noqa: F401  (re-exported: the pipeline
     results_dataframe,
     results_document,
 )
+
+
+def not_a_regular_file(path) -> str | None:
+    """A user-facing reason why ``path`` must not be opened as a capture, or None.
+
+    Only regular files are read: opening a FIFO with no writer blocks forever, and a FIFO with a writer, a
+    character device (``/dev/zero``) or a socket has no size and cannot be mapped, so the readers would either
+    hang or call it an "empty file". ``os.stat`` itself never blocks on a FIFO. Missing files and directories are
+    left to the reader, which already names them.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):  # missing / bad path: the reader reports it in its own words
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a character device" if stat.S_ISCHR(mode)
+            else "a block device" if stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else "a special file")
+    return f"is {kind}, not a capture file: save the capture to a regular file first"
 
 
 def analyze_capture(
@@ -36,6 +57,9 @@ def analyze_capture(
     from analyzer.ingest import CaptureError
     from analyzer.verdict import build_capture_result, judge_clients
 
+    problem = not_a_regular_file(path)
+    if problem:
+        return CaptureResult(file=str(path), error=problem)
     try:
         events, info = dissect_capture(path, engine=engine, progress=progress)
     except CaptureError as exc:

@@ -14,6 +14,7 @@ import traceback
 from pathlib import Path
 
 from analyzer.cli import EXIT_FAIL_ON, EXIT_NO_CAPTURE, EXIT_OK, EXIT_USAGE
+from analyzer.cli.events import output_problem
 from analyzer.verdict.model import VERDICTS
 
 PROG = "mailpush analyze"
@@ -120,6 +121,10 @@ def run(args) -> int:
 
     if args.plots and Path(args.plots).exists() and not Path(args.plots).is_dir():
         print(f"{PROG}: --plots {args.plots}: not a directory", file=sys.stderr)
+        return EXIT_USAGE
+    # An output path that cannot work is a usage error found before the analysis, not after it
+    if args.output and (problem := output_problem(args.output)):
+        print(f"{PROG}: cannot write {args.output}: {problem}", file=sys.stderr)
         return EXIT_USAGE
 
     results = []

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from analyzer.cli import EXIT_NO_CAPTURE, EXIT_OK, EXIT_USAGE
+
+PROG = "mailpush events"
 
 
 def register(sub) -> None:
@@ -17,34 +20,59 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def output_problem(path: str) -> str | None:
+    """Why the report cannot be written to ``path`` (checked before a long analysis, not after), or None.
+    Write errors that only show when writing (full disk, permissions for root) are still caught there."""
+    if os.path.isdir(path):
+        return "is a directory"
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        return f"directory {parent} does not exist"
+    return None
+
+
 def run(args) -> int:
     from analyzer.dissect import dissect_capture, events_to_dataframe
     from analyzer.ingest import CaptureError
+    from analyzer.pipeline import not_a_regular_file
 
     if args.format == "parquet" and not args.output:
-        print("mailpush events: --format parquet needs -o FILE", file=sys.stderr)
+        print(f"{PROG}: --format parquet needs -o FILE", file=sys.stderr)
         return EXIT_USAGE
+    if args.output and (problem := output_problem(args.output)):
+        print(f"{PROG}: cannot write {args.output}: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    problem = not_a_regular_file(args.capture)
+    if problem:
+        print(f"{PROG}: {args.capture}: {problem}", file=sys.stderr)
+        return EXIT_NO_CAPTURE
     try:
         events, info = dissect_capture(args.capture, engine=args.engine)
     except CaptureError as exc:
-        print(f"mailpush events: {args.capture}: {exc}", file=sys.stderr)
+        print(f"{PROG}: {args.capture}: {exc}", file=sys.stderr)
         return EXIT_NO_CAPTURE
     except OSError as exc:
-        print(f"mailpush events: {args.capture}: {exc.strerror or exc}", file=sys.stderr)
+        print(f"{PROG}: {args.capture}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_NO_CAPTURE
     for w in info.warnings:
-        print(f"mailpush events: warning: {args.capture}: {w}", file=sys.stderr)
+        print(f"{PROG}: warning: {args.capture}: {w}", file=sys.stderr)
     df = events_to_dataframe(events)
-    if args.format == "parquet":
-        df.to_parquet(args.output, index=False)
-        return EXIT_OK
-    if args.format == "csv":
-        text = df.to_csv(index=False)
-    else:
-        text = df.to_json(orient="records", indent=1) + "\n"
-    if args.output:
-        with open(args.output, "w", encoding="utf-8") as fh:
-            fh.write(text)
-    else:
-        sys.stdout.write(text)
+    try:
+        if args.format == "parquet":
+            df.to_parquet(args.output, index=False)
+            return EXIT_OK
+        if args.format == "csv":
+            text = df.to_csv(index=False)
+        else:
+            text = df.to_json(orient="records", indent=1) + "\n"
+        if args.output:
+            with open(args.output, "w", encoding="utf-8") as fh:
+                fh.write(text)
+        else:
+            sys.stdout.write(text)
+    except BrokenPipeError:
+        raise  # `mailpush events x | head`: the reader left, not an error (main() handles it)
+    except OSError as exc:
+        print(f"{PROG}: cannot write {args.output or 'standard output'}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
     return EXIT_OK

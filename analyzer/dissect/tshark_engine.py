@@ -595,7 +595,14 @@ def dissect_with_tshark(path, progress=None) -> tuple[list[Event], CaptureInfo]:
     if tshark is None:
         raise TsharkNotFound(TSHARK_NOT_FOUND)
     if not os.path.isfile(path):
-        raise CaptureError(f"cannot open {path}: no such file")
+        # Same words as the native reader. Only regular files: a FIFO would block tshark (and the ingest pass
+        # before it) forever, and a device such as /dev/zero never ends.
+        if os.path.isdir(path):
+            raise CaptureError("is a directory, not a capture file")
+        if os.path.exists(path):
+            raise CaptureError("not a regular file (a FIFO, device or socket), not a capture file: save the "
+                               "capture to a regular file first")
+        raise CaptureError("cannot open: No such file or directory")
     info, ingest_error = _capture_info(path)
 
     builder = _EventBuilder()
