@@ -15,7 +15,7 @@ from typing import Callable, Iterable, Iterator
 import pandas as pd
 
 from analyzer.batch.store import ResultsStore, rows_frame, sort_rows
-from analyzer.batch.worker import error_row, is_url, preload, score_one, sha256_file
+from analyzer.batch.worker import error_row, is_url, preload, score_chunk, score_one, sha256_file
 
 GLOB_CHARS = set("*?[")
 
@@ -92,34 +92,40 @@ def _pool_context():
 
 def run_local(paths: list[str], jobs: int) -> Iterator[tuple[str, list[dict]]]:
     """(path, rows) as captures finish, on a local process pool. A worker that dies (crash, out of memory)
-    turns the captures it held into error rows and the pool is restarted for the rest."""
+    turns the captures it held into error rows and the pool is restarted for the rest.
+
+    Captures go to the workers in small chunks (up to 8, and at least 8 chunks per worker so the load stays
+    balanced): a small capture is analysed in ~4 ms, and a pool round trip per capture cost about as much again
+    (measured: per-capture tasks gave 1.13x on 2 cores, where the analysis alone scales further)."""
     preload()
-    queue = list(reversed(paths))
+    size = max(1, min(8, len(paths) // (jobs * 8)))
+    queue = [paths[i : i + size] for i in range(0, len(paths), size)][::-1]
     window = max(2, jobs * 4)  # bounded number of submitted tasks: thousands of paths don't all queue at once
+    died = "analysis failed: the worker process died (crash or out of memory)"
     while queue:
         broken = False
         with ProcessPoolExecutor(max_workers=jobs, mp_context=_pool_context(), initializer=preload) as ex:
             running = {}
             while queue or running:
                 while queue and len(running) < window:
-                    path = queue.pop()
-                    running[ex.submit(score_one, path)] = path
+                    chunk = queue.pop()
+                    running[ex.submit(score_chunk, chunk)] = chunk
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for fut in done:
-                    path = running.pop(fut)
+                    chunk = running.pop(fut)
                     try:
-                        rows = fut.result()
+                        results = fut.result()
                     except BrokenProcessPool:
                         broken = True
-                        rows = [error_row(path, None, "analysis failed: the worker process died "
-                                          "(crash or out of memory)")]
+                        results = [(p, [error_row(p, None, died)]) for p in chunk]
                     except Exception as exc:
-                        rows = [error_row(path, None, f"analysis failed: {type(exc).__name__}: {exc}")]
-                    yield path, rows
+                        results = [(p, [error_row(p, None, f"analysis failed: {type(exc).__name__}: {exc}")])
+                                   for p in chunk]
+                    yield from results
                 if broken:
-                    for fut, path in running.items():
-                        yield path, [error_row(path, None, "analysis failed: the worker process died "
-                                               "(crash or out of memory)")]
+                    for chunk in running.values():
+                        for p in chunk:
+                            yield p, [error_row(p, None, died)]
                     running.clear()
                     break
         if not broken:
