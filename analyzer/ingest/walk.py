@@ -21,17 +21,17 @@ STOP = "stop"  # damage; a warning was recorded and nothing after it is read
 # Wireshark's WTAP_MAX_PACKET_SIZE_STANDARD: tshark refuses bigger records, and so do we (they are corruption).
 MAX_RECORD = 262_144
 
-_ARANGE = {n: np.arange(n, dtype=np.int64) for n in (16, 20, 24, 28)}
-
-
 def gather_words(arr: np.ndarray, offsets: np.ndarray, nbytes: int, dtype: str) -> np.ndarray:
     """The ``nbytes``-byte headers at ``offsets`` in byte array ``arr``, as rows of 32-bit words of ``dtype``.
 
-    One fancy-indexing gather per batch instead of a struct call per record: 0.18 s per million 16-byte headers
-    against 0.77 s for collecting unpacked tuples in the walk loop and converting them (measured on this machine).
+    One gather per batch instead of a struct call per record. The gather reads whole ``nbytes`` records through a
+    view of ``arr`` that starts a record at every byte (stride 1, zero-copy), so numpy copies one 16-28-byte item
+    per offset. Measured on this machine for the 1,000,000 16-byte headers of benchmarks/data/big.pcap: 0.06-0.08 s,
+    against 0.18-0.26 s for the previous byte-wise fancy indexing (``offsets[:, None] + arange(nbytes)``) and
+    0.77 s for collecting unpacked tuples in the walk loop. Every offset must have ``nbytes`` bytes after it.
     """
-    idx = offsets[:, None] + _ARANGE[nbytes]
-    return arr[idx].view(dtype)
+    records = np.ndarray(shape=(max(len(arr) - nbytes + 1, 0),), dtype=f"V{nbytes}", buffer=arr, strides=(1,))
+    return records[offsets].view(dtype).reshape(len(offsets), nbytes // 4)
 
 
 def normalise_linktype(linktype: int) -> int:
