@@ -47,13 +47,20 @@ from analyzer.dissect.dcerpc import (
     PTYPE_REQUEST,
     PTYPE_RESPONSE,
     find_plausible_header,
+    parse_header,
     plausible_header,
 )
 from analyzer.dissect.emsmdb import decode_request_stub, decode_response_stub
 from analyzer.dissect.epm import parse_ept_map_response
 from analyzer.dissect.interfaces import EPM, EPM_UUID, NDR64_UUID, interface_name, opname
-from analyzer.dissect.model import Event
+from analyzer.dissect.model import PTYPE_KIND, Event
 from analyzer.dissect.stream import TcpConnection
+
+# _pdu builds its Event positionally (the per-PDU hot path): the leading fields must stay in this order
+_EVENT_LEAD = ("frame", "time", "src", "dst", "sport", "dport", "kind", "conn", "interface", "interface_uuid",
+               "interface_ver", "opnum", "opname", "ctx_id", "call_id")
+if tuple(Event.__dataclass_fields__)[: len(_EVENT_LEAD)] != _EVENT_LEAD:
+    raise ImportError("analyzer.dissect.model.Event field order changed: update EventCollector._pdu")
 
 EPM_PORT = 135
 # Well-known DCE/RPC TCP ports: the endpoint mapper and its RPC-over-HTTP-free twin on 593 (ncacn_http
@@ -219,11 +226,15 @@ class EventCollector:
                 d.resync = True
                 pos += 1
                 continue
-            hdr = dcerpc.parse_header(work, pos)
-            if n - pos < hdr.frag_len:
+            hdr = parse_header(work, pos)
+            frag_len = hdr.frag_len
+            if n - pos < frag_len:
                 break
-            pdu = bytes(work[pos : pos + hdr.frag_len])
-            pos += hdr.frag_len
+            if pos == 0 and frag_len == n and work is data and isinstance(data, bytes):
+                pdu = data  # the chunk is exactly one PDU (the common case): no copy
+            else:
+                pdu = bytes(work[pos : pos + frag_len])
+            pos += frag_len
             try:
                 self._pdu(conn, st, from_client, hdr, pdu, frame, time)
             except Exception as exc:  # a bug in one PDU's handling must not lose the rest of the capture
@@ -338,9 +349,11 @@ class EventCollector:
             src, sport, dst, dport = conn.client_ip, conn.client_port, conn.server_ip, conn.server_port
         else:
             src, sport, dst, dport = conn.server_ip, conn.server_port, conn.client_ip, conn.client_port
-        ev = Event(frame=frame, time=time, src=src, dst=dst, sport=sport, dport=dport, kind=hdr.kind,
-                   conn=conn.index, call_id=hdr.call_id)
         ptype = hdr.ptype
+        # positional: (frame, time, src, dst, sport, dport, kind, conn, 6 x None, call_id); 0.55 against 0.97 us
+        # with keywords, once per PDU
+        ev = Event(frame, time, src, dst, sport, dport, PTYPE_KIND.get(ptype) or hdr.kind, conn.index,
+                   None, None, None, None, None, None, hdr.call_id)
         if ptype == PTYPE_REQUEST:
             self._request(st, from_client, hdr, pdu, ev, (dst, dport))
         elif ptype in (PTYPE_RESPONSE, PTYPE_FAULT):

@@ -47,6 +47,8 @@ _MIN_FRAG = {0: 24, 2: 24, 3: 32, 11: 28, 12: 26, 13: 18, 14: 28, 15: 26, 16: 20
 
 _LE_HDR = struct.Struct("<HHI")  # frag_len, auth_len, call_id at offset 8
 _BE_HDR = struct.Struct(">HHI")
+_LE_CALL = struct.Struct("<IHH")  # alloc_hint, p_cont_id, opnum at offset 16 of a request/response/fault
+_BE_CALL = struct.Struct(">IHH")
 
 
 @dataclass(slots=True)
@@ -181,8 +183,8 @@ class CallPdu:
 def parse_call(pdu, hdr: Header) -> CallPdu:
     """Request (alloc_hint, p_cont_id, opnum, [object]), response (alloc_hint, p_cont_id, cancel_count) or fault
     (... status at 24). ``pdu`` holds exactly one PDU of ``hdr.frag_len`` bytes."""
-    e = "<" if hdr.little_endian else ">"
-    alloc_hint, ctx_id, opnum = struct.unpack_from(e + "IHH", pdu, 16)
+    le = hdr.little_endian
+    alloc_hint, ctx_id, opnum = (_LE_CALL if le else _BE_CALL).unpack_from(pdu, 16)
     obj = None
     status = None
     body_start = 24
@@ -193,7 +195,7 @@ def parse_call(pdu, hdr: Header) -> CallPdu:
     else:
         opnum = None
         if hdr.ptype == PTYPE_FAULT and hdr.frag_len >= 28:
-            (status,) = struct.unpack_from(e + "I", pdu, 24)
+            (status,) = struct.unpack_from("<I" if le else ">I", pdu, 24)
             # fault body: status u32, reserved u32, then optional extended error information
             body_start = min(32, hdr.frag_len)
     return CallPdu(alloc_hint, ctx_id, opnum, obj, status, split_auth(pdu, hdr, body_start))
