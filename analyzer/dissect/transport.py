@@ -153,20 +153,12 @@ class Transport:
             return np.arange(len(offset)), None, None, None, {}
         # Views of the buffer starting at EVERY byte (stride 1; numpy handles the unaligned loads): ``records``
         # gathers bytes 12..49 of every frame (Ethernet type, IPv4 header, TCP/UDP header) in one fancy-index
-        # pass, read as big-endian words by the overlapping fields of _HEADER_DTYPE; ``words`` reads 8 bytes at a
-        # per-frame position (payload starts). Measured per 65,536-frame batch: 5 word gathers 25.8 ms, one
-        # 38-byte record gather 6.4 ms; 54 one-byte gathers took 0.67 s per million frames. Bytes past a short
-        # frame's end belong to the next frame; the caplen tests mask them out.
+        # pass, read as big-endian words by the overlapping fields of _HEADER_DTYPE. Measured per 65,536-frame
+        # batch: 5 word gathers 25.8 ms, one 38-byte record gather 4-6 ms; 54 one-byte gathers took 0.67 s per
+        # million frames. Bytes past a short frame's end belong to the next frame; the caplen tests mask them out.
         records = np.ndarray(shape=(len(raw) - _HEADER_SPAN + 1,), dtype=f"V{_HEADER_SPAN - 12}",
                              buffer=raw[12:], strides=(1,)) if len(raw) >= _HEADER_SPAN else None
-        words = np.ndarray(shape=(len(raw) - 7,), dtype=">u8", buffer=raw, strides=(1,))
-        last = len(words) - 1
-
-        def word_at(base, k):
-            idx = base + k
-            np.minimum(idx, last, out=idx)
-            return words[idx]
-
+        last_start = len(raw) - 3  # last position with three bytes after it (payload starts)
         if records is None:  # a buffer shorter than one header: nothing to pre-filter
             return np.arange(len(offset)), None, None, None, {}
         top = len(records) - 1
@@ -198,6 +190,10 @@ class Transport:
         udp = ipv4 & (proto == PROTO_UDP) & (caplen >= 42)
         drop = (eth & ~np.isin(ethertype, _IP_OR_VLAN)) | (
             ipv4 & (proto != PROTO_TCP) & (proto != PROTO_UDP) & (proto != PROTO_ICMP))
+        # Fields used by both TCP and UDP rows, converted for the whole batch and then taken per row: 0.5 ms per
+        # batch against 3.3 ms for taking the 38-byte records of the rows first (``head[rows]["w34"]``).
+        w34_all = head["w34"].astype(np.uint64)
+        w42_all = head["w42"].astype(np.uint64)
         slow = ~(tcp | udp | drop)
         parts = [np.flatnonzero(slow)]
         fast = {}
@@ -208,10 +204,9 @@ class Transport:
         if len(rows):
             base = offset[rows]
             ip_end = np.minimum(ip_total[rows] + 14, caplen[rows])
-            th = head[rows]
-            w26 = th["w26"].astype(np.uint64)  # source, destination
-            w34 = th["w34"].astype(np.uint64)  # ports, sequence number
-            w42 = th["w42"].astype(np.uint64)  # ack, data offset, flags, window
+            w26 = head["w26"].astype(np.uint64)[rows]  # source, destination
+            w34 = w34_all[rows]  # ports, sequence number
+            w42 = w42_all[rows]  # ack, data offset, flags, window
             src = w26 >> np.uint64(32)
             dst = w26 & np.uint64(0xFFFFFFFF)
             sport = w34 >> np.uint64(48)
@@ -225,9 +220,12 @@ class Transport:
             h = (np.minimum(ea, eb) * _HASH_MULT) ^ np.maximum(ea, eb)
             has_data = plen > 0
             control = (flags & 0x07) != 0  # FIN, SYN, RST
-            first3 = word_at(base + pstart, 0) >> np.uint64(40)  # the payload's first three bytes
-            looks_dcerpc = (plen >= 3) & (first3 >> np.uint64(16) == 5) & (
-                (first3 >> np.uint64(8)) & np.uint64(0xFF) <= 1) & (first3 & np.uint64(0xFF) <= 20)
+            # The payload's first three bytes (version 5, minor 0/1, PTYPE <= 20), three one-byte gathers: 0.7 ms
+            # per batch against 3.5 ms for one unaligned big-endian 8-byte gather. Frames with fewer than three
+            # payload bytes are masked by ``plen >= 3``; the clamp only keeps their index inside the buffer.
+            at = base + pstart
+            np.minimum(at, last_start, out=at)
+            looks_dcerpc = (plen >= 3) & (raw[at] == 5) & (raw[at + 1] <= 1) & (raw[at + 2] <= 20)
             interesting = looks_dcerpc
             if self.known_ports:
                 ports = np.fromiter(self.known_ports, dtype=np.uint64, count=len(self.known_ports))
@@ -268,10 +266,8 @@ class Transport:
         # --- UDP
         urows = np.flatnonzero(udp)
         if len(urows):
-            base = offset[urows]
-            uh = head[urows]
-            w34 = uh["w34"].astype(np.uint64)  # ports, length, checksum
-            w42 = uh["w42"].astype(np.uint64)  # payload
+            w34 = w34_all[urows]  # ports, length, checksum
+            w42 = w42_all[urows]  # payload
             sport = w34 >> np.uint64(48)
             dport = (w34 >> np.uint64(32)) & np.uint64(0xFFFF)
             clean = (sport >= MIN_NOTIFY_PORT) & (dport >= MIN_NOTIFY_PORT)
