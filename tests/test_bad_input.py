@@ -37,10 +37,14 @@ HANG_SECONDS = 20
 MAILPUSH = [sys.executable, "-m", "analyzer"]
 
 
+class InputHang(Exception):
+    """Not an OSError (TimeoutError is one), so that no reader's ``except OSError`` turns it into a message."""
+
+
 @contextlib.contextmanager
 def no_hang(seconds: int = HANG_SECONDS):
     def alarm(_signum, _frame):
-        raise TimeoutError(f"still running after {seconds} s: the input made it hang")
+        raise InputHang(f"still running after {seconds} s: the input made it hang")
 
     previous = signal.signal(signal.SIGALRM, alarm)
     signal.alarm(seconds)
@@ -344,3 +348,40 @@ def test_cli_events_tshark_engine_on_bad_input(hostile, tshark):
     for name, words in (("folder", "is a directory"), ("fifo", "FIFO"), ("text", "not a capture file")):
         proc = run_mailpush("events", "--engine", "tshark", hostile[name], timeout=HANG_SECONDS)
         assert proc.returncode == 3 and words in proc.stderr, (name, proc.stderr)
+
+
+def test_cli_full_disk_on_standard_output_is_a_clear_error(captures_dir):
+    good = captures_dir / "server_refused.pcap"
+    for args in (["analyze", good], ["events", "--format", "json", good]):
+        with open("/dev/full", "w") as full:
+            proc = subprocess.run([*MAILPUSH, *map(str, args)], stdout=full, stderr=subprocess.PIPE, text=True,
+                                  timeout=60)
+        assert "Traceback" not in proc.stderr, proc.stderr
+        assert proc.returncode == 2 and "cannot write standard output: No space left on device" in proc.stderr
+
+
+def test_file_names_that_are_not_utf8(tmp_path, captures_dir):
+    """A file name in another encoding arrives with lone surrogates: every report format shows it as \\xNN
+    (the CSV writer died on it), and the tshark engine still reads the file (pyshark died decoding tshark's
+    message that names it)."""
+    folder = os.fsencode(tmp_path)
+    cut = folder + b"/cut\xff.pcap"
+    with open(cut, "wb") as fh:
+        fh.write(plain_bytes(captures_dir / "push_working.pcap")[:20000])
+    text = folder + b"/notes\xfe.pcap"
+    with open(text, "wb") as fh:
+        fh.write(b"not a capture\n")
+    for fmt in ("csv", "json", "html", "text"):
+        proc = subprocess.run([*MAILPUSH, "analyze", "--format", fmt, cut, text], capture_output=True, timeout=60)
+        stderr = proc.stderr.decode("utf-8", "replace")
+        assert "Traceback" not in stderr and proc.returncode == 0, (fmt, stderr)
+        shown = (" ".join(c["file"] for c in json.loads(proc.stdout)["captures"]) if fmt == "json"
+                 else proc.stdout.decode("utf-8"))
+        assert "cut\\xff.pcap" in shown and "notes\\xfe.pcap" in shown, (fmt, shown[:300])
+        assert "notes\\xfe.pcap: error: not a capture file" in stderr
+    if shutil.which("tshark"):
+        proc = subprocess.run([*MAILPUSH, "events", "--engine", "tshark", cut], capture_output=True, timeout=60)
+        stderr = proc.stderr.decode("utf-8", "replace")
+        assert "Traceback" not in stderr and proc.returncode == 0, stderr
+        assert "tshark stopped after frame" in stderr and "cut short" in stderr
+        assert proc.stdout.count(b"\n") > 5

@@ -83,17 +83,26 @@ class _Progress:
             self.bar.close()
 
 
+def printable_path(path: str) -> str:
+    """The path as reports show it. A file name that is not valid UTF-8 reaches Python with lone surrogates
+    (PEP 383), which no UTF-8 output can hold (the CSV writer died on one with UnicodeEncodeError): such bytes are
+    shown as \\xNN, as ls -b does."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _analyze_one(path: str, engine: str, vantage: str):
     from analyzer.pipeline import analyze_capture
     from analyzer.verdict.model import CaptureResult
 
     progress = _Progress(path)
     try:
-        return analyze_capture(path, engine=engine, vantage=vantage, progress=progress)
+        result = analyze_capture(path, engine=engine, vantage=vantage, progress=progress)
+        result.file = printable_path(result.file)
+        return result
     except Exception as exc:  # a bug below must not cost the other captures' results
         if os.environ.get("MAILPUSH_DEBUG"):
             traceback.print_exc()
-        return CaptureResult(file=path, error=f"analysis failed ({type(exc).__name__}: {exc}); "
+        return CaptureResult(file=printable_path(path), error=f"analysis failed ({type(exc).__name__}: {exc}); "
                              "set MAILPUSH_DEBUG=1 for the traceback")
     finally:
         progress.close()
@@ -132,7 +141,7 @@ def run(args) -> int:
         result = _analyze_one(path, args.engine, args.vantage)
         results.append(result)
         for line in capture_problems(result):
-            print(f"{PROG}: {path}: {line}", file=sys.stderr)
+            print(f"{PROG}: {result.file}: {line}", file=sys.stderr)
 
     if args.format == "json":
         text = render_json(results)
@@ -153,8 +162,14 @@ def run(args) -> int:
             print(f"{PROG}: cannot write {args.output}: {exc.strerror or exc}", file=sys.stderr)
             return EXIT_USAGE
     else:
-        sys.stdout.write(text)
-        sys.stdout.flush()
+        try:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        except BrokenPipeError:
+            raise  # `mailpush analyze x | head`: the reader left, not an error (main() handles it)
+        except OSError as exc:  # e.g. stdout redirected to a full disk
+            print(f"{PROG}: cannot write standard output: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_USAGE
 
     if args.plots:
         from analyzer.report.plots import write_plots

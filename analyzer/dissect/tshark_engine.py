@@ -46,10 +46,12 @@ captures a run is about 0.8-1.5 s, mostly tshark start-up. For million-frame cap
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import shutil
 import sys
+import tempfile
 import threading
 import warnings as warnings_module
 
@@ -518,9 +520,7 @@ def _run_pyshark(path: str, tshark: str, builder: _EventBuilder, progress) -> li
                     progress(builder.frames)
                     reported = builder.frames
         except TSharkCrashException as exc:
-            last = getattr(capture, "_last_error_line", None) or str(exc).splitlines()[0]
-            warnings.append(f"tshark stopped after frame {builder.frames}: {str(last).strip()} "
-                            f"(events up to that frame are kept)")
+            warnings.append(_stopped_message(capture, exc, builder.frames))
     finally:
         if capture is not None:
             try:
@@ -530,9 +530,7 @@ def _run_pyshark(path: str, tshark: str, builder: _EventBuilder, progress) -> li
                 # forgets the process; the process has ended and been reaped, so forget it here, or pyshark's
                 # __del__ tries to close it once more on a closed loop.
                 capture._running_processes.clear()
-                last = getattr(capture, "_last_error_line", None) or str(exc).splitlines()[0]
-                message = f"tshark stopped after frame {builder.frames}: {str(last).strip()} " \
-                          f"(events up to that frame are kept)"
+                message = _stopped_message(capture, exc, builder.frames)
                 if message not in warnings:
                     warnings.append(message)
         loop.run_until_complete(loop.shutdown_asyncgens())
@@ -540,6 +538,21 @@ def _run_pyshark(path: str, tshark: str, builder: _EventBuilder, progress) -> li
         asyncio.set_event_loop(None)
         loop.close()
     return warnings
+
+
+# tshark's start-up banner when run as root, on stderr before any error. pyshark keeps only the last stderr line
+# it has read, and when it has not read the real error yet, that line is the banner (seen on a cut pcap).
+ROOT_BANNER = "Running as user"
+
+
+def _stopped_message(capture, exc, frames: int) -> str:
+    last = str(getattr(capture, "_last_error_line", None) or "").strip()
+    if not last or last.startswith(ROOT_BANNER):
+        # pyshark's own text ("TShark (pid N) seems to have crashed") would alarm; its exit status is the fact
+        text = str(exc)
+        status = text.split("retcode: ")[-1].split(")")[0] if "retcode: " in text else "?"
+        last = f"tshark ended with exit status {status} before the end of the file"
+    return f"tshark stopped after frame {frames}: {last} (events up to that frame are kept)"
 
 
 @functools.lru_cache(maxsize=4)
@@ -582,6 +595,28 @@ def _restore_child_watcher(previous) -> None:
 
 
 
+@contextlib.contextmanager
+def _utf8_path(path: str):
+    """``path``, or when its name is not valid UTF-8 (a file name in another encoding, given as bytes on the
+    command line) a symlink to it with a plain name. pyshark decodes tshark's stderr as UTF-8, and tshark names
+    the file in its messages: a byte such as 0xff killed pyshark's stderr reader with UnicodeDecodeError, whose
+    traceback asyncio printed on our stderr."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        pass
+    else:
+        yield path
+        return
+    folder = tempfile.mkdtemp(prefix="mailpush-tshark-")
+    link = os.path.join(folder, "capture")
+    try:
+        os.symlink(os.path.abspath(path), link)
+        yield link
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def dissect_with_tshark(path, progress=None) -> tuple[list[Event], CaptureInfo]:
     """Events and capture info of ``path`` through tshark (pyshark). Same schema as the native engine.
     ``progress(bytes_done, bytes_total)`` as for the native engine (bytes estimated from frames done).
@@ -602,7 +637,7 @@ def dissect_with_tshark(path, progress=None) -> tuple[list[Event], CaptureInfo]:
         if os.path.exists(path):
             raise CaptureError("not a regular file (a FIFO, device or socket), not a capture file: save the "
                                "capture to a regular file first")
-        raise CaptureError("cannot open: No such file or directory")
+        raise CaptureError(f"cannot open {path}: no such file")
     info, ingest_error = _capture_info(path)
 
     builder = _EventBuilder()
@@ -618,7 +653,9 @@ def dissect_with_tshark(path, progress=None) -> tuple[list[Event], CaptureInfo]:
 
     def work():
         try:
-            outcome["warnings"] = _run_pyshark(path, tshark, builder, frames_progress if progress else None)
+            with _utf8_path(path) as tshark_input:
+                outcome["warnings"] = _run_pyshark(tshark_input, tshark, builder,
+                                                   frames_progress if progress else None)
         except BaseException as exc:  # handed to the caller's thread below
             outcome["error"] = exc
 
