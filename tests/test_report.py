@@ -27,7 +27,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def _filter(frames):
     frames = sorted(set(frames))
-    return "frame.number in {" + " ".join(map(str, frames)) + "}" if len(frames) > 1 else f"frame.number == {frames[0]}"
+    return "frame.number in {" + ", ".join(map(str, frames)) + "}" if len(frames) > 1 else f"frame.number == {frames[0]}"
 
 
 def polling_client() -> ClientVerdict:
@@ -265,7 +265,7 @@ def test_render_text_table_reasons_evidence_and_remedy():
     flat = " ".join(text.split())  # long lines are wrapped
     assert "got no reaction; the client keeps polling every 60.4 s" in flat
     assert re.search(r"frame\s+14\s+\+7\.100 s", text), text
-    assert "frame.number in {14 31 55 83}" in text
+    assert "frame.number in {14, 31, 55, 83}" in text
     assert "open UDP from the Exchange server" in flat
     # problems of each capture are visible
     assert "notes.txt: not a capture file" in text
@@ -299,7 +299,7 @@ def test_render_html_is_self_contained_and_complete():
             assert c.reason.replace("<", "&lt;") in html
             assert c.filter in html
     assert html.count("class=\"filter\"") == 6  # every client with evidence frames (one has none)
-    assert "frame.number in {14 31 55 83}" in html and "Winsock Transports" in html
+    assert "frame.number in {14, 31, 55, 83}" in html and "Winsock Transports" in html
     assert "3 frames truncated by the snap length" in html and "not a capture file" in html
     # plots embedded as data: PNG, two per client with activity, each decodable
     imgs = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)

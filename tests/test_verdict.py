@@ -232,7 +232,7 @@ def test_mid_session_no_evidence():
 def test_display_filter():
     assert display_filter([]) == ""
     assert display_filter([7]) == "frame.number == 7"
-    assert display_filter([40, 12, 13, 12]) == "frame.number in {12 13 40}"
+    assert display_filter([40, 12, 13, 12]) == "frame.number in {12, 13, 40}"
 
 
 def test_every_cause_has_a_remedy_citing_a_kb_where_it_is_a_fault():

@@ -144,3 +144,21 @@ def test_damaged_event_streams_never_raise(captures_dir):
             for c in result.clients:
                 assert CAUSES[c.cause] == c.verdict and 0 <= c.confidence <= 1, (name, trial)
             result.to_dict()
+
+
+@pytest.mark.parametrize("name", ["three_clients.pcap", "udp_not_delivered.pcap", "icmp_unreachable.pcap.gz",
+                                  "vlan_ipv6.pcap"])
+def test_display_filter_shows_exactly_the_evidence_frames_in_tshark(name, captures_dir, tshark):
+    """The filter an engineer pastes into Wireshark must parse there and select exactly the cited frames."""
+    import subprocess
+
+    path = captures_dir / name
+    if not path.is_file():
+        pytest.skip(f"{name} not generated")
+    result = _analyze(path)
+    assert result.clients
+    for v in result.clients:
+        out = subprocess.run([tshark, "-r", str(path), "-Y", v.filter, "-T", "fields", "-e", "frame.number"],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, f"{v.filter!r}: {out.stderr}"
+        assert [int(x) for x in out.stdout.split()] == sorted({e.frame for e in v.evidence}), v.filter

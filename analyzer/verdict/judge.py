@@ -64,7 +64,7 @@ def display_filter(frames) -> str:
         return ""
     if len(frames) == 1:
         return f"frame.number == {frames[0]}"
-    return "frame.number in {" + " ".join(str(f) for f in frames) + "}"
+    return "frame.number in {" + ", ".join(str(f) for f in frames) + "}"  # commas: Wireshark 4 rejects space-separated sets
 
 
 class _Evidence:
