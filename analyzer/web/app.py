@@ -24,6 +24,7 @@ from contextlib import asynccontextmanager
 
 from analyzer import __version__
 from analyzer.verdict.model import CAUSES, VERDICTS, CaptureResult
+from analyzer.verdict.remedies import MEANINGS
 from analyzer.web import auth
 from analyzer.web.db import DONE, FAILED, QUEUED, RUNNING, Capture, Database, User, default_db_url, iso, utcnow
 from analyzer.web.storage import CAPTURE_ID_RE, Store, UploadError, UploadTooLarge, receive_upload
@@ -44,23 +45,8 @@ DOCS_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.j
 
 
 # One line per cause, shown as a tooltip on the report page (the verdict stage's reason says what was seen).
-CAUSE_HELP = {
-    "push_working": "A UDP notification reached the client and it fetched the new mail at once.",
-    "registered_no_mail_seen": "Registration succeeded; no mail arrived during the capture, so delivery was not tested.",
-    "notification_seen_registration_not_captured": "Notifications work; the registration happened before the capture.",
-    "async_wait": "Outlook 2007+ uses EcDoAsyncWaitEx (long poll): UDP is not needed.",
-    "server_refused": "The server answered EcRRegisterPushNotification with an error (e.g. 0x80040102).",
-    "registration_fault": "The registration call ended in a DCE/RPC fault.",
-    "client_did_not_register": "The client never asked for push notification (PR_DISABLE_WINSOCK, VPN client).",
-    "udp_not_delivered": "The server sent notifications but the client never reacted: UDP is blocked on the way.",
-    "icmp_unreachable": "The client side answered the notification with ICMP unreachable.",
-    "udp_not_received": "Mail arrived for a registered client, but no notification reached it.",
-    "callback_unreachable_nat": "The callback address is not the address the server sees (NAT/VPN).",
-    "no_emsmdb_session": "No Outlook-to-Exchange (EMSMDB) session in this capture.",
-    "capture_too_short": "The capture is too short to see a polling pattern.",
-    "encrypted_no_evidence": "Packet privacy hides the calls and nothing in the behaviour decides.",
-    "mid_session_no_evidence": "The capture starts mid-session without the registration or notifications.",
-}
+# One line per cause, shared with the README and the reports (a single wording, kept in the verdict stage).
+CAUSE_HELP = MEANINGS
 
 
 class LoginRequired(Exception):
