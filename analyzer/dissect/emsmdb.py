@@ -112,8 +112,13 @@ class _Reader:
         return self.varying_bytes()
 
 
+# Control characters (C0, DEL) as \xNN. A DN is printable ASCII on the wire, but the bytes come from the capture:
+# an ESC sequence or a newline would otherwise reach the engineer's terminal (text report) and split CSV lines.
+_CONTROL_ESCAPES = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F]}
+
+
 def _cstr(b: bytes) -> str:
-    return b.split(b"\x00", 1)[0].decode("cp1252", errors="replace")
+    return b.split(b"\x00", 1)[0].decode("cp1252", errors="replace").translate(_CONTROL_ESCAPES)
 
 
 def sockaddr_text(b: bytes) -> tuple[str | None, str | None]:
