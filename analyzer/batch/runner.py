@@ -137,7 +137,10 @@ def run_dask(paths: list[str], client) -> Iterator[tuple[str, list[dict]]]:
     must be able to read the paths (a shared filesystem, or fsspec URLs)."""
     from distributed import as_completed
 
-    futures = client.map(score_one, paths, pure=False)
+    # Workers run in their own working directories (often on other hosts): send absolute paths, keep the
+    # user's spelling for the results.
+    on_workers = [p if is_url(p) else os.path.abspath(p) for p in paths]
+    futures = client.map(score_one, on_workers, paths, pure=False)
     by_key = {f.key: p for f, p in zip(futures, paths)}
     for fut in as_completed(futures):
         path = by_key[fut.key]

@@ -68,9 +68,19 @@ def error_row(path: str, sha256: str | None, message: str) -> dict:
     return row
 
 
-def score_one(path: str) -> list[dict]:
-    """Analyse one capture; its rows (``BATCH_COLUMNS``). Never raises."""
-    path = str(path)
+def score_one(path: str, display: str | None = None) -> list[dict]:
+    """Analyse one capture; its rows (``BATCH_COLUMNS``). Never raises.
+
+    ``display`` is the name the rows carry in ``file`` (the path as the user gave it) when ``path`` is another
+    spelling of it, e.g. the absolute path a Dask worker in another working directory needs."""
+    rows = _score(str(path))
+    if display is not None:
+        for row in rows:
+            row["file"] = display
+    return rows
+
+
+def _score(path: str) -> list[dict]:
     sha = None
     local = path
     try:
