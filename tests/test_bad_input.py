@@ -407,3 +407,26 @@ def test_mailbox_dn_with_control_bytes_cannot_reach_the_terminal(tmp_path, captu
             assert len(proc.stdout.strip().splitlines()) == 2  # header and the one client: no line split
         if fmt == "html":
             assert "<script>x</script>" not in proc.stdout and "&lt;script&gt;x" in proc.stdout
+
+
+def test_one_absurd_timestamp_does_not_blow_up_the_plots(tmp_path, captures_dir):
+    """One record's time set to 2106 and one to 1970 (a damaged header): the timeline keeps a bounded grid (a
+    fixed one-day step drew 50,000 lines: 100 s and 500 MB for a 40 KB capture)."""
+    from analyzer.report.plots import plot_intervals, plot_timeline
+
+    source = captures_dir / "push_working.pcap"
+    data = bytearray(source.read_bytes())
+    headers = []
+    with open_capture(source) as cap:
+        for batch in cap.batches():
+            headers.extend(int(o) - 16 for o in batch.offset)  # pcap record header: 16 bytes before the data
+    struct.pack_into("<I", data, headers[-1], 0xFFFFFFF0)
+    struct.pack_into("<I", data, headers[len(headers) // 2], 0)
+    result = analyze_capture(str(_write(tmp_path / "timewarp.pcap", bytes(data))))
+    assert result.error is None and result.clients
+    assert result.duration_s > 50 * 365 * 86400  # first frame (2026) to the last (2106)
+    with no_hang(10):
+        timeline = plot_timeline(result, result.clients[0])
+        plot_intervals(result, result.clients[0])
+    grid_lines = [line for line in timeline.axes[0].get_lines() if line.get_color() == "#cfcfcf"]
+    assert 0 < len(grid_lines) <= 70  # ~60 cells plus the 2 % margins on both sides

@@ -128,7 +128,11 @@ def plot_timeline(result: CaptureResult, client: str | ClientVerdict) -> Figure:
 
     # faint grid every 60 s from the origin: one-minute polling puts one orange tick in each cell
     ax.set_axisbelow(True)
-    step = next((s for s in GRID_STEPS_S if span / s <= 60), GRID_STEPS_S[-1])  # hours-long: coarser, whole minutes
+    step = next((s for s in GRID_STEPS_S if span / s <= 60), None)  # hours-long: coarser, whole minutes
+    if step is None:
+        # Days or more (in practice one damaged timestamp far from the rest): whole days, still at most ~60 lines.
+        # A fixed one-day step drew 50,000 lines for a 40 KB capture with one timestamp in 2106: 100 s, 500 MB.
+        step = GRID_STEPS_S[-1] * math.ceil(span / GRID_STEPS_S[-1] / 60)
     k = int((x_lo - pad) // step)
     while k * step <= x_hi + pad:
         ax.axvline(k * step, color="#cfcfcf", linewidth=0.7, zorder=0)
