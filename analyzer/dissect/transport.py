@@ -17,22 +17,26 @@ Two paths over each batch:
 
 Bulk flows therefore cost a few numpy operations per frame and no Python at all.
 
-Measured 2026-11-25, 2-core VM shared with ~8 engineers' jobs (load average 6-9: process CPU time, not wall time,
-is the meaningful figure), on ``benchmarks/data/big.pcap`` from ``benchmarks/make_big_capture.py`` (1,000,000
-frames, 919 MB, server side, 1,000 Outlook clients among bulk TCP and DNS):
+Measured 2026-11-25, 2-core VM shared with ~8 engineers' jobs (load average 1.4-3: process CPU time, not wall
+time, is the meaningful figure, and even that varies by +-30 % from run to run), on ``benchmarks/data/big.pcap`` from
+``benchmarks/make_big_capture.py`` (1,000,000 frames, 919 MB, server side, 1,000 Outlook clients among bulk TCP
+and DNS):
 
-* ingest reader alone: ~0.65 s;
-* + this module's pre-filter: ~0.4 s (0.4 us/frame; memory-bound gathers of header bytes);
+* ingest reader alone: 0.73-0.86 s (the Python record walk is 0.33-0.45 s of it);
+* this module's pre-filter: 0.25-0.45 s (about 0.3 us/frame; bound by cache misses on the header bytes, which
+  the record walk touched a whole batch earlier: the record gather and the payload's first bytes take ~0.18 s);
 * + per-frame path for the 32,097 frames (3.2 %) the pre-filter keeps, TCP reassembly included, null sink:
-  ~0.25 s;
-* whole ``dissect_capture`` with the EventCollector (25,977 events): 2.1-3.0 s CPU over six runs = 330,000 to
-  480,000 frames/s (2.5 s wall at load 2.3); peak anonymous memory 53 MB (RssAnon sampled every 20 ms; the
-  mmap'ed file pages are not anonymous). tshark on the same file: 38 s CPU (benchmarks/results.md).
+  ~0.3 s;
+* whole ``dissect_capture`` with the EventCollector (25,977 events): 1.75-2.3 s CPU (435,000-570,000 frames/s),
+  against 2.0-2.7 s before the pre-filter's per-row field takes, one-byte payload gathers, table lookups and the
+  unstable-sort flow grouping (same events; interleaved runs of both trees). Peak anonymous memory ~50 MB
+  (RssAnon sampled every 20 ms; the mmap'ed file pages are not anonymous). tshark on the same file: 37 s CPU
+  (benchmarks/results.md).
 
 On a heavier mix (1,000 clients each making 25 calls: 56,000 PDUs in 1M frames, 6.4 % of frames kept) the whole
-run took 3.6 s CPU (~280,000 frames/s), 72 MB. With every frame through the per-frame path (use_prefilter=False,
-null sink) reader + transport took 14.1 s CPU. The 1,000,000 frames/s target is not met here: reader +
-pre-filter take ~1 s and the application layer costs ~20-45 us per PDU.
+run took 3.6 s CPU (~280,000 frames/s), 72 MB (before the changes above). With every frame through the per-frame
+path (use_prefilter=False, null sink) reader + transport took 14.1 s CPU. The 1,000,000 frames/s target is not met:
+reader + pre-filter take ~1 s, and the application layer costs ~15-25 us per PDU.
 """
 
 from __future__ import annotations
