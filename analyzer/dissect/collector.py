@@ -47,8 +47,8 @@ from analyzer.dissect.dcerpc import (
     PTYPE_REQUEST,
     PTYPE_RESPONSE,
     find_plausible_header,
-    parse_header,
     plausible_header,
+    plausible_header_or_none,
 )
 from analyzer.dissect.emsmdb import decode_request_stub, decode_response_stub
 from analyzer.dissect.epm import parse_ept_map_response
@@ -220,13 +220,13 @@ class EventCollector:
                 d.resync = False
             if n - pos < HEADER_LEN:
                 break
-            if not plausible_header(work, pos):
+            hdr = plausible_header_or_none(work, pos)
+            if hdr is None:
                 self._direction_warning(conn, from_client, d, f"frame {frame}: {self._flow(conn, from_client)}: "
                                         f"no DCE/RPC header at stream offset {d.offset + pos}; resynchronising")
                 d.resync = True
                 pos += 1
                 continue
-            hdr = parse_header(work, pos)
             frag_len = hdr.frag_len
             if n - pos < frag_len:
                 break

@@ -104,6 +104,24 @@ def parse_header(buf, off: int = 0) -> Header:
     return Header(buf[off + 1], buf[off + 2], buf[off + 3], le, frag_len, auth_len, call_id)
 
 
+def plausible_header_or_none(buf, off: int = 0) -> Header | None:
+    """:func:`parse_header` when :func:`plausible_header` holds, else None: one call and one unpack for the
+    collector's per-PDU loop (the same checks, in the same order)."""
+    if len(buf) - off < HEADER_LEN or buf[off] != 5:
+        return None
+    ver_minor, ptype, flags, d0 = buf[off + 1], buf[off + 2], buf[off + 3], buf[off + 4]
+    if ver_minor > 1:
+        return None
+    min_frag = _MIN_FRAG.get(ptype)
+    if min_frag is None or d0 & 0xEE or buf[off + 5] > 3 or buf[off + 6] or buf[off + 7]:
+        return None
+    le = bool(d0 & 0x10)
+    frag_len, auth_len, call_id = (_LE_HDR if le else _BE_HDR).unpack_from(buf, off + 8)
+    if frag_len < min_frag or auth_len and auth_len + 8 + HEADER_LEN > frag_len:
+        return None
+    return Header(ver_minor, ptype, flags, le, frag_len, auth_len, call_id)
+
+
 def find_plausible_header(buf, start: int = 0) -> int:
     """Offset of the first plausible PDU header at or after ``start``, or -1. Used to resynchronise after a
     TCP gap or a damaged PDU."""
