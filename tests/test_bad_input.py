@@ -442,3 +442,42 @@ def test_one_absurd_timestamp_does_not_blow_up_the_plots(tmp_path, captures_dir)
         plot_intervals(result, result.clients[0])
     grid_lines = [line for line in timeline.axes[0].get_lines() if line.get_color() == "#cfcfcf"]
     assert 0 < len(grid_lines) <= 70  # ~60 cells plus the 2 % margins on both sides
+
+
+def _pcapng_blocks(data: bytes) -> list[tuple[int, int, int]]:
+    blocks, at = [], 0
+    while at < len(data):
+        kind, length = struct.unpack_from("<II", data, at)
+        blocks.append((at, kind, length))
+        at += length
+    return blocks
+
+
+def test_times_that_are_no_calendar_date(tmp_path, captures_dir, capsys):
+    """pcapng timestamps are 64-bit: a damaged one (or if_tsresol 0 = whole seconds) says year 586524, which
+    datetime cannot hold. Every report still renders, start/end that are no date are null in JSON, with a
+    warning."""
+    from analyzer.report.formats import render_csv, render_json, render_text
+    from analyzer.report.html import render_html
+    from analyzer.report.plots import plot_timeline
+
+    data = (captures_dir / "alter_context.pcapng").read_bytes()
+    blocks = _pcapng_blocks(data)
+    last_packet = [at for at, kind, _ in blocks if kind == 6][-1]
+    far = bytearray(data)
+    struct.pack_into("<I", far, last_packet + 12, 0xFFFFFFFF)  # high half of the timestamp
+    shb_end, (idb_at, _, idb_len) = blocks[0][2], blocks[1]
+    body = struct.pack("<HHI", 1, 0, 65535) + struct.pack("<HHB3x", 9, 1, 0) + struct.pack("<HH", 0, 0)
+    idb = struct.pack("<II", 1, 12 + len(body)) + body + struct.pack("<I", 12 + len(body))
+    seconds = data[:shb_end] + idb + data[idb_at + idb_len:]  # if_tsresol 0: the microsecond counts as seconds
+    for name, capture in (("far.pcapng", bytes(far)), ("tsresol0.pcapng", seconds)):
+        result = analyze_capture(str(_write(tmp_path / name, capture)))
+        assert result.error is None and result.frames == 75 and result.clients, name
+        assert any("outside years 1-9999" in w for w in result.warnings), (name, result.warnings)
+        doc = json.loads(render_json([result]))["captures"][0]
+        assert doc["end"] is None and doc["warnings"], name
+        assert "not a date" in render_text([result]) and render_csv([result]) and render_html([result])
+        with no_hang(10):
+            plot_timeline(result, result.clients[0])
+    status, out, err = run_in_process(capsys, "analyze", "--format", "html", tmp_path / "far.pcapng")
+    assert status == 0 and "outside years 1-9999" in err

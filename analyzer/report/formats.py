@@ -6,13 +6,12 @@ so the CLI, batch scoring and the web service agree byte for byte on the same re
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import re
 import textwrap
 from typing import Iterable
 
-from analyzer.verdict.model import CaptureResult, ClientVerdict
+from analyzer.verdict.model import CaptureResult, ClientVerdict, utc_datetime
 
 TEXT_WIDTH = 100
 MAILBOX_COLUMN = 30  # widest mailbox shown in the table (the full DN is in the detail block)
@@ -37,7 +36,8 @@ def render_csv(results: Iterable[CaptureResult]) -> str:
 def _utc(t: float | None) -> str:
     if t is None:
         return "?"
-    return _dt.datetime.fromtimestamp(t, tz=_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    when = utc_datetime(t)
+    return f"epoch {t:.0f} s (not a date)" if when is None else when.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _rel(t: float, start: float | None) -> str:
@@ -60,7 +60,10 @@ def capture_summary(r: CaptureResult) -> str:
     if r.error and r.format is None:
         return "not analysed"
     fmt = (r.format or "?") + (" (gzip)" if r.compressed else "")
-    span = f"{_utc(r.start)} .. {_utc(r.end)[11:]}, {r.duration_s:.1f} s" if r.start is not None else "no frames"
+    end = _utc(r.end)
+    same_day = utc_datetime(r.end) is not None and end[:10] == _utc(r.start)[:10]
+    span = f"{_utc(r.start)} .. {end[11:] if same_day else end}, {r.duration_s:.1f} s" if r.start is not None \
+        else "no frames"
     vantage = f"vantage {r.vantage}" + (f" ({r.vantage_reason})" if r.vantage_reason else "")
     return f"{fmt}, {r.frames} frames, {span}, {vantage}"
 

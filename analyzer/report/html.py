@@ -5,7 +5,6 @@ style-src 'unsafe-inline'``, as the web service does)."""
 from __future__ import annotations
 
 import base64
-import datetime as _dt
 import re
 from typing import Iterable
 
@@ -14,7 +13,7 @@ import jinja2
 from analyzer import __version__
 from analyzer.report.formats import capture_summary
 from analyzer.report.plots import VERDICT_COLOURS, figure_bytes, plot_intervals, plot_timeline
-from analyzer.verdict.model import VERDICTS, CaptureResult
+from analyzer.verdict.model import VERDICTS, CaptureResult, utc_datetime
 
 # Each plot costs ~0.2 s and ~60 kB of base64: beyond this many clients per report the page would take minutes
 # and tens of MB, so later clients are listed without plots (`--plots DIR` still writes every one).
@@ -155,7 +154,8 @@ _COMPILED = _ENV.from_string(_TEMPLATE)
 def _utc(t: float | None) -> str:
     if t is None:
         return ""
-    return _dt.datetime.fromtimestamp(t, tz=_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f UTC")
+    when = utc_datetime(t)
+    return f"epoch {t:.6f} s (not a date)" if when is None else when.strftime("%Y-%m-%d %H:%M:%S.%f UTC")
 
 
 def _rel(t: float, start: float | None) -> str:

@@ -22,7 +22,14 @@ from analyzer.correlate.model import (
     Registration,
     RpcCall,
 )
-from analyzer.verdict.model import CAUSES, CaptureResult, ClientVerdict, EvidenceItem, TimelineMark
+from analyzer.verdict.model import (
+    CAUSES,
+    CaptureResult,
+    ClientVerdict,
+    EvidenceItem,
+    TimelineMark,
+    utc_datetime,
+)
 from analyzer.verdict.remedies import remedy_for
 
 # Outlook registers right after logon (EcDoConnect(Ex) -> opnum 4 within a few seconds). When the capture holds
@@ -394,6 +401,9 @@ def judge_clients(correlation: CorrelationResult) -> list[ClientVerdict]:
 
 def build_capture_result(info, correlation: CorrelationResult, verdicts: list[ClientVerdict]) -> CaptureResult:
     warnings = list(getattr(info, "warnings", []) or []) + list(correlation.warnings)
+    if any(t is not None and utc_datetime(t) is None for t in (info.start, info.end)):
+        warnings.append("frame times outside years 1-9999 (damaged timestamps or timestamp resolution): "
+                        "start/end are not shown as dates; intervals between frames may still be right")
     return CaptureResult(
         file=str(info.path),
         format=info.format,

@@ -200,10 +200,20 @@ def _round(x: float | None, nd: int = 3) -> float | None:
     return None if x is None else round(float(x), nd)
 
 
-def _iso(t: float | None) -> str | None:
+def utc_datetime(t: float | None) -> _dt.datetime | None:
+    """Epoch seconds as an aware UTC datetime; None when there is no time or it is no calendar date (before year 1
+    or after 9999: a damaged pcapng timestamp or if_tsresol easily says year 586524, and datetime raises)."""
     if t is None:
         return None
-    return _dt.datetime.fromtimestamp(t, tz=_dt.timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    try:
+        return _dt.datetime.fromtimestamp(t, tz=_dt.timezone.utc)
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
+def _iso(t: float | None) -> str | None:
+    when = utc_datetime(t)
+    return None if when is None else when.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def _from_iso(s: str | None) -> float | None:
