@@ -439,7 +439,10 @@ def _safe_next(target: str) -> str:
 def _clock(epoch: float | None) -> str:
     if epoch is None:
         return "—"
-    t = dt.datetime.fromtimestamp(float(epoch), tz=dt.timezone.utc)
+    try:
+        t = dt.datetime.fromtimestamp(float(epoch), tz=dt.timezone.utc)
+    except (OverflowError, OSError, ValueError):  # a damaged capture timestamp that is no calendar date
+        return f"{float(epoch):.3f} (not a date)"
     return t.strftime("%Y-%m-%d %H:%M:%S.") + f"{t.microsecond // 1000:03d}"
 
 
