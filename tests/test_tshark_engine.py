@@ -255,13 +255,19 @@ def test_ctrl_c_stops_tshark(tmp_path, tshark):
     frame = bytes(eth() / IP(src="10.0.0.10", dst="10.0.0.5") / UDP(sport=60000, dport=1234) / bytes(4))
     record = struct.pack("<IIII", 1_700_000_000, 0, len(frame), len(frame)) + frame
     path.write_bytes(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1) + record * 5000)
-    timer = threading.Timer(1.5, _thread.interrupt_main)
-    timer.start()
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            dissect_with_tshark(path)
-    finally:
-        timer.cancel()
+    # Interrupt at the first progress report (after 1,000 of 5,000 frames, so tshark is surely still running):
+    # a fixed timer raced a fast machine, where tshark had finished before it fired.
+    fired = threading.Event()
+
+    def interrupt_once(done, total):
+        if not fired.is_set() and done < total:
+            fired.set()
+            _thread.interrupt_main()
+
+    with pytest.raises(KeyboardInterrupt):
+        dissect_with_tshark(path, progress=interrupt_once)
+        time.sleep(5)  # only reached if the interrupt came after the call returned: then it lands here
+    assert fired.is_set()
     deadline = time.monotonic() + 10
     while tshark_children() and time.monotonic() < deadline:
         time.sleep(0.1)
