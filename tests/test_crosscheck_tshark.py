@@ -28,33 +28,17 @@ only when the native row's request_frame is a request that tshark reports with t
 The manifest's ``events`` lists (computed by the capture generator) are compared with tshark's rows the same way.
 """
 
-import importlib
 import json
 import shutil
 import subprocess
-import sys
-import types
 from pathlib import Path
 
 import pytest
 
-try:
-    import analyzer.dissect  # noqa: F401
-except ModuleNotFoundError as exc:  # the native engine.py has not landed yet: load the package without it
-    if exc.name != "analyzer.dissect.engine":
-        raise
-    pkg = types.ModuleType("analyzer.dissect")
-    pkg.__path__ = [str(Path(__file__).resolve().parent.parent / "analyzer" / "dissect")]
-    sys.modules["analyzer.dissect"] = pkg
-    importlib.import_module("analyzer.dissect.model")
+from conftest import CAPTURES, PUBLIC
 
 from analyzer.dissect.model import PTYPE_KIND  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-PUBLIC = ROOT.parent / "shared" / "captures" / "public"
-if not PUBLIC.is_dir():
-    PUBLIC = Path("/work/shared/captures/public")
-CAPTURES = ROOT / "captures"
 MANIFEST = CAPTURES / "manifest.json"
 COMPARED_KINDS = ("bind", "alter_context", "request", "response")
 CALL_PTYPES = (0, 2, 3)  # request, response, fault: the PDUs that carry dcerpc.opnum
@@ -119,7 +103,7 @@ def compared(rows):
 
 @pytest.mark.parametrize("path", _params(capture_paths()))
 def test_native_pdus_equal_tshark(path):
-    engine = pytest.importorskip("analyzer.dissect.engine", reason="the native engine is not there yet")
+    from analyzer.dissect import engine
     theirs = compared(tshark_rows(path))
     events, _info = engine.dissect_capture(str(path))
     ours = [e for e in events if e.kind in COMPARED_KINDS]
@@ -159,7 +143,7 @@ def test_manifest_events_equal_tshark(entry):
 
 @pytest.mark.parametrize("entry", MANIFEST_PARAMS)
 def test_manifest_events_equal_native(entry):
-    engine = pytest.importorskip("analyzer.dissect.engine", reason="the native engine is not there yet")
+    from analyzer.dissect import engine
     path = CAPTURES / entry["file"]
     expected = sorted(((int(f), k, None if op is None else int(op)) for f, k, op in entry["events"]), key=repr)
     events, _info = engine.dissect_capture(str(path))

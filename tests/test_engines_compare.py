@@ -19,25 +19,14 @@ engine does (the IPv6 session); (2) tshark registers TCP 6000-6063 to X11, which
 named pipes (ncacn_np) and connectionless DCE/RPC.
 """
 
-import importlib
 import ipaddress
 import json
 import struct
-import sys
-import types
 from pathlib import Path
 
 import pytest
 
-try:
-    import analyzer.dissect  # noqa: F401
-except ModuleNotFoundError as exc:  # the native engine.py has not landed yet: load the package without it
-    if exc.name != "analyzer.dissect.engine":
-        raise
-    pkg = types.ModuleType("analyzer.dissect")
-    pkg.__path__ = [str(Path(__file__).resolve().parent.parent / "analyzer" / "dissect")]
-    sys.modules["analyzer.dissect"] = pkg
-    importlib.import_module("analyzer.dissect.model")
+from conftest import CAPTURES, PUBLIC
 
 from analyzer.dissect.model import EVENT_COLUMNS  # noqa: E402
 from analyzer.dissect.tshark_engine import dissect_with_tshark  # noqa: E402
@@ -45,11 +34,6 @@ from analyzer.dissect.tshark_engine import dissect_with_tshark  # noqa: E402
 import test_dcerpc as T  # noqa: E402
 from test_tshark_engine import write_session  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-PUBLIC = ROOT.parent / "shared" / "captures" / "public"
-if not PUBLIC.is_dir():
-    PUBLIC = Path("/work/shared/captures/public")
-CAPTURES = ROOT / "captures"
 COMPARED_COLUMNS = [c for c in EVENT_COLUMNS if c not in ("note", "time")]
 
 
@@ -99,7 +83,7 @@ def rows(events):
 
 
 def assert_same_events(path: Path):
-    engine = pytest.importorskip("analyzer.dissect.engine", reason="the native engine is not there yet")
+    from analyzer.dissect import engine
     native, native_info = engine.dissect_capture(str(path))
     second, tshark_info = dissect_with_tshark(path)
     assert tshark_info.frames == native_info.frames

@@ -12,23 +12,11 @@ without tshark.
 """
 
 import asyncio
-import importlib
 import os
 import sys
-import types
 from pathlib import Path
 
 import pytest
-
-try:
-    import analyzer.dissect  # noqa: F401
-except ModuleNotFoundError as exc:  # the native engine.py has not landed yet: load the package without it
-    if exc.name != "analyzer.dissect.engine":
-        raise
-    pkg = types.ModuleType("analyzer.dissect")
-    pkg.__path__ = [str(Path(__file__).resolve().parent.parent / "analyzer" / "dissect")]
-    sys.modules["analyzer.dissect"] = pkg
-    importlib.import_module("analyzer.dissect.model")
 
 from analyzer.dissect.tshark_engine import TSHARK_NOT_FOUND, TsharkNotFound, dissect_with_tshark  # noqa: E402
 from analyzer.ingest import CaptureError  # noqa: E402
