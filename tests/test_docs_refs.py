@@ -6,11 +6,14 @@
   (``protocol.md §1.4-1.6, §2 and the IDL``) is read to its end.
 * Nothing in analyzer/, docs/ or README.md points at ``../shared`` (the maintainers' reference folder, which users
   of the project do not have).
-* Relative links between the pages of docs/ and from docs/ into the repository lead to files that exist.
+* Relative links in docs/ lead to files that exist inside docs/ (MkDocs builds only that folder).
+* The layer table of docs/architecture.md is what the code does: no package under analyzer/ imports a package of
+  the same or a later rank (imports inside functions included), and every package is in the table.
 """
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -19,6 +22,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 PROTOCOL = DOCS / "protocol.md"
+ARCHITECTURE = DOCS / "architecture.md"
 
 CITING = ("analyzer", "README.md", "captures", "benchmarks", "docs")
 NO_SHARED = ("analyzer", "docs", "README.md")
@@ -123,13 +127,90 @@ def test_nothing_points_at_the_shared_folder(area):
     assert not offenders, "references to the maintainers' shared folder:\n" + "\n".join(offenders)
 
 
-def test_relative_links_in_docs_lead_to_files():
+def test_relative_links_in_docs_lead_to_files_inside_docs():
     broken = []
     for page in sorted(DOCS.glob("*.md")):
         for target in MARKDOWN_LINK.findall(page.read_text(encoding="utf-8")):
             if re.match(r"^[a-z]+:", target) or target.startswith("#"):
                 continue  # web links and anchors within the page
             path = target.split("#", 1)[0]
-            if path and not (page.parent / path).exists():
-                broken.append(f"{page.name}: {target}")
-    assert not broken, "links to missing files:\n" + "\n".join(broken)
+            resolved = (page.parent / path).resolve()
+            if not resolved.exists():
+                broken.append(f"{page.name}: {target} (no such file)")
+            elif DOCS.resolve() not in resolved.parents and resolved != DOCS.resolve():
+                broken.append(f"{page.name}: {target} (outside docs/: MkDocs cannot follow it)")
+    assert not broken, "bad links:\n" + "\n".join(broken)
+
+
+# ------------------------------------------------------------------------------------------------- layering
+
+LAYER_ROW = re.compile(r"^\|\s*(\d+)\s*\|\s*`analyzer\.(\w+)`\s*\|", re.MULTILINE)
+
+
+def layer_ranks() -> dict[str, int]:
+    """package (or top-level module) name -> rank, from the table in docs/architecture.md."""
+    return {name: int(rank) for rank, name in LAYER_ROW.findall(ARCHITECTURE.read_text(encoding="utf-8"))}
+
+
+def _analyzer_imports(path: Path) -> set[str]:
+    """Names of the analyzer packages/modules that a module imports (absolute and relative, anywhere in it)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: resolve against the module's own package
+                here = list(path.relative_to(ROOT).with_suffix("").parts[:-1])
+                base = here[: len(here) - (node.level - 1)]
+                names = [".".join(base + ([node.module] if node.module else [a.name for a in node.names][:1]))]
+            else:
+                names = [node.module or ""]
+                if node.module == "analyzer":  # "from analyzer import x": x may be a sub-package
+                    names = [f"analyzer.{a.name}" for a in node.names]
+        else:
+            continue
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "analyzer" and len(parts) > 1:
+                out.add(parts[1])
+    return out
+
+
+def _units() -> dict[str, list[Path]]:
+    """analyzer's packages and top-level modules -> their .py files (__init__ and __main__ of analyzer aside)."""
+    base = ROOT / "analyzer"
+    units: dict[str, list[Path]] = {}
+    for p in sorted(base.iterdir()):
+        if p.is_dir() and (p / "__init__.py").is_file():
+            units[p.name] = sorted(p.rglob("*.py"))
+        elif p.suffix == ".py" and p.stem not in ("__init__", "__main__"):
+            units[p.stem] = [p]
+    return units
+
+
+def test_layer_table_is_read():
+    ranks = layer_ranks()
+    assert ranks["ingest"] < ranks["dissect"] < ranks["correlate"] < ranks["verdict"] < ranks["report"]
+    assert ranks["report"] < ranks["pipeline"] < ranks["cli"]
+
+
+def test_every_analyzer_package_is_in_the_layer_table():
+    ranks = layer_ranks()
+    missing = sorted(set(_units()) - set(ranks))
+    assert not missing, f"add a row for {missing} to the layer table in docs/architecture.md"
+
+
+def test_no_stage_imports_a_later_one():
+    ranks = layer_ranks()
+    wrong = []
+    for unit, files in _units().items():
+        if unit not in ranks:
+            continue  # reported by test_every_analyzer_package_is_in_the_layer_table
+        for path in files:
+            for target in sorted(_analyzer_imports(path) - {unit}):
+                if target == "__init__" or target not in ranks and target not in _units():
+                    continue  # "from analyzer import __version__"
+                if ranks.get(target, 10**6) >= ranks[unit]:
+                    wrong.append(f"{path.relative_to(ROOT)} ({unit}, rank {ranks[unit]}) imports analyzer.{target}"
+                                 f" (rank {ranks.get(target, 'not in the table')})")
+    assert not wrong, "imports against the layer order of docs/architecture.md:\n" + "\n".join(wrong)
