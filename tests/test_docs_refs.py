@@ -1,8 +1,8 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """The documentation in docs/ stays reachable from the code that cites it.
 
-* Every ``protocol.md §X.Y`` citation in analyzer/, README.md, captures/, benchmarks/ and docs/ names a section
-  that docs/protocol.md has a heading for. Ranges (``§1.4-1.10``) need every section in between, and a list
+* Every ``protocol.md §X.Y`` citation in analyzer/, README.md, captures/, benchmarks/, docs/, notebooks/ and
+  tests/ names a section that docs/protocol.md has a heading for. Ranges (``§1.4-1.10``) need every section in between, and a list
   (``protocol.md §1.4-1.6, §2 and the IDL``) is read to its end.
 * Nothing in analyzer/, docs/ or README.md points at ``../shared`` (the maintainers' reference folder, which users
   of the project do not have).
@@ -24,7 +24,7 @@ DOCS = ROOT / "docs"
 PROTOCOL = DOCS / "protocol.md"
 ARCHITECTURE = DOCS / "architecture.md"
 
-CITING = ("analyzer", "README.md", "captures", "benchmarks", "docs")
+CITING = ("analyzer", "README.md", "captures", "benchmarks", "docs", "notebooks", "tests")
 NO_SHARED = ("analyzer", "docs", "README.md")
 TEXT_SUFFIXES = {".py", ".md", ".txt", ".html", ".js", ".css", ".ipynb", ".cfg", ".toml", ".json", ".yml", ".yaml"}
 
@@ -65,6 +65,8 @@ def citations() -> list[tuple[str, int, str]]:
     """(file relative to the repository, line, section) for every protocol.md section citation."""
     found = []
     for path in _text_files(CITING):
+        if path == Path(__file__).resolve():
+            continue  # this file's own examples
         text = path.read_text(encoding="utf-8", errors="replace")
         for m in CITATION.finditer(text):
             line = text.count("\n", 0, m.start()) + 1
