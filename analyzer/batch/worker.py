@@ -40,8 +40,10 @@ def _fetch(url: str) -> tuple[str, str]:
     """
     import fsspec
 
+    from analyzer.ingest.limits import current
+
     h = hashlib.sha256()
-    fd, local = tempfile.mkstemp(prefix="mailpush-batch-")
+    fd, local = tempfile.mkstemp(prefix="mailpush-batch-", dir=current().temp_dir())  # --tmp-dir / TMPDIR
     try:
         with fsspec.open(url, "rb") as src, os.fdopen(fd, "wb") as dst:
             while chunk := src.read(HASH_CHUNK):

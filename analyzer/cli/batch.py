@@ -6,6 +6,7 @@ import os
 import sys
 
 from analyzer.cli import EXIT_NO_CAPTURE, EXIT_OK, EXIT_USAGE
+from analyzer.cli.limits import add_limit_args, apply_limit_args, limit_problem
 
 
 def register(sub) -> None:
@@ -26,6 +27,7 @@ def register(sub) -> None:
     p.add_argument("--resume", action="store_true", help="skip captures whose sha256 is already in RESULTS")
     p.add_argument("--format", choices=("csv", "parquet", "jsonl"), default=None,
                    help="results format (default: from the RESULTS suffix, else csv)")
+    add_limit_args(p)
     p.set_defaults(func=run)
 
 
@@ -38,6 +40,10 @@ def run(args) -> int:
     if args.jobs is not None and args.scheduler:
         print("mailpush batch: --jobs and --scheduler exclude each other", file=sys.stderr)
         return EXIT_USAGE
+    if problem := limit_problem(args):
+        print(f"mailpush batch: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    apply_limit_args(args)
     report = BatchReport()
     try:
         table = score(args.paths, jobs=args.jobs, scheduler=args.scheduler, output=args.output, fmt=args.format,
