@@ -4,6 +4,8 @@
   ``write()`` on an ``O_APPEND`` descriptor, so a killed batch leaves whole captures (a torn last line, if any,
   is dropped when the file is read back). At the end the file is rewritten sorted by (file, client), through a
   temporary file and an atomic rename.
+* CSV text cells that a spreadsheet would run as a formula get a leading ``'`` (analyzer.report.safe_text);
+  ``--resume`` strips it again when reading RESULTS back.
 * **parquet** cannot be appended to, so finished rows go to a journal beside it, ``RESULTS.partial.jsonl``; the
   parquet file is written (sorted) at the end and the journal removed. ``--resume`` reads both.
 
@@ -21,8 +23,10 @@ import os
 from pathlib import Path
 
 import pandas as pd
+from pandas.api.types import is_numeric_dtype
 
 from analyzer.batch.worker import BATCH_COLUMNS
+from analyzer.report.safe_text import neutralise_cell, restore_cell
 
 FORMATS = ("csv", "parquet", "jsonl")
 
@@ -117,6 +121,9 @@ class ResultsStore:
         if not text.strip():
             return rows_frame([])
         df = pd.read_csv(io.StringIO(text), dtype={"sha256": str, "file": str, "client": str})
+        for col in df.columns:
+            if not is_numeric_dtype(df[col]):
+                df[col] = df[col].map(restore_cell)  # our own formula neutralisation, undone
         return df
 
     def done_hashes(self) -> set[str]:
@@ -200,7 +207,7 @@ class ResultsStore:
         if header:
             writer.writerow(BATCH_COLUMNS)
         for row in rows:
-            writer.writerow(["" if _clean(row.get(c)) is None else row.get(c) for c in BATCH_COLUMNS])
+            writer.writerow(["" if _clean(row.get(c)) is None else neutralise_cell(row.get(c)) for c in BATCH_COLUMNS])
         return buf.getvalue()
 
     @staticmethod

@@ -130,6 +130,7 @@ def _plot_prefixes(results) -> list[str]:
 
 def run(args) -> int:
     from analyzer.report.formats import capture_problems, render_csv, render_json, render_text
+    from analyzer.report.safe_text import escape_controls
 
     if problem := limit_problem(args):
         print(f"{PROG}: {problem}", file=sys.stderr)
@@ -148,7 +149,7 @@ def run(args) -> int:
         result = _analyze_one(path, args.engine, args.vantage)
         results.append(result)
         for line in capture_problems(result):
-            print(f"{PROG}: {result.file}: {line}", file=sys.stderr)
+            print(f"{PROG}: {escape_controls(result.file)}: {line}", file=sys.stderr)
 
     if args.format == "json":
         text = render_json(results)

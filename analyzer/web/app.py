@@ -286,8 +286,9 @@ def create_app(
             text = render_csv([result])
         except ImportError:
             from analyzer.pipeline import results_dataframe
+            from analyzer.report.safe_text import neutralise_frame
 
-            text = results_dataframe([result]).to_csv(index=False)
+            text = neutralise_frame(results_dataframe([result])).to_csv(index=False)
         return Response(text, media_type="text/csv; charset=utf-8",
                         headers={"Content-Disposition": f'attachment; filename="mailpush-{row.id}.csv"'})
 
