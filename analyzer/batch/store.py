@@ -20,6 +20,7 @@ import io
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -61,6 +62,24 @@ def rows_frame(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=BATCH_COLUMNS)
 
 
+def _drop_torn_capture(df: pd.DataFrame, torn_file: str | None) -> pd.DataFrame:
+    """Rows of one capture are appended in one write, last in the file. When the last row was torn, the
+    complete rows just before it that belong to the same capture (its file cell, or what was left of it) are
+    dropped too: that capture is incomplete."""
+    if torn_file is None or df.empty:
+        return df
+    files = df["file"].astype(str).tolist()
+    last = files[-1]
+    if not (last == torn_file or (torn_file and last.startswith(torn_file)) or torn_file == ""):
+        return df
+    if torn_file == "":
+        return df  # nothing of the torn row was readable: only the torn line goes
+    end = len(files)
+    while end and files[end - 1] == last:
+        end -= 1
+    return df.iloc[:end].reset_index(drop=True)
+
+
 class ResultsStore:
     def __init__(self, path: str, fmt: str | None = None):
         self.path = str(path)
@@ -100,15 +119,19 @@ class ResultsStore:
         if not os.path.exists(path):
             return rows_frame([])
         rows = []
-        with open(path, encoding="utf-8") as fh:
+        torn_file = None
+        with open(path, encoding="utf-8", errors="surrogateescape") as fh:
             for line in fh:
                 try:
                     row = json.loads(line)
                 except ValueError:
-                    continue  # torn last line of an interrupted batch
+                    # torn last line of an interrupted batch: the capture it belonged to is scored again
+                    m = re.match(r'\{"file": "((?:[^"\\]|\\.)*)', line)
+                    torn_file = m.group(1) if m else ""
+                    continue
                 if isinstance(row, dict):
                     rows.append(row)
-        return rows_frame(rows)
+        return _drop_torn_capture(rows_frame(rows), torn_file)
 
     @staticmethod
     def _read_csv(path: str) -> pd.DataFrame:
@@ -116,15 +139,28 @@ class ResultsStore:
             return rows_frame([])
         with open(path, encoding="utf-8", newline="") as fh:
             text = fh.read()
+        torn_file = None
         if not text.endswith("\n"):
-            text = text[: text.rfind("\n") + 1]  # drop a torn last line
+            # A torn last row (a killed batch, a cut copy). Its newline may sit inside a quoted cell, so step back
+            # until the quotes before the cut balance. All rows of the capture it belonged to are dropped, so
+            # --resume scores that capture again instead of keeping it with rows missing.
+            cut = text.rfind("\n") + 1
+            while cut and text.count('"', 0, cut) % 2:
+                cut = text.rfind("\n", 0, cut - 1) + 1
+            torn = text[cut:]
+            text = text[:cut]
+            try:
+                fields = next(csv.reader([torn]))
+            except (csv.Error, StopIteration):
+                fields = []
+            torn_file = restore_cell(fields[0]) if fields else ""
         if not text.strip():
             return rows_frame([])
         df = pd.read_csv(io.StringIO(text), dtype={"sha256": str, "file": str, "client": str})
         for col in df.columns:
             if not is_numeric_dtype(df[col]):
                 df[col] = df[col].map(restore_cell)  # our own formula neutralisation, undone
-        return df
+        return _drop_torn_capture(df, torn_file)
 
     def done_hashes(self) -> set[str]:
         df = self.load()

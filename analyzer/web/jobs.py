@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import logging
 import os
@@ -24,21 +23,13 @@ from pathlib import Path
 
 log = logging.getLogger("mailpush.web.jobs")
 
-PR_SET_PDEATHSIG = 1
+from analyzer.lifetime import set_parent_death_signal  # noqa: F401  (used by forkserver_guard too)
+
 SERVER_PID_ENV = "MAILPUSH_SERVER_PID"
 
 
 class DataDirInUse(RuntimeError):
     pass
-
-
-def set_parent_death_signal(sig: int = signal.SIGKILL) -> bool:
-    """Linux: deliver ``sig`` to this process when its parent dies. False where unavailable."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
 
 
 def enter_job_process(expected_parent: int | None = None) -> None:
