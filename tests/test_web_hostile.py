@@ -489,3 +489,37 @@ def test_captures_page_paginates(tmp_path, public_dir):
             assert len(set(seen)) == total - 1  # every capture is on exactly one page (the upload has another name)
             assert 'rel="next"' in browser.get("/?page=1").text and 'rel="next"' not in browser.get("/?page=3").text
             assert "page 3 of 3" in browser.get("/?page=99").text
+
+
+# --- 1, 2: decompression bombs uploaded to the server ---------------------------------------------------------
+
+
+def test_gzip_bombs_uploaded_to_the_server_fail_fast_naming_the_limit(tmp_path):
+    from test_hostile_input import netmon_bomb, pcap_bomb
+
+    data = tmp_path / "data"
+    token = token_for(data, "alice")
+    pcap = tmp_path / "zeros.pcap.gz"
+    pcap_bomb(pcap, 300)  # 300 MB of zeros in ~300 KB
+    netmon = tmp_path / "zeros.cap.gz"
+    netmon_bomb(netmon, 300)
+    # default ratio limit (200:1) with a small grace; a size limit of 0.1 GB for the ratio-free run
+    srv = ServerProcess(data, "--workers", "2").wait_ready()
+    try:
+        with httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as c:
+            t0 = time.monotonic()
+            docs = [wait_finished(c, upload(c, p).json()["id"], timeout=60) for p in (pcap, netmon)]
+            assert time.monotonic() - t0 < 60
+        for doc in docs:
+            assert doc["status"] == "failed"
+            assert "compression ratio above the limit of 200:1" in doc["error"], doc["error"]
+        assert not list((data / "tmp").iterdir())  # the NetMon spool lived there and is gone
+    finally:
+        srv.stop()
+    srv = ServerProcess(data, "--workers", "1", "--max-capture-gb", "0.1", "--max-compression-ratio", "0").wait_ready()
+    try:
+        with httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as c:
+            doc = wait_finished(c, upload(c, netmon).json()["id"], timeout=60)
+        assert doc["status"] == "failed" and "more than the limit of 102.4 MB" in doc["error"], doc["error"]
+    finally:
+        srv.stop()
