@@ -61,10 +61,12 @@ def pcap_bomb(path: Path, megabytes: int) -> None:
     gzip_stream_to(path, chunks())
 
 
-def netmon_bomb(path: Path, megabytes: int) -> None:
-    """A NetMon 2.1 header whose frame table claims to sit at the very end, then megabytes of zeros."""
+def netmon_bomb(path: Path, megabytes: int, table_bytes: int = 4) -> None:
+    """A NetMon 2.1 header whose frame table claims to sit at the very end, then megabytes of zeros.
+    ``table_bytes=0``: no usable frame table, so the reader must spool (random access) instead of streaming."""
     header = bytearray(128)
-    struct.pack_into("<4sBBH8HII", header, 0, b"GMBU", 1, 2, 1, 2024, 1, 1, 1, 0, 0, 0, 0, 128 + (megabytes << 20), 4)
+    struct.pack_into("<4sBBH8HII", header, 0, b"GMBU", 1, 2, 1, 2024, 1, 1, 1, 0, 0, 0, 0, 128 + (megabytes << 20),
+                     table_bytes)
 
     def chunks():
         yield bytes(header)
@@ -115,9 +117,19 @@ def test_ordinary_gzip_capture_passes_the_default_limits(captures_dir):
     assert plain.error is None and plain.clients
 
 
-def test_netmon_gzip_bomb_spool_is_bounded_and_under_the_tmp_dir(tmp_path):
+def test_netmon_gzip_bomb_is_refused_while_streaming(tmp_path):
     bomb = tmp_path / "zeros.cap.gz"
     netmon_bomb(bomb, 32)
+    spool_dir = tmp_path / "operator-tmp"
+    configure(max_bytes=8 << 20, max_ratio=0, tmp_dir=str(spool_dir))
+    result = analyze_capture(str(bomb))
+    assert result.error and "more than the limit of 8 MB" in result.error
+    assert not spool_dir.exists() or not list(spool_dir.iterdir())
+
+
+def test_netmon_gzip_bomb_spool_is_bounded_and_under_the_tmp_dir(tmp_path):
+    bomb = tmp_path / "zeros.cap.gz"
+    netmon_bomb(bomb, 32, table_bytes=0)  # no frame table: random access, so a spool
     spool_dir = tmp_path / "operator-tmp"
     configure(max_bytes=8 << 20, max_ratio=0, tmp_dir=str(spool_dir))
     result = analyze_capture(str(bomb))
@@ -136,6 +148,30 @@ def test_netmon_spool_counts_against_the_free_space_of_the_tmp_dir(tmp_path, mon
     monkeypatch.setattr(limits_module, "DEFAULT_MIN_FREE", free * 4)  # as if the disk had no room left
     result = analyze_capture(str(bomb))
     assert result.error and f"temporary directory {spool_dir}" in result.error
+
+
+@pytest.mark.parametrize("name", ["netmon2_push_working.cap", "public:netmon20-wiki-Mixed1.cap",
+                                  "public:netmon23-authsod-ex2-1.cap"])
+def test_gzip_netmon_is_streamed_without_a_copy_and_reads_as_the_plain_file(tmp_path, captures_dir, name):
+    from conftest import PUBLIC
+
+    src = PUBLIC / name.split(":", 1)[1] if name.startswith("public:") else captures_dir / name
+    if not src.is_file():
+        pytest.skip(f"{src} not present")
+    packed = tmp_path / "netmon.cap.gz"
+    data = src.read_bytes()
+    packed.write_bytes(gzip.compress(data[:1000]) + gzip.compress(data[1000:]))  # two members, for good measure
+
+    def frames_of(path):
+        with open_capture(path) as cap:
+            out = [(f.number, f.time, f.linktype, bytes(f.data)) for f in cap.frames()]
+            return out, list(cap.info.warnings), cap._spool
+
+    plain, plain_warnings, _ = frames_of(src)
+    streamed, warnings, spool = frames_of(packed)
+    assert spool is None  # no decompressed copy anywhere
+    assert streamed == plain and warnings == plain_warnings
+    assert len(plain) > 0
 
 
 def test_real_netmon_gzip_reads_the_same_with_the_spool_in_tmp_dir(tmp_path, captures_dir):
@@ -264,3 +300,45 @@ def test_cut_member_still_delivers_what_was_decoded(tmp_path, captures_dir):
             while chunk := gz.read(4096):
                 got += chunk
     assert data.startswith(got) and len(got) > len(data) // 2
+
+
+def synthetic_netmon(n_frames: int, minor: int, seed: int = 1) -> bytes:
+    """A NetMon 2.x file with frames of random sizes (so records straddle the reader's 1 MiB windows) and its
+    frame table at the end, as NetMon writes it."""
+    rng = random.Random(seed)
+    header = bytearray(128)
+    records, offsets, pos = [], [], 128
+    for i in range(n_frames):
+        size = rng.choice([60, 1514, rng.randrange(14, 9000)])
+        data = rng.randbytes(size)
+        rec = struct.pack("<QII", i * 1000, size, size) + data + (struct.pack("<H", 1) if minor >= 1 else b"")
+        offsets.append(pos)
+        records.append(rec)
+        pos += len(rec)
+    table = struct.pack(f"<{n_frames}I", *offsets)
+    struct.pack_into("<4sBBH8HII", header, 0, b"GMBU", minor, 2, 1, 2024, 1, 1, 1, 0, 0, 0, 0, pos, len(table))
+    return bytes(header) + b"".join(records) + table
+
+
+@pytest.mark.parametrize("minor", [0, 1])
+def test_streamed_gzip_netmon_across_many_windows_equals_the_plain_file(tmp_path, minor):
+    data = synthetic_netmon(4000, minor)
+    assert len(data) > 6 << 20
+    plain, packed = tmp_path / "big.cap", tmp_path / "big.cap.gz"
+    plain.write_bytes(data)
+    packed.write_bytes(gzip.compress(data, 1))
+
+    def read(path):
+        with open_capture(path) as cap:
+            frames = [(f.number, f.time, f.linktype, bytes(f.data)) for f in cap.frames()]
+            return frames, cap.info.warnings, cap._spool
+
+    a, wa, _ = read(plain)
+    b, wb, spool = read(packed)
+    assert spool is None and len(a) == 4000 and a == b and wa == wb == []
+    # cut inside the records: the table is gone, so the spool path reads what is there, as for the plain file
+    packed.write_bytes(gzip.compress(data[: len(data) // 2], 1))
+    plain.write_bytes(data[: len(data) // 2])
+    a, wa, _ = read(plain)
+    b, wb, spool = read(packed)
+    assert spool is not None and a == b and len(a) > 1000

@@ -7,8 +7,10 @@ How bytes reach the format walkers:
   page cache, not process memory).
 * **gzip (pcap, pcapng)** is decompressed in 1 MiB windows. The incomplete record at the end of a window is
   carried over in front of the next one; batch offsets are then offsets into that window's bytes object.
-* **gzip (NetMon)** cannot be walked in order: the frame table that says where frames are sits at the *end* of
-  the file. Its decompressed bytes are spooled to an anonymous temporary file on disk (streaming, 1 MiB at a
+* **gzip (NetMon)** cannot be walked in one pass: the frame table that says where frames are sits at the *end*
+  of the file. When the table lists the records in file order (the usual case) the file is read in two
+  streaming passes, the first keeping only the header and the table (:mod:`analyzer.ingest.netmon_stream`), so
+  no decompressed copy is made. Otherwise (table missing, cut or out of order) its decompressed bytes are spooled to an anonymous temporary file on disk (streaming, 1 MiB at a
   time) and that file is mmap'ed, so memory stays constant there too; the disk holds one decompressed copy
   until ``close()``. The spool lives only in the operator's temporary directory and is bounded by the
   decompression limits and the free space there (:mod:`analyzer.ingest.limits`).
@@ -212,11 +214,25 @@ class Capture:
         else:
             from analyzer.ingest.netmon import NetmonReader
 
-            self._walker = NetmonReader(self._map_for_random_access(compressed), self.info)
+            self._netmon_plan = None
+            if compressed:
+                from analyzer.ingest.netmon_stream import probe
+
+                self._netmon_plan = probe(self._file, self._new_gzip_stream)
+            if self._netmon_plan is not None:  # frame table in file order: stream, no decompressed copy
+                plan = self._netmon_plan
+                self._walker = NetmonReader(plan.header, self.info, size=plan.size, table=plan.table)
+                self.info.warnings.extend(plan.warnings)
+            else:
+                self._walker = NetmonReader(self._map_for_random_access(compressed), self.info)
         # Problems found while opening (e.g. a NetMon frame table lost to truncation) are re-reported on every
         # iteration, which starts from a clean CaptureInfo.
         self._open_warnings = list(self.info.warnings)
         self._open_truncated = self.info.truncated
+
+    @staticmethod
+    def _new_gzip_stream(fh) -> GzipStream:
+        return GzipStream(fh)
 
     def _gzip_head(self) -> bytes:
         self._file.seek(0)
@@ -288,7 +304,11 @@ class Capture:
         info.warnings = list(self._open_warnings)
         info.truncated = self._open_truncated
         total = info.size
-        if info.format in ("netmon1", "netmon2"):
+        if info.format in ("netmon1", "netmon2") and getattr(self, "_netmon_plan", None) is not None:
+            from analyzer.ingest.netmon_stream import stream_batches
+
+            source = stream_batches(self._walker, self._file, self._new_gzip_stream, batch_size)
+        elif info.format in ("netmon1", "netmon2"):
             source = self._walker.batches(batch_size)
         elif info.compressed:
             source = self._gzip_batches(batch_size)
