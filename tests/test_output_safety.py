@@ -95,3 +95,27 @@ def test_web_csv_neutralises_the_uploaded_file_name(tmp_path, captures_dir):
             assert wait_finished(c, cid)["status"] == "done"
             text = c.get(f"/api/captures/{cid}/results.csv").text
     assert rows(text)[0]["file"] == "'=SUM(1+2)*cmd.pcap"
+
+
+def test_mailbox_dn_from_the_capture_bytes_is_neutralised_in_every_csv(tmp_path, captures_dir):
+    """The DN inside the capture (EcDoConnect's user DN) rewritten in place to start with '=': the analyze CSV,
+    the events CSV and the text output all carry it safely."""
+    data = (captures_dir / "push_working.pcap").read_bytes()
+    dn = b"/o=Contoso/ou=First Administrative Group/cn=Recipients/cn=alice"
+    assert data.count(dn) == 1
+    evil = b"=HYPERLINK(1)\x1b[2J" + dn[len(b"=HYPERLINK(1)\x1b[2J"):]
+    hostile = tmp_path / "hostile.pcap"
+    hostile.write_bytes(data.replace(dn, evil))
+    run = subprocess.run([MAILPUSH, "analyze", str(hostile), "--format", "csv"], capture_output=True, text=True,
+                         env=ENV, timeout=120)
+    assert run.returncode == 0, run.stderr
+    (row,) = rows(run.stdout)
+    assert row["mailbox"].startswith("'=HYPERLINK(1)")
+    events = subprocess.run([MAILPUSH, "events", str(hostile), "--format", "csv"], capture_output=True,
+                            text=True, env=ENV, timeout=120)
+    assert events.returncode == 0, events.stderr
+    cells = [v for r in rows(events.stdout) for v in r.values() if v]
+    assert any(v.startswith("'=HYPERLINK(1)") for v in cells)
+    assert not any(v.startswith(("=", "+", "@", "\t", "\r")) for v in cells)
+    text = subprocess.run([MAILPUSH, "analyze", str(hostile)], capture_output=True, text=True, env=ENV, timeout=120)
+    assert "\x1b" not in text.stdout and "=HYPERLINK(1)\\x1b[2J" in text.stdout
