@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 
-from analyzer.batch import ResultsStore
 
 from test_batch import _children
 from test_web_hostile import alive, slow_capture, wait_for
@@ -216,3 +215,28 @@ def test_files_that_claim_to_be_captures_are_error_rows_others_are_skipped_and_c
     assert "NetMon" in table["netmon.dat"]["error"]
     assert table["good.pcap"]["error"] == ""
     assert b"2 non-capture files skipped" in run.stderr
+
+
+def test_decompression_limits_reach_dask_workers(tmp_path):
+    """Workers of a real LocalCluster started before the limits were set still apply them."""
+    distributed = pytest.importorskip("distributed")
+    from analyzer.batch import score
+    from analyzer.ingest.limits import configure
+
+    from test_hostile_input import pcap_bomb
+
+    bomb = tmp_path / "zeros.pcap.gz"
+    pcap_bomb(bomb, 40)
+    saved = {k: v for k, v in os.environ.items() if k.startswith("MAILPUSH_")}
+    cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None)
+    client = distributed.Client(cluster)
+    try:
+        configure(max_ratio=50, ratio_grace=4 << 20)
+        table = score([str(bomb)], client=client)
+    finally:
+        client.close()
+        cluster.close()
+        for k in [k for k in os.environ if k.startswith("MAILPUSH_")]:
+            del os.environ[k]
+        os.environ.update(saved)
+    assert "compression ratio above the limit of 50:1" in table["error"].iloc[0]

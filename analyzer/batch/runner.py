@@ -16,7 +16,7 @@ from typing import Callable, Iterable, Iterator
 import pandas as pd
 
 from analyzer.batch.store import ResultsStore, rows_frame, sort_rows
-from analyzer.batch.worker import error_row, is_url, preload, score_chunk, score_one, sha256_file
+from analyzer.batch.worker import error_row, is_url, preload, score_chunk, score_one_limited, sha256_file
 
 GLOB_CHARS = set("*?[")
 
@@ -191,7 +191,12 @@ def run_dask(paths: list[str], client) -> Iterator[tuple[str, list[dict]]]:
     # Workers run in their own working directories (often on other hosts): send absolute paths, keep the
     # user's spelling for the results.
     on_workers = [p if is_url(p) else os.path.abspath(p) for p in paths]
-    futures = client.map(score_one, on_workers, paths, pure=False)
+    from dataclasses import asdict
+
+    from analyzer.ingest.limits import current
+
+    limits = asdict(current())  # --max-capture-gb / --max-compression-ratio travel with the task
+    futures = client.map(score_one_limited, on_workers, paths, limits=limits, pure=False)
     by_key = {f.key: p for f, p in zip(futures, paths)}
     for fut in as_completed(futures):
         path = by_key[fut.key]

@@ -82,6 +82,15 @@ def score_one(path: str, display: str | None = None) -> list[dict]:
     return rows
 
 
+def score_one_limited(path: str, display: str | None, limits: dict) -> list[dict]:
+    """``score_one`` under the batch's decompression limits (Dask workers do not inherit the environment of the
+    process that runs ``mailpush batch``). The temporary directory stays the worker's own."""
+    from analyzer.ingest.limits import Limits, configure
+
+    configure(Limits(**{**limits, "tmp_dir": None}))
+    return score_one(path, display)
+
+
 def _score(path: str) -> list[dict]:
     sha = None
     local = path
