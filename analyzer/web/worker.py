@@ -155,6 +155,7 @@ class WorkerPool:
     def _housekeeping(self) -> None:
         """Outcomes that could not be written are written again; jobs whose result could not be saved are
         re-queued once the disk has room."""
+        backoff, next_retry = HOUSEKEEPING_S, 0.0
         while not self._stop.wait(HOUSEKEEPING_S):
             for capture_id, reason in list(self._unsaved.items()):
                 try:
@@ -162,9 +163,16 @@ class WorkerPool:
                     self._unsaved.pop(capture_id, None)
                 except Exception:
                     pass
+            if time.monotonic() < next_retry:
+                continue
             try:
                 if self.store.has_room() and requeue_unsaved(self.db):
                     self.notify()
+                    # the database itself may still be full: retry less and less often (5 s .. 5 min)
+                    next_retry = time.monotonic() + backoff
+                    backoff = min(300.0, backoff * 2)
+                else:
+                    backoff = HOUSEKEEPING_S
             except Exception:
                 pass
 
