@@ -68,9 +68,13 @@ def wait_for(predicate, timeout: float, what: str):
 
 
 def job_pid(data: Path, capture_id: str, timeout: float = 30) -> int:
+    """The pid of a running analysis, once it leads its own process group (which it makes itself after arming
+    its parent-death signal: only then may a test SIGSTOP it)."""
     pid_file = data / "jobs" / f"{capture_id}.pid"
-    return wait_for(lambda: pid_file.is_file() and int(pid_file.read_text().split()[0]), timeout,
-                    f"the analysis of {capture_id} to start")
+    pid = wait_for(lambda: pid_file.is_file() and int(pid_file.read_text().split()[0]), timeout,
+                   f"the analysis of {capture_id} to start")
+    wait_for(lambda: os.getpgid(pid) == pid, timeout, "the analysis to lead its own process group")
+    return pid
 
 
 def free_port() -> int:

@@ -33,14 +33,15 @@ class DataDirInUse(RuntimeError):
 
 
 def enter_job_process(expected_parent: int | None = None) -> None:
-    """First thing an analysis child does: own process group, die with the parent (already gone: exit now)."""
+    """First thing an analysis child does: die with the parent (already gone: exit now), then its own process
+    group. In that order, so that a process that leads its own group has its parent-death signal armed."""
+    set_parent_death_signal()
+    if (expected_parent is not None and os.getppid() != expected_parent) or os.getppid() == 1:
+        os._exit(1)  # the parent died before the signal was armed
     try:
         os.setpgid(0, 0)
     except OSError:
         pass
-    set_parent_death_signal()
-    if expected_parent is not None and os.getppid() != expected_parent:
-        os._exit(1)  # the parent died before the signal was armed
 
 
 def process_start_time(pid: int) -> str | None:

@@ -282,8 +282,6 @@ def analyse_in_child(path: str, display_name: str, plot_dir: str | None, conn, l
     The process first makes itself a process group of its own with a parent-death signal (analyzer.web.jobs):
     a deleted job's whole group is killed, and nothing survives the fork server (nor, through it, the server)."""
     enter_job_process()
-    if os.getppid() == 1:
-        os._exit(1)  # the fork server is already gone
     try:
         if limits is not None:
             from analyzer.ingest.limits import Limits, configure
