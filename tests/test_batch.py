@@ -83,11 +83,14 @@ def test_bad_files_are_error_rows_and_do_not_stop_the_batch(local_table, inputs)
     assert len(corrupt) == 1 and corrupt["error"].notna().all()
     assert len(corrupt["sha256"].iloc[0]) == 64
     if pipeline_complete():
-        assert corrupt["error"].iloc[0] == "not a capture file (pcap, pcapng, NetMon)"
+        # issue 9 item 6: a file that claims to be a capture but is not says why
+        assert "not a capture file (pcap, pcapng, NetMon)" in corrupt["error"].iloc[0]
+        assert "the name says capture (corrupt.pcap)" in corrupt["error"].iloc[0]
         damaged = local_table[local_table["file"].str.endswith("damaged.pcap")]
-        assert len(damaged) == 1 and damaged["error"].isna().all()
-        assert damaged["frames"].iloc[0] == 0 and damaged["verdict"].iloc[0] == "inconclusive"
-        assert "damaged record at byte 24: record length 2147483647 bytes exceeds" in damaged["warnings"].iloc[0]
+        assert len(damaged) == 1 and damaged["error"].notna().all()  # pcap magic, then nothing readable
+        assert damaged["frames"].iloc[0] == 0
+        assert "no frame could be read after its header" in damaged["error"].iloc[0]
+        assert "damaged record at byte 24: record length 2147483647 bytes exceeds" in damaged["error"].iloc[0]
 
 
 def test_rows_sorted_by_file_then_client(local_table):
@@ -113,6 +116,11 @@ def test_batch_rows_equal_the_pipeline_table(local_table, inputs):
 
     from analyzer.pipeline import analyze, results_dataframe
 
+    # issue 9 item 6: batch turns files that claim to be captures but are not into error rows (checked in
+    # test_bad_files_are_error_rows_and_do_not_stop_the_batch); every other row is the pipeline's
+    claims = ("corrupt.pcap", "damaged.pcap")
+    inputs = [p for p in inputs if not p.endswith(claims)]
+    local_table = local_table[~local_table["file"].str.endswith(claims)].reset_index(drop=True)
     expected = results_dataframe(analyze(inputs))
     expected = expected.assign(_c=expected["client"].fillna("")).sort_values(["file", "_c"], kind="stable")
     expected = expected.drop(columns="_c").reset_index(drop=True)
@@ -163,9 +171,15 @@ def test_torn_last_line_is_dropped(tmp_path):
     out = tmp_path / "r.jsonl"
     row = dict.fromkeys(BATCH_COLUMNS)
     row.update(file="a.pcap", sha256="ab" * 32, error="x")
-    out.write_text(json.dumps(row) + "\n" + json.dumps(row)[:40])
+    other = {**row, "file": "b.pcap", "sha256": "cd" * 32}
+    out.write_text(json.dumps(row) + "\n" + json.dumps(other)[:40])
     back = ResultsStore(str(out)).load()
     assert len(back) == 1 and back["sha256"].iloc[0] == "ab" * 32
+    # the torn row belonged to a capture with rows before it: all of them go, so --resume scores it again
+    # (issue 11: "--resume tolerates a cut last row by scoring that capture again")
+    out.write_text(json.dumps(row) + "\n" + json.dumps(other) + "\n" + json.dumps(other)[:60])
+    back = ResultsStore(str(out)).load()
+    assert back["file"].tolist() == ["a.pcap"]
     csv_out = tmp_path / "r.csv"
     csv_out.write_text(",".join(BATCH_COLUMNS) + "\n" + "a.pcap," + "ab" * 32 + "\n" + "b.pcap,cd")
     back = ResultsStore(str(csv_out)).load()
@@ -187,8 +201,12 @@ def test_expand_paths_folders_globs_and_non_captures(tmp_path, public_dir):
 def test_cli_killed_mid_batch_then_resumed(tmp_path, public_dir):
     """Kill the CLI after it wrote the first rows; --resume then completes with every capture exactly once.
 
-    The batch is held mid-way by a named pipe among the inputs: its worker blocks reading it, which makes the
-    interruption point deterministic however fast the other captures are."""
+    The batch is held mid-way by a slow real capture among the inputs (gigabytes of zero-filled frames in
+    multi-member gzip, scored with the ratio limit off) whose worker is SIGSTOPped: the interruption point is
+    deterministic however fast the other captures are. (A FIFO was used before; FIFOs are now error rows that are
+    never opened, issue 11.)"""
+    from test_web_hostile import slow_capture
+
     d = tmp_path / "in"
     d.mkdir()
     names = []
@@ -196,33 +214,34 @@ def test_cli_killed_mid_batch_then_resumed(tmp_path, public_dir):
         dst = d / f"{i:02d}-{src.name}"
         shutil.copy(src, dst)
         names.append(dst)
-    fifo = d / "05-held.pcap"
-    os.mkfifo(fifo)
-    inputs = sorted([str(p) for p in names] + [str(fifo)])
+    held = slow_capture(d / "05-held.pcap.gz", gigabytes=8)
+    inputs = sorted([str(p) for p in names] + [str(held)])
     out = tmp_path / "results.csv"
-    proc = subprocess.Popen(MAILPUSH + ["batch", *inputs, "-o", str(out), "--jobs", "1"], cwd=ROOT,
+    proc = subprocess.Popen(MAILPUSH + ["batch", *inputs, "-o", str(out), "--jobs", "1", "--max-compression-ratio",
+                                        "0", "--max-capture-gb", "100"], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:
         deadline = time.time() + 60
-        rows = 0
+        files = 0
         while time.time() < deadline:
             if out.exists():
-                rows = max(0, len(out.read_text().splitlines()) - 1)
-                if rows >= 5:
+                files = len(ResultsStore(str(out)).load()["file"].unique())
+                if files >= 4:
                     break
             assert proc.poll() is None, proc.stderr.read().decode()
             time.sleep(0.05)
+        for worker in _children(proc.pid):
+            os.kill(worker, signal.SIGSTOP)  # holds the slow capture
         time.sleep(0.3)
         assert proc.poll() is None, "batch finished before it could be interrupted"
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     before = ResultsStore(str(out)).load()
-    assert 5 <= len(before["file"].unique()) < len(inputs)
-    assert str(fifo) not in set(before["file"])
+    assert 4 <= len(before["file"].unique()) < len(inputs)
+    assert str(held) not in set(before["file"])
 
-    os.unlink(fifo)
-    fifo.write_bytes(gzip.compress((public_dir / "zeek-netlogon.pcapng").read_bytes()))  # now a real capture
+    held.write_bytes(gzip.compress((public_dir / "zeek-netlogon.pcapng").read_bytes()))  # now a small capture
     done = subprocess.run(MAILPUSH + ["batch", *inputs, "-o", str(out), "--jobs", "2", "--resume"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode in (0, 3), done.stderr
@@ -237,6 +256,19 @@ def test_cli_killed_mid_batch_then_resumed(tmp_path, public_dir):
     assert dict(zip(kept["file"], kept["sha256"])) == dict(zip(before["file"], before["sha256"]))
     keys = list(zip(after["file"], after["client"].fillna("")))
     assert keys == sorted(keys)
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    if int(fh.read().rsplit(")", 1)[-1].split()[1]) == pid:
+                        out.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                pass
+    return out
 
 
 def test_cli_usage_errors_and_no_inputs(tmp_path):

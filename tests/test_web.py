@@ -25,6 +25,7 @@ from analyzer.web.db import RUNNING, Capture
 
 ROOT = Path(__file__).resolve().parent.parent
 TERMINAL = ("done", "failed")
+XHR = {"X-Requested-With": "XMLHttpRequest"}  # the anti-CSRF proof of cookie routes, login and logout
 
 
 def pipeline_ready() -> bool:
@@ -312,7 +313,7 @@ def test_path_traversal_filename_is_display_text_only(server, shortmapi, tmp_pat
         names = {p.name for p in store.uploads.iterdir()}
         assert len(names) == 4 and all(n.endswith(".cap") and len(n) == 20 for n in names)
         # the name is escaped in the pages (no markup injection)
-        login = c.post("/login", data={"token": token}, follow_redirects=False)
+        login = c.post("/login", data={"token": token}, follow_redirects=False, headers=XHR)
         c.cookies.set("mailpush_session", login.cookies["mailpush_session"])
         page = c.get("/", headers={"Authorization": ""})
         assert "x&lt;script&gt;.pcap" in page.text and "x<script>" not in page.text
@@ -356,8 +357,11 @@ def test_bad_uploads_fail_with_the_core_message_and_workers_survive(server, shor
 def test_login_form_sets_httponly_session_cookie_and_csrf_header_required(server, shortmapi):
     token = server.add_user("alice")
     with server.client() as browser:
-        assert browser.post("/login", data={"token": "mp_wrong"}).status_code == 401
-        r = browser.post("/login", data={"token": token, "next": "//evil.example/"}, follow_redirects=False)
+        # login CSRF: a cross-site form (no X-Requested-With) cannot log anyone in
+        assert browser.post("/login", data={"token": token}, follow_redirects=False).status_code == 403
+        assert browser.post("/login", data={"token": "mp_wrong"}, headers=XHR).status_code == 401
+        r = browser.post("/login", data={"token": token, "next": "//evil.example/"}, follow_redirects=False,
+                         headers=XHR)
         assert r.status_code == 303 and r.headers["location"] == "/"  # no open redirect
         cookie = r.headers["set-cookie"]
         assert "mailpush_session=" in cookie and "HttpOnly" in cookie and "SameSite=lax" in cookie
@@ -368,6 +372,7 @@ def test_login_form_sets_httponly_session_cookie_and_csrf_header_required(server
         assert upload(browser, shortmapi).status_code == 403
         browser.headers["X-Requested-With"] = "XMLHttpRequest"
         assert upload(browser, shortmapi).status_code == 202
+        assert browser.post("/logout", follow_redirects=False, headers={"X-Requested-With": ""}).status_code == 403
         assert browser.post("/logout", follow_redirects=False).status_code == 303
         browser.cookies.clear()
         assert browser.get("/api/captures").status_code == 401

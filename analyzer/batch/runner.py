@@ -6,6 +6,7 @@ from __future__ import annotations
 import glob
 import multiprocessing
 import os
+import stat
 import sys
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -15,24 +16,31 @@ from typing import Callable, Iterable, Iterator
 import pandas as pd
 
 from analyzer.batch.store import ResultsStore, rows_frame, sort_rows
-from analyzer.batch.worker import error_row, is_url, preload, score_chunk, score_one, sha256_file
+from analyzer.batch.worker import error_row, is_url, preload, score_chunk, score_one_limited, sha256_file
 
 GLOB_CHARS = set("*?[")
 
 
 # -- inputs ----------------------------------------------------------------------------------------------------
 
+# A name that says "capture": such a file is always scored, so that a wrong one gets an error row saying why.
+CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap", ".ntar", ".pcap.gz", ".pcapng.gz", ".cap.gz", ".pcap.gzip",
+                    ".pcapng.gzip", ".cap.gzip")
+
+
+def has_capture_suffix(path: str) -> bool:
+    return path.lower().endswith(CAPTURE_SUFFIXES)
+
+
 def looks_like_capture(path: str) -> bool:
-    """Content sniffing (as ``open_capture`` does) for files found inside folders."""
+    """Content sniffing (as ``open_capture`` does) for files found inside folders: a capture magic number, gzip'd
+    or not. Raises OSError when the file cannot be read."""
     import zlib
 
     from analyzer.ingest.sniff import SNIFF_BYTES, is_gzip, sniff_format
 
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(4096)
-    except OSError:
-        return False
+    with open(path, "rb") as fh:
+        head = fh.read(4096)
     if is_gzip(head):
         try:
             head = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(head, 64)
@@ -41,12 +49,28 @@ def looks_like_capture(path: str) -> bool:
     return sniff_format(head[:SNIFF_BYTES]) is not None
 
 
+def display_path(path: str) -> str:
+    """The path as rows show it: bytes of a non-UTF-8 name (lone surrogates, PEP 383) as \\xNN, like ls -b."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def identity(path: str) -> str:
+    """One spelling per file: ``b1/x``, ``./b1/x`` and ``b1//x`` are the same capture (URLs are left alone)."""
+    if is_url(path):
+        return path
+    if path.startswith("file://"):
+        return "file://" + os.path.normpath(path[len("file://"):])
+    return os.path.normpath(path)
+
+
 def expand_paths(paths: Iterable[str]) -> tuple[list[str], int]:
     """Files, folders (recursed) and globs -> (capture paths in a stable order, files skipped in folders).
 
-    Named files (and glob matches) are always scored, so a wrong file gets an error row; files found by
-    recursing into a folder are scored only when their content looks like a capture (a README or manifest
-    beside the captures is skipped, and counted).
+    Named files (and glob matches) are always scored, so a wrong file gets an error row. Inside folders, a file
+    is scored when it claims to be a capture: a capture extension (.pcap, .pcapng, .cap, optionally .gz) or a
+    capture magic number; one that cannot be read, and a FIFO, device or socket (never opened: a FIFO would
+    hang the batch), are scored too, and become error rows saying why. Only files with neither a capture
+    extension nor a capture magic (a README beside the captures) are skipped, and counted.
     """
     out: list[str] = []
     skipped = 0
@@ -57,7 +81,19 @@ def expand_paths(paths: Iterable[str]) -> tuple[list[str], int]:
             dirs.sort()
             for name in sorted(files):
                 full = os.path.join(root, name)
-                if looks_like_capture(full):
+                try:
+                    mode = os.stat(full).st_mode  # never blocks, whatever the file is
+                except OSError:
+                    out.append(full)  # e.g. a dangling link: an error row names it
+                    continue
+                if not stat.S_ISREG(mode) or has_capture_suffix(name):
+                    out.append(full)
+                    continue
+                try:
+                    claims = looks_like_capture(full)
+                except OSError:
+                    claims = True  # unreadable: an error row, never a silent skip
+                if claims:
                     out.append(full)
                 else:
                     skipped += 1
@@ -68,7 +104,7 @@ def expand_paths(paths: Iterable[str]) -> tuple[list[str], int]:
             out.append(p)
         elif os.path.isdir(p):
             walk(p)
-        elif os.path.exists(p) or not (GLOB_CHARS & set(p)):
+        elif os.path.lexists(p) or not (GLOB_CHARS & set(p)):
             out.append(p)  # a missing named file becomes an error row
         else:
             for match in sorted(glob.glob(p, recursive=True)):
@@ -77,7 +113,11 @@ def expand_paths(paths: Iterable[str]) -> tuple[list[str], int]:
                 else:
                     out.append(match)
     seen: set[str] = set()
-    unique = [p for p in out if not (p in seen or seen.add(p))]
+    unique = []
+    for p in map(identity, out):
+        if p not in seen:
+            seen.add(p)
+            unique.append(p)
     return unique, skipped
 
 
@@ -88,6 +128,17 @@ def _pool_context():
     # spawn would re-import scapy/pandas in every worker (~1-2 s each).
     methods = multiprocessing.get_all_start_methods()
     return multiprocessing.get_context("fork" if "fork" in methods else methods[0])
+
+
+def _pool_worker_start() -> None:
+    """Pool initializer: die with the batch (a ``kill -9`` of the batch must not leave workers scoring for a
+    minute), then preload the pipeline."""
+    from analyzer.lifetime import set_parent_death_signal
+
+    set_parent_death_signal()
+    if os.getppid() == 1:
+        os._exit(1)  # the batch died before the signal was armed
+    preload()
 
 
 def run_local(paths: list[str], jobs: int) -> Iterator[tuple[str, list[dict]]]:
@@ -104,7 +155,7 @@ def run_local(paths: list[str], jobs: int) -> Iterator[tuple[str, list[dict]]]:
     died = "analysis failed: the worker process died (crash or out of memory)"
     while queue:
         broken = False
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=_pool_context(), initializer=preload) as ex:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=_pool_context(), initializer=_pool_worker_start) as ex:
             running = {}
             while queue or running:
                 while queue and len(running) < window:
@@ -140,7 +191,12 @@ def run_dask(paths: list[str], client) -> Iterator[tuple[str, list[dict]]]:
     # Workers run in their own working directories (often on other hosts): send absolute paths, keep the
     # user's spelling for the results.
     on_workers = [p if is_url(p) else os.path.abspath(p) for p in paths]
-    futures = client.map(score_one, on_workers, paths, pure=False)
+    from dataclasses import asdict
+
+    from analyzer.ingest.limits import current
+
+    limits = asdict(current())  # --max-capture-gb / --max-compression-ratio travel with the task
+    futures = client.map(score_one_limited, on_workers, paths, limits=limits, pure=False)
     by_key = {f.key: p for f, p in zip(futures, paths)}
     for fut in as_completed(futures):
         path = by_key[fut.key]
@@ -210,7 +266,7 @@ def score(
             for p in todo:
                 if not is_url(p):
                     try:
-                        if sha256_file(p) in done:
+                        if stat.S_ISREG(os.stat(p).st_mode) and sha256_file(p) in done:  # a FIFO would block
                             report.resumed += 1
                             continue
                     except OSError:
@@ -244,6 +300,9 @@ def score(
         else:
             source = run_local(todo, max(1, int(jobs or os.cpu_count() or 1)))
         for path, rows in source:
+            for row in rows:
+                if isinstance(row.get("file"), str):
+                    row["file"] = display_path(row["file"])
             new_rows.extend(rows)
             report.scored += 1
             if store is not None:

@@ -4,6 +4,8 @@
   ``write()`` on an ``O_APPEND`` descriptor, so a killed batch leaves whole captures (a torn last line, if any,
   is dropped when the file is read back). At the end the file is rewritten sorted by (file, client), through a
   temporary file and an atomic rename.
+* CSV text cells that a spreadsheet would run as a formula get a leading ``'`` (analyzer.report.safe_text);
+  ``--resume`` strips it again when reading RESULTS back.
 * **parquet** cannot be appended to, so finished rows go to a journal beside it, ``RESULTS.partial.jsonl``; the
   parquet file is written (sorted) at the end and the journal removed. ``--resume`` reads both.
 
@@ -18,11 +20,14 @@ import io
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 import pandas as pd
+from pandas.api.types import is_numeric_dtype
 
 from analyzer.batch.worker import BATCH_COLUMNS
+from analyzer.report.safe_text import neutralise_cell, restore_cell
 
 FORMATS = ("csv", "parquet", "jsonl")
 
@@ -55,6 +60,24 @@ def sort_rows(df: pd.DataFrame) -> pd.DataFrame:
 
 def rows_frame(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=BATCH_COLUMNS)
+
+
+def _drop_torn_capture(df: pd.DataFrame, torn_file: str | None) -> pd.DataFrame:
+    """Rows of one capture are appended in one write, last in the file. When the last row was torn, the
+    complete rows just before it that belong to the same capture (its file cell, or what was left of it) are
+    dropped too: that capture is incomplete."""
+    if torn_file is None or df.empty:
+        return df
+    files = df["file"].astype(str).tolist()
+    last = files[-1]
+    if not (last == torn_file or (torn_file and last.startswith(torn_file)) or torn_file == ""):
+        return df
+    if torn_file == "":
+        return df  # nothing of the torn row was readable: only the torn line goes
+    end = len(files)
+    while end and files[end - 1] == last:
+        end -= 1
+    return df.iloc[:end].reset_index(drop=True)
 
 
 class ResultsStore:
@@ -96,15 +119,19 @@ class ResultsStore:
         if not os.path.exists(path):
             return rows_frame([])
         rows = []
-        with open(path, encoding="utf-8") as fh:
+        torn_file = None
+        with open(path, encoding="utf-8", errors="surrogateescape") as fh:
             for line in fh:
                 try:
                     row = json.loads(line)
                 except ValueError:
-                    continue  # torn last line of an interrupted batch
+                    # torn last line of an interrupted batch: the capture it belonged to is scored again
+                    m = re.match(r'\{"file": "((?:[^"\\]|\\.)*)', line)
+                    torn_file = m.group(1) if m else ""
+                    continue
                 if isinstance(row, dict):
                     rows.append(row)
-        return rows_frame(rows)
+        return _drop_torn_capture(rows_frame(rows), torn_file)
 
     @staticmethod
     def _read_csv(path: str) -> pd.DataFrame:
@@ -112,12 +139,28 @@ class ResultsStore:
             return rows_frame([])
         with open(path, encoding="utf-8", newline="") as fh:
             text = fh.read()
+        torn_file = None
         if not text.endswith("\n"):
-            text = text[: text.rfind("\n") + 1]  # drop a torn last line
+            # A torn last row (a killed batch, a cut copy). Its newline may sit inside a quoted cell, so step back
+            # until the quotes before the cut balance. All rows of the capture it belonged to are dropped, so
+            # --resume scores that capture again instead of keeping it with rows missing.
+            cut = text.rfind("\n") + 1
+            while cut and text.count('"', 0, cut) % 2:
+                cut = text.rfind("\n", 0, cut - 1) + 1
+            torn = text[cut:]
+            text = text[:cut]
+            try:
+                fields = next(csv.reader([torn]))
+            except (csv.Error, StopIteration):
+                fields = []
+            torn_file = restore_cell(fields[0]) if fields else ""
         if not text.strip():
             return rows_frame([])
         df = pd.read_csv(io.StringIO(text), dtype={"sha256": str, "file": str, "client": str})
-        return df
+        for col in df.columns:
+            if not is_numeric_dtype(df[col]):
+                df[col] = df[col].map(restore_cell)  # our own formula neutralisation, undone
+        return _drop_torn_capture(df, torn_file)
 
     def done_hashes(self) -> set[str]:
         df = self.load()
@@ -200,7 +243,7 @@ class ResultsStore:
         if header:
             writer.writerow(BATCH_COLUMNS)
         for row in rows:
-            writer.writerow(["" if _clean(row.get(c)) is None else row.get(c) for c in BATCH_COLUMNS])
+            writer.writerow(["" if _clean(row.get(c)) is None else neutralise_cell(row.get(c)) for c in BATCH_COLUMNS])
         return buf.getvalue()
 
     @staticmethod

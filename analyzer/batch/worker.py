@@ -40,8 +40,10 @@ def _fetch(url: str) -> tuple[str, str]:
     """
     import fsspec
 
+    from analyzer.ingest.limits import current
+
     h = hashlib.sha256()
-    fd, local = tempfile.mkstemp(prefix="mailpush-batch-")
+    fd, local = tempfile.mkstemp(prefix="mailpush-batch-", dir=current().temp_dir())  # --tmp-dir / TMPDIR
     try:
         with fsspec.open(url, "rb") as src, os.fdopen(fd, "wb") as dst:
             while chunk := src.read(HASH_CHUNK):
@@ -80,9 +82,25 @@ def score_one(path: str, display: str | None = None) -> list[dict]:
     return rows
 
 
+def score_one_limited(path: str, display: str | None, limits: dict) -> list[dict]:
+    """``score_one`` under the batch's decompression limits (Dask workers do not inherit the environment of the
+    process that runs ``mailpush batch``). The temporary directory stays the worker's own."""
+    from analyzer.ingest.limits import Limits, configure
+
+    configure(Limits(**{**limits, "tmp_dir": None}))
+    return score_one(path, display)
+
+
 def _score(path: str) -> list[dict]:
     sha = None
     local = path
+    if not is_url(path):
+        from analyzer.pipeline import not_a_regular_file
+
+        # before anything opens it: reading a FIFO blocks forever, a device never ends
+        problem = not_a_regular_file(path[len("file://"):] if path.startswith("file://") else path)
+        if problem:
+            return [error_row(path, None, problem)]
     try:
         if is_url(path):
             local, sha = _fetch(path)
@@ -101,6 +119,7 @@ def _score(path: str) -> list[dict]:
 
         result = analyze_capture(local)
         result.file = path
+        _claims_but_is_not(result, path)
         rows = result_rows(result)
     except Exception as exc:  # a bug in a stage must not stop the batch; the message says which
         return [error_row(path, sha, f"analysis failed: {type(exc).__name__}: {exc}")]
@@ -118,6 +137,29 @@ def _score(path: str) -> list[dict]:
         full["sha256"] = sha
         out.append(full)
     return out
+
+
+def _claims_but_is_not(result, path: str) -> None:
+    """A file that claims to be a capture but is not gets an error that says why: a capture extension on other
+    content, or a capture magic number followed by nothing readable."""
+    from analyzer.ingest.reader import NOT_A_CAPTURE
+
+    name = os.path.basename(path)
+    if result.error and NOT_A_CAPTURE in result.error:
+        from analyzer.batch.runner import has_capture_suffix
+
+        if has_capture_suffix(name):
+            head = b""
+            try:
+                with open(path, "rb") as fh:
+                    head = fh.read(8)
+            except OSError:
+                pass
+            result.error = (f"the name says capture ({name}) but the content is not a capture file (pcap, pcapng, "
+                            f"NetMon): it starts with bytes {head.hex(' ') or '(none)'}")
+    elif result.error is None and not result.frames and result.warnings:
+        result.error = (f"starts like a {result.format or 'capture'} file but no frame could be read after its "
+                        f"header: {result.warnings[0]}")
 
 
 def score_chunk(paths: list[str]) -> list[tuple[str, list[dict]]]:

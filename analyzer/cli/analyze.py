@@ -1,5 +1,6 @@
 """`mailpush analyze CAPTURE... [--format text|json|csv|html] [-o FILE] [--plots DIR] [--vantage auto|client|server]
-[--engine native|tshark] [--fail-on VERDICT[,VERDICT]]`.
+[--engine native|tshark] [--fail-on VERDICT[,VERDICT]] [--max-capture-gb GB] [--max-compression-ratio R]
+[--tmp-dir DIR]`.
 
 Exit status: 0 the analysis ran (whatever the verdicts), 1 ``--fail-on`` matched a client's verdict, 2 usage
 error, 3 no capture could be read at all.
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from analyzer.cli import EXIT_FAIL_ON, EXIT_NO_CAPTURE, EXIT_OK, EXIT_USAGE
 from analyzer.cli.events import output_problem
+from analyzer.cli.limits import add_limit_args, apply_limit_args, limit_problem
 from analyzer.verdict.model import VERDICTS
 
 PROG = "mailpush analyze"
@@ -53,6 +55,7 @@ def register(sub) -> None:
                    help="dissector: the built-in one (default) or tshark")
     p.add_argument("--fail-on", metavar="VERDICT[,VERDICT]", type=_verdict_list, default=[],
                    help=f"exit 1 when any client gets one of these verdicts ({', '.join(VERDICTS)})")
+    add_limit_args(p)
     p.set_defaults(func=run)
 
 
@@ -127,7 +130,12 @@ def _plot_prefixes(results) -> list[str]:
 
 def run(args) -> int:
     from analyzer.report.formats import capture_problems, render_csv, render_json, render_text
+    from analyzer.report.safe_text import escape_controls
 
+    if problem := limit_problem(args):
+        print(f"{PROG}: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    apply_limit_args(args)
     if args.plots and Path(args.plots).exists() and not Path(args.plots).is_dir():
         print(f"{PROG}: --plots {args.plots}: not a directory", file=sys.stderr)
         return EXIT_USAGE
@@ -141,7 +149,7 @@ def run(args) -> int:
         result = _analyze_one(path, args.engine, args.vantage)
         results.append(result)
         for line in capture_problems(result):
-            print(f"{PROG}: {result.file}: {line}", file=sys.stderr)
+            print(f"{PROG}: {escape_controls(result.file)}: {line}", file=sys.stderr)
 
     if args.format == "json":
         text = render_json(results)

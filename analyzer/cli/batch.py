@@ -6,6 +6,7 @@ import os
 import sys
 
 from analyzer.cli import EXIT_NO_CAPTURE, EXIT_OK, EXIT_USAGE
+from analyzer.cli.limits import add_limit_args, apply_limit_args, limit_problem
 
 
 def register(sub) -> None:
@@ -26,6 +27,7 @@ def register(sub) -> None:
     p.add_argument("--resume", action="store_true", help="skip captures whose sha256 is already in RESULTS")
     p.add_argument("--format", choices=("csv", "parquet", "jsonl"), default=None,
                    help="results format (default: from the RESULTS suffix, else csv)")
+    add_limit_args(p)
     p.set_defaults(func=run)
 
 
@@ -38,6 +40,14 @@ def run(args) -> int:
     if args.jobs is not None and args.scheduler:
         print("mailpush batch: --jobs and --scheduler exclude each other", file=sys.stderr)
         return EXIT_USAGE
+    if problem := limit_problem(args):
+        print(f"mailpush batch: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    # a RESULTS path that cannot work is found before anything is scored, not after
+    if problem := _results_problem(args.output):
+        print(f"mailpush batch: cannot write {args.output}: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    apply_limit_args(args)
     report = BatchReport()
     try:
         table = score(args.paths, jobs=args.jobs, scheduler=args.scheduler, output=args.output, fmt=args.format,
@@ -55,3 +65,20 @@ def run(args) -> int:
     if len(table) and table["error"].notna().all():
         return EXIT_NO_CAPTURE  # not one capture could be read or analysed
     return EXIT_OK
+
+
+def _results_problem(path: str) -> str | None:
+    """Why RESULTS cannot be written (a directory, an unwritable or uncreatable folder), or None. Checked before
+    the first capture is scored."""
+    if os.path.isdir(path):
+        return "is a directory"
+    parent = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(parent, exist_ok=True)  # RESULTS' folder is created, as before
+    except OSError as exc:
+        return f"cannot create directory {parent}: {exc.strerror or exc}"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"directory {parent} is not writable"
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        return "is not writable"
+    return None

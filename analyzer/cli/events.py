@@ -33,6 +33,7 @@ def output_problem(path: str) -> str | None:
 
 def run(args) -> int:
     from analyzer.dissect import dissect_capture, events_to_dataframe
+    from analyzer.report.safe_text import escape_controls
     from analyzer.ingest import CaptureError
     from analyzer.pipeline import not_a_regular_file
 
@@ -49,20 +50,22 @@ def run(args) -> int:
     try:
         events, info = dissect_capture(args.capture, engine=args.engine)
     except CaptureError as exc:
-        print(f"{PROG}: {args.capture}: {exc}", file=sys.stderr)
+        print(f"{PROG}: {escape_controls(args.capture)}: {exc}", file=sys.stderr)
         return EXIT_NO_CAPTURE
     except OSError as exc:
-        print(f"{PROG}: {args.capture}: {exc.strerror or exc}", file=sys.stderr)
+        print(f"{PROG}: {escape_controls(args.capture)}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_NO_CAPTURE
     for w in info.warnings:
-        print(f"{PROG}: warning: {args.capture}: {w}", file=sys.stderr)
+        print(f"{PROG}: warning: {escape_controls(args.capture)}: {escape_controls(w)}", file=sys.stderr)
     df = events_to_dataframe(events)
     try:
         if args.format == "parquet":
             df.to_parquet(args.output, index=False)
             return EXIT_OK
         if args.format == "csv":
-            text = df.to_csv(index=False)
+            from analyzer.report.safe_text import neutralise_frame
+
+            text = neutralise_frame(df).to_csv(index=False)  # no formula injection from capture strings
         else:
             text = df.to_json(orient="records", indent=1) + "\n"
         if args.output:

@@ -6,6 +6,7 @@ import ipaddress
 import sys
 
 from analyzer.cli import EXIT_OK, EXIT_USAGE
+from analyzer.cli.limits import add_limit_args, limit_problem
 
 DEFAULT_DATA_DIR = "mailpush-data"
 
@@ -22,6 +23,11 @@ def register(sub) -> None:
                    "analyse nothing)")
     p.add_argument("--job-timeout", type=float, default=900, metavar="S",
                    help="stop an analysis after S seconds and mark it failed (default 900)")
+    add_limit_args(p, tmp_dir=False)  # the server's temporary files live in DATA_DIR/tmp
+    p.add_argument("--forwarded-allow-ips", metavar="IPS", default=None,
+                   help="comma-separated addresses of trusted reverse proxies (or '*'): their X-Forwarded-Proto "
+                   "and X-Forwarded-For are believed, so the session cookie is Secure behind a TLS proxy "
+                   "(default: none; proxy headers are ignored)")
     p.add_argument("--lazy-plots", action="store_true",
                    help="draw the timing plots when a report is first viewed, not after every analysis "
                    "(faster for bulk uploads read through the API)")
@@ -101,9 +107,18 @@ def run_serve(args) -> int:
         print("mailpush serve: need 0 < --port < 65536, --workers >= 0, --max-upload-mb > 0 and --job-timeout > 0",
               file=sys.stderr)
         return EXIT_USAGE
+    if problem := limit_problem(args):
+        print(f"mailpush serve: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    from analyzer.web.worker import MAX_WORKERS
+
+    if args.workers > MAX_WORKERS:
+        print(f"mailpush serve: warning: --workers {args.workers} capped at {MAX_WORKERS} (2 per core)",
+              file=sys.stderr)
     try:
         app = create_app(args.db, args.data_dir, args.max_upload_mb, args.workers, job_timeout_s=args.job_timeout,
-                         plots_in_job=not args.lazy_plots)
+                         plots_in_job=not args.lazy_plots, max_capture_gb=args.max_capture_gb,
+                         max_compression_ratio=args.max_compression_ratio)
     except DatabaseError as exc:
         print(f"mailpush serve: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -114,8 +129,10 @@ def run_serve(args) -> int:
         print("mailpush serve: warning: listening beyond this machine over plain HTTP; tokens and captures "
               "travel unencrypted. Put a TLS reverse proxy in front.", file=sys.stderr)
     print(f"mailpush: serving on http://{args.host}:{args.port}/ (data in {args.data_dir}, "
-          f"{args.workers} worker(s)); create an account with 'mailpush user add NAME'", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info", proxy_headers=False)
+          f"{app.state.pool.workers} worker(s)); create an account with 'mailpush user add NAME'", file=sys.stderr)
+    proxies = args.forwarded_allow_ips
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", proxy_headers=bool(proxies),
+                forwarded_allow_ips=proxies or None)
     return EXIT_OK
 
 

@@ -88,10 +88,14 @@ _HDR_2 = np.dtype([("ts", "<u8"), ("orig", "<u4"), ("incl", "<u4")])
 
 
 class NetmonReader:
-    def __init__(self, mm, info: CaptureInfo):
+    """Reads from ``mm`` (the whole file, mapped). For a streamed gzip file (analyzer.ingest.netmon_stream),
+    ``mm`` is only the 128-byte header and ``size``/``table`` come from a first streaming pass."""
+
+    def __init__(self, mm, info: CaptureInfo, size: int | None = None, table: np.ndarray | None = None):
         self.mm = mm
         self.info = info
-        size = len(mm)
+        size = len(mm) if size is None else size
+        self.size = size
         if size < HEADER:
             raise CaptureError(f"NetMon file header cut short ({size} of {HEADER} bytes): file truncated")
         (_magic, vmin, vmaj, network, year, month, _dow, day, hour, minute, sec, msec,
@@ -124,7 +128,9 @@ class NetmonReader:
         self.header_size = 8 if vmaj == 1 else 16
 
         self.table = None
-        if ft_len == 0 or ft_len % 4:
+        if table is not None:
+            self.table = table
+        elif ft_len == 0 or ft_len % 4:
             info.warnings.append(f"NetMon frame table length {ft_len} is invalid; frames read in file order")
         elif ft_off < HEADER or ft_off + ft_len > size:
             info.truncated = True
@@ -196,10 +202,13 @@ class NetmonReader:
             yield p
             p = end
 
-    def _columns(self, offs: np.ndarray):
-        """Vectorised header decoding and validation for the records at ``offs`` (frame-table order)."""
-        info, mm = self.info, self.mm
-        size = len(mm)
+    def _columns(self, offs: np.ndarray, buf=None, buf_base: int = 0):
+        """Vectorised header decoding and validation for the records at ``offs`` (frame-table order; absolute
+        offsets). ``buf`` holds the file's bytes from offset ``buf_base`` on (default: the whole mapped file); the
+        data offsets returned are positions in ``buf``."""
+        info = self.info
+        mm = self.mm if buf is None else buf
+        size = self.size
         hs, trailer = self.header_size, self.trailer
         n = len(offs)
         if n == 0:
@@ -211,6 +220,8 @@ class NetmonReader:
         if outside.size:
             stop, stop_why = int(outside[0]), "header"
         arr = np.frombuffer(mm, dtype=np.uint8)
+        offs = offs - buf_base  # positions in buf; offsets in warnings add buf_base back
+        size = size - buf_base
         o = offs[:stop]
         idx = o[:, None] + np.arange(hs, dtype=np.int64)
         hdr = arr[idx].view(_HDR_1 if self.major == 1 else _HDR_2)[:, 0]
@@ -238,7 +249,7 @@ class NetmonReader:
             rejected = np.flatnonzero(linktype == _REJECT)
             if rejected.size:
                 j = int(rejected[0])
-                warn_damaged(info, int(o[j]), f"NetMon media type 0x{int(media[j]):04X} is not supported")
+                warn_damaged(info, int(o[j]) + buf_base, f"NetMon media type 0x{int(media[j]):04X} is not supported")
                 stop, stop_why = j, "reported"
                 o, incl, orig, hdr, rec_end, linktype, tpos = (o[:j], incl[:j], orig[:j], hdr[:j], rec_end[:j],
                                                              linktype[:j], tpos[:j])
@@ -246,19 +257,19 @@ class NetmonReader:
             linktype = np.full(len(o), self.header_linktype, dtype=np.int64)
 
         if stop_why == "header":
-            warn_truncated(info, int(offs[stop]), hs, max(0, size - int(offs[stop])))
+            warn_truncated(info, int(offs[stop]) + buf_base, hs, max(0, size - int(offs[stop])))
         elif stop_why == "absurd":
             j = stop
-            warn_damaged(info, int(offs[j]), f"record length {int(self._incl_at(int(offs[j])))} bytes exceeds "
+            warn_damaged(info, int(offs[j]) + buf_base, f"record length {int(self._incl_at(int(offs[j]), mm))} bytes exceeds "
                          f"the maximum of {MAX_RECORD}")
         elif stop_why == "atm":
-            warn_damaged(info, int(offs[stop]), f"ATM record of {int(self._incl_at(int(offs[stop])))} bytes is "
+            warn_damaged(info, int(offs[stop]) + buf_base, f"ATM record of {int(self._incl_at(int(offs[stop]), mm))} bytes is "
                          f"shorter than its {ATM_PSEUDO_HEADER}-byte NetMon ATM header")
         elif stop_why == "cut":
             j = stop
             start = int(offs[j])
-            wanted = hs + int(self._incl_at(start)) + trailer
-            warn_truncated(info, start, wanted, size - start)
+            wanted = hs + int(self._incl_at(start, mm)) + trailer
+            warn_truncated(info, start + buf_base, wanted, size - start)
 
         if self.major == 1:
             time = self.start + hdr["ts"].astype(np.float64) / 1000.0
@@ -268,9 +279,9 @@ class NetmonReader:
             time = self.start + delta.astype(np.float64) / 1e7
         if self.utc_per_frame and len(o):
             ft = np.zeros(len(o), dtype=np.uint64)
-            base = tpos + 6
+            ft_pos = tpos + 6
             for b in range(8):
-                ft |= arr[base + b].astype(np.uint64) << np.uint64(8 * b)
+                ft |= arr[ft_pos + b].astype(np.uint64) << np.uint64(8 * b)
             ticks = ft.astype(np.int64) - FILETIME_UNIX_EPOCH
             time = (ticks // 10_000_000).astype(np.float64) + (ticks % 10_000_000).astype(np.float64) / 1e7
 
@@ -285,7 +296,8 @@ class NetmonReader:
         cols = (data[keep], incl[keep], orig[keep], time[keep], linktype[keep].astype(np.int32), o[keep])
         return cols, stop_why is not None
 
-    def _incl_at(self, start: int) -> int:
+    def _incl_at(self, start: int, buf=None) -> int:
+        buf = self.mm if buf is None else buf
         if self.major == 1:
-            return struct.unpack_from("<H", self.mm, start + 6)[0]
-        return struct.unpack_from("<I", self.mm, start + 12)[0]
+            return struct.unpack_from("<H", buf, start + 6)[0]
+        return struct.unpack_from("<I", buf, start + 12)[0]

@@ -7,10 +7,15 @@ How bytes reach the format walkers:
   page cache, not process memory).
 * **gzip (pcap, pcapng)** is decompressed in 1 MiB windows. The incomplete record at the end of a window is
   carried over in front of the next one; batch offsets are then offsets into that window's bytes object.
-* **gzip (NetMon)** cannot be walked in order: the frame table that says where frames are sits at the *end* of
-  the file. Its decompressed bytes are spooled to an anonymous temporary file on disk (streaming, 1 MiB at a
+* **gzip (NetMon)** cannot be walked in one pass: the frame table that says where frames are sits at the *end*
+  of the file. When the table lists the records in file order (the usual case) the file is read in two
+  streaming passes, the first keeping only the header and the table (:mod:`analyzer.ingest.netmon_stream`), so
+  no decompressed copy is made. Otherwise (table missing, cut or out of order) its decompressed bytes are spooled to an anonymous temporary file on disk (streaming, 1 MiB at a
   time) and that file is mmap'ed, so memory stays constant there too; the disk holds one decompressed copy
-  until ``close()``.
+  until ``close()``. The spool lives only in the operator's temporary directory and is bounded by the
+  decompression limits and the free space there (:mod:`analyzer.ingest.limits`).
+* Every gzip stream is bounded: decompressed size and compression ratio (:mod:`analyzer.ingest.limits`); a
+  bomb raises :class:`CaptureLimitError` (a :class:`CaptureError`) naming the limit.
 
 Damage never raises once the file is open: the frames before it are delivered and ``info.warnings`` names the
 byte offset (``info.truncated`` is set for a cut file or a cut gzip stream).
@@ -26,8 +31,10 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from analyzer.ingest.limits import CaptureLimitError, Limits  # noqa: F401  (CaptureLimitError re-exported)
+from analyzer.ingest.limits import current as current_limits
 from analyzer.ingest.model import CaptureError, CaptureInfo, Frame, FrameBatch
-from analyzer.ingest.sniff import SNIFF_BYTES, is_gzip, sniff_format
+from analyzer.ingest.sniff import GZIP_MAGIC, SNIFF_BYTES, is_gzip, sniff_format
 from analyzer.ingest.walk import MORE, NEED_DATA
 
 NOT_A_CAPTURE = "not a capture file (pcap, pcapng, NetMon)"
@@ -39,82 +46,108 @@ Progress = Callable[[int, int], None]
 
 
 class GzipStream:
-    """Incremental gzip decompression that delivers every byte decoded before damage.
+    """Incremental gzip decompression that reads exactly what ``zcat`` reads and delivers every byte decoded
+    before damage.
 
     ``gzip.GzipFile.read(n)`` raises on a cut or corrupt stream and drops what it decoded within that call, so a
     damaged file would lose up to a whole window of good frames. Here compressed data goes to zlib in 2 KiB
-    steps, the bytes decoded before a failing step are returned first, and the error is raised on the *next*
-    call. Several gzip members in a row (``cat a.gz b.gz``) are one stream, as with gzip(1); trailing zero
-    padding is ignored.
+    steps with no output limit (2 KiB of deflate data expands to at most ~2 MiB), so no input is ever held back
+    by zlib and re-fed; decoded bytes wait in an output buffer. The bytes decoded before a failing step are
+    returned first and the error is raised on the *next* call.
+
+    Members: several gzip members in a row (``cat a.gz b.gz``) are one stream, as with gzip(1). After the last
+    member, zero padding is ignored silently; any other trailing data is ignored with a warning in
+    ``warnings`` (zcat: "trailing garbage ignored").
+
+    Limits (:mod:`analyzer.ingest.limits`): the decompressed size and the compression ratio are checked after
+    every step; passing one raises :class:`CaptureLimitError` at once (a bomb is refused, not read).
     """
 
     RAW_CHUNK = 256 * 1024
     STEP = 2 * 1024  # small, so a failing step loses little; ~250 calls per decompressed MB, negligible
 
-    def __init__(self, fh):
+    def __init__(self, fh, limits: Limits | None = None):
         self.fh = fh
+        self.limits = limits or current_limits()
         self._z = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        self._raw = memoryview(b"")  # compressed bytes read from the file
+        self._raw = b""  # compressed bytes read from the file
         self._pos = 0  # next byte of _raw to give to zlib
-        self._tail = b""  # input zlib did not consume yet (output limit reached)
+        self._out = bytearray()  # decoded bytes not yet returned
         self._error: BaseException | None = None
         self._eof = False
+        self.compressed = 0  # compressed bytes given to zlib so far
+        self.decompressed = 0
+        self.members = 0
+        self.warnings: list[str] = []
 
     def read(self, n: int) -> bytes:
-        if self._error is not None:
+        while len(self._out) < n and not self._eof and self._error is None:
+            self._step()
+        if not self._out and self._error is not None:
             err, self._error = self._error, None
             self._eof = True
             raise err
-        out = []
-        got = 0
-        while got < n and not self._eof:
-            if self._tail:
-                piece = self._tail
-            else:
-                if self._pos >= len(self._raw):
-                    self._raw, self._pos = memoryview(self.fh.read(self.RAW_CHUNK)), 0
-                    if not len(self._raw):
-                        if not self._z.eof:
-                            self._error = EOFError("compressed stream ended before its end marker")
-                        else:
-                            self._eof = True
-                        break
-                piece = self._raw[self._pos : self._pos + self.STEP]
-                self._pos += len(piece)
-            try:
-                data = self._z.decompress(piece, n - got)
-            except zlib.error as exc:
-                self._error = exc
-                break
-            self._tail = self._z.unconsumed_tail
-            if data:
-                out.append(data)
-                got += len(data)
-            if self._z.eof:
-                rest = self._z.unused_data + self._tail + bytes(self._raw[self._pos :])
-                self._tail, self._raw, self._pos = b"", memoryview(b""), 0
-                if rest.strip(b"\0") or (not rest and self._more_members()):
-                    if not rest:
-                        continue
-                    if rest[:2] != b"\x1f\x8b":
-                        self._error = zlib.error("data after the end of the gzip stream is not gzip")
-                        break
-                    self._z = zlib.decompressobj(16 + zlib.MAX_WBITS)
-                    self._raw = memoryview(rest)
-                else:
-                    self._eof = True
-        if not out and self._error is not None:
-            return self.read(n)
-        return b"".join(out)
+        data = bytes(self._out[:n])
+        del self._out[:n]
+        return data
 
-    def _more_members(self) -> bool:
-        """At a member's end with no buffered input: is there another member in the file?"""
-        nxt = self.fh.read(self.RAW_CHUNK)
-        if not nxt or not nxt.strip(b"\0"):
-            return False
-        self._raw, self._pos = memoryview(nxt), 0
-        self._z = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    def _fill(self, want: int) -> bool:
+        """At least ``want`` unread compressed bytes buffered (False at the end of the file)."""
+        while len(self._raw) - self._pos < want:
+            more = self.fh.read(self.RAW_CHUNK)
+            if not more:
+                return False
+            self._raw = self._raw[self._pos:] + more
+            self._pos = 0
         return True
+
+    def _step(self) -> None:
+        if self._z is None:
+            self._next_member()
+            return
+        if not self._fill(1):
+            self._error = EOFError("compressed stream ended before its end marker")
+            return
+        piece = self._raw[self._pos : self._pos + self.STEP]
+        self._pos += len(piece)
+        self.compressed += len(piece)
+        try:
+            data = self._z.decompress(piece)
+        except zlib.error as exc:
+            self._error = exc
+            return
+        if data:
+            self._out += data
+            self.decompressed += len(data)
+            self.limits.check_decompressed(self.decompressed, self.compressed)
+        if self._z.eof:
+            rest = self._z.unused_data  # input after this member's trailer: given back, never re-fed twice
+            self.compressed -= len(rest)
+            self._pos -= len(rest)
+            self._z = None
+            self.members += 1
+
+    def _next_member(self) -> None:
+        """Between members: another member, zero padding, trailing garbage, or the end of the file."""
+        if not self._fill(1):
+            self._eof = True
+            return
+        self._fill(2)
+        if self._raw[self._pos : self._pos + 2] == GZIP_MAGIC:
+            self._z = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            return
+        offset = self.compressed
+        garbage = 0
+        while True:
+            chunk = self._raw[self._pos :]
+            garbage += len(chunk.lstrip(b"\0")) if garbage == 0 else len(chunk)
+            self._raw, self._pos = b"", 0
+            if not self._fill(1):
+                break
+        if garbage:
+            self.warnings.append(f"trailing data after the last gzip member (byte {offset} of the file) is not "
+                                 "gzip and was ignored, as zcat does")
+        self._eof = True
 
 
 def open_capture(path) -> "Capture":
@@ -181,11 +214,25 @@ class Capture:
         else:
             from analyzer.ingest.netmon import NetmonReader
 
-            self._walker = NetmonReader(self._map_for_random_access(compressed), self.info)
+            self._netmon_plan = None
+            if compressed:
+                from analyzer.ingest.netmon_stream import probe
+
+                self._netmon_plan = probe(self._file, self._new_gzip_stream)
+            if self._netmon_plan is not None:  # frame table in file order: stream, no decompressed copy
+                plan = self._netmon_plan
+                self._walker = NetmonReader(plan.header, self.info, size=plan.size, table=plan.table)
+                self.info.warnings.extend(plan.warnings)
+            else:
+                self._walker = NetmonReader(self._map_for_random_access(compressed), self.info)
         # Problems found while opening (e.g. a NetMon frame table lost to truncation) are re-reported on every
         # iteration, which starts from a clean CaptureInfo.
         self._open_warnings = list(self.info.warnings)
         self._open_truncated = self.info.truncated
+
+    @staticmethod
+    def _new_gzip_stream(fh) -> GzipStream:
+        return GzipStream(fh)
 
     def _gzip_head(self) -> bytes:
         self._file.seek(0)
@@ -207,9 +254,14 @@ class Capture:
         if not compressed:
             self._mm = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
             return self._mm
-        self._spool = tempfile.TemporaryFile(prefix="mailpush-netmon-")
+        limits = current_limits()
+        spool_dir = limits.temp_dir()
+        limits.check_spool_room(spool_dir)
+        # Under the operator's temporary directory (--tmp-dir / TMPDIR, the server's DATA_DIR/tmp), never
+        # elsewhere; bounded by the decompression limits, and by the free space of that disk.
+        self._spool = tempfile.TemporaryFile(prefix="mailpush-netmon-", dir=spool_dir)
         self._file.seek(0)
-        gz = GzipStream(self._file)
+        gz = GzipStream(self._file, limits)
         written = 0
         try:
             while True:
@@ -218,9 +270,12 @@ class Capture:
                     break
                 self._spool.write(chunk)
                 written += len(chunk)
+                if written % (64 * GZIP_WINDOW) < len(chunk):
+                    limits.check_spool_room(spool_dir)
         except GZIP_ERRORS as exc:
             self.info.truncated = True
             self.info.warnings.append(self._gzip_damage_text(exc, written))
+        self.info.warnings.extend(gz.warnings)
         self._spool.flush()
         if written == 0:
             raise CaptureError("gzip file holds no data (or its data is corrupt from the start)")
@@ -249,7 +304,11 @@ class Capture:
         info.warnings = list(self._open_warnings)
         info.truncated = self._open_truncated
         total = info.size
-        if info.format in ("netmon1", "netmon2"):
+        if info.format in ("netmon1", "netmon2") and getattr(self, "_netmon_plan", None) is not None:
+            from analyzer.ingest.netmon_stream import stream_batches
+
+            source = stream_batches(self._walker, self._file, self._new_gzip_stream, batch_size)
+        elif info.format in ("netmon1", "netmon2"):
             source = self._walker.batches(batch_size)
         elif info.compressed:
             source = self._gzip_batches(batch_size)
@@ -327,6 +386,7 @@ class Capture:
                 if status != MORE:
                     break
             if status != NEED_DATA or final:
+                info.warnings.extend(gz.warnings)
                 return
             carry = buf[pos:]
             base += pos

@@ -11,6 +11,7 @@ import re
 import textwrap
 from typing import Iterable
 
+from analyzer.report.safe_text import escape_controls
 from analyzer.verdict.model import CaptureResult, ClientVerdict, utc_datetime
 
 TEXT_WIDTH = 100
@@ -27,10 +28,14 @@ def render_json(results: Iterable[CaptureResult]) -> str:
 
 def render_csv(results: Iterable[CaptureResult]) -> str:
     """One row per (capture, client), columns ``analyzer.pipeline.RESULT_COLUMNS``; a capture without clients
-    (or unreadable) still gets one row so that nothing silently disappears from a spreadsheet."""
+    (or unreadable) still gets one row so that nothing silently disappears from a spreadsheet. Formula injection
+    is neutralised."""
+    from analyzer.report.safe_text import neutralise_frame
     from analyzer.verdict.results import results_dataframe
 
-    return results_dataframe(list(results)).to_csv(index=False, lineterminator="\n")
+    # text cells that a spreadsheet would run as a formula (a mailbox DN or file name starting with '=') get a
+    # leading apostrophe (analyzer.report.safe_text)
+    return neutralise_frame(results_dataframe(list(results))).to_csv(index=False, lineterminator="\n")
 
 
 def _utc(t: float | None) -> str:
@@ -119,9 +124,10 @@ def _client_detail(c: ClientVerdict, start: float | None) -> list[str]:
 
 
 def capture_problems(r: CaptureResult) -> list[str]:
-    """Error and warnings of one capture, one line each (prefixed 'error:' / 'warning:')."""
+    """Error and warnings of one capture, one line each (prefixed 'error:' / 'warning:'), control characters
+    escaped."""
     out = [f"error: {r.error}"] if r.error else []
-    return out + [f"warning: {w}" for w in r.warnings]
+    return [escape_controls(line) for line in out + [f"warning: {w}" for w in r.warnings]]
 
 
 def _overview(results: list[CaptureResult]) -> list[str]:
@@ -168,4 +174,6 @@ def render_text(results: Iterable[CaptureResult], include_problems: bool = True)
             out.append("")
             out += _client_detail(c, r.start)
         out.append("")
-    return "\n".join(out).rstrip("\n") + "\n"
+    # file names, mailbox DNs, warnings... come from the capture or the file system: no control character (an ESC
+    # sequence, a newline forging a line) reaches the terminal raw. Each element of `out` is one line.
+    return "\n".join(escape_controls(line) for line in out).rstrip("\n") + "\n"

@@ -27,7 +27,7 @@ from analyzer.verdict.model import CAUSES, VERDICTS, CaptureResult
 from analyzer.verdict.remedies import MEANINGS
 from analyzer.web import auth
 from analyzer.web.db import DONE, FAILED, QUEUED, RUNNING, Capture, Database, User, default_db_url, iso, utcnow
-from analyzer.web.storage import CAPTURE_ID_RE, Store, UploadError, UploadTooLarge, receive_upload
+from analyzer.web.storage import CAPTURE_ID_RE, DiskFull, Store, UploadError, UploadTooLarge, receive_upload
 from analyzer.web.worker import DEFAULT_JOB_TIMEOUT_S, WorkerPool, draw_plots
 
 log = logging.getLogger("mailpush.web")
@@ -39,9 +39,13 @@ PAGE_CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-
             "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 # The downloadable report is self-contained (inline styles, embedded images) and needs no script at all.
 REPORT_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; frame-ancestors 'none'"
-# The Swagger UI page loads its JS/CSS from a CDN (FastAPI's default); it is only reachable when logged in.
-DOCS_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-            "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; img-src 'self' data: https:")
+# The Swagger UI page: its JS/CSS are served from /docs-assets (the pinned swagger-ui-bundle package, so /docs
+# works offline and nothing is loaded from a CDN); FastAPI's page starts it with one inline script.
+DOCS_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+            "img-src 'self' data:")
+CAPTURES_PER_PAGE = 100
+CSRF_HEADER_HELP = ("requests that log in, log out or change data with a session cookie need the header "
+                    "X-Requested-With: XMLHttpRequest (or use a Bearer token)")
 
 
 # One line per cause, shown as a tooltip on the report page (the verdict stage's reason says what was seen).
@@ -60,13 +64,16 @@ def create_app(
     workers: int = 2,
     job_timeout_s: float = DEFAULT_JOB_TIMEOUT_S,
     plots_in_job: bool = True,
+    max_capture_gb: float | None = None,
+    max_compression_ratio: float | None = None,
 ) -> FastAPI:
     """``plots_in_job=False`` draws the timing plots when a report is first viewed instead of at the end of every
     analysis (matplotlib takes ~1 s per client, often more than the analysis itself: worth it for bulk uploads
     that are mostly read through the API)."""
     store = Store(data_dir)
     db = Database(db_url or default_db_url(store.root))
-    pool = WorkerPool(db, store, workers, job_timeout_s, plots_in_job)
+    pool = WorkerPool(db, store, workers, job_timeout_s, plots_in_job,
+                      limits=_job_limits(store, max_capture_gb, max_compression_ratio))
     max_bytes = int(max_upload_mb * 1024 * 1024)
 
     @asynccontextmanager
@@ -95,6 +102,9 @@ def create_app(
     templates.env.filters["percent"] = lambda x: f"{float(x) * 100:.0f}%"
     templates.env.filters["seconds"] = lambda x: "—" if x is None else f"{float(x):.1f} s"
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+    swagger_assets = _swagger_ui_dir()
+    if swagger_assets is not None:
+        app.mount("/docs-assets", StaticFiles(directory=swagger_assets), name="docs-assets")
     bearer = HTTPBearer(auto_error=False, description="API token printed by `mailpush user add NAME`")
 
     # --- security headers ---------------------------------------------------------------------------------
@@ -121,13 +131,15 @@ def create_app(
         if credentials is not None:
             return auth.user_for_token(db, credentials.credentials)
         user = auth.user_for_session(db, request.cookies.get(auth.SESSION_COOKIE))
-        if user is not None and request.method not in ("GET", "HEAD", "OPTIONS") \
-                and request.headers.get("x-requested-with") != "XMLHttpRequest":
-            # Cookie-authenticated changes must come from our own scripts (a custom header cannot be sent by a
-            # cross-site form), on top of the SameSite=Lax cookie: a second line against CSRF.
-            raise HTTPException(403, "cookie-authenticated requests that change data need the header "
-                                     "X-Requested-With: XMLHttpRequest (or use a Bearer token)")
+        if user is not None and request.method not in ("GET", "HEAD", "OPTIONS"):
+            require_csrf_proof(request)
         return user
+
+    def require_csrf_proof(request: Request) -> None:
+        # Cookie-authenticated changes, login and logout must come from our own scripts (a custom header cannot be
+        # sent by a cross-site form), on top of the SameSite=Lax cookie: a second line against CSRF.
+        if request.headers.get("x-requested-with") != "XMLHttpRequest":
+            raise HTTPException(403, CSRF_HEADER_HELP)
 
     def api_user(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> User:
         user = authenticate(request, credentials)
@@ -177,7 +189,12 @@ def create_app(
 
     @app.get("/docs", include_in_schema=False)
     def docs(user: User = Depends(page_user)):
-        page = get_swagger_ui_html(openapi_url="/openapi.json", title="mailpush API")
+        if swagger_assets is None:
+            raise HTTPException(503, "API docs need the swagger-ui-bundle package (pip install swagger-ui-bundle)")
+        page = get_swagger_ui_html(openapi_url="/openapi.json", title="mailpush API",
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css",
+                                   swagger_favicon_url="/static/favicon.svg")
         page.headers["Content-Security-Policy"] = DOCS_CSP
         return page
 
@@ -198,8 +215,13 @@ def create_app(
         }}}}},
     )
     async def upload_capture(request: Request, user: User = Depends(api_user)):
-        if store.free_bytes() < max_bytes + 64 * 1024 * 1024:
-            raise HTTPException(507, "the server is short of disk space; try again later")
+        try:
+            with store.reserve(max_bytes):  # room for this upload at its largest, beside those in progress
+                return await _store_upload(request, user)
+        except DiskFull:
+            return JSONResponse({"detail": DISK_FULL}, 507, headers={"Connection": "close"})
+
+    async def _store_upload(request: Request, user: User):
         capture_id = secrets.token_hex(8)
         partial = store.partial_path(capture_id)
         try:
@@ -215,8 +237,10 @@ def create_app(
             with db.session.begin() as s:
                 s.add(Capture(id=capture_id, user_id=user.id, filename=received.filename, size=received.size,
                               sha256=received.sha256, uploaded_at=utcnow(), status=QUEUED))
-        except Exception:
+        except Exception as exc:
             store.remove(capture_id)
+            if _is_disk_full(exc):
+                raise DiskFull() from None
             raise
         pool.notify()
         return JSONResponse(
@@ -262,8 +286,9 @@ def create_app(
             text = render_csv([result])
         except ImportError:
             from analyzer.pipeline import results_dataframe
+            from analyzer.report.safe_text import neutralise_frame
 
-            text = results_dataframe([result]).to_csv(index=False)
+            text = neutralise_frame(results_dataframe([result])).to_csv(index=False)
         return Response(text, media_type="text/csv; charset=utf-8",
                         headers={"Content-Disposition": f'attachment; filename="mailpush-{row.id}.csv"'})
 
@@ -288,11 +313,12 @@ def create_app(
                 summary="Delete a capture, its results and its plots")
     def delete_capture(capture_id: str, user: User = Depends(api_user)):
         own_capture(capture_id, user)
+        pool.cancel(capture_id)  # a running analysis is killed (its whole process group) before the files go
         with db.session.begin() as s:
             row = s.get(Capture, capture_id)
             if row is not None:
                 s.delete(row)
-        store.remove(capture_id)  # a worker still analysing it cleans up again when it finishes
+        store.remove(capture_id)
         return Response(status_code=204)
 
     # --- pages --------------------------------------------------------------------------------------------
@@ -303,12 +329,19 @@ def create_app(
 
     @app.post("/login", include_in_schema=False)
     def login(request: Request, token: str = Form(""), next: str = Form("/")):
+        require_csrf_proof(request)  # login CSRF: a cross-site form must not log a victim into our account
         user = auth.user_for_token(db, token.strip())
         if user is None:
             return templates.TemplateResponse(
                 request, "login.html", {"next": _safe_next(next), "error": "That token is not valid."},
                 status_code=401)
-        session_id = auth.create_session(db, user.id)
+        try:
+            session_id = auth.create_session(db, user.id)
+        except Exception as exc:  # the session row cannot be written
+            log.error("login of %s: cannot store the session: %s", user.name, exc)
+            if _is_disk_full(exc):
+                return JSONResponse({"detail": DISK_FULL}, 507)
+            return JSONResponse({"detail": "the database is unavailable; try again later"}, 503)
         response = RedirectResponse(_safe_next(next), status_code=303)
         response.set_cookie(auth.SESSION_COOKIE, session_id, httponly=True, samesite="lax",
                             secure=request.url.scheme == "https",
@@ -317,16 +350,23 @@ def create_app(
 
     @app.post("/logout", include_in_schema=False)
     def logout(request: Request):
+        require_csrf_proof(request)
         auth.end_session(db, request.cookies.get(auth.SESSION_COOKIE))
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(auth.SESSION_COOKIE, path="/")
         return response
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def index(request: Request, user: User = Depends(page_user)):
-        captures = [_summary(c, store, pool) for c in _own_captures(db, user)]
+    def index(request: Request, user: User = Depends(page_user), page: int = 1):
+        with db.session() as s:
+            total = s.scalar(select(func.count()).select_from(Capture).where(Capture.user_id == user.id)) or 0
+        pages = max(1, -(-total // CAPTURES_PER_PAGE))
+        page = min(max(1, page), pages)
+        captures = [_summary(c, store, pool) for c in
+                    _own_captures(db, user, CAPTURES_PER_PAGE, (page - 1) * CAPTURES_PER_PAGE)]
         return templates.TemplateResponse(request, "index.html", {
-            "user": user, "captures": captures, "max_upload_mb": max_upload_mb, "verdicts": VERDICTS})
+            "user": user, "captures": captures, "max_upload_mb": max_upload_mb, "verdicts": VERDICTS,
+            "page": page, "pages": pages, "total": total, "per_page": CAPTURES_PER_PAGE})
 
     @app.get("/captures/{capture_id}", response_class=HTMLResponse, include_in_schema=False)
     def capture_page(request: Request, capture_id: str, user: User = Depends(page_user)):
@@ -351,6 +391,36 @@ def create_app(
 
 
 # --- helpers ------------------------------------------------------------------------------------------------
+
+DISK_FULL = "the server is short of disk space; try again later"
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    text = str(getattr(exc, "orig", None) or exc).lower()
+    return "disk is full" in text or "no space left" in text or getattr(exc, "errno", None) == 28
+
+
+def _job_limits(store: Store, max_capture_gb: float | None, max_ratio: float | None) -> dict:
+    """Decompression limits of the server's analyses; their temporary files live under DATA_DIR/tmp."""
+    from dataclasses import asdict, replace
+
+    from analyzer.ingest.limits import GB, current
+
+    limits = replace(current(), tmp_dir=str(store.tmp))
+    if max_capture_gb is not None:
+        limits = replace(limits, max_bytes=int(max_capture_gb * GB))
+    if max_ratio is not None:
+        limits = replace(limits, max_ratio=float(max_ratio))
+    return asdict(limits)
+
+
+def _swagger_ui_dir() -> str | None:
+    try:
+        from swagger_ui_bundle import swagger_ui_path
+    except ImportError:
+        return None
+    return str(swagger_ui_path)
+
 
 
 def _plot_names(row: Capture, store: Store) -> list[str]:

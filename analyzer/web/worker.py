@@ -23,6 +23,8 @@ import traceback
 from pathlib import Path
 
 from analyzer.web.db import Capture, Database
+from analyzer.web.jobs import SERVER_PID_ENV, JobRegistry, enter_job_process, kill_group
+from analyzer.web.scheduler import claim_next_fair, mark_not_saved, requeue_unsaved
 from analyzer.web.storage import Store
 
 log = logging.getLogger("mailpush.web.worker")
@@ -33,63 +35,146 @@ _PLOT_LOCK = threading.Lock()
 DEFAULT_JOB_TIMEOUT_S = 900.0
 # Imported once in the fork server so that every job's child process starts with them loaded (modules that do
 # not import are skipped by multiprocessing).
-_PRELOAD = ["analyzer.pipeline", "analyzer.ingest", "analyzer.dissect", "analyzer.correlate", "analyzer.verdict",
+_PRELOAD = ["analyzer.web.forkserver_guard", "analyzer.pipeline", "analyzer.ingest", "analyzer.dissect", "analyzer.correlate", "analyzer.verdict",
             "analyzer.report", "analyzer.web.worker", "pandas", "numpy", "matplotlib", "matplotlib.pyplot"]
 _MP = multiprocessing.get_context("forkserver")  # never plain fork: this process has threads (uvicorn, workers)
 _MP.set_forkserver_preload(_PRELOAD)
 
+# More analyses at once than this only queue for the same cores (and each worker thread costs a process slot).
+MAX_WORKERS = max(4, 2 * (os.cpu_count() or 1))
+IDLE_POLL_MAX_S = 30.0  # idle workers wait for notify(), re-checking the database at most this often
+HOUSEKEEPING_S = 5.0
+
 
 class WorkerPool:
     def __init__(self, db: Database, store: Store, workers: int, job_timeout_s: float = DEFAULT_JOB_TIMEOUT_S,
-                 plots_in_job: bool = True):
+                 plots_in_job: bool = True, limits: dict | None = None):
         self.db = db
         self.plots_in_job = plots_in_job
         self.job_timeout_s = job_timeout_s
         self.store = store
-        self.workers = max(0, int(workers))
-        self._wake = threading.Event()
+        self.limits = limits  # analyzer.ingest.limits.Limits as a dict, applied in every job's process
+        requested = max(0, int(workers))
+        self.workers = min(requested, MAX_WORKERS)
+        if requested > MAX_WORKERS:
+            log.warning("--workers %d capped at %d (2 per core): more would only queue for the same cores",
+                        requested, MAX_WORKERS)
+        self.registry = JobRegistry(store.root)
+        self._cond = threading.Condition()
+        self._pending = 0  # notify() calls not yet taken by a worker
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._children: dict[str, multiprocessing.process.BaseProcess] = {}
+        self._cancelled: set[str] = set()
+        self._unsaved: dict[str, str] = {}  # capture id -> why its outcome could not be written (retried)
+        self._lock = threading.Lock()
         # capture id -> fraction of the file read, for running jobs (in memory: it only matters while running)
         self.progress: dict[str, float] = {}
 
     def start(self) -> None:
+        self.registry.lock()  # DataDirInUse: another server runs these jobs already
+        reaped = self.registry.reap_orphans()
+        removed = self.store.clean_partials()
+        if removed:
+            log.warning("removed %d partial upload(s) left by an interrupted server", removed)
         requeued, gave_up = self.db.recover_interrupted()
-        if requeued or gave_up:
-            log.warning("resuming after restart: %d interrupted job(s) re-queued, %d given up", requeued, gave_up)
+        if requeued or gave_up or reaped:
+            log.warning("resuming after restart: %d interrupted job(s) re-queued, %d given up, %d orphaned "
+                        "analysis process(es) killed", requeued, gave_up, len(reaped))
+        requeue_unsaved(self.db)
+        if self.workers:
+            # The fork server is started here, by the thread that lives as long as the server, and dies with it
+            # (forkserver_guard): every analysis forked from it dies with the fork server in turn.
+            os.environ[SERVER_PID_ENV] = str(os.getpid())
+            from multiprocessing import forkserver
+
+            forkserver.ensure_running()
         for i in range(self.workers):
             t = threading.Thread(target=self._loop, name=f"mailpush-worker-{i}", daemon=True)
             t.start()
             self._threads.append(t)
+        t = threading.Thread(target=self._housekeeping, name="mailpush-housekeeping", daemon=True)
+        t.start()
+        self._threads.append(t)
 
     def notify(self) -> None:
-        """A job was queued: wake an idle worker now instead of at its next poll."""
-        self._wake.set()
+        """A job was queued: wake one idle worker now."""
+        with self._cond:
+            self._pending += 1
+            self._cond.notify()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Ask the workers to stop after their current job. A job still running when the process exits stays
         ``running`` in the database and is re-queued by the next start (daemon threads do not block exit)."""
         self._stop.set()
-        self._wake.set()
+        with self._cond:
+            self._cond.notify_all()
         deadline = time.monotonic() + timeout
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
         self._threads = [t for t in self._threads if t.is_alive()]
+        self.registry.unlock()
+
+    def cancel(self, capture_id: str) -> bool:
+        """Stop the analysis of ``capture_id`` if it is running (its process group killed, waited for); True if
+        it was running."""
+        with self._lock:
+            self._cancelled.add(capture_id)
+            child = self._children.get(capture_id)
+        if child is None:
+            return False
+        if child.pid is not None:
+            kill_group(child.pid)
+        child.join(10)
+        return True
 
     def _loop(self) -> None:
+        idle = 1.0
         while not self._stop.is_set():
             try:
-                job = self.db.claim_next_job()
+                job = claim_next_fair(self.db)
             except Exception:  # database briefly unavailable/locked: keep the worker alive and retry
                 log.exception("could not take a job from the queue")
                 job = None
                 self._stop.wait(2.0)
             if job is not None:
+                idle = 1.0
                 self.run_job(job)
                 continue
-            # Poll as well as wait for notify(): another server process sharing the database may queue jobs.
-            self._wake.wait(1.0)
-            self._wake.clear()
+            # Nothing queued: sleep until notify(), re-checking now and then (another server process sharing a
+            # PostgreSQL database may queue jobs), backing off to IDLE_POLL_MAX_S.
+            with self._cond:
+                if self._pending == 0 and not self._stop.is_set():
+                    self._cond.wait(idle)
+                if self._pending:
+                    self._pending -= 1
+                    idle = 1.0
+                else:
+                    idle = min(IDLE_POLL_MAX_S, idle * 2)
+
+    def _housekeeping(self) -> None:
+        """Outcomes that could not be written are written again; jobs whose result could not be saved are
+        re-queued once the disk has room."""
+        backoff, next_retry = HOUSEKEEPING_S, 0.0
+        while not self._stop.wait(HOUSEKEEPING_S):
+            for capture_id, reason in list(self._unsaved.items()):
+                try:
+                    mark_not_saved(self.db, capture_id, reason)
+                    self._unsaved.pop(capture_id, None)
+                except Exception:
+                    pass
+            if time.monotonic() < next_retry:
+                continue
+            try:
+                if self.store.has_room() and requeue_unsaved(self.db):
+                    self.notify()
+                    # the database itself may still be full: retry less and less often (5 s .. 5 min)
+                    next_retry = time.monotonic() + backoff
+                    backoff = min(300.0, backoff * 2)
+                else:
+                    backoff = HOUSEKEEPING_S
+            except Exception:
+                pass
 
     def run_job(self, capture_id: str) -> None:
         try:
@@ -101,11 +186,21 @@ class WorkerPool:
             result_doc, error = None, f"internal error while analysing the capture ({type(exc).__name__}: {exc})"
         finally:
             self.progress.pop(capture_id, None)
-        try:
-            self.db.finish_job(capture_id, result=result_doc, error=error)
-        except Exception:
-            log.exception("could not record the result of capture %s", capture_id)
-        if not self._exists(capture_id):  # deleted while it was being analysed: leave nothing behind
+            with self._lock:
+                self._children.pop(capture_id, None)
+                cancelled = capture_id in self._cancelled
+                self._cancelled.discard(capture_id)
+        if not cancelled:
+            try:
+                self.db.finish_job(capture_id, result=result_doc, error=error)
+            except Exception as exc:  # "database or disk is full", database gone: never leave it "running"
+                reason = _short_reason(exc)
+                log.error("could not record the result of capture %s: %s", capture_id, reason)
+                try:
+                    mark_not_saved(self.db, capture_id, reason)
+                except Exception:
+                    self._unsaved[capture_id] = reason  # written by the housekeeping thread when it can
+        if cancelled or not self._exists(capture_id):  # deleted while it was being analysed: leave nothing
             self.store.remove(capture_id)
 
     def _run_child(self, capture_id: str) -> tuple[dict | None, str | None]:
@@ -120,9 +215,15 @@ class WorkerPool:
         receiver, sender = _MP.Pipe(duplex=False)
         child = _MP.Process(target=analyse_in_child, name=f"mailpush-analyse-{capture_id}",
                             args=(str(path), display_name,
-                                  str(self.store.plot_dir(capture_id)) if self.plots_in_job else None, sender))
+                                  str(self.store.plot_dir(capture_id)) if self.plots_in_job else None, sender,
+                                  self.limits))
         deadline = time.monotonic() + self.job_timeout_s  # the limit includes starting the process
-        child.start()
+        with self._lock:
+            if capture_id in self._cancelled:
+                return None, "capture was deleted"
+            child.start()
+            self._children[capture_id] = child
+        self.registry.record(capture_id, child.pid)
         sender.close()  # the child holds the only write end: EOF here means it is gone
         outcome = None
         try:
@@ -138,7 +239,7 @@ class WorkerPool:
                     continue
                 try:
                     message = receiver.recv()
-                except EOFError:
+                except (EOFError, OSError):
                     break
                 if message[0] == "progress":
                     self.progress[capture_id] = message[1]
@@ -146,9 +247,10 @@ class WorkerPool:
                     outcome = message
         finally:
             if child.is_alive():
-                child.kill()
+                kill_group(child.pid)
             child.join(10)
             receiver.close()
+            self.registry.forget(capture_id)
         if outcome is None:
             code = child.exitcode
             why = "it was killed, probably for lack of memory" if code == -9 else f"exit status {code}"
@@ -168,10 +270,23 @@ class _Stopped(Exception):
     pass
 
 
-def analyse_in_child(path: str, display_name: str, plot_dir: str | None, conn) -> None:
+def _short_reason(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None)  # SQLAlchemy wraps the driver's error
+    return str(orig or exc).splitlines()[0][:200] or type(exc).__name__
+
+
+def analyse_in_child(path: str, display_name: str, plot_dir: str | None, conn, limits: dict | None = None) -> None:
     """Body of a job's child process: run the pipeline, draw the plots, send the outcome back over ``conn``:
-    ("progress", fraction)*, then ("result", capture-object JSON, error or None) or ("crash", text, traceback)."""
+    ("progress", fraction)*, then ("result", capture-object JSON, error or None) or ("crash", text, traceback).
+
+    The process first makes itself a process group of its own with a parent-death signal (analyzer.web.jobs):
+    a deleted job's whole group is killed, and nothing survives the fork server (nor, through it, the server)."""
+    enter_job_process()
     try:
+        if limits is not None:
+            from analyzer.ingest.limits import Limits, configure
+
+            configure(Limits(**limits))
         last = [-1.0]
 
         def progress(done: int, total: int) -> None:

@@ -54,7 +54,9 @@
   async function refreshList() {
     let data;
     try {
-      const resp = await fetch("/api/captures", { credentials: "same-origin", headers: HEADERS });
+      const table = document.getElementById("captures-table");
+      const query = "?limit=" + (table.dataset.limit || 100) + "&offset=" + (table.dataset.offset || 0);
+      const resp = await fetch("/api/captures" + query, { credentials: "same-origin", headers: HEADERS });
       if (resp.status === 401) { window.location = "/login"; return; }
       if (!resp.ok) return;
       data = await resp.json();
@@ -171,6 +173,23 @@
     };
     setTimeout(poll, 1000);
   }
+
+  // ---- login and logout: sent by script with the anti-CSRF header the server requires -----------------------
+  document.addEventListener("submit", async function (ev) {
+    const form = ev.target;
+    const action = form.getAttribute("action");
+    if (action !== "/login" && action !== "/logout") return;
+    ev.preventDefault();
+    let resp;
+    try {
+      resp = await fetch(action, { method: "POST", body: new URLSearchParams(new FormData(form)), credentials: "same-origin", headers: HEADERS });
+    } catch (e) { return; }
+    if (resp.redirected || resp.ok) { window.location = resp.url; return; }
+    const page = new DOMParser().parseFromString(await resp.text(), "text/html");
+    const main = page.querySelector("main");
+    if (main) document.querySelector("main").replaceChildren(...main.childNodes);
+    else window.alert("The server answered " + resp.status);
+  });
 
   // ---- delete and copy buttons (event delegation: rows are re-rendered) ----------------------------------
   document.addEventListener("click", async function (ev) {
