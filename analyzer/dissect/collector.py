@@ -66,6 +66,8 @@ EPM_PORT = 135
 # Well-known DCE/RPC TCP ports: the endpoint mapper and its RPC-over-HTTP-free twin on 593 (ncacn_http
 # endpoint mapper). Exchange's dynamic ports are learned from ept_map responses and bind_ack sec_addr.
 KNOWN_DCERPC_PORTS = (135, 593)
+# NetBIOS session service and SMB: their DCE/RPC is ncacn_np, not followed
+SMB_PORTS = (139, 445)
 # ncacn_http (RPC over HTTP v1 / direct RPC proxy connections) opens each direction with this ASCII greeting
 # before the first PDU (MS-RPCH 2.1.2.1.1 "legacy server response"; C706 ncacn_http): skipped, not a gap.
 NCACN_HTTP_GREETING = b"ncacn_http/1.0"
@@ -170,6 +172,10 @@ class EventCollector:
     def is_interesting_tcp(self, payload: bytes, sport: int, dport: int) -> bool:
         if sport in self._ports or dport in self._ports:
             return True
+        if sport in SMB_PORTS or dport in SMB_PORTS:
+            # DCE/RPC inside SMB named pipes (ncacn_np) is out of scope (as in the tshark engine); its PDUs sit
+            # at SMB offsets, so following the flow would only produce resynchronisation warnings
+            return False
         if not isinstance(payload, (bytes, bytearray)):
             payload = bytes(payload)
         if plausible_header(payload, 0) or payload.startswith(NCACN_HTTP_GREETING):

@@ -284,11 +284,12 @@ class Transport:
             k = np.flatnonzero(take & (data_offset >= 20) & (plen >= 0))
             if len(k):
                 seq = w34[k] & np.uint64(0xFFFFFFFF)
+                ack = w42[k] >> np.uint64(32)
                 chosen = rows[k]
                 fast = dict(zip(chosen.tolist(), zip(
                     (base[k] + pstart[k]).tolist(), plen[k].tolist(), batch.time[chosen].tolist(),
                     src[k].tolist(), sport[k].tolist(), dst[k].tolist(), dport[k].tolist(), seq.tolist(),
-                    flags[k].tolist())))
+                    flags[k].tolist(), ack.tolist())))
             parts.append(rows[take])
 
         # --- UDP
@@ -351,13 +352,13 @@ class Transport:
                     data = bytes(data)
                 frame(first + i, float(times[i]), int(linktype[i]), data)
             else:
-                payload_start, payload_len, time, src, sport, dst, dport, seq, flags = known
+                payload_start, payload_len, time, src, sport, dst, dport, seq, flags, ack = known
                 payload = buf[payload_start : payload_start + payload_len]
                 if not isinstance(payload, bytes):
                     payload = bytes(payload)
                 self.frames_parsed += 1
                 try:
-                    segment(first + i, time, address(src), sport, address(dst), dport, seq, flags, payload)
+                    segment(first + i, time, address(src), sport, address(dst), dport, seq, flags, payload, ack)
                 except Exception as exc:  # noqa: BLE001 - same rule as frame(): one odd frame is never fatal
                     self._malformed(first + i, f"{type(exc).__name__}: {exc}")
             if newly:
@@ -433,7 +434,9 @@ class Transport:
             sport = data[l4] << 8 | data[l4 + 1]
             dport = data[l4 + 2] << 8 | data[l4 + 3]
             seq = int.from_bytes(data[l4 + 4 : l4 + 8], "big")
-            self.tcp.segment(number, time, src, sport, dst, dport, seq, data[l4 + 13], data[l4 + header_len : end])
+            ack = int.from_bytes(data[l4 + 8 : l4 + 12], "big")
+            self.tcp.segment(number, time, src, sport, dst, dport, seq, data[l4 + 13], data[l4 + header_len : end],
+                             ack)
         elif proto == PROTO_UDP:
             if end < l4 + 8:
                 self._malformed(number, "UDP header cut short")
