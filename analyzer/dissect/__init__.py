@@ -13,6 +13,7 @@ raise ``analyzer.ingest.CaptureError``; damage inside the file becomes warnings 
 from analyzer.dissect.model import (  # noqa: F401
     EVENT_COLUMNS,
     EVENT_KINDS,
+    INTERFACE_SOURCES,
     Event,
     dataframe_to_events,
     events_to_dataframe,

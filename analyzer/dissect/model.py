@@ -17,6 +17,14 @@ Events table schema (``events_dataframe``; column -> pandas dtype; ``<NA>``/None
                               abstract syntax offered; requests/responses/faults: the interface of ctx_id
     interface_uuid   string   lower-case UUID text
     interface_ver    string   "major.minor", e.g. "0.81"
+    interface_source string   how the interface was learnt (None when no interface), in order of trust:
+                              bind / alter_context: the context was negotiated on this connection in the capture;
+                              endpoint: the same context was bound later on this connection, or on another
+                              connection to the same server address and TCP port (bind, alter_context, bind_ack
+                              secondary address; port 135 = EPM); epm: an ept_map answer mapped the interface to
+                              this server address and port (context 0); stub_shape: EMSMDB recognised by the shape
+                              of the connection's stubs (rule in analyzer.dissect.session.EmsmdbShape). Learning is
+                              capture-wide: a PDU before the frame that taught its endpoint is labelled too.
     opnum            Int64    requests; responses and faults get the opnum of their request (matched by call_id)
     opname           string   e.g. EcRRegisterPushNotification, EcDoConnectEx, EcDoRpcExt2, EcDoAsyncWaitEx, ept_map
     ctx_id           Int64    presentation context id (requests, responses, faults)
@@ -66,6 +74,9 @@ EVENT_KINDS = (
     "udp",
     "icmp_unreachable",
 )
+
+# Values of the interface_source column, in order of trust
+INTERFACE_SOURCES = ("bind", "alter_context", "endpoint", "epm", "stub_shape")
 
 # DCE/RPC connection-oriented PTYPE -> event kind
 PTYPE_KIND = {
@@ -122,6 +133,7 @@ class Event:
     quoted_sport: int | None = None
     quoted_dport: int | None = None
     note: str | None = None
+    interface_source: str | None = None  # column placed after interface_ver in EVENT_COLUMNS
 
 
 EVENT_COLUMNS: dict[str, str] = {
@@ -136,6 +148,7 @@ EVENT_COLUMNS: dict[str, str] = {
     "interface": "string",
     "interface_uuid": "string",
     "interface_ver": "string",
+    "interface_source": "string",
     "opnum": "Int64",
     "opname": "string",
     "ctx_id": "Int64",
