@@ -444,6 +444,7 @@ class Capture:
         self.vlan = vlan
         self.next_port = 49700 + self.rng.randrange(200)
         self.lost: set[int] = set()  # creation indices of frames the capture lost (written nowhere)
+        self.request_lost: set[int] = set()  # frames of answers whose request was lost: opnum not knowable
 
     def ephemeral_port(self):
         self.next_port += 1 + self.rng.randrange(3)
@@ -460,8 +461,8 @@ class Capture:
         order = sorted((k for k in range(len(self.frames)) if k not in self.lost), key=lambda k: self.frames[k][0])
         self._number = {k: n + 1 for n, k in enumerate(order)}
         self.sorted_frames = [self.frames[k] for k in order]
-        self.events = sorted(([self._number[k], kind, op] for k, kind, op in self.events if k not in self.lost),
-                             key=lambda e: e[0])
+        self.events = sorted(([self._number[k], kind, None if k in self.request_lost else op]
+                              for k, kind, op in self.events if k not in self.lost), key=lambda e: e[0])
 
     def number(self, k) -> int:
         return self._number[k]
@@ -1398,8 +1399,9 @@ def s_lost_segment_after_bind():
     c, s = Host("10.3.3.31"), Host(EXCHANGE)
     o = Outlook(cap, c, s, "hal")
     t = o.logon(0.05)
-    lost_request = o.frames["connect"][0]
+    lost_request, its_answer = o.frames["connect"]
     cap.lost.add(lost_request)
+    cap.request_lost.add(its_answer)
     ctx = bytes.fromhex("77a0c3e1d2b4f596")
     reg = list(o.register(t + 0.4, c.ip, 2620, ctx))
     o.poll(61.0)
@@ -1412,7 +1414,9 @@ def s_lost_segment_after_bind():
                  "is missing from the capture; the server's answer acknowledges it (capture loss, not network "
                  "loss). Registration (status 0), two datagrams each fetched within 0.35 s: every PDU after the "
                  "hole keeps its own frame (the file itself is whole: no reader warning)")
-    entry["clients"] = [client_entry(o, "registered", "push_working", reg + notes, notifications=2, status=0)]
+    # the mailbox (szUserDN) was in the lost EcDoConnectEx request
+    entry["clients"] = [{**client_entry(o, "registered", "push_working", reg + notes, notifications=2, status=0),
+                         "mailbox": None}]
     entry["lost_frames"] = 1
     return cap, entry
 
