@@ -11,7 +11,12 @@ Compared: every column of every row, in order (time to the microsecond), except 
 meant for people. In particular the key columns frame, kind, opnum, interface, call_id, callback, context_hex,
 status and ctx_id, and the udp and icmp rows.
 
-Intentional differences: none remain on these captures. Two would-be differences are removed in the tshark
+Intentional differences: one, capture loss (issue 9 item 4). tshark, with out-of-order reassembly on, waits for
+a segment the capture lost forever and dissects none of that direction's later PDUs; the native engine declares the
+gap and goes on. On such a capture (``lost_frames`` in the manifest) every row the tshark engine gives is compared
+with the native row of the same frame and kind, and the native rows it lacks must all come after the declared gap;
+the answers tshark keeps after the gap cannot be paired with requests it never saw, so those are compared on frame,
+kind, addresses, ports and connection only. Otherwise none remain on these captures. Two would-be differences are removed in the tshark
 engine, and this test holds them in place: (1) tshark does not learn ports from the endpoint mapper, so the
 tshark engine maps interfaces itself from ept_map responses and bind_ack secondary addresses, as the native
 engine does (the IPv6 session); (2) tshark registers TCP 6000-6063 to X11, which claims an EMSMDB connection on
@@ -35,6 +40,13 @@ import test_dcerpc as T  # noqa: E402
 from test_tshark_engine import write_session  # noqa: E402
 
 COMPARED_COLUMNS = [c for c in EVENT_COLUMNS if c not in ("note", "time")]
+
+
+def _lost_segment_files() -> set[str]:
+    manifest = CAPTURES / "manifest.json"
+    if not manifest.is_file():
+        return set()
+    return {e["file"] for e in json.loads(manifest.read_text()) if e.get("lost_frames")}
 
 
 def _files() -> list[Path]:
@@ -96,9 +108,40 @@ def assert_same_events(path: Path):
     return native
 
 
+def assert_tshark_subset_after_capture_loss(path: Path):
+    """The documented difference (module doc) for a capture that lost a segment."""
+    import re
+
+    from analyzer.dissect import engine
+    native, native_info = engine.dissect_capture(str(path))
+    second, _tshark_info = dissect_with_tshark(path)
+    gaps = {}
+    for w in native_info.warnings:
+        m = re.match(r"frame (\d+): \d+ bytes missing in TCP connection (\d+) ", str(w))
+        if m:
+            gaps.setdefault(int(m.group(2)), int(m.group(1)))
+    assert gaps, "the capture loss must be declared with a warning"
+    by_key = {(e.frame, e.kind, e.src, e.sport): e for e in native}
+    after_gap = {(e.frame, e.kind, e.src, e.sport) for e in native if e.conn in gaps and e.frame >= gaps[e.conn]}
+    for b in second:
+        key = (b.frame, b.kind, b.src, b.sport)
+        assert key in by_key, f"tshark row {key} not in the native events"
+        a = by_key[key]
+        columns = COMPARED_COLUMNS if key not in after_gap else ["frame", "kind", "src", "dst", "sport", "dport",
+                                                                    "conn"]
+        diff = {c: (getattr(a, c), getattr(b, c)) for c in columns if getattr(a, c) != getattr(b, c)}
+        assert not diff, f"frame {b.frame} {b.kind}: native vs tshark {diff}"
+    missing = {(e.frame, e.kind, e.src, e.sport) for e in native} - {(b.frame, b.kind, b.src, b.sport) for b in second}
+    assert missing <= after_gap, sorted(missing - after_gap)
+    return native
+
+
 @pytest.mark.parametrize("path", [pytest.param(p, id=p.name) for p in _files()])
 def test_engines_agree_on_capture(path, tshark):
-    assert_same_events(path)
+    if path.name in _lost_segment_files():
+        assert_tshark_subset_after_capture_loss(path)
+    else:
+        assert_same_events(path)
 
 
 def test_engines_agree_on_scapy_session(tmp_path, tshark):

@@ -116,13 +116,15 @@ def _xor_rop_buffer(data: bytes) -> bool:
 
 
 def _rpc_header_ext(data: bytes) -> bool:
-    """rgbIn/rgbOut of EcDoRpcExt2 starts with an RPC_HEADER_EXT: Version 0, Flags (XorMagic or Compressed, Last
-    allowed, nothing else), Size + 8 <= the buffer, SizeActual >= Size."""
+    """rgbIn/rgbOut of EcDoRpcExt2 starts with an RPC_HEADER_EXT: Version 0, Flags made of Compressed (0x1),
+    XorMagic (0x2) and Last (0x4) only and at least one of them, Size + 8 <= the buffer, SizeActual >= Size
+    (equal when not compressed)."""
     if len(data) < 8:
         return False
     version, flags, size, size_actual = struct.unpack_from("<HHHH", data, 0)
-    return (version == 0 and flags & ~0x7 == 0 and flags & (RPC_HEADER_EXT_COMPRESSED | RPC_HEADER_EXT_XOR_MAGIC)
-            and size + 8 <= len(data) and size_actual >= size)
+    if version != 0 or flags & ~0x7 or not flags or size + 8 > len(data):
+        return False
+    return size_actual >= size if flags & RPC_HEADER_EXT_COMPRESSED else size_actual == size
 
 
 def _ecdorpc_request(stub: bytes, le: bool) -> bool | None:
@@ -177,7 +179,7 @@ def _ecdorpcext2_response(stub: bytes, le: bool) -> bool | None:
     fields = decode_response_stub(EMSMDB, 11, stub, le)
     if "status" not in fields:  # the walk did not end exactly at the return value
         return None
-    n = _U32[le].unpack_from(stub, 28)[0]
+    n = _U32[le].unpack_from(stub, 32)[0]  # pcxh(20) pulFlags(4) max(4) offset(4) actual(4) rgbOut
     return _rpc_header_ext(stub[36 : 36 + n])
 
 
@@ -199,9 +201,10 @@ class EmsmdbShape:
     NDR layout exactly: the NDR conformant/varying counts agree with each other and with the stub length (EcDoRpc:
     max/offset 0/actual, the trailing cbIn equal to actual; EcDoRpcExt2: cbIn = the array's max_count, cbAuxIn
     likewise, the walk ending at the stub end; responses walked to the return value), and the calls that carry a
-    context handle start with one (attributes 0, GUID not zero). A ROP buffer counts as obfuscated when it is
-    XOR-0xA5 (EcDoRpc: its first u16 de-obfuscated is a RopSize within the buffer and 0xA5 bytes are at least a
-    fifth of it) or starts with an RPC_HEADER_EXT with the XorMagic or Compressed flag (EcDoRpcExt2). Any other
+    context handle start with one (attributes 0, GUID not zero). A ROP buffer counts as EMSMDB's when it is
+    XOR-0xA5 obfuscated (EcDoRpc: its first u16 de-obfuscated is a RopSize within the buffer and 0xA5 bytes are at
+    least a fifth of it) or starts with a consistent RPC_HEADER_EXT (EcDoRpcExt2: Version 0, flags among
+    Compressed / XorMagic / Last, Size within the buffer and equal to SizeActual unless compressed). Any other
     opnum, or a stub that misses its layout, counts against.
 
     The rule (:meth:`is_emsmdb`), decided per (connection, context id), never from one PDU:
@@ -210,7 +213,7 @@ class EmsmdbShape:
       and at most one in 10 requests does not;
     * the context handles repeat: the matching requests use at most half as many distinct handles as there are
       such requests;
-    * at least 2 ROP buffers are obfuscated as above;
+    * at least 2 ROP buffers are EMSMDB's as above;
     * when responses of the connection are in the capture: at least 2 match, at most one in 10 does not, and at
       least 2 of them return a context handle that the requests used. (When only responses are in the capture,
       5 matching responses with repeated handles are needed.)
@@ -265,6 +268,8 @@ class EmsmdbShape:
                 return "status" in fields and handle is not None, handle, False
             if opnum == 6:
                 return (len(stub) == 0) if request else (len(stub) == 4), None, False
+            if opnum == 1 and not request:  # EcDoDisconnect answers with the handle closed (all zero)
+                return len(stub) == 24 and stub[:20] == bytes(20), None, False
             handle = _handle(stub)
             if handle is None:
                 return False, None, False

@@ -446,8 +446,13 @@ class Transport:
             if sport < MIN_NOTIFY_PORT or dport < MIN_NOTIFY_PORT:
                 return
             udp_len = data[l4 + 4] << 8 | data[l4 + 5]
-            # UDP length 0 is legal for IPv6 jumbograms; otherwise it bounds the payload (trailer bytes excluded)
-            stop = end if udp_len < 8 else min(end, l4 + udp_len)
+            # UDP length 0 is legal for IPv6 jumbograms; otherwise it bounds the payload (trailer bytes excluded).
+            # An IPv4 datagram whose length field is below the header's 8 bytes has no payload Wireshark would
+            # show (it flags the bad length): none here either, so that both engines report the same row.
+            if udp_len < 8:
+                stop = end if version == 6 else l4 + 8
+            else:
+                stop = min(end, l4 + udp_len)
             payload = data[l4 + 8 : stop]
             if len(payload) >= DCERPC_CL_HEADER_LEN and payload[0] == DCERPC_CL_VERSION and (
                     payload[1] <= DCERPC_CL_MAX_PTYPE):
