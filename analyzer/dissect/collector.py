@@ -54,7 +54,7 @@ from analyzer.dissect.dcerpc import (
 from analyzer.dissect.emsmdb import decode_request_stub, decode_response_stub
 from analyzer.dissect.epm import parse_ept_map_response
 from analyzer.dissect.interfaces import EPM, EPM_UUID, NDR64_UUID, interface_name, opname
-from analyzer.dissect.model import PTYPE_KIND, Event
+from analyzer.dissect.model import PTYPE_KIND, ConnectionWarning, Event
 from analyzer.dissect.session import NOTE_ENDPOINT, SessionLabeller
 from analyzer.dissect.stream import TcpConnection
 
@@ -276,9 +276,9 @@ class EventCollector:
         for key, call in st.calls.items():
             if key[0] == from_client and call.damaged is None:
                 call.damaged = f"{missing} bytes missing at frame {frame}"
-        self.warn(f"frame {frame}: {missing} bytes missing in {self._flow(conn, from_client)}"
-                  + (f" (dropped {dropped} bytes of a partial PDU)" if dropped else "")
-                  + "; resynchronising on the next DCE/RPC header")
+        self.warn(self._about(conn, f"frame {frame}: {missing} bytes missing in {self._flow(conn, from_client)}"
+                              + (f" (dropped {dropped} bytes of a partial PDU)" if dropped else "")
+                              + "; resynchronising on the next DCE/RPC header", capture_loss=True))
 
     def tcp_close(self, conn: TcpConnection) -> None:
         st = conn.app
@@ -286,8 +286,8 @@ class EventCollector:
             return
         for from_client, d in st.dirs.items():
             if d.buf and not d.resync:
-                self.warn(f"{self._flow(conn, from_client)} ended with an incomplete DCE/RPC PDU "
-                          f"({len(d.buf)} bytes buffered)")
+                self.warn(self._about(conn, f"{self._flow(conn, from_client)} ended with an incomplete DCE/RPC PDU "
+                                      f"({len(d.buf)} bytes buffered)"))
         conn.app = None
         self._live.pop(conn.index, None)
 
@@ -319,12 +319,17 @@ class EventCollector:
             a, b = f"{conn.server_ip}:{conn.server_port}", f"{conn.client_ip}:{conn.client_port}"
         return f"TCP connection {conn.index} ({a} -> {b})"
 
+    @staticmethod
+    def _about(conn: TcpConnection, message: str, capture_loss: bool = False) -> ConnectionWarning:
+        return ConnectionWarning(message, conn.index, f"{conn.client_ip}:{conn.client_port}",
+                                 f"{conn.server_ip}:{conn.server_port}", capture_loss)
+
     def _direction_warning(self, conn, from_client, d: _Direction, message: str) -> None:
         d.warnings += 1
         if d.warnings <= MAX_WARNINGS_PER_DIRECTION:
             if d.warnings == MAX_WARNINGS_PER_DIRECTION:
                 message += " (further warnings for this direction suppressed)"
-            self.warn(message)
+            self.warn(self._about(conn, message))
 
     def _ctx_iface(self, st: _ConnState, ctx_id: int, server_ip: str,
                    server_port: int) -> tuple[_Iface | None, str | None, str | None]:

@@ -180,6 +180,28 @@ assert tuple(EVENT_COLUMNS) == tuple(f.name for f in fields(Event)) or set(EVENT
 }
 
 
+class ConnectionWarning(str):
+    """A dissection warning about one TCP connection: the text (it IS the warning string, so every consumer of
+    ``CaptureInfo.warnings`` keeps working) plus which connection it concerns. Dissection says nothing more;
+    later stages may annotate it (``mapi``: the connection carries EMSMDB/AsyncEMSMDB/NSPI traffic; ``affects``:
+    its client's address) to group the warnings for the reader.
+
+    Attributes: ``conn`` (connection index, as the events' ``conn``), ``client`` and ``server`` ("ip:port"),
+    ``capture_loss`` (True for bytes missing from the capture), ``mapi`` and ``affects`` (None until annotated).
+    """
+
+    def __new__(cls, text: str, conn: int, client: str, server: str, capture_loss: bool = False):
+        self = super().__new__(cls, text)
+        self.conn, self.client, self.server, self.capture_loss = conn, client, server, capture_loss
+        self.mapi = None
+        self.affects = None
+        return self
+
+    def __reduce__(self):  # pickling (batch workers) keeps the structure
+        return (ConnectionWarning, (str(self), self.conn, self.client, self.server, self.capture_loss),
+                self.__dict__)
+
+
 def events_to_dataframe(events):
     """List of :class:`Event` -> DataFrame with exactly ``EVENT_COLUMNS`` (in that order and with those dtypes),
     sorted by (frame, original order)."""

@@ -33,6 +33,7 @@ SYN sequence numbers); their bytes are never looked at.
 
 from __future__ import annotations
 
+from analyzer.dissect.model import ConnectionWarning
 from analyzer.dissect.stream import PacketSink, TcpConnection
 
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
@@ -291,8 +292,11 @@ class TcpTable:
             d.ooo_bytes += len(payload) - len(held[0])
         if len(d.ooo) > MAX_OOO_SEGMENTS or d.ooo_bytes > MAX_OOO_BYTES:
             self.ooo_overflows += 1
-            self.sink.warn(f"frame {frame}: TCP connection {flow.index}: more than {MAX_OOO_SEGMENTS} segments or "
-                           f"{MAX_OOO_BYTES} bytes beyond a hole; giving the missing bytes up")
+            conn = flow.conn
+            self.sink.warn(ConnectionWarning(
+                f"frame {frame}: TCP connection {flow.index}: more than {MAX_OOO_SEGMENTS} segments or "
+                f"{MAX_OOO_BYTES} bytes beyond a hole; giving the missing bytes up", flow.index,
+                f"{conn.client_ip}:{conn.client_port}", f"{conn.server_ip}:{conn.server_port}", True))
             while len(d.ooo) > MAX_OOO_SEGMENTS // 2 or d.ooo_bytes > MAX_OOO_BYTES // 2:
                 self._skip_hole(flow.conn, d, from_client, frame, time)
 
