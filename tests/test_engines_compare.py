@@ -165,3 +165,19 @@ def test_engines_agree_on_ipv6_vlan_session_learned_from_epm(tmp_path, tshark):
     assert (events[3].status, events[3].request_frame) == (0, 3)
     icmp = events[5]
     assert (icmp.icmp_type, icmp.icmp_code, icmp.quoted_dst, icmp.quoted_dport) == (1, 1, "2001:db8::5", 4000)
+
+
+def test_engines_agree_on_udp_datagrams_starting_with_4(tmp_path, tshark):
+    """Issue 10 item 1: a notification payload is opaque and may start with byte 4; only connectionless DCE/RPC
+    (version 4, PTYPE <= 10, at least its 80-byte header) is left out, by both engines."""
+    from scapy.all import IP, UDP, Ether, wrpcap
+
+    cl_rpc = bytes([4, 0]) + bytes(78) + b"stub"
+    packets = [Ether() / IP(src="10.0.0.10", dst="10.0.0.5") / UDP(sport=1030, dport=2512) / payload
+               for payload in (bytes([4, 0, 1, 2, 3, 4, 5, 6]), bytes([4, 0x20]) + bytes(90), cl_rpc)]
+    for i, p in enumerate(packets):
+        p.time = 1_700_000_200 + i
+    path = tmp_path / "udp4.pcap"
+    wrpcap(str(path), packets)
+    events = assert_same_events(path)
+    assert [(e.frame, e.kind, e.stub_len) for e in events] == [(1, "udp", 8), (2, "udp", 92)]

@@ -192,7 +192,9 @@ class _EventBuilder:
     def __init__(self):
         self.events: list[Event] = []
         self.streams: dict[int, _Stream] = {}
-        self.labels = SessionLabeller()  # capture-wide interface knowledge, shared rules with the native engine
+        self.warnings: list[str] = []  # the labeller's (the same texts as the native engine's)
+        # capture-wide interface knowledge, the same rules as the native engine
+        self.labels = SessionLabeller(warn=self.warnings.append)
         self.frames = 0
         self.stop = threading.Event()  # set by the caller's thread to end the run early (KeyboardInterrupt)
         self.first_time: float | None = None
@@ -726,4 +728,6 @@ def dissect_with_tshark(path, progress=None) -> tuple[list[Event], CaptureInfo]:
         info.truncated = True
     if progress is not None:
         progress(size, size)
-    return builder.finish(), info
+    events = builder.finish()
+    info.warnings.extend(builder.warnings)
+    return events, info
