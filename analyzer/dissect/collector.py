@@ -449,12 +449,12 @@ class EventCollector:
         if req is not None and req.iface is not None:
             iface, note, source = req.iface, None, req.source
             ev.opnum, ev.request_frame = req.opnum, req.frame
+        elif req is not None:  # the request waits for its interface: its answer is labelled with it, at the end
+            iface, note, source = None, None, None
+            ev.opnum, ev.request_frame = req.opnum, req.frame
         else:
             iface, note, source = self._ctx_iface(st, cp.ctx_id, *server)
-            if req is None:
-                note = _join(note, "request not in the capture")
-            else:
-                ev.opnum, ev.request_frame = req.opnum, req.frame
+            note = _join(note, "request not in the capture")
         self._set_iface(ev, iface, source)
         ev.opname = opname(ev.interface, ev.opnum)
         ev.note = _join(note, cp.body.note)

@@ -366,8 +366,8 @@ class _EventBuilder:
             if req is not None and req[3] is not None:
                 ev.opnum, _ctx, ev.request_frame, iface, source = req
                 note = None
-            elif req is not None:
-                iface, note, source = self._ctx_iface(stream, ev.ctx_id, *server)
+            elif req is not None:  # the request waits for its interface: its answer is labelled with it, at the end
+                iface, note, source = None, None, None
                 ev.opnum, _ctx, ev.request_frame, _iface, _source = req
             else:
                 iface, note, source = self._ctx_iface(stream, ev.ctx_id, *server)
