@@ -17,7 +17,7 @@ Events table schema (``events_dataframe``; column -> pandas dtype; ``<NA>``/None
                               abstract syntax offered; requests/responses/faults: the interface of ctx_id
     interface_uuid   string   lower-case UUID text
     interface_ver    string   "major.minor", e.g. "0.81"
-    interface_source string   how the interface was learnt (None when no interface), in order of trust:
+    interface_source string   (the LAST column of the table) how the interface was learnt (None when no interface), in order of trust:
                               bind / alter_context: the context was negotiated on this connection in the capture;
                               endpoint: the same context was bound later on this connection, or on another
                               connection to the same server address and TCP port (bind, alter_context, bind_ack
@@ -133,7 +133,7 @@ class Event:
     quoted_sport: int | None = None
     quoted_dport: int | None = None
     note: str | None = None
-    interface_source: str | None = None  # column placed after interface_ver in EVENT_COLUMNS
+    interface_source: str | None = None  # added by issue 9: the last column, so earlier positions do not move
 
 
 EVENT_COLUMNS: dict[str, str] = {
@@ -148,7 +148,6 @@ EVENT_COLUMNS: dict[str, str] = {
     "interface": "string",
     "interface_uuid": "string",
     "interface_ver": "string",
-    "interface_source": "string",
     "opnum": "Int64",
     "opname": "string",
     "ctx_id": "Int64",
@@ -173,6 +172,7 @@ EVENT_COLUMNS: dict[str, str] = {
     "quoted_sport": "Int64",
     "quoted_dport": "Int64",
     "note": "string",
+    "interface_source": "string",
 }
 
 assert tuple(EVENT_COLUMNS) == tuple(f.name for f in fields(Event)) or set(EVENT_COLUMNS) == {
