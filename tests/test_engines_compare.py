@@ -181,3 +181,28 @@ def test_engines_agree_on_udp_datagrams_starting_with_4(tmp_path, tshark):
     wrpcap(str(path), packets)
     events = assert_same_events(path)
     assert [(e.frame, e.kind, e.stub_len) for e in events] == [(1, "udp", 8), (2, "udp", 92)]
+
+
+def test_engines_agree_on_ip_in_ip_and_vxlan(tmp_path, tshark):
+    """IPv4 in IPv6 (with a destination-options header) and IPv6 in IPv4: the datagram's addresses are the
+    tunnelled header's. A VXLAN datagram (UDP carrying Ethernet) keeps the outer addresses: it is the UDP the
+    hosts exchanged."""
+    from scapy.all import IP, UDP, Ether, IPv6, IPv6ExtHdrDestOpt, wrpcap
+    from scapy.layers.vxlan import VXLAN
+
+    packets = [
+        Ether() / IPv6(src="2001:db8::1", dst="2001:db8::2") / IPv6ExtHdrDestOpt() / IP(src="10.9.0.1", dst="10.9.0.2")
+        / UDP(sport=1030, dport=2512) / b"ctx-4in6",
+        Ether() / IP(src="192.0.2.1", dst="192.0.2.2") / IPv6(src="2001:db8::10", dst="2001:db8::5")
+        / UDP(sport=1031, dport=2513) / b"ctx-6in4",
+        Ether() / IP(src="192.0.2.7", dst="192.0.2.8") / UDP(sport=40000, dport=4789) / VXLAN(vni=5)
+        / Ether() / IP(src="10.1.1.1", dst="10.1.1.2") / UDP(sport=1032, dport=2514) / b"inner",
+    ]
+    for i, p in enumerate(packets):
+        p.time = 1_700_000_300 + i
+    path = tmp_path / "tunnels.pcap"
+    wrpcap(str(path), packets)
+    events = assert_same_events(path)
+    assert [(e.src, e.dst, e.sport, e.dport) for e in events] == [
+        ("10.9.0.1", "10.9.0.2", 1030, 2512), ("2001:db8::10", "2001:db8::5", 1031, 2513),
+        ("192.0.2.7", "192.0.2.8", 40000, 4789)]

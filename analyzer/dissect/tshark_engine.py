@@ -136,6 +136,26 @@ def _hex_bytes(value: str | None) -> bytes:
     return bytes.fromhex(value.replace(":", ""))
 
 
+def _carrier_ip(layers: dict, protocols: str):
+    """(prefix, fields) of the IP header the transport layer rides on: the last IP before the first TCP, UDP or
+    ICMP in ``frame.protocols`` (the tunnelled header of IP in IP, as the native engine takes it; the outer one of
+    a VXLAN or GRE payload). pyshark folds repeated layers of one name into one list, so the position is read from
+    the protocol path."""
+    seen = {"ip": 0, "ipv6": 0}
+    carrier = None
+    for token in protocols.split(":"):
+        if token in seen:
+            carrier = (token, seen[token])
+            seen[token] += 1
+        elif token in ("tcp", "udp", "icmp", "icmpv6"):
+            break
+    if carrier is None:  # no protocol path: the first IP layer, IPv4 first
+        name = "ip" if "ip" in layers else "ipv6"
+        return name, (layers.get(name) or [None])[0]
+    found = layers.get(carrier[0]) or []
+    return carrier[0], found[carrier[1]] if carrier[1] < len(found) else None
+
+
 def _connectionless_dcerpc(payload: bytes) -> bool:
     """The native transport's rule: version byte 4, PTYPE <= 10 and at least the 80-byte header. A lone first
     byte 4 is not enough: the context blob a client registers is opaque and may start with 4."""
@@ -214,10 +234,9 @@ class _EventBuilder:
         if self.first_time is None:
             self.first_time = time
         self.last_time = time
-        ip = (layers.get("ip") or layers.get("ipv6") or [None])[0]
+        prefix, ip = _carrier_ip(layers, pkt.frame_info._all_fields.get("frame.protocols", ""))
         if not isinstance(ip, dict):
             return
-        prefix = "ip" if "ip" in layers else "ipv6"
         src, dst = ip.get(f"{prefix}.src"), ip.get(f"{prefix}.dst")
         if "tcp" in layers and "dcerpc" in layers:
             protocols = pkt.frame_info._all_fields.get("frame.protocols", "")
