@@ -146,3 +146,38 @@ def test_warnings_about_non_mapi_connections_are_counted_in_one_line(tmp_path):
     warnings = captures[0]["warnings"]
     assert any("does not start at a DCE/RPC PDU boundary" in w for w in warnings)
     assert any("bytes missing" in w for w in warnings)
+
+
+ASYNC_EMSMDB = "5261574a-4572-206e-b268-6b199213b4e4"
+
+
+def test_one_endpoint_serving_emsmdb_and_asyncemsmdb_is_decided_by_the_calls():
+    """Exchange's RPC Client Access serves EMSMDB and AsyncEMSMDB on one port: two other connections bind each at
+    context 0. A mid-session connection making only EcDoAsyncWaitEx calls (opnum 0) is AsyncEMSMDB; one whose stubs
+    have EMSMDB's shape is EMSMDB; one with neither stays unlabelled."""
+    import random
+
+    from test_stub_shape import ROPS, _ecdorpc_request, _ecdorpc_response, _handle
+
+    port = 50126
+    f = T.Feeder()
+    waiting, polling, unknown = T.conn(0, port), T.conn(1, port), T.conn(2, port)
+    for k in range(3):
+        f.send(waiting, True, T.request(60 + k, 0, 0, _handle(random.Random(k)) + bytes(4)))
+        f.send(waiting, False, T.response(60 + k, 0, bytes(8)))
+    cxh = _handle(random.Random(9))
+    for k in range(3):
+        f.send(polling, True, T.request(70 + k, 0, 2, _ecdorpc_request(cxh, ROPS)))
+        f.send(polling, False, T.response(70 + k, 0, _ecdorpc_response(cxh, ROPS)))
+    f.send(unknown, True, T.request(80, 0, 5, bytes(24)))
+    for index, uuid, version in ((3, T.EMSMDB, (0, 81)), (4, ASYNC_EMSMDB, (0, 1))):
+        c = T.conn(index, port)
+        f.send(c, True, T.bind(1, [(0, uuid, *version, [T.NDR])]))
+        f.send(c, False, T.bind_ack(1, str(port).encode() + b"\x00", [(0, 0, T.NDR)]))
+    events = f.events()
+    labels = {}
+    for e in events:
+        if e.kind in ("request", "response") and e.conn in (0, 1, 2):
+            labels.setdefault(e.conn, set()).add((e.interface, e.interface_source))
+    assert labels == {0: {("AsyncEMSMDB", "endpoint")}, 1: {("EMSMDB", "endpoint")}, 2: {(None, None)}}
+    assert {e.opname for e in events if e.conn == 0} == {"EcDoAsyncWaitEx"}

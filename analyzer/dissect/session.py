@@ -20,6 +20,10 @@ So an endpoint learnt anywhere labels the whole capture. What labels a PDU, in o
 2. ``endpoint``: the same context id was bound to an interface later on this connection, or on another connection
    to the same server address and TCP port (bind, alter_context, or a bind_ack secondary address naming the port;
    context 0 for the latter), or the endpoint mapper's well-known port 135 (context 0);
+
+   when one endpoint serves several interfaces at that context (Exchange's RPC Client Access serves EMSMDB and
+   AsyncEMSMDB on one port), the connection's calls decide: EMSMDB when its stubs have EMSMDB's shape, AsyncEMSMDB
+   when its only opnum is 0 (EcDoAsyncWaitEx); otherwise it stays unlabelled (same for ept_map answers);
 3. ``epm``: an ept_map answer mapped the interface to this server address and TCP port (context 0 only: the
    context every Windows client binds first);
 4. ``stub_shape``: EMSMDB recognised on this connection and context by the shape of its stubs (:class:`EmsmdbShape`).
@@ -338,9 +342,12 @@ class SessionLabeller:
 
     def __init__(self, warn: Callable[[str], None] | None = None):
         self._warn = warn or (lambda message: None)
-        self._epm: dict[tuple[str, int], Label] = {}  # (server ip, port) -> interface, from ept_map
-        self._sec_addr: dict[tuple[str, int], Label] = {}  # from bind_ack secondary addresses
-        self._bound: dict[tuple[str, int], dict[int, Label]] = {}  # endpoint -> ctx id -> interface (binds)
+        # (server ip, port) -> {uuid: interface}: one endpoint may serve several interfaces (Exchange's RPC Client
+        # Access serves EMSMDB and AsyncEMSMDB on one port), so each source keeps every interface it named
+        self._epm: dict[tuple[str, int], dict[str, Label]] = {}  # from ept_map answers
+        self._sec_addr: dict[tuple[str, int], dict[str, Label]] = {}  # from bind_ack secondary addresses
+        self._bound: dict[tuple[str, int], dict[int, dict[str, Label]]] = {}  # ctx id -> ... (binds)
+        self._opnums: dict[tuple[int, int], set[int]] = {}  # (conn, ctx) of deferred PDUs -> opnums seen
         self._deferred: list[_Deferred] = []
         self._deferred_conns: set[int] = set()
         self._later_contexts: dict[int, dict[int, Label]] = {}  # conn -> ctx id -> interface bound after PDUs
@@ -352,18 +359,20 @@ class SessionLabeller:
 
     def learn_ept_map(self, ip: str, port: int, iface) -> None:
         if port is not None and 0 < port < 65536:
-            self._epm[(ip, port)] = Label.of(iface)
+            label = Label.of(iface)
+            self._epm.setdefault((ip, port), {})[label.uuid] = label
 
     def learn_sec_addr(self, ip: str, port: int, iface) -> None:
         if port is not None and 0 < port < 65536 and port != EPM_PORT:
-            self._sec_addr[(ip, port)] = Label.of(iface)
+            label = Label.of(iface)
+            self._sec_addr.setdefault((ip, port), {})[label.uuid] = label
 
     def learn_context(self, conn: int, server_ip: str, server_port: int, ctx_id: int | None, iface) -> None:
         """A bind / alter_context on ``conn`` offered (or its ack accepted) ``ctx_id`` -> ``iface``."""
         if ctx_id is None:
             return
         label = Label.of(iface)
-        self._bound.setdefault((server_ip, server_port), {})[ctx_id] = label
+        self._bound.setdefault((server_ip, server_port), {}).setdefault(ctx_id, {})[label.uuid] = label
         if conn in self._deferred_conns:
             self._later_contexts.setdefault(conn, {})[ctx_id] = label
 
@@ -371,35 +380,49 @@ class SessionLabeller:
         """The bind_ack / alter_context_resp rejected this offered context: it teaches nothing."""
         bound = self._bound.get((server_ip, server_port))
         label = Label.of(iface)
-        if bound is not None and ctx_id in bound and bound[ctx_id].uuid == label.uuid:
-            del bound[ctx_id]
+        if bound is not None and ctx_id in bound:
+            bound[ctx_id].pop(label.uuid, None)
+            if not bound[ctx_id]:
+                del bound[ctx_id]
         later = self._later_contexts.get(conn)
         if later is not None and ctx_id in later and later[ctx_id].uuid == label.uuid:
             del later[ctx_id]
 
-    @property
-    def endpoints(self) -> dict[tuple[str, int], Label]:
-        """(server ip, port) -> interface learnt from ept_map answers (read-only view for callers)."""
-        return self._epm
-
     # ------------------------------------------------------------------------------------------------ labelling
 
-    def lookup(self, server_ip: str, server_port: int, ctx_id: int | None) -> tuple[Label | None, str | None]:
-        """What the capture has taught so far about ``ctx_id`` at this server endpoint: (interface, source)."""
+    def _candidates(self, server_ip: str, server_port: int, ctx_id: int | None) -> tuple[list[Label], str | None]:
+        """The interfaces the most trusted source that knows this endpoint and context names, and the source."""
         key = (server_ip, server_port)
         bound = self._bound.get(key)
-        if bound is not None and ctx_id in bound:
-            return bound[ctx_id], "endpoint"
+        if bound is not None and bound.get(ctx_id):
+            return list(bound[ctx_id].values()), "endpoint"
         if ctx_id == 0:
-            label = self._epm.get(key)
-            if label is not None:
-                return label, "epm"
-            label = self._sec_addr.get(key)
-            if label is not None:
-                return label, "endpoint"
+            if self._epm.get(key):
+                return list(self._epm[key].values()), "epm"
+            if self._sec_addr.get(key):
+                return list(self._sec_addr[key].values()), "endpoint"
             if server_port == EPM_PORT:
-                return EPM_LABEL, "endpoint"
+                return [EPM_LABEL], "endpoint"
+        return [], None
+
+    def lookup(self, server_ip: str, server_port: int, ctx_id: int | None) -> tuple[Label | None, str | None]:
+        """What the capture has taught so far about ``ctx_id`` at this server endpoint: (interface, source), or
+        (None, None) when nothing is known or the endpoint serves several interfaces (then :meth:`finish`
+        decides from the connection's calls)."""
+        labels, source = self._candidates(server_ip, server_port, ctx_id)
+        if len(labels) == 1:
+            return labels[0], source
         return None, None
+
+    def _choose(self, labels: list[Label], key: tuple, emsmdb_contexts: set) -> Label | None:
+        """One endpoint, several interfaces: EMSMDB when the connection's stubs have its shape, AsyncEMSMDB when
+        every call of the connection's context is opnum 0 (EcDoAsyncWaitEx, its only call), else undecided."""
+        names = {label.name: label for label in labels}
+        if EMSMDB in names and key in emsmdb_contexts:
+            return names[EMSMDB]
+        if ASYNC_EMSMDB in names and self._opnums.get(key) == {0}:
+            return names[ASYNC_EMSMDB]
+        return None
 
     def defer(self, event: Event, server: tuple[str, int], request: bool, stub: bytes | None,
               little_endian: bool, endpoint_ok: bool = True) -> None:
@@ -411,6 +434,10 @@ class SessionLabeller:
         conn = event.conn
         self._deferred_conns.add(conn)
         fields = None
+        if event.opnum is not None and event.ctx_id is not None:
+            seen = self._opnums.setdefault((conn, event.ctx_id), set())
+            if len(seen) < 16:
+                seen.add(event.opnum)
         if stub is not None and event.opnum is not None and event.ctx_id is not None:
             shape = self._shapes.get((conn, event.ctx_id))
             if shape is None:
@@ -443,7 +470,9 @@ class SessionLabeller:
             if later is not None and ev.ctx_id in later:
                 label, source = later[ev.ctx_id], "endpoint"
             if label is None and item.endpoint_ok:
-                label, source = self.lookup(item.server[0], item.server[1], ev.ctx_id)
+                labels, source = self._candidates(item.server[0], item.server[1], ev.ctx_id)
+                label = labels[0] if len(labels) == 1 else self._choose(labels, (ev.conn, ev.ctx_id),
+                                                                         emsmdb_contexts)
             if label is None and item.endpoint_ok and (ev.conn, ev.ctx_id) in emsmdb_contexts:
                 label, source = EMSMDB_LABEL, "stub_shape"
             if label is None:
@@ -460,6 +489,7 @@ class SessionLabeller:
                         setattr(ev, name, value)
         self._deferred.clear()
         self._shapes.clear()
+        self._opnums.clear()
 
 
 def apply_label(ev: Event, label, source: str | None) -> None:
