@@ -181,3 +181,16 @@ def test_one_endpoint_serving_emsmdb_and_asyncemsmdb_is_decided_by_the_calls():
             labels.setdefault(e.conn, set()).add((e.interface, e.interface_source))
     assert labels == {0: {("AsyncEMSMDB", "endpoint")}, 1: {("EMSMDB", "endpoint")}, 2: {(None, None)}}
     assert {e.opname for e in events if e.conn == 0} == {"EcDoAsyncWaitEx"}
+
+
+def test_connection_warning_survives_pickling_and_json():
+    """Batch workers pickle results; JSON writes warnings as plain text."""
+    import pickle
+
+    from analyzer.dissect import ConnectionWarning
+
+    w = ConnectionWarning("frame 3: 10 bytes missing", 2, "10.0.0.5:50000", "10.0.0.10:6001", capture_loss=True)
+    w.mapi, w.affects = True, "10.0.0.5"
+    back = pickle.loads(pickle.dumps(w))
+    assert back == w and (back.conn, back.capture_loss, back.mapi, back.affects) == (2, True, True, "10.0.0.5")
+    assert json.loads(json.dumps([back])) == ["frame 3: 10 bytes missing"]
