@@ -23,6 +23,9 @@ Per TCP connection (state kept in ``TcpConnection.app``):
   SessionLabeller` (shared with the tshark engine): ept_map answers, binds on other connections to the same
   endpoint, bind_ack secondary addresses, a later bind on the same connection, port 135 = EPM, and EMSMDB's stub
   shape. A PDU whose interface is not known yet is labelled (and its stub's fields applied) at ``finish()``.
+  ``interface_source`` says which rule labelled each PDU.
+* warnings about one connection are :class:`analyzer.dissect.model.ConnectionWarning` (the text, plus the
+  connection it concerns), so that later stages can group them; the collector itself judges nothing.
 
 UDP datagrams (already filtered by the transport to ports >= 1024 and not connectionless DCE/RPC) become
 ``udp`` rows with the payload length and its first 64 bytes as hex; ICMP errors quoting a UDP datagram become
