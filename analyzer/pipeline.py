@@ -66,9 +66,34 @@ def analyze_capture(
         return CaptureResult(file=str(path), error=str(exc))
     except OSError as exc:
         return CaptureResult(file=str(path), error=f"cannot read {path}: {exc.strerror or exc}")
+    mark_mapi_warnings(info.warnings, events)
     correlation = correlate(events, info, vantage=vantage)
     verdicts = judge_clients(correlation)
     return build_capture_result(info, correlation, verdicts)
+
+
+# Interfaces of the MAPI traffic the analysis is about (issue 9 item 7: warnings about other connections are
+# only counted in the text report)
+MAPI_INTERFACES = frozenset({"EMSMDB", "AsyncEMSMDB", "NSPI"})
+
+
+def mark_mapi_warnings(warnings: list, events) -> None:
+    """Annotate the dissection's per-connection warnings (``ConnectionWarning``): ``mapi`` True when the
+    connection carries EMSMDB/AsyncEMSMDB/NSPI PDUs, else False, and ``affects`` = that connection's client
+    address. Only the events table is used (which interface each connection carried), never a verdict."""
+    from analyzer.dissect.model import ConnectionWarning
+
+    concerned = [w for w in warnings if isinstance(w, ConnectionWarning)]
+    if not concerned:
+        return
+    wanted = {w.conn for w in concerned}
+    mapi = {}
+    for e in events:
+        if e.conn in wanted and e.interface in MAPI_INTERFACES and e.conn not in mapi:
+            mapi[e.conn] = e.src if e.kind in ("request", "bind", "alter_context", "auth3") else e.dst
+    for w in concerned:
+        w.mapi = w.conn in mapi
+        w.affects = mapi.get(w.conn) or w.client.rsplit(":", 1)[0]
 
 
 def analyze(paths: Iterable[str], engine: str = "native", vantage: str = "auto") -> list[CaptureResult]:

@@ -443,6 +443,8 @@ class Capture:
         self.rng = random.Random(seed)
         self.vlan = vlan
         self.next_port = 49700 + self.rng.randrange(200)
+        self.lost: set[int] = set()  # creation indices of frames the capture lost (written nowhere)
+        self.request_lost: set[int] = set()  # frames of answers whose request was lost: opnum not knowable
 
     def ephemeral_port(self):
         self.next_port += 1 + self.rng.randrange(3)
@@ -456,11 +458,11 @@ class Capture:
         return len(self.frames) - 1
 
     def finish(self):
-        order = sorted(range(len(self.frames)), key=lambda k: self.frames[k][0])
+        order = sorted((k for k in range(len(self.frames)) if k not in self.lost), key=lambda k: self.frames[k][0])
         self._number = {k: n + 1 for n, k in enumerate(order)}
         self.sorted_frames = [self.frames[k] for k in order]
-        self.events = sorted(([self._number[k], kind, op] for k, kind, op in self.events),
-                             key=lambda e: e[0])
+        self.events = sorted(([self._number[k], kind, None if k in self.request_lost else op]
+                              for k, kind, op in self.events if k not in self.lost), key=lambda e: e[0])
 
     def number(self, k) -> int:
         return self._number[k]
@@ -1274,6 +1276,185 @@ def s_no_emsmdb():
     return cap, entry
 
 
+# ------------------------------------------------------------------------------------------------------------------
+# issue 9 items 1, 2, 4 (helper H1): endpoints learnt late, EMSMDB by stub shape, capture loss, a decoy
+
+# ROP request buffers of Outlook 2002's EcDoRpc calls, de-obfuscated from the public wiki capture mgove413_3_5_10
+# (frames 1300 and 1302 of the egress-only copy): RopSize, the ROPs, then the server object handle table.
+OUTLOOK2002_POLL_ROPS = bytes.fromhex("1000fe00000006040000000000000000ffffffff")
+OUTLOOK2002_FETCH_ROPS = bytes.fromhex("0f0002000001010000000000000400def50000ffffffff")
+
+
+def ecdorpc_request_2002(cxh, payload):
+    """EcDoRpc (2) request as Outlook 2002 marshals it (mgove413): handle, size 0x7fff, offset 0, ROP buffer (u32
+    length + XOR-0xA5 bytes), cbIn u16 = length, max u16 0x7fff."""
+    return (Ndr().raw(cxh).u32(0x7FFF).u32(0).u32(len(payload)).raw(xor_a5(payload)).u16(len(payload))
+            .u16(0x7FFF).bytes())
+
+
+def ecdorpc_response_2002(cxh, payload):
+    return (Ndr().raw(cxh).u32(0x7FFF).u32(0).u32(len(payload)).raw(xor_a5(payload)).u16(len(payload))
+            .u32(0).bytes())
+
+
+class Outlook2002(Outlook):
+    """Outlook 2002: EcDoConnect / EcDoRpc with the request buffers of the real capture (answers shaped as the
+    ROP responses they call for: zero-rich properties and a server object handle table)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, legacy=True, **kwargs)
+
+    def _rop_call(self, t, req_payload, resp_payload, delay):
+        return self.rpc.call(t, self.ctx, 2, ecdorpc_request_2002(self.cxh, req_payload),
+                             ecdorpc_response_2002(self.cxh, resp_payload), delay=delay)
+
+    def poll(self, t, mail=False):
+        answer = new_mail_rops(self.cap.rng) if mail else rop_payload(bytes(12), handles=(0xFFFFFFFF,))
+        return self._rop_call(t, OUTLOOK2002_POLL_ROPS, answer, 0.004)
+
+    def fetch(self, t, notify=True):
+        f1 = self._rop_call(t, OUTLOOK2002_POLL_ROPS, new_mail_rops(self.cap.rng) if notify else
+                            rop_payload(bytes(12), handles=(0xFFFFFFFF,)), 0.005)
+        f2 = self._rop_call(t + 0.03, OUTLOOK2002_FETCH_ROPS,
+                            rop_payload(struct.pack("<BBI", 0x03, 1, 0) + bytes(40), handles=(0x31, 0x32)), 0.008)
+        return f1, f2
+
+
+def s_server_side_endpoints_learnt_late():
+    """Server-side capture of two Exchange servers; four Outlook clients already logged on when it starts. The
+    EMSMDB endpoint of the first server becomes known from an ept_map answer to a fifth client at t=95 s, the
+    second server's from a sixth client's bind at t=120 s; the earlier sessions' calls are labelled too."""
+    cap = Capture("server_side_endpoints_learnt_late", 86400, 131)
+    s1, s2 = Host(EXCHANGE), Host("10.0.0.11")
+    port2 = 49160
+    a = Outlook(cap, Host("10.3.1.11"), s1, "amy")
+    b = Outlook(cap, Host("10.3.1.12"), s1, "ben")
+    c = Outlook(cap, Host("10.3.1.13"), s2, "cid", port=port2)
+    d = Outlook(cap, Host("10.3.1.14"), s2, "dee", port=port2)
+    clients = []
+    for o, udp_port in ((a, 2701), (c, 2703)):  # notified, each datagram fetched within half a second
+        o.attach_mid_session()
+        ctx = bytes(o.cap.rng.randrange(256) for _ in range(8))
+        notes = []
+        for k, tn in enumerate((12.0 + udp_port % 7, 140.0 + udp_port % 5)):
+            notes.append(udp_datagram(cap, o.server, 1040 + k, o.client, udp_port, ctx, tn))
+            o.fetch(tn + 0.45)
+        clients.append((o, notes))
+    for o in (b, d):  # only polling (every 60 s): no evidence either way
+        o.attach_mid_session()
+        for tp in o.poll_times(5.0 + (o is d) * 7, 200.0):
+            o.poll(tp)
+    epm_lookup(cap, Host("10.3.1.15"), s1, 95.0)  # e.g. an address-book lookup: the ept_map answer names the port
+    f = Outlook(cap, Host("10.3.1.16"), s2, "fay", port=port2)  # bind on s2's port, no endpoint mapper
+    tf = f.logon(120.0, epm=False)
+    f.poll(tf + 1.0)
+    entry = dict(vantage="server", description="server side, two Exchange servers (10.0.0.10:49155, "
+                 "10.0.0.11:49160); amy, ben (server 1) and cid, dee (server 2) are mid-session when the capture "
+                 "starts (no handshake, no bind); server 1's EMSMDB port is learnt from an ept_map answer to "
+                 "10.3.1.15 at 95 s, server 2's from fay's bind at 120 s: every earlier call of the four sessions is EMSMDB "
+                 "(interface_source epm / endpoint). amy and cid get datagrams they react to; ben and dee only poll")
+    entry["clients"] = [
+        {**client_entry(a, "registered", "notification_seen_registration_not_captured", clients[0][1],
+                        notifications=2), "mailbox": None},
+        {**client_entry(b, "inconclusive", "mid_session_no_evidence", []), "mailbox": None},
+        {**client_entry(c, "registered", "notification_seen_registration_not_captured", clients[1][1],
+                        notifications=2), "mailbox": None},
+        {**client_entry(d, "inconclusive", "mid_session_no_evidence", []), "mailbox": None},
+        client_entry(f, "not_registered", "client_did_not_register", list(f.frames["connect"])),
+    ]
+    entry["interface_sources"] = {"10.3.1.11": "epm", "10.3.1.12": "epm", "10.3.1.13": "endpoint",
+                                  "10.3.1.14": "endpoint"}
+    return cap, entry
+
+
+def s_mid_session_stub_shape():
+    """Outlook 2002 mid-session on a port nothing in the capture names (no bind, no endpoint mapper): EMSMDB is
+    recognised by its EcDoRpc stubs only; two datagrams, each fetched at once."""
+    cap = Capture("mid_session_stub_shape", 90000, 132)
+    c, s = Host("10.3.2.21"), Host("10.0.0.12")
+    o = Outlook2002(cap, c, s, "gus", port=50001)
+    o.attach_mid_session()
+    o.poll(1.5)
+    o.poll(62.0)
+    ctx = bytes.fromhex("3c0f5aa500000001")
+    notes = []
+    for tn in (80.4, 151.9):
+        notes.append(udp_datagram(cap, s, 1077, c, 3110, ctx, tn))
+        o.fetch(tn + 0.3)
+    o.poll(185.0)
+    entry = dict(vantage="client", description="Outlook 2002 (EcDoRpc with the ROP buffers of the public mgove413 "
+                 "capture) mid-session on 10.0.0.12:50001; no bind, no ept_map, no known port: EMSMDB recognised "
+                 "by stub shape (repeated context handle, consistent NDR counts, XOR-0xA5 ROP buffers in both "
+                 "directions); two datagrams each followed by a fetch within 0.3 s")
+    entry["clients"] = [{**client_entry(o, "registered", "notification_seen_registration_not_captured", notes,
+                                        notifications=2), "mailbox": None}]
+    entry["interface_sources"] = {"10.3.2.21": "stub_shape"}
+    return cap, entry
+
+
+def s_lost_segment_after_bind():
+    """The capture lost the client's first segment after the bind (its EcDoConnectEx request): the server's answer
+    acknowledges it, so the hole is capture loss; every later call keeps its own frame."""
+    cap = Capture("lost_segment_after_bind", 93600, 133)
+    c, s = Host("10.3.3.31"), Host(EXCHANGE)
+    o = Outlook(cap, c, s, "hal")
+    t = o.logon(0.05)
+    lost_request, its_answer = o.frames["connect"]
+    cap.lost.add(lost_request)
+    cap.request_lost.add(its_answer)
+    ctx = bytes.fromhex("77a0c3e1d2b4f596")
+    reg = list(o.register(t + 0.4, c.ip, 2620, ctx))
+    o.poll(61.0)
+    notes = []
+    for i, tn in enumerate((90.5, 170.2)):
+        notes.append(udp_datagram(cap, s, 1050 + i, c, 2620, ctx, tn))
+        o.fetch(tn + 0.35)
+    o.poll(240.0)
+    entry = dict(vantage="client", description="the segment right after the EMSMDB bind (the EcDoConnectEx request) "
+                 "is missing from the capture; the server's answer acknowledges it (capture loss, not network "
+                 "loss). Registration (status 0), two datagrams each fetched within 0.35 s: every PDU after the "
+                 "hole keeps its own frame (the file itself is whole: no reader warning)")
+    # the mailbox (szUserDN) was in the lost EcDoConnectEx request
+    entry["clients"] = [{**client_entry(o, "registered", "push_working", reg + notes, notifications=2, status=0),
+                         "mailbox": None}]
+    entry["lost_frames"] = 1
+    return cap, entry
+
+
+def s_decoy_mid_session_dcerpc():
+    """Other DCE/RPC services mid-session, never Outlook: DRSUAPI-like (a context handle in every request, none
+    returned), SAMR-like (handles both ways, no ROP buffer), and random stubs under opnums 2 and 11."""
+    cap = Capture("decoy_mid_session_dcerpc", 97200, 134)
+    c, dc = Host("10.3.4.41"), Host("10.0.0.20")
+    rng = cap.rng
+
+    def mid_rpc(port):
+        tcp = Tcp(cap, c, dc, port)
+        rpc = Rpc(tcp)
+        rpc.call_id = 10 + rng.randrange(20)
+        return rpc
+
+    drs, hdrs = mid_rpc(49667), handle(rng)
+    for k in range(6):  # IDL_DRSGetNCChanges-like (opnum 3) and IDL_DRSCrackNames (12): handle in, no handle out
+        drs.call(1.0 + k * 2, 0, 3 if k % 2 else 12, hdrs + struct.pack("<II", 8, 1) + bytes(rng.randrange(256)
+                 for _ in range(40)), struct.pack("<II", 1, 8) + bytes(rng.randrange(256) for _ in range(60))
+                 + struct.pack("<I", 0), ack_after=0)
+    samr, hsam = mid_rpc(49668), handle(rng)
+    for k in range(6):  # SamrLookupDomain (5) / SamrOpenDomain (7)-like: handles both ways, opnums 2 and 11 too
+        samr.call(2.0 + k * 2, 0, (2, 11, 7, 2, 11, 5)[k], hsam + struct.pack("<III", 0x20000, 8, 8)
+                  + bytes(rng.randrange(256) for _ in range(24)), hsam + struct.pack("<I", 0), ack_after=0)
+    noise = mid_rpc(49669)
+    for k in range(8):  # random stubs under opnums 2 and 11
+        noise.call(3.0 + k * 2, 0, 2 if k % 2 else 11, bytes(rng.randrange(256) for _ in range(56 + 8 * k)),
+                   bytes(rng.randrange(256) for _ in range(48 + 4 * k)), ack_after=0)
+    entry = dict(vantage="client", description="decoy: three DCE/RPC connections to a domain controller already "
+                 "running when the capture starts (no bind, no endpoint mapper): DRSUAPI-like calls (context "
+                 "handle in each request, none returned), SAMR-like calls under opnums 2/11/5/7 (handles both "
+                 "ways, no ROP buffer) and random stubs under opnums 2 and 11. None may become an Outlook client")
+    entry["clients"] = []
+    return cap, entry
+
+
 SCENARIOS = {
     "push_working.pcap": s_push_working,
     "server_refused.pcap": s_server_refused,
@@ -1298,6 +1479,10 @@ SCENARIOS = {
     "registered_no_mail_seen.pcap": s_registered_no_mail_seen,
     "truncated.pcap": s_truncated,
     "no_emsmdb.pcap": s_no_emsmdb,
+    "server_side_endpoints_learnt_late.pcap": s_server_side_endpoints_learnt_late,
+    "mid_session_stub_shape.pcap": s_mid_session_stub_shape,
+    "lost_segment_after_bind.pcap": s_lost_segment_after_bind,
+    "decoy_mid_session_dcerpc.pcap": s_decoy_mid_session_dcerpc,
 }
 
 # ------------------------------------------------------------------------------------------------------------------

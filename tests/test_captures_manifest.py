@@ -102,7 +102,9 @@ def test_manifest_schema(manifest):
             assert c["register_status"] is None or c["register_status"] == "0x%08x" % int(c["register_status"], 16)
         for frame, kind, opnum in e["events"]:
             assert 1 <= frame <= e["frames"] and kind in ("bind", "alter_context", "request", "response")
-            assert (opnum is None) == (kind in ("bind", "alter_context")), (e["file"], frame, kind, opnum)
+            # (an answer whose request the capture lost has no knowable opnum: lost_frames entries only)
+            assert (opnum is None) == (kind in ("bind", "alter_context")) or (
+                e.get("lost_frames") and kind == "response"), (e["file"], frame, kind, opnum)
 
 
 def test_every_cause_is_covered(manifest):
@@ -144,14 +146,22 @@ def test_tshark_reads_every_file(tshark, manifest, regenerated):
         # timestamps to the microsecond (NetMon 2.1 keeps µs deltas from a millisecond SYSTEMTIME)
         assert [tshark_times[i + 1] for i in range(count)] == times[e["file"]], e["file"]
         ours = {(f, k, op) for f, k, op in e["events"]}
+        if e.get("lost_frames"):
+            # A segment the capture lost: tshark (out-of-order reassembly on) waits for it forever and never
+            # dissects that direction's later PDUs. What it does dissect is listed with the same frame.
+            assert {(f, k) for f, k, _ in pdus} < {(f, k) for f, k, _ in ours}, e["file"]
+            continue
         assert {(f, k) for f, k, _ in pdus} == {(f, k) for f, k, _ in ours}, e["file"]
         # Without a bind (mid-session captures) tshark cannot pair a response with its request and shows no
         # opnum; the manifest keeps the true one. Everywhere else the opnums agree.
         known = {p for p in pdus if p[2] is not None}
         assert known <= ours, f"{e['file']}: {sorted(known - ours)[:5]}"
         unknown = {p for p in pdus if p[2] is None and p[1] not in ("bind", "alter_context")}
+        # (issue 9: the new mid-session samples, and the answer to the request the capture lost)
         assert not unknown or e["scenario"] in ("notification_seen_registration_not_captured",
-                                                "mid_session_no_evidence"), (e["file"], sorted(unknown)[:5])
+                                                "mid_session_no_evidence", "server_side_endpoints_learnt_late",
+                                                "mid_session_stub_shape", "decoy_mid_session_dcerpc",
+                                                "lost_segment_after_bind"), (e["file"], sorted(unknown)[:5])
 
 
 def test_truncated_file_is_cut_inside_a_record(manifest):

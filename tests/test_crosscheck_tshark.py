@@ -69,16 +69,22 @@ def tshark_rows(path: Path) -> list[tuple[int, str, int | None]]:
     if tshark is None:
         pytest.skip("tshark not installed")
     out = subprocess.run(
-        [tshark, "-r", str(path), "-o", "tcp.reassemble_out_of_order:TRUE", "-Y", "dcerpc", "-T", "fields",
+        # heuristics first: tshark registers some client ports to other protocols (2322 = TPM claims an EPM bind
+        # of the mgove413 capture), as the tshark engine does
+        [tshark, "-r", str(path), "-o", "tcp.reassemble_out_of_order:TRUE", "-o", "tcp.try_heuristic_first:TRUE",
+         "-Y", "dcerpc", "-T", "fields",
          "-E", "occurrence=a", "-E", "aggregator=,", "-E", "separator=/t",
-         "-e", "frame.number", "-e", "dcerpc.pkt_type", "-e", "dcerpc.cn_call_id", "-e", "dcerpc.opnum"],
+         "-e", "frame.number", "-e", "dcerpc.pkt_type", "-e", "dcerpc.cn_call_id", "-e", "dcerpc.opnum",
+         "-e", "frame.protocols"],
         capture_output=True, text=True, timeout=120,
     ).stdout
     rows = []
     for line in out.splitlines():
-        frame, ptypes, call_ids, opnums = (line.split("\t") + ["", "", ""])[:4]
+        frame, ptypes, call_ids, opnums, protocols = (line.split("\t") + ["", "", "", ""])[:5]
         if not call_ids:
             continue  # connectionless DCE/RPC (UDP): not an events-table PDU row
+        if ":nbss" in protocols or ":smb" in protocols:
+            continue  # ncacn_np (DCE/RPC in SMB named pipes): out of scope for both engines
         ptypes = [int(v) for v in ptypes.split(",")]
         opnums = [int(v) for v in opnums.split(",")] if opnums else []
         assert len(ptypes) == len(call_ids.split(",")), f"frame {frame}: pkt_type and call_id not aligned"
@@ -105,8 +111,13 @@ def compared(rows):
 def test_native_pdus_equal_tshark(path):
     from analyzer.dissect import engine
     theirs = compared(tshark_rows(path))
-    events, _info = engine.dissect_capture(str(path))
+    events, info = engine.dissect_capture(str(path))
     ours = [e for e in events if e.kind in COMPARED_KINDS]
+    # Issue 9 item 4: after capture loss tshark (out-of-order reassembly on) waits for the lost segment forever and
+    # dissects none of that direction's later PDUs; mailpush declares the gap (a warning naming the frame and the
+    # connection) and goes on. Rows of a connection after its declared gap may be mailpush's only; every PDU tshark
+    # does dissect must still be there with the same frame.
+    gaps = _declared_gaps(info.warnings)
     tshark_requests = {(f, op) for f, k, op in theirs if k == "request"}
     unmatched_in_tshark = {f for f, k, op in theirs if k == "response" and op is None}
     ours_rows = []
@@ -116,9 +127,32 @@ def test_native_pdus_equal_tshark(path):
                 and (e.request_frame, e.opnum) in tshark_requests):
             opnum = None  # the documented difference: matched by call_id where tshark had no binding
         ours_rows.append((e.frame, e.kind, opnum))
+    if gaps:
+        after_gap = {(e.frame, e.kind) for e in ours if e.conn in gaps and e.frame >= gaps[e.conn]}
+        theirs_frames = {(f, k) for f, k, _op in theirs}
+        ours_frames = {(f, k) for f, k, _op in ours_rows}
+        assert theirs_frames <= ours_frames, sorted(theirs_frames - ours_frames)
+        assert ours_frames - theirs_frames <= after_gap, sorted(ours_frames - theirs_frames - after_gap)
+        # tshark cannot pair the answers after the gap with their requests (it never dissected them): compare the
+        # opnums of the rows outside the connections with a gap
+        ours_rows = [r for r in ours_rows if (r[0], r[1]) not in after_gap]
+        theirs = [r for r in theirs if (r[0], r[1]) not in after_gap]
     assert set(ours_rows) == set(theirs), (
         f"native only {sorted(set(ours_rows) - set(theirs))}, tshark only {sorted(set(theirs) - set(ours_rows))}")
     assert sorted(ours_rows, key=repr) == sorted(theirs, key=repr)  # same number of PDUs per (frame, kind, opnum)
+
+
+def _declared_gaps(warnings) -> dict[int, int]:
+    """connection index -> first frame at which mailpush declared bytes missing ("frame F: N bytes missing in TCP
+    connection C (...)")."""
+    import re
+
+    gaps: dict[int, int] = {}
+    for w in warnings:
+        m = re.match(r"frame (\d+): \d+ bytes missing in TCP connection (\d+) ", str(w))
+        if m:
+            gaps.setdefault(int(m.group(2)), int(m.group(1)))
+    return gaps
 
 
 MANIFEST_PARAMS = [pytest.param(e, id=e["file"]) for e in manifest_entries() if "events" in e] or [
@@ -135,6 +169,11 @@ def test_manifest_events_equal_tshark(entry):
     unmatched_in_tshark = {f for f, k, op in theirs if k == "response" and op is None}
     expected = [(int(f), k, None if op is None or (k == "response" and int(f) in unmatched_in_tshark) else int(op))
                 for f, k, op in entry["events"]]
+    if entry.get("lost_frames"):
+        # the capture lost a segment: every PDU tshark dissects is in the manifest with the same frame; tshark does
+        # not dissect the later PDUs of the direction that lost it (test_native_pdus_equal_tshark)
+        assert set(theirs) < set(expected), sorted(set(theirs) - set(expected))
+        return
     assert set(expected) == set(theirs), (
         f"manifest only {sorted(set(expected) - set(theirs), key=repr)}, "
         f"tshark only {sorted(set(theirs) - set(expected), key=repr)}")

@@ -180,11 +180,84 @@ def test_gap_given_up_at_fin_with_the_missing_length(tmp_path):
     ]
     sink = RecordingSink()
     run(write(tmp_path / "gap.pcap", packets), sink)
+    # issue 9 item 4: the bytes after the hole keep the frame that carried them (5), not the closing frame
     assert sink.calls == [
         ("data", 0, True, b"a" * 10, 4),
-        ("gap", 0, True, 20, 7),
-        ("data", 0, True, b"c" * 10, 7),
+        ("gap", 0, True, 20, 5),
+        ("data", 0, True, b"c" * 10, 5),
         ("close", 0, (CLIENT, CPORT, SERVER, SPORT, True)),
+    ]
+
+
+def _acking(seq_offset, data, ack_offset):
+    """A server segment acknowledging the client's bytes up to ``ack_offset`` (counted from its first data byte)."""
+    p = seg(seq_offset, data, from_client=False)
+    p[TCP].ack = CLIENT_ISN + 1 + ack_offset
+    return p
+
+
+def test_hole_acknowledged_by_the_peer_is_capture_loss_given_up_at_once(tmp_path):
+    """Issue 9 item 4: the server acknowledges bytes beyond the client's hole, so the capture lost them: the gap is
+    declared at the acknowledging frame and the later segments are delivered with their own frames, before the
+    server's data of that frame (so that a response never overtakes its request)."""
+    packets = handshake() + [
+        seg(0, b"a" * 10),  # frame 4
+        seg(30, b"c" * 10),  # frame 5: bytes 10..30 lost by the capture
+        seg(40, b"d" * 5),  # frame 6
+        _acking(0, b"R" * 7, 45),  # frame 7: the server acknowledges all 45 bytes and answers
+        seg(45, b"e" * 3),  # frame 8: in order again
+    ]
+    sink = RecordingSink()
+    run(write(tmp_path / "lost.pcap", packets), sink)
+    assert sink.calls[:6] == [
+        ("data", 0, True, b"a" * 10, 4),
+        ("gap", 0, True, 20, 5),
+        ("data", 0, True, b"c" * 10, 5),
+        ("data", 0, True, b"d" * 5, 6),
+        ("data", 0, False, b"R" * 7, 7),
+        ("data", 0, True, b"e" * 3, 8),
+    ]
+
+
+def test_hole_not_acknowledged_waits_for_the_retransmission(tmp_path):
+    """Reordering, not loss: the peer's ACK stays at the hole, the missing segment comes late and everything
+    completes at the frame that filled the hole (as tshark's out-of-order reassembly reports it)."""
+    packets = handshake() + [
+        seg(0, b"a" * 10),  # frame 4
+        seg(20, b"c" * 10),  # frame 5: beyond a hole
+        _acking(0, b"R" * 7, 10),  # frame 6: acknowledges only up to the hole
+        seg(10, b"b" * 10),  # frame 7: the retransmission fills it
+    ]
+    sink = RecordingSink()
+    run(write(tmp_path / "reorder.pcap", packets), sink)
+    assert sink.calls[:3] == [
+        ("data", 0, True, b"a" * 10, 4),
+        ("data", 0, False, b"R" * 7, 6),
+        ("data", 0, True, b"b" * 10 + b"c" * 10, 7),
+    ]
+    assert not sink.of("gap")
+
+
+def test_hole_older_than_the_window_is_given_up_without_an_ack(tmp_path):
+    """One-sided capture (no ACK from the peer): a hole open longer than HOLE_WINDOW seconds of capture time is
+    declared lost at the next segment of the connection; the held segments keep their frames."""
+    from analyzer.dissect.tcp import HOLE_WINDOW
+
+    packets = handshake() + [seg(0, b"a" * 10), seg(30, b"c" * 10), seg(40, b"d" * 5)]
+    for i, p in enumerate(packets):
+        p.time = 1700000000 + i * 0.01
+    late = seg(45, b"e" * 3)
+    late.time = packets[-1].time + HOLE_WINDOW + 1
+    path = tmp_path / "window.pcap"
+    wrpcap(str(path), packets + [late])
+    sink = RecordingSink()
+    run(path, sink)
+    assert sink.calls[:5] == [
+        ("data", 0, True, b"a" * 10, 4),
+        ("gap", 0, True, 20, 5),
+        ("data", 0, True, b"c" * 10, 5),
+        ("data", 0, True, b"d" * 5, 6),
+        ("data", 0, True, b"e" * 3, 7),
     ]
 
 
@@ -194,7 +267,10 @@ def test_hole_given_up_at_end_of_capture_and_when_the_buffer_overflows(tmp_path)
     sink = RecordingSink()
     run(write(tmp_path / "overflow.pcap", packets), sink)
     gaps = sink.of("gap")
-    assert gaps[0] == ("gap", 0, True, 95, 4 + 65)  # the 65th held segment (frame 69) overflows the bound
+    # the 65th held segment (frame 69) overflows the bound; the gap and each held segment are reported at their
+    # own frames (issue 9 item 4: the gap at the first segment after the hole, frame 5)
+    assert gaps[0] == ("gap", 0, True, 95, 5)
+    assert [c[4] for c in sink.of("data")][:4] == [4, 5, 6, 7]
     assert any("beyond a hole" in w for w in sink.warnings)
     assert sink.stream(0, True) == b"h" * 5 + b"".join(bytes([k]) * 10 for k in range(70))
 

@@ -53,6 +53,9 @@ def register(sub) -> None:
                    help="where the capture was taken (default: inferred)")
     p.add_argument("--engine", choices=("native", "tshark"), default="native",
                    help="dissector: the built-in one (default) or tshark")
+    p.add_argument("--verbose", action="store_true",
+                   help="list every warning (by default warnings about connections that carry no MAPI traffic "
+                   "are counted in one line; --format json always has them all)")
     p.add_argument("--fail-on", metavar="VERDICT[,VERDICT]", type=_verdict_list, default=[],
                    help=f"exit 1 when any client gets one of these verdicts ({', '.join(VERDICTS)})")
     add_limit_args(p)
@@ -148,7 +151,7 @@ def run(args) -> int:
     for path in args.captures:
         result = _analyze_one(path, args.engine, args.vantage)
         results.append(result)
-        for line in capture_problems(result):
+        for line in capture_problems(result, verbose=args.verbose):
             print(f"{PROG}: {escape_controls(result.file)}: {line}", file=sys.stderr)
 
     if args.format == "json":
@@ -160,7 +163,7 @@ def run(args) -> int:
 
         text = render_html(results)
     else:  # problems went to stderr already; a report file keeps them so it stands on its own
-        text = render_text(results, include_problems=bool(args.output))
+        text = render_text(results, include_problems=bool(args.output), verbose=args.verbose)
 
     if args.output:
         try:

@@ -11,8 +11,10 @@ raise ``analyzer.ingest.CaptureError``; damage inside the file becomes warnings 
 """
 
 from analyzer.dissect.model import (  # noqa: F401
+    ConnectionWarning,
     EVENT_COLUMNS,
     EVENT_KINDS,
+    INTERFACE_SOURCES,
     Event,
     dataframe_to_events,
     events_to_dataframe,

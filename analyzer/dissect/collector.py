@@ -19,9 +19,13 @@ Per TCP connection (state kept in ``TcpConnection.app``):
   context is used (with a note). Bind and alter_context rows report the FIRST OFFERED abstract syntax (acceptance
   is not known yet when they are emitted); bind_ack / alter_context_resp rows report the FIRST ACCEPTED one.
 * responses and faults are matched to their request by call_id on the same connection (opnum, request_frame).
-* connections whose bind is not in the capture: EPM ept_map responses and bind_ack secondary addresses teach
-  (server address, TCP port) -> interface. Such a connection's context id 0 is assumed to be that interface
-  (context 0 is what every Windows client binds first); other context ids stay unknown. Port 135 is EPM.
+* connections whose bind is not in the capture: labelled capture-wide by :class:`analyzer.dissect.session.
+  SessionLabeller` (shared with the tshark engine): ept_map answers, binds on other connections to the same
+  endpoint, bind_ack secondary addresses, a later bind on the same connection, port 135 = EPM, and EMSMDB's stub
+  shape. A PDU whose interface is not known yet is labelled (and its stub's fields applied) at ``finish()``.
+  ``interface_source`` says which rule labelled each PDU.
+* warnings about one connection are :class:`analyzer.dissect.model.ConnectionWarning` (the text, plus the
+  connection it concerns), so that later stages can group them; the collector itself judges nothing.
 
 UDP datagrams (already filtered by the transport to ports >= 1024 and not connectionless DCE/RPC) become
 ``udp`` rows with the payload length and its first 64 bytes as hex; ICMP errors quoting a UDP datagram become
@@ -53,7 +57,8 @@ from analyzer.dissect.dcerpc import (
 from analyzer.dissect.emsmdb import decode_request_stub, decode_response_stub
 from analyzer.dissect.epm import parse_ept_map_response
 from analyzer.dissect.interfaces import EPM, EPM_UUID, NDR64_UUID, interface_name, opname
-from analyzer.dissect.model import PTYPE_KIND, Event
+from analyzer.dissect.model import PTYPE_KIND, ConnectionWarning, Event
+from analyzer.dissect.session import NOTE_ENDPOINT, SessionLabeller
 from analyzer.dissect.stream import TcpConnection
 
 # _pdu builds its Event positionally (the per-PDU hot path): the leading fields must stay in this order
@@ -66,6 +71,8 @@ EPM_PORT = 135
 # Well-known DCE/RPC TCP ports: the endpoint mapper and its RPC-over-HTTP-free twin on 593 (ncacn_http
 # endpoint mapper). Exchange's dynamic ports are learned from ept_map responses and bind_ack sec_addr.
 KNOWN_DCERPC_PORTS = (135, 593)
+# NetBIOS session service and SMB: their DCE/RPC is ncacn_np, not followed
+SMB_PORTS = (139, 445)
 # ncacn_http (RPC over HTTP v1 / direct RPC proxy connections) opens each direction with this ASCII greeting
 # before the first PDU (MS-RPCH 2.1.2.1.1 "legacy server response"; C706 ncacn_http): skipped, not a gap.
 NCACN_HTTP_GREETING = b"ncacn_http/1.0"
@@ -90,7 +97,6 @@ class _Iface:
         self.ndr64 = ndr64
 
 
-_EPM_IFACE = _Iface(EPM_UUID, 3, 0)
 
 
 class _Direction:
@@ -118,24 +124,29 @@ class _Call:
 
 
 class _Request:
-    __slots__ = ("opnum", "ctx_id", "frame", "iface")
+    __slots__ = ("opnum", "ctx_id", "frame", "iface", "source")
 
-    def __init__(self, opnum, ctx_id, frame, iface):
+    def __init__(self, opnum, ctx_id, frame, iface, source=None):
         self.opnum = opnum
         self.ctx_id = ctx_id
         self.frame = frame
         self.iface = iface
+        self.source = source
 
 
 class _ConnState:
-    __slots__ = ("dirs", "contexts", "pending_binds", "requests", "calls")
+    __slots__ = ("dirs", "contexts", "context_source", "pending_binds", "requests", "calls", "bind_seen")
 
     def __init__(self):
         self.dirs = {True: _Direction(), False: _Direction()}
         self.contexts: dict[int, _Iface] = {}
-        self.pending_binds: dict[int, list] = {}  # call_id -> offered ContextItems, in bind order
+        self.context_source: dict[int, str] = {}  # ctx_id -> "bind" / "alter_context"
+        # call_id -> (offered ContextItems in bind order, "bind" / "alter_context")
+        self.pending_binds: dict[int, tuple[list, str]] = {}
         self.requests: dict[int, _Request] = {}  # call_id -> request awaiting its response
         self.calls: dict[tuple[bool, int], _Call] = {}  # (from_client, call_id) -> fragments so far
+        # the connection's bind is in the capture: its contexts are known from it, never from other connections
+        self.bind_seen = False
 
 
 def _default_warn(message: str) -> None:
@@ -151,7 +162,7 @@ class EventCollector:
         self.warnings: list[str] = []
         self.events: list[Event] = []
         self._ports: set[int] = set(KNOWN_DCERPC_PORTS)
-        self._endpoints: dict[tuple[str, int], _Iface] = {}  # (server ip, tcp port) -> interface
+        self.labels = SessionLabeller(warn=self.warn)
         self._live: dict[int, TcpConnection] = {}
 
     @property
@@ -170,6 +181,10 @@ class EventCollector:
     def is_interesting_tcp(self, payload: bytes, sport: int, dport: int) -> bool:
         if sport in self._ports or dport in self._ports:
             return True
+        if sport in SMB_PORTS or dport in SMB_PORTS:
+            # DCE/RPC inside SMB named pipes (ncacn_np) is out of scope (as in the tshark engine); its PDUs sit
+            # at SMB offsets, so following the flow would only produce resynchronisation warnings
+            return False
         if not isinstance(payload, (bytes, bytearray)):
             payload = bytes(payload)
         if plausible_header(payload, 0) or payload.startswith(NCACN_HTTP_GREETING):
@@ -264,9 +279,9 @@ class EventCollector:
         for key, call in st.calls.items():
             if key[0] == from_client and call.damaged is None:
                 call.damaged = f"{missing} bytes missing at frame {frame}"
-        self.warn(f"frame {frame}: {missing} bytes missing in {self._flow(conn, from_client)}"
-                  + (f" (dropped {dropped} bytes of a partial PDU)" if dropped else "")
-                  + "; resynchronising on the next DCE/RPC header")
+        self.warn(self._about(conn, f"frame {frame}: {missing} bytes missing in {self._flow(conn, from_client)}"
+                              + (f" (dropped {dropped} bytes of a partial PDU)" if dropped else "")
+                              + "; resynchronising on the next DCE/RPC header", capture_loss=True))
 
     def tcp_close(self, conn: TcpConnection) -> None:
         st = conn.app
@@ -274,8 +289,8 @@ class EventCollector:
             return
         for from_client, d in st.dirs.items():
             if d.buf and not d.resync:
-                self.warn(f"{self._flow(conn, from_client)} ended with an incomplete DCE/RPC PDU "
-                          f"({len(d.buf)} bytes buffered)")
+                self.warn(self._about(conn, f"{self._flow(conn, from_client)} ended with an incomplete DCE/RPC PDU "
+                                      f"({len(d.buf)} bytes buffered)"))
         conn.app = None
         self._live.pop(conn.index, None)
 
@@ -293,6 +308,7 @@ class EventCollector:
     def finish(self) -> list[Event]:
         for conn in list(self._live.values()):
             self.tcp_close(conn)
+        self.labels.finish()
         self.events.sort(key=lambda e: e.frame)  # stable: stream order within a frame is kept
         return self.events
 
@@ -306,40 +322,39 @@ class EventCollector:
             a, b = f"{conn.server_ip}:{conn.server_port}", f"{conn.client_ip}:{conn.client_port}"
         return f"TCP connection {conn.index} ({a} -> {b})"
 
+    @staticmethod
+    def _about(conn: TcpConnection, message: str, capture_loss: bool = False) -> ConnectionWarning:
+        return ConnectionWarning(message, conn.index, f"{conn.client_ip}:{conn.client_port}",
+                                 f"{conn.server_ip}:{conn.server_port}", capture_loss)
+
     def _direction_warning(self, conn, from_client, d: _Direction, message: str) -> None:
         d.warnings += 1
         if d.warnings <= MAX_WARNINGS_PER_DIRECTION:
             if d.warnings == MAX_WARNINGS_PER_DIRECTION:
                 message += " (further warnings for this direction suppressed)"
-            self.warn(message)
-
-    def _learned_iface(self, server_ip: str, server_port: int) -> _Iface | None:
-        iface = self._endpoints.get((server_ip, server_port))
-        if iface is None and server_port == EPM_PORT:
-            iface = _EPM_IFACE
-        return iface
+            self.warn(self._about(conn, message))
 
     def _ctx_iface(self, st: _ConnState, ctx_id: int, server_ip: str,
-                   server_port: int) -> tuple[_Iface | None, str | None]:
+                   server_port: int) -> tuple[_Iface | None, str | None, str | None]:
+        """(interface, note, interface_source) of ``ctx_id`` on this connection as known now."""
         iface = st.contexts.get(ctx_id)
         if iface is not None:
-            return iface, None
-        for offered in st.pending_binds.values():
+            return iface, None, st.context_source.get(ctx_id, "bind")
+        for offered, source in st.pending_binds.values():
             for item in offered:
                 if item.ctx_id == ctx_id:
                     return _Iface(item.if_uuid, item.if_major, item.if_minor, _offers_only_ndr64(item)), \
-                        "context not acknowledged in the capture (bind_ack missing): offered interface assumed"
-        if ctx_id == 0 and not st.contexts:
-            iface = self._learned_iface(server_ip, server_port)
-            if iface is not None:
-                return iface, "bind not in the capture: interface learned from the endpoint mapper / port"
-        return None, None
+                        "context not acknowledged in the capture (bind_ack missing): offered interface assumed", \
+                        source
+        if not st.bind_seen:
+            label, source = self.labels.lookup(server_ip, server_port, ctx_id)
+            if label is not None:
+                return label, NOTE_ENDPOINT, source
+        return None, None, None
 
-    def _learn_endpoint(self, ip: str, port: int, iface: _Iface) -> None:
-        if port is None or not (0 < port < 65536):
-            return
-        self._endpoints[(ip, port)] = iface
-        self._ports.add(port)
+    def _learn_port(self, port: int | None) -> None:
+        if port is not None and 0 < port < 65536:
+            self._ports.add(port)
 
     # ------------------------------------------------------------------------------------------------ PDUs
 
@@ -372,9 +387,10 @@ class EventCollector:
                 st.requests.pop(hdr.call_id, None)
         self.events.append(ev)
 
-    def _set_iface(self, ev: Event, iface: _Iface | None) -> None:
+    def _set_iface(self, ev: Event, iface: _Iface | None, source: str | None = None) -> None:
         if iface is not None:
             ev.interface, ev.interface_uuid, ev.interface_ver = iface.name, iface.uuid, iface.ver
+            ev.interface_source = source
 
     def _fragment(self, st: _ConnState, from_client: bool, hdr, cp, ev: Event) -> tuple[bytes | None, _Call | None]:
         """Fragment bookkeeping. Returns (complete stub, call) at the LAST fragment, (None, None) before it."""
@@ -411,17 +427,21 @@ class EventCollector:
         ev.ctx_id, ev.opnum = cp.ctx_id, cp.opnum
         ev.auth_level = cp.body.auth_level
         ev.encrypted = ev.auth_level == AUTH_LEVEL_PKT_PRIVACY
-        iface, note = self._ctx_iface(st, cp.ctx_id, *server)
-        self._set_iface(ev, iface)
+        iface, note, source = self._ctx_iface(st, cp.ctx_id, *server)
+        self._set_iface(ev, iface, source)
         ev.opname = opname(ev.interface, ev.opnum)
         ev.note = _join(note, cp.body.note)
         stub, call = self._fragment(st, from_client, hdr, cp, ev)
         if call is None:
+            if iface is None:
+                self.labels.defer(ev, server, True, None, hdr.little_endian, endpoint_ok=not st.bind_seen)
             return
         if len(st.requests) >= MAX_OUTSTANDING_CALLS:
             del st.requests[next(iter(st.requests))]
-        st.requests[hdr.call_id] = _Request(cp.opnum, cp.ctx_id, ev.frame, iface)
+        st.requests[hdr.call_id] = _Request(cp.opnum, cp.ctx_id, ev.frame, iface, source)
         self._finish_stub(ev, hdr, stub, call, iface, decode_request_stub)
+        if iface is None:
+            self._defer(ev, server, True, stub, call, hdr.little_endian, st)
 
     def _response(self, st: _ConnState, from_client: bool, hdr, pdu: bytes, ev: Event, server) -> None:
         cp = dcerpc.parse_call(pdu, hdr)
@@ -429,13 +449,16 @@ class EventCollector:
         ev.auth_level = cp.body.auth_level
         ev.encrypted = ev.auth_level == AUTH_LEVEL_PKT_PRIVACY
         req = st.requests.get(hdr.call_id)
-        if req is not None:
-            iface, note = req.iface, None
+        if req is not None and req.iface is not None:
+            iface, note, source = req.iface, None, req.source
+            ev.opnum, ev.request_frame = req.opnum, req.frame
+        elif req is not None:  # the request waits for its interface: its answer is labelled with it, at the end
+            iface, note, source = None, None, None
             ev.opnum, ev.request_frame = req.opnum, req.frame
         else:
-            iface, note = self._ctx_iface(st, cp.ctx_id, *server)
+            iface, note, source = self._ctx_iface(st, cp.ctx_id, *server)
             note = _join(note, "request not in the capture")
-        self._set_iface(ev, iface)
+        self._set_iface(ev, iface, source)
         ev.opname = opname(ev.interface, ev.opnum)
         ev.note = _join(note, cp.body.note)
         if hdr.ptype == PTYPE_FAULT:
@@ -443,14 +466,27 @@ class EventCollector:
             ev.stub_len = len(cp.body.stub)
             st.requests.pop(hdr.call_id, None)
             st.calls.pop((from_client, hdr.call_id), None)
+            if iface is None:
+                self.labels.defer(ev, server, False, None, hdr.little_endian, endpoint_ok=not st.bind_seen)
             return
         stub, call = self._fragment(st, from_client, hdr, cp, ev)
         if call is None:
+            if iface is None:
+                self.labels.defer(ev, server, False, None, hdr.little_endian, endpoint_ok=not st.bind_seen)
             return
         st.requests.pop(hdr.call_id, None)
         if ev.interface == EPM and ev.opnum == 3 and not ev.encrypted and call.damaged is None:
             self._learn_from_ept_map(ev, stub, hdr.little_endian, iface.ndr64, server[0])
         self._finish_stub(ev, hdr, stub, call, iface, decode_response_stub)
+        if iface is None:
+            self._defer(ev, server, False, stub, call, hdr.little_endian, st)
+
+    def _defer(self, ev: Event, server, request: bool, stub: bytes, call: _Call, little_endian: bool,
+               st: _ConnState) -> None:
+        """A complete request/response whose interface is not known yet: labelled at finish (session module)."""
+        readable = not ev.encrypted and call.damaged is None
+        self.labels.defer(ev, server, request, stub if readable else None, little_endian,
+                          endpoint_ok=not st.bind_seen)
 
     def _finish_stub(self, ev: Event, hdr, stub: bytes, call: _Call, iface: _Iface | None, decoder) -> None:
         """Common end of a complete request/response: stub_len, and the decoded fields when readable."""
@@ -482,7 +518,8 @@ class EventCollector:
             if ep.protocol != "tcp" or ep.port is None:
                 continue
             ip = ep.ip if ep.ip and ep.ip != "0.0.0.0" else epm_server_ip
-            self._learn_endpoint(ip, ep.port, _Iface(ep.if_uuid, ep.if_major, ep.if_minor))
+            self.labels.learn_ept_map(ip, ep.port, _Iface(ep.if_uuid, ep.if_major, ep.if_minor))
+            self._learn_port(ep.port)
 
     def _bind(self, st: _ConnState, hdr, pdu: bytes, ev: Event) -> None:
         bp = dcerpc.parse_bind(pdu, hdr)
@@ -490,33 +527,43 @@ class EventCollector:
         ev.note = _join(bp.note, bp.body.note)
         if len(st.pending_binds) >= MAX_PENDING_BINDS:
             del st.pending_binds[next(iter(st.pending_binds))]
-        st.pending_binds[hdr.call_id] = bp.contexts
+        source = "bind" if hdr.ptype == PTYPE_BIND else "alter_context"
+        if hdr.ptype == PTYPE_BIND:
+            st.bind_seen = True
+        st.pending_binds[hdr.call_id] = (bp.contexts, source)
+        for item in bp.contexts:  # offered: teaches the endpoint until an ack says otherwise
+            self.labels.learn_context(ev.conn, ev.dst, ev.dport, item.ctx_id,
+                                      _Iface(item.if_uuid, item.if_major, item.if_minor, _offers_only_ndr64(item)))
         if bp.contexts:
             first = bp.contexts[0]
             ev.ctx_id = first.ctx_id
-            self._set_iface(ev, _Iface(first.if_uuid, first.if_major, first.if_minor))
+            self._set_iface(ev, _Iface(first.if_uuid, first.if_major, first.if_minor), source)
 
     def _take_pending(self, st: _ConnState, call_id: int):
+        """(offered contexts, "bind" / "alter_context") of the bind this ack answers, or (None, None)."""
         offered = st.pending_binds.pop(call_id, None)
         if offered is None and st.pending_binds:
             # Acks carry the bind's call_id; a stack that does not: take the oldest outstanding bind
             offered = st.pending_binds.pop(next(iter(st.pending_binds)))
-        return offered
+        return offered if offered is not None else (None, None)
 
     def _bind_ack(self, st: _ConnState, hdr, pdu: bytes, ev: Event) -> None:
         ap = dcerpc.parse_bind_ack(pdu, hdr)
         ev.auth_level = ap.body.auth_level
         ev.note = _join(ap.note, ap.body.note)
-        offered = self._take_pending(st, hdr.call_id)
+        offered, source = self._take_pending(st, hdr.call_id)
         if offered is None:
             ev.note = _join(ev.note, "bind not in the capture: contexts unknown")
             return
         first_accepted = None
         for item, res in zip(offered, ap.results):
-            if res.result != 0:
-                continue
             iface = _Iface(item.if_uuid, item.if_major, item.if_minor, res.transfer_uuid == NDR64_UUID)
+            if res.result != 0:
+                self.labels.forget_context(ev.conn, ev.src, ev.sport, item.ctx_id, iface)
+                continue
             st.contexts[item.ctx_id] = iface
+            st.context_source[item.ctx_id] = source
+            self.labels.learn_context(ev.conn, ev.src, ev.sport, item.ctx_id, iface)
             if first_accepted is None:
                 first_accepted = (item.ctx_id, iface)
         if len(ap.results) != len(offered):
@@ -524,20 +571,24 @@ class EventCollector:
         if first_accepted is None:
             ev.note = _join(ev.note, "no presentation context accepted")
             if offered:
-                self._set_iface(ev, _Iface(offered[0].if_uuid, offered[0].if_major, offered[0].if_minor))
+                self._set_iface(ev, _Iface(offered[0].if_uuid, offered[0].if_major, offered[0].if_minor), source)
                 ev.ctx_id = offered[0].ctx_id
             return
         ev.ctx_id, iface = first_accepted
-        self._set_iface(ev, iface)
+        self._set_iface(ev, iface, source)
         # The secondary address is the server's port for ncacn_ip_tcp: one more way to learn port -> interface
         if ap.sec_addr.isdigit() and int(ap.sec_addr) != EPM_PORT:
-            self._learn_endpoint(ev.src, int(ap.sec_addr), iface)
+            self.labels.learn_sec_addr(ev.src, int(ap.sec_addr), iface)
+            self._learn_port(int(ap.sec_addr))
 
     def _bind_nak(self, st: _ConnState, hdr, pdu: bytes, ev: Event) -> None:
-        offered = self._take_pending(st, hdr.call_id)
+        offered, source = self._take_pending(st, hdr.call_id)
+        for item in offered or ():
+            self.labels.forget_context(ev.conn, ev.src, ev.sport, item.ctx_id,
+                                       _Iface(item.if_uuid, item.if_major, item.if_minor))
         if offered:
             ev.ctx_id = offered[0].ctx_id
-            self._set_iface(ev, _Iface(offered[0].if_uuid, offered[0].if_major, offered[0].if_minor))
+            self._set_iface(ev, _Iface(offered[0].if_uuid, offered[0].if_major, offered[0].if_minor), source)
         if len(pdu) >= 18:
             reason = int.from_bytes(pdu[16:18], "little" if hdr.little_endian else "big")
             ev.note = f"bind rejected, reason {reason}"

@@ -17,6 +17,14 @@ Events table schema (``events_dataframe``; column -> pandas dtype; ``<NA>``/None
                               abstract syntax offered; requests/responses/faults: the interface of ctx_id
     interface_uuid   string   lower-case UUID text
     interface_ver    string   "major.minor", e.g. "0.81"
+    interface_source string   (the LAST column of the table) how the interface was learnt (None when no interface), in order of trust:
+                              bind / alter_context: the context was negotiated on this connection in the capture;
+                              endpoint: the same context was bound later on this connection, or on another
+                              connection to the same server address and TCP port (bind, alter_context, bind_ack
+                              secondary address; port 135 = EPM); epm: an ept_map answer mapped the interface to
+                              this server address and port (context 0); stub_shape: EMSMDB recognised by the shape
+                              of the connection's stubs (rule in analyzer.dissect.session.EmsmdbShape). Learning is
+                              capture-wide: a PDU before the frame that taught its endpoint is labelled too.
     opnum            Int64    requests; responses and faults get the opnum of their request (matched by call_id)
     opname           string   e.g. EcRRegisterPushNotification, EcDoConnectEx, EcDoRpcExt2, EcDoAsyncWaitEx, ept_map
     ctx_id           Int64    presentation context id (requests, responses, faults)
@@ -66,6 +74,9 @@ EVENT_KINDS = (
     "udp",
     "icmp_unreachable",
 )
+
+# Values of the interface_source column, in order of trust
+INTERFACE_SOURCES = ("bind", "alter_context", "endpoint", "epm", "stub_shape")
 
 # DCE/RPC connection-oriented PTYPE -> event kind
 PTYPE_KIND = {
@@ -122,6 +133,7 @@ class Event:
     quoted_sport: int | None = None
     quoted_dport: int | None = None
     note: str | None = None
+    interface_source: str | None = None  # added by issue 9: the last column, so earlier positions do not move
 
 
 EVENT_COLUMNS: dict[str, str] = {
@@ -160,11 +172,34 @@ EVENT_COLUMNS: dict[str, str] = {
     "quoted_sport": "Int64",
     "quoted_dport": "Int64",
     "note": "string",
+    "interface_source": "string",
 }
 
 assert tuple(EVENT_COLUMNS) == tuple(f.name for f in fields(Event)) or set(EVENT_COLUMNS) == {
     f.name for f in fields(Event)
 }
+
+
+class ConnectionWarning(str):
+    """A dissection warning about one TCP connection: the text (it IS the warning string, so every consumer of
+    ``CaptureInfo.warnings`` keeps working) plus which connection it concerns. Dissection says nothing more;
+    later stages may annotate it (``mapi``: the connection carries EMSMDB/AsyncEMSMDB/NSPI traffic; ``affects``:
+    its client's address) to group the warnings for the reader.
+
+    Attributes: ``conn`` (connection index, as the events' ``conn``), ``client`` and ``server`` ("ip:port"),
+    ``capture_loss`` (True for bytes missing from the capture), ``mapi`` and ``affects`` (None until annotated).
+    """
+
+    def __new__(cls, text: str, conn: int, client: str, server: str, capture_loss: bool = False):
+        self = super().__new__(cls, text)
+        self.conn, self.client, self.server, self.capture_loss = conn, client, server, capture_loss
+        self.mapi = None
+        self.affects = None
+        return self
+
+    def __reduce__(self):  # pickling (batch workers) keeps the structure
+        return (ConnectionWarning, (str(self), self.conn, self.client, self.server, self.capture_loss),
+                self.__dict__)
 
 
 def events_to_dataframe(events):

@@ -8,9 +8,21 @@ Rules (chosen to give the PDU frames ``tshark -o tcp.reassemble_out_of_order:TRU
 * bytes are delivered once they are contiguous, with the frame that made them contiguous (for a reordered
   segment: the frame that filled the hole);
 * retransmissions are dropped; where segments overlap the bytes delivered first win (as Wireshark);
-* a hole is given up (``tcp_gap``) at FIN/RST, at end of capture, or when the out-of-order buffer of one
-  direction exceeds :data:`MAX_OOO_SEGMENTS` / :data:`MAX_OOO_BYTES` (with a warning) - so memory per connection
-  is bounded;
+* a hole is given up (``tcp_gap``, the analyser warns and resynchronises on the next plausible PDU header) as soon
+  as the capture shows it was lost by the capture and not by the network, or has waited long enough:
+
+  - the peer acknowledges bytes beyond the hole (the ACK number of a segment of the other direction that passes
+    the pre-filter: one with data, SYN, FIN or RST; the receiver got the bytes, the capture did not);
+  - the hole has stayed open for :data:`HOLE_WINDOW` seconds of capture time (checked at every later segment of
+    the connection): a real retransmission arrives within the sender's retransmission timeout (Windows: 300 ms
+    minimum, 3 s initial), so 5 s waits for one retransmission round and a few RTO back-offs without holding a
+    one-sided capture's later PDUs for long;
+  - FIN/RST, end of capture, or the out-of-order buffer of one direction exceeding :data:`MAX_OOO_SEGMENTS` /
+    :data:`MAX_OOO_BYTES` (memory per connection stays bounded);
+
+  after such a gap every buffered segment is delivered with its OWN frame number and time, so a PDU after the
+  hole is reported at the segment that completed it, never at the frame that revealed the loss (or the capture's
+  last frame);
 * a direction whose first bytes are not in the capture starts at its first seen segment, after a
   ``tcp_gap(missing=0)`` telling the analyser it may be mid-PDU;
 * sequence numbers are unwrapped against the next expected byte, so a stream crossing 2**32 is one stream.
@@ -21,6 +33,7 @@ SYN sequence numbers); their bytes are never looked at.
 
 from __future__ import annotations
 
+from analyzer.dissect.model import ConnectionWarning
 from analyzer.dissect.stream import PacketSink, TcpConnection
 
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
@@ -28,13 +41,15 @@ SEQ_MASK = 0xFFFFFFFF
 HALF = 1 << 31
 MAX_OOO_SEGMENTS = 64
 MAX_OOO_BYTES = 1 << 20
+# Seconds of capture time a hole may stay open before its bytes are declared lost (module doc)
+HOLE_WINDOW = 5.0
 # Flows remembered at once. Past this the oldest flows that the sink never found interesting (or already closed)
 # are forgotten: their connection number is the only thing lost, and only if they turn interesting later.
 MAX_FLOWS = 200_000
 
 
 class _Direction:
-    __slots__ = ("isn", "next", "ooo", "ooo_bytes", "fin", "skipped")
+    __slots__ = ("isn", "next", "ooo", "ooo_bytes", "fin", "skipped", "hole_since")
 
     def __init__(self):
         # True from the moment a flow is followed until this direction's first segment after it, when bytes of
@@ -43,8 +58,10 @@ class _Direction:
         self.skipped = False
         self.isn: int | None = None  # sequence number of this direction's SYN, when captured
         self.next: int | None = None  # unwrapped sequence number of the next byte to deliver
-        self.ooo: dict[int, bytes] = {}  # unwrapped start -> bytes, beyond a hole
+        # unwrapped start -> (bytes, frame, time) of the segment, beyond a hole
+        self.ooo: dict[int, tuple[bytes, int, float]] = {}
         self.ooo_bytes = 0
+        self.hole_since = 0.0  # capture time of the first segment buffered beyond the current hole
         self.fin = False
 
     def unwrap(self, seq: int) -> int:
@@ -85,7 +102,9 @@ class TcpTable:
     # ------------------------------------------------------------------------------------------------ segments
 
     def segment(self, frame: int, time: float, src: str, sport: int, dst: str, dport: int, seq: int,
-                flags: int, payload: bytes) -> None:
+                flags: int, payload: bytes, ack: int | None = None) -> None:
+        """One TCP segment. ``ack``: its acknowledgement number (used when the ACK flag is set) to tell capture
+        loss from reordering in the other direction."""
         if (src, sport) <= (dst, dport):
             key, from_a = (src, sport, dst, dport), True
         else:
@@ -116,6 +135,14 @@ class TcpTable:
                     self._note_close(flow, d, flags, deliver=False)
                 return
             self._start(flow, from_a, seq, payload, frame, time)
+        # Only segments the transport's pre-filter lets through (data, SYN, FIN, RST) may end a hole: a pure ACK
+        # never reaches here on the fast path, so it must not change anything on the per-frame path either.
+        if payload or flags & (SYN | FIN | RST):
+            other = flow.dirs[1 if from_a else 0]
+            if other.ooo:
+                self._check_hole(flow, not from_a, other, ack if flags & ACK else None, frame, time)
+            if d.ooo and time - d.hole_since > HOLE_WINDOW:
+                self._check_hole(flow, from_a, d, None, frame, time)
         if payload:
             self._data(flow, from_a, d, seq, payload, frame, time)
         if flags & (FIN | RST):
@@ -216,50 +243,76 @@ class TcpTable:
         if start > nxt:
             self._buffer(flow, d, from_client, start, payload, frame, time)
             return
-        parts = [payload[nxt - start :] if start < nxt else payload]
+        data = payload[nxt - start :] if start < nxt else payload
         d.next = end
-        if d.ooo:
+        if d.ooo:  # a reordered segment filled the hole: everything now contiguous completes at this frame
+            parts: list = []
             self._drain(d, parts)
-        self.sink.tcp_data(conn, from_client, b"".join(parts) if len(parts) > 1 else bytes(parts[0]), frame, time)
+            data = b"".join([data, *(p[0] for p in parts)])
+        self.sink.tcp_data(conn, from_client, bytes(data), frame, time)
 
     @staticmethod
     def _drain(d: _Direction, parts: list) -> None:
+        """Append to ``parts`` the buffered segments now contiguous, as (bytes, frame, time), advancing d.next."""
         ooo = d.ooo
         while ooo:
             first = min(ooo)
             if first > d.next:
                 return
-            seg = ooo.pop(first)
+            seg, seg_frame, seg_time = ooo.pop(first)
             d.ooo_bytes -= len(seg)
             seg_end = first + len(seg)
             if seg_end > d.next:
-                parts.append(seg[d.next - first :])
+                parts.append((seg[d.next - first :], seg_frame, seg_time))
                 d.next = seg_end
+
+    def _check_hole(self, flow: TcpFlow, from_a: bool, d: _Direction, ack: int | None, frame: int,
+                    time: float) -> None:
+        """Give up the hole(s) of direction ``d`` that the peer acknowledged (``ack``) or that are older than
+        HOLE_WINDOW."""
+        conn = flow.conn
+        from_client = (flow.a if from_a else flow.b) == (conn.client_ip, conn.client_port)
+        if ack is not None:
+            acked = d.unwrap(ack)
+            while d.ooo and acked > d.next:
+                self._skip_hole(conn, d, from_client, frame, time)
+        while d.ooo and time - d.hole_since > HOLE_WINDOW:
+            self._skip_hole(conn, d, from_client, frame, time)
 
     def _buffer(self, flow: TcpFlow, d: _Direction, from_client: bool, start: int, payload: bytes, frame: int,
                 time: float) -> None:
+        if not d.ooo:
+            d.hole_since = time
         held = d.ooo.get(start)
         if held is None:
-            d.ooo[start] = bytes(payload)
+            d.ooo[start] = (bytes(payload), frame, time)
             d.ooo_bytes += len(payload)
-        elif len(payload) > len(held):  # same start, longer: keep the first copy, add the new tail
-            d.ooo[start] = held + bytes(payload[len(held) :])
-            d.ooo_bytes += len(payload) - len(held)
+        elif len(payload) > len(held[0]):  # same start, longer: keep the first copy, add the new tail
+            d.ooo[start] = (held[0] + bytes(payload[len(held[0]) :]), frame, time)
+            d.ooo_bytes += len(payload) - len(held[0])
         if len(d.ooo) > MAX_OOO_SEGMENTS or d.ooo_bytes > MAX_OOO_BYTES:
             self.ooo_overflows += 1
-            self.sink.warn(f"frame {frame}: TCP connection {flow.index}: more than {MAX_OOO_SEGMENTS} segments or "
-                           f"{MAX_OOO_BYTES} bytes beyond a hole; giving the missing bytes up")
+            conn = flow.conn
+            self.sink.warn(ConnectionWarning(
+                f"frame {frame}: TCP connection {flow.index}: more than {MAX_OOO_SEGMENTS} segments or "
+                f"{MAX_OOO_BYTES} bytes beyond a hole; giving the missing bytes up", flow.index,
+                f"{conn.client_ip}:{conn.client_port}", f"{conn.server_ip}:{conn.server_port}", True))
             while len(d.ooo) > MAX_OOO_SEGMENTS // 2 or d.ooo_bytes > MAX_OOO_BYTES // 2:
                 self._skip_hole(flow.conn, d, from_client, frame, time)
 
     def _skip_hole(self, conn: TcpConnection, d: _Direction, from_client: bool, frame, time) -> None:
+        """Declare the first hole lost and deliver what follows it, segment by segment with each one's own
+        frame and time (the gap itself is reported at the first segment after the hole)."""
         first = min(d.ooo)
-        self.sink.tcp_gap(conn, from_client, first - d.next, frame, time)
+        _seg, seg_frame, seg_time = d.ooo[first]
+        self.sink.tcp_gap(conn, from_client, first - d.next, seg_frame, seg_time)
         d.next = first
         parts: list = []
         self._drain(d, parts)
-        if parts:
-            self.sink.tcp_data(conn, from_client, b"".join(parts), frame, time)
+        for data, seg_frame, seg_time in parts:
+            self.sink.tcp_data(conn, from_client, data, seg_frame, seg_time)
+        if d.ooo:
+            d.hole_since = min(t for _b, _f, t in d.ooo.values())
 
     def _note_close(self, flow: TcpFlow, d: _Direction, flags: int, deliver: bool, frame=None, time=None) -> None:
         if flags & RST:

@@ -23,7 +23,8 @@ What tshark gives and what is done here (protocol.md §3):
   rejected context is not used), from ept_map responses and the bind_ack secondary address (the endpoint mapper
   teaches port -> interface, which tshark itself does not do), and port 135 = EPM. Responses get the opnum of
   their request matched by call_id on the same stream.
-* UDP rows: both ports >= 1024 and not connectionless DCE/RPC (first payload byte 4), payload from ``udp.payload``.
+* UDP rows: both ports >= 1024 and not connectionless DCE/RPC (the native rule: version 4, PTYPE <= 10, >= 80
+  bytes), payload from ``udp.payload``.
   ICMP/ICMPv6 destination-unreachable quoting a UDP datagram: tshark nests the quoted IP and UDP headers inside the
   icmp/icmpv6 layer.
 
@@ -59,6 +60,8 @@ from analyzer.dissect.emsmdb import decode_request_stub, decode_response_stub
 from analyzer.dissect.epm import parse_ept_map_response
 from analyzer.dissect.interfaces import EPM, EPM_UUID, NDR64_UUID, interface_name, opname
 from analyzer.dissect.model import PTYPE_KIND, Event
+from analyzer.dissect.session import NOTE_ENDPOINT, SessionLabeller
+from analyzer.dissect.transport import DCERPC_CL_HEADER_LEN, DCERPC_CL_MAX_PTYPE, DCERPC_CL_VERSION
 from analyzer.ingest import CaptureError, CaptureInfo
 
 TSHARK_NOT_FOUND = "tshark not found: install the Debian package tshark, or use --engine native"
@@ -133,6 +136,33 @@ def _hex_bytes(value: str | None) -> bytes:
     return bytes.fromhex(value.replace(":", ""))
 
 
+def _carrier_ip(layers: dict, protocols: str):
+    """(prefix, fields) of the IP header the transport layer rides on: the last IP before the first TCP, UDP or
+    ICMP in ``frame.protocols`` (the tunnelled header of IP in IP, as the native engine takes it; the outer one of
+    a VXLAN or GRE payload). pyshark folds repeated layers of one name into one list, so the position is read from
+    the protocol path."""
+    seen = {"ip": 0, "ipv6": 0}
+    carrier = None
+    for token in protocols.split(":"):
+        if token in seen:
+            carrier = (token, seen[token])
+            seen[token] += 1
+        elif token in ("tcp", "udp", "icmp", "icmpv6"):
+            break
+    if carrier is None:  # no protocol path: the first IP layer, IPv4 first
+        name = "ip" if "ip" in layers else "ipv6"
+        return name, (layers.get(name) or [None])[0]
+    found = layers.get(carrier[0]) or []
+    return carrier[0], found[carrier[1]] if carrier[1] < len(found) else None
+
+
+def _connectionless_dcerpc(payload: bytes) -> bool:
+    """The native transport's rule: version byte 4, PTYPE <= 10 and at least the 80-byte header. A lone first
+    byte 4 is not enough: the context blob a client registers is opaque and may start with 4."""
+    return len(payload) >= DCERPC_CL_HEADER_LEN and payload[0] == DCERPC_CL_VERSION \
+        and payload[1] <= DCERPC_CL_MAX_PTYPE
+
+
 def _as_list(value) -> list:
     if value is None:
         return []
@@ -152,18 +182,20 @@ class _Iface:
         self.ndr64 = ndr64
 
 
-_EPM_IFACE = _Iface(EPM_UUID, 3, 0)
 
 
 class _Stream:
     """Per tcp.stream: negotiated contexts, binds awaiting their ack, requests awaiting their response, and
     fragments of calls in progress."""
 
-    __slots__ = ("contexts", "pending_binds", "requests", "calls")
+    __slots__ = ("contexts", "context_source", "pending_binds", "requests", "calls", "bind_seen")
 
     def __init__(self):
         self.contexts: dict[int, _Iface] = {}
-        self.pending_binds: dict[int, list[tuple[int, _Iface]]] = {}
+        self.context_source: dict[int, str] = {}  # ctx_id -> "bind" / "alter_context"
+        # call_id -> ([(ctx_id, interface)...], "bind" / "alter_context")
+        self.pending_binds: dict[int, tuple[list[tuple[int, _Iface]], str]] = {}
+        self.bind_seen = False  # the stream's own bind is in the capture (as in the native engine)
         self.requests: dict[int, tuple[int | None, int | None, int, _Iface | None]] = {}
         self.calls: dict[tuple[str, int, int], list] = {}  # (src, sport, call_id) -> [parts|None, size, alloc_hint, count]
 
@@ -180,7 +212,9 @@ class _EventBuilder:
     def __init__(self):
         self.events: list[Event] = []
         self.streams: dict[int, _Stream] = {}
-        self.endpoints: dict[tuple[str, int], _Iface] = {}  # (server ip, port) -> interface (ept_map, bind_ack)
+        self.warnings: list[str] = []  # the labeller's (the same texts as the native engine's)
+        # capture-wide interface knowledge, the same rules as the native engine
+        self.labels = SessionLabeller(warn=self.warnings.append)
         self.frames = 0
         self.stop = threading.Event()  # set by the caller's thread to end the run early (KeyboardInterrupt)
         self.first_time: float | None = None
@@ -200,10 +234,9 @@ class _EventBuilder:
         if self.first_time is None:
             self.first_time = time
         self.last_time = time
-        ip = (layers.get("ip") or layers.get("ipv6") or [None])[0]
+        prefix, ip = _carrier_ip(layers, pkt.frame_info._all_fields.get("frame.protocols", ""))
         if not isinstance(ip, dict):
             return
-        prefix = "ip" if "ip" in layers else "ipv6"
         src, dst = ip.get(f"{prefix}.src"), ip.get(f"{prefix}.dst")
         if "tcp" in layers and "dcerpc" in layers:
             protocols = pkt.frame_info._all_fields.get("frame.protocols", "")
@@ -220,7 +253,7 @@ class _EventBuilder:
         if sport is None or dport is None or sport < 1024 or dport < 1024:
             return
         payload = _hex_bytes(udp.get("udp.payload"))
-        if payload[:1] == b"\x04":  # connectionless DCE/RPC (version 4): never a push notification
+        if _connectionless_dcerpc(payload):  # never a push notification
             return
         length = _int(udp.get("udp.length"))
         self.events.append(Event(frame=frame, time=time, src=src, dst=dst, sport=sport, dport=dport, kind="udp",
@@ -273,10 +306,12 @@ class _EventBuilder:
             elif kind in ("bind_ack", "alter_context_resp"):
                 self._bind_ack(stream, pdu, ev)
             elif kind == "bind_nak":
-                offered = stream.pending_binds.pop(ev.call_id, None)
+                offered, source = stream.pending_binds.pop(ev.call_id, None) or (None, None)
+                for ctx_id, iface in offered or ():
+                    self.labels.forget_context(stream_no, ev.src, ev.sport, ctx_id, iface)
                 if offered:
                     ev.ctx_id = offered[0][0]
-                    self._set_iface(ev, offered[0][1])
+                    self._set_iface(ev, offered[0][1], source)
                 ev.note = f"bind rejected, reason {_int(_first(pdu, 'dcerpc.cn_reject_reason'))}"
             elif kind == "orphaned":
                 stream.calls.pop((src, sport, ev.call_id), None)
@@ -284,26 +319,27 @@ class _EventBuilder:
             self.events.append(ev)
 
     @staticmethod
-    def _set_iface(ev: Event, iface: _Iface | None) -> None:
+    def _set_iface(ev: Event, iface: _Iface | None, source: str | None = None) -> None:
         if iface is not None:
             ev.interface, ev.interface_uuid, ev.interface_ver = iface.name, iface.uuid, iface.ver
+            ev.interface_source = source
 
-    def _ctx_iface(self, stream: _Stream, ctx_id, server_ip, server_port) -> tuple[_Iface | None, str | None]:
+    def _ctx_iface(self, stream: _Stream, ctx_id, server_ip,
+                   server_port) -> tuple[_Iface | None, str | None, str | None]:
+        """(interface, note, interface_source) of ``ctx_id`` on this stream as known now."""
         iface = stream.contexts.get(ctx_id)
         if iface is not None:
-            return iface, None
-        for offered in stream.pending_binds.values():
+            return iface, None, stream.context_source.get(ctx_id, "bind")
+        for offered, source in stream.pending_binds.values():
             for offered_ctx, offered_iface in offered:
                 if offered_ctx == ctx_id:
                     return offered_iface, "context not acknowledged in the capture (bind_ack missing): " \
-                                          "offered interface assumed"
-        if ctx_id == 0 and not stream.contexts:
-            iface = self.endpoints.get((server_ip, server_port))
-            if iface is None and server_port == EPM_PORT:
-                iface = _EPM_IFACE
-            if iface is not None:
-                return iface, "bind not in the capture: interface learned from the endpoint mapper / port"
-        return None, None
+                                          "offered interface assumed", source
+        if not stream.bind_seen:
+            label, source = self.labels.lookup(server_ip, server_port, ctx_id)
+            if label is not None:
+                return label, NOTE_ENDPOINT, source
+        return None, None, None
 
     def _own_stub_len(self, pdu: dict, kind: str) -> int:
         """Stub bytes of this one fragment, from the header: frag_len - common header (16) - request/response
@@ -321,6 +357,12 @@ class _EventBuilder:
             data = _hex_bytes(value)
             if len(data) == size:
                 return data
+        for value in _as_list(pdu.get("dcerpc.stub_data")):
+            # inside the PDU's own dict the stub is this PDU's; tshark 4.0 runs it on over the auth trailer when
+            # no binding is known and the level is connect (2) (the wiki mgove413 capture): the header's size wins
+            data = _hex_bytes(value)
+            if len(data) > size:
+                return data[:size]
         for i, data in enumerate(loose):
             if len(data) == size:
                 return loose.pop(i)
@@ -335,17 +377,22 @@ class _EventBuilder:
         alloc_hint = _int(pdu.get("dcerpc.cn_alloc_hint")) or 0
         if kind == "request":
             ev.opnum = _int(pdu.get("dcerpc.opnum"))
-            iface, note = self._ctx_iface(stream, ev.ctx_id, ev.dst, ev.dport)
+            server = (ev.dst, ev.dport)
+            iface, note, source = self._ctx_iface(stream, ev.ctx_id, *server)
         else:
+            server = (ev.src, ev.sport)
             req = stream.requests.get(ev.call_id)
-            if req is not None:
-                ev.opnum, _ctx, ev.request_frame, iface = req
+            if req is not None and req[3] is not None:
+                ev.opnum, _ctx, ev.request_frame, iface, source = req
                 note = None
+            elif req is not None:  # the request waits for its interface: its answer is labelled with it, at the end
+                iface, note, source = None, None, None
+                ev.opnum, _ctx, ev.request_frame, _iface, _source = req
             else:
-                iface, note = self._ctx_iface(stream, ev.ctx_id, ev.src, ev.sport)
+                iface, note, source = self._ctx_iface(stream, ev.ctx_id, *server)
                 note = _join(note, "request not in the capture")
                 ev.opnum = _int(pdu.get("dcerpc.opnum"))  # tshark's own match, when it has one
-        self._set_iface(ev, iface)
+        self._set_iface(ev, iface, source)
         ev.opname = opname(ev.interface, ev.opnum)
         ev.note = note
         own_len = self._own_stub_len(pdu, kind)
@@ -354,6 +401,8 @@ class _EventBuilder:
             ev.stub_len = own_len
             stream.requests.pop(ev.call_id, None)
             stream.calls.pop((ev.src, ev.sport, ev.call_id), None)
+            if iface is None:
+                self.labels.defer(ev, server, False, None, little_endian, endpoint_ok=not stream.bind_seen)
             return
         stub = None if ev.encrypted else self._stub_bytes(pdu, own_len, loose)
         # fragments: [parts or None when a piece is missing, size, alloc_hint of the first, count]
@@ -377,13 +426,19 @@ class _EventBuilder:
             if not last:
                 ev.stub_len = own_len
                 ev.note = _join(ev.note, f"fragment {call[3]} of call {ev.call_id} (reassembled at its LAST fragment)")
+                if iface is None:
+                    self.labels.defer(ev, server, kind == "request", None, little_endian,
+                                      endpoint_ok=not stream.bind_seen)
                 return
             del stream.calls[key]
         if kind == "request":
-            stream.requests[ev.call_id] = (ev.opnum, ev.ctx_id, ev.frame, iface)
+            stream.requests[ev.call_id] = (ev.opnum, ev.ctx_id, ev.frame, iface, source)
         else:
             stream.requests.pop(ev.call_id, None)
         parts, size, first_alloc_hint, _count = call
+        whole = b"".join(parts) if parts is not None and not ev.encrypted else None
+        if iface is None:
+            self.labels.defer(ev, server, kind == "request", whole, little_endian, endpoint_ok=not stream.bind_seen)
         if ev.encrypted:
             ev.stub_len = first_alloc_hint or size
             return
@@ -394,7 +449,6 @@ class _EventBuilder:
             return
         if iface is None or ev.opnum is None:
             return
-        whole = b"".join(parts)
         if kind == "response" and iface.name == EPM and ev.opnum == 3:
             self._learn_from_ept_map(ev, whole, little_endian, iface.ndr64)
         if iface.ndr64:
@@ -416,7 +470,7 @@ class _EventBuilder:
             if ep.protocol != "tcp" or ep.port is None or not (0 < ep.port < 65536):
                 continue
             ip = ep.ip if ep.ip and ep.ip != "0.0.0.0" else ev.src
-            self.endpoints[(ip, ep.port)] = _Iface(ep.if_uuid, ep.if_major, ep.if_minor)
+            self.labels.learn_ept_map(ip, ep.port, _Iface(ep.if_uuid, ep.if_major, ep.if_minor))
 
     def _bind(self, stream: _Stream, pdu: dict, ev: Event) -> None:
         offered = []
@@ -429,27 +483,36 @@ class _EventBuilder:
                            _int(_first(item, "dcerpc.cn_bind_if_ver_minor")) or 0,
                            ndr64=bool(transfers) and all(t == NDR64_UUID for t in transfers))
             offered.append((_int(item.get("dcerpc.cn_ctx_id")), iface))
-        stream.pending_binds[ev.call_id] = offered
+        source = "bind" if ev.kind == "bind" else "alter_context"
+        if ev.kind == "bind":
+            stream.bind_seen = True
+        stream.pending_binds[ev.call_id] = (offered, source)
+        for ctx_id, iface in offered:  # offered: teaches the endpoint until an ack says otherwise
+            self.labels.learn_context(ev.conn, ev.dst, ev.dport, ctx_id, iface)
         if offered:
             ev.ctx_id = offered[0][0]
-            self._set_iface(ev, _Iface(offered[0][1].uuid, *map(int, offered[0][1].ver.split("."))))
+            self._set_iface(ev, _Iface(offered[0][1].uuid, *map(int, offered[0][1].ver.split("."))), source)
 
     def _bind_ack(self, stream: _Stream, pdu: dict, ev: Event) -> None:
-        offered = stream.pending_binds.pop(ev.call_id, None)
-        if offered is None and stream.pending_binds:
-            offered = stream.pending_binds.pop(next(iter(stream.pending_binds)))
-        if offered is None:
+        pending = stream.pending_binds.pop(ev.call_id, None)
+        if pending is None and stream.pending_binds:
+            pending = stream.pending_binds.pop(next(iter(stream.pending_binds)))
+        if pending is None:
             ev.note = "bind not in the capture: contexts unknown"
             return
+        offered, source = pending
         results = [_int(r) for r in _collect(pdu, "dcerpc.cn_ack_result")]
         transfers = [str(t).lower() for t in _collect(pdu, "dcerpc.cn_ack_trans_id")]
         first_accepted = None
         for i, ((ctx_id, iface), result) in enumerate(zip(offered, results)):
             if result != 0:
+                self.labels.forget_context(ev.conn, ev.src, ev.sport, ctx_id, iface)
                 continue
             ndr64 = i < len(transfers) and transfers[i] == NDR64_UUID
             accepted = _Iface(iface.uuid, *map(int, iface.ver.split(".")), ndr64=ndr64)
             stream.contexts[ctx_id] = accepted
+            stream.context_source[ctx_id] = source
+            self.labels.learn_context(ev.conn, ev.src, ev.sport, ctx_id, accepted)
             if first_accepted is None:
                 first_accepted = (ctx_id, accepted)
         if len(results) != len(offered):
@@ -458,15 +521,16 @@ class _EventBuilder:
             ev.note = _join(ev.note, "no presentation context accepted")
             if offered:
                 ev.ctx_id = offered[0][0]
-                self._set_iface(ev, offered[0][1])
+                self._set_iface(ev, offered[0][1], source)
             return
         ev.ctx_id, iface = first_accepted
-        self._set_iface(ev, iface)
+        self._set_iface(ev, iface, source)
         sec_addr = str(pdu.get("dcerpc.cn_sec_addr") or "")
         if sec_addr.isdigit() and int(sec_addr) != EPM_PORT and 0 < int(sec_addr) < 65536:
-            self.endpoints[(ev.src, int(sec_addr))] = iface
+            self.labels.learn_sec_addr(ev.src, int(sec_addr), iface)
 
     def finish(self) -> list[Event]:
+        self.labels.finish()
         self.events.sort(key=lambda e: e.frame)  # stable: wire order within a frame is kept
         return self.events
 
@@ -683,4 +747,6 @@ def dissect_with_tshark(path, progress=None) -> tuple[list[Event], CaptureInfo]:
         info.truncated = True
     if progress is not None:
         progress(size, size)
-    return builder.finish(), info
+    events = builder.finish()
+    info.warnings.extend(builder.warnings)
+    return events, info

@@ -123,11 +123,30 @@ def _client_detail(c: ClientVerdict, start: float | None) -> list[str]:
     return lines
 
 
-def capture_problems(r: CaptureResult) -> list[str]:
+def capture_problems(r: CaptureResult, verbose: bool = False) -> list[str]:
     """Error and warnings of one capture, one line each (prefixed 'error:' / 'warning:'), control characters
-    escaped."""
+    escaped.
+
+    Warnings the pipeline marked as concerning a connection without MAPI traffic (EMSMDB, AsyncEMSMDB, NSPI) are
+    counted in one line unless ``verbose``; a warning about a MAPI connection names the client it affects (capture
+    loss there is always shown). Unmarked warnings (about the file, or read back from JSON) are shown as they are.
+    """
     out = [f"error: {r.error}"] if r.error else []
-    return [escape_controls(line) for line in out + [f"warning: {w}" for w in r.warnings]]
+    others = [w for w in r.warnings if getattr(w, "mapi", None) is False]
+    for w in r.warnings:
+        mapi = getattr(w, "mapi", None)
+        if mapi is False and not verbose:
+            continue
+        if mapi:
+            what = "capture loss" if getattr(w, "capture_loss", False) else "problem"
+            out.append(f"warning: {what} on a MAPI connection of client {w.affects}: {w}")
+        else:
+            out.append(f"warning: {w}")
+    if others and not verbose:
+        conns = len({getattr(w, "conn", None) for w in others})
+        out.append(f"warning: {len(others)} warning(s) about {conns} connection(s) without MAPI traffic "
+                   "(EMSMDB, AsyncEMSMDB, NSPI) not shown: details with --verbose or in --format json")
+    return [escape_controls(line) for line in out]
 
 
 def _overview(results: list[CaptureResult]) -> list[str]:
@@ -147,11 +166,11 @@ def _overview(results: list[CaptureResult]) -> list[str]:
     return lines + [fmt.format(*row).rstrip() for row in rows] + ["", ""]
 
 
-def render_text(results: Iterable[CaptureResult], include_problems: bool = True) -> str:
+def render_text(results: Iterable[CaptureResult], include_problems: bool = True, verbose: bool = False) -> str:
     """A readable report: per capture a summary line, a verdict table (client, mailbox, server, verdict, cause,
     confidence) and per client its reason, evidence frames (times since capture start, as Wireshark shows them),
     display filter and remedy. ``include_problems=False`` leaves out errors/warnings (the CLI prints those on
-    stderr)."""
+    stderr); ``verbose`` lists every warning instead of counting those about non-MAPI connections."""
     results = list(results)
     out: list[str] = _overview(results) if len(results) > 1 else []
     for r in results:
@@ -163,7 +182,7 @@ def render_text(results: Iterable[CaptureResult], include_problems: bool = True)
             continue
         out.append(f"{r.file}: {capture_summary(r)}")
         if include_problems:
-            out += ["  " + p for p in capture_problems(r)]
+            out += ["  " + p for p in capture_problems(r, verbose=verbose)]
         if not r.clients:
             if not r.error:  # with an error, the error (above, or on stderr) is the story
                 out.append("  no Outlook (EMSMDB) client in this capture (inconclusive / no_emsmdb_session)")
