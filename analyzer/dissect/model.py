@@ -40,6 +40,9 @@ Events table schema (``events_dataframe``; column -> pandas dtype; ``<NA>``/None
     quoted_src, quoted_dst       string  icmp rows: addresses of the quoted UDP datagram
     quoted_sport, quoted_dport   Int64   icmp rows: its ports
     note             string   free text: decode warnings for this PDU
+    interface_source string   how the PDU's interface was learnt: bind, alter_context (negotiated on this connection),
+                              epm (endpoint from an ept_map answer), endpoint (bind on another connection to the same
+                              server endpoint), stub_shape (EMSMDB stub layout only); None when no interface
 
 UDP rows are emitted only for datagrams that can be a push notification: both ports >= 1024 and not
 connectionless DCE/RPC (version 4, PTYPE <= 10, >= 80 bytes). DNS, NetBIOS, SNMP etc. never appear.
@@ -122,6 +125,7 @@ class Event:
     quoted_sport: int | None = None
     quoted_dport: int | None = None
     note: str | None = None
+    interface_source: str | None = None
 
 
 EVENT_COLUMNS: dict[str, str] = {
@@ -160,6 +164,7 @@ EVENT_COLUMNS: dict[str, str] = {
     "quoted_sport": "Int64",
     "quoted_dport": "Int64",
     "note": "string",
+    "interface_source": "string",
 }
 
 assert tuple(EVENT_COLUMNS) == tuple(f.name for f in fields(Event)) or set(EVENT_COLUMNS) == {
