@@ -323,7 +323,7 @@ def _match_notifications(a: ClientActivity, udp, claimed: set[int], rpc_peers=fr
     for flow, members in unregistered.items():
         pattern = _is_push_pattern(members, udp_flows)
         for e, n in members:
-            if pattern and n.matched_by == "none":
+            if pattern:  # the flow as a whole is what identifies them (a call right after may be a poll)
                 n.matched_by = "pattern"
             if n.matched_by != "none":
                 claimed.add(id(e))
