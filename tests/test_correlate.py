@@ -408,3 +408,20 @@ def test_interface_source_of_a_client_is_its_most_trusted_connection():
         e.interface_source = None
     (a,) = bound.correlate().clients
     assert a.interface_source == "bind" and a.connections[0].interface_source == "bind"
+
+
+def test_each_session_polls_on_its_own_schedule():
+    """Outlook with a second Exchange session (public folders or another mailbox on another server): both poll
+    every 80 s, 40 s apart. The polling period is 80 s, and a poll of one session never hides the other's."""
+    s = Script(source="bind")
+    other = Script(server="10.0.0.11", conn=1, sport=50001, source="stub_shape")
+    for k in range(5):
+        s.poll(10.0 + 80 * k)
+        other.frame = s.frame
+        other.poll(11.0 + 80 * k)  # 1 s later: within a burst gap, but another connection
+        s.frame = other.frame
+    events = sorted(s.events + other.events, key=lambda e: e.frame)
+    a = correlate(events, s.info()).clients[0]
+    assert len(a.polls) == 10
+    assert a.poll_interval_s == pytest.approx(80.0) and a.poll_intervals == [pytest.approx(80.0)] * 8
+    assert a.servers == [SERVER, "10.0.0.11"] and a.interface_source == "bind"

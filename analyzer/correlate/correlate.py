@@ -396,22 +396,25 @@ def _classify_calls(a: ClientActivity) -> None:
                      + [(w.completion_time, w.completion_frame) for w in a.async_waits
                         if w.completion_time is not None])
     prompt_times = [t for t, _ in prompts]
-    last_time = None
-    burst_prompted_by = None
+    # Bursts and polls are per connection: each EMSMDB session (a mailbox, a public-folder or delegate store on
+    # another server) polls on its own schedule, and a poll of one must not hide the other's.
+    last_time: dict = {}
+    burst_prompted_by: dict = {}
     for c in a.calls:
         if c.interface != EMSMDB:
             continue  # AsyncEMSMDB waits have their own lane; they are neither polls nor reactions
-        c.burst_start = last_time is None or c.time - last_time > BURST_GAP_S
+        c.burst_start = c.conn not in last_time or c.time - last_time[c.conn] > BURST_GAP_S
         i = bisect.bisect_right(prompt_times, c.time) - 1
         if i >= 0 and c.time - prompt_times[i] <= PROMPT_WINDOW_S:
             c.prompted, c.prompted_by = True, prompts[i][1]
-            burst_prompted_by = prompts[i][1] if c.burst_start else burst_prompted_by
-        elif not c.burst_start and burst_prompted_by is not None:
+            if c.burst_start:
+                burst_prompted_by[c.conn] = prompts[i][1]
+        elif not c.burst_start and burst_prompted_by.get(c.conn) is not None:
             # the rest of a burst that a notification started (fetching the new message) is prompted too
-            c.prompted, c.prompted_by = True, burst_prompted_by
+            c.prompted, c.prompted_by = True, burst_prompted_by[c.conn]
         if c.burst_start and not c.prompted:
-            burst_prompted_by = None
-        last_time = c.time
+            burst_prompted_by[c.conn] = None
+        last_time[c.conn] = c.time
 
 
 def _coincident_polls(a: ClientActivity) -> None:
@@ -442,7 +445,7 @@ def _coincident_polls(a: ClientActivity) -> None:
 
 def _on_poll_schedule(a: ClientActivity, call: RpcCall) -> bool:
     """The call comes about one polling period after the previous poll (or before the next one)."""
-    polls = [c.time for c in a.polls if c is not call]
+    polls = [c.time for c in a.polls if c is not call and c.conn == call.conn]
     intervals = [b - t for t, b in zip(polls, polls[1:])]
     # the period: the client's own single-period gaps (where this call was, the gap spans two periods), else the
     # server's pcmsPollsMax
@@ -457,8 +460,13 @@ def _on_poll_schedule(a: ClientActivity, call: RpcCall) -> bool:
 
 
 def _poll_statistics(a: ClientActivity) -> None:
-    poll_times = [c.time for c in a.polls]
-    intervals = [b - t for t, b in zip(poll_times, poll_times[1:])]
+    """Seconds between consecutive polls of the same connection, in the order of the later poll."""
+    last: dict = {}
+    intervals = []
+    for c in a.polls:
+        if c.conn in last:
+            intervals.append(c.time - last[c.conn])
+        last[c.conn] = c.time
     a.poll_intervals = intervals
     if intervals:
         a.poll_interval_s = statistics.median(intervals)
@@ -507,9 +515,14 @@ def _mail_evidence(a: ClientActivity) -> None:
         fetches = []
         if not c.prompted:  # a prompted call's followers are the reaction to the datagram, not a poll's finding
             for nxt in emsmdb[idx + 1:]:  # the rest of the poll's burst, starting at once after its answer
-                if nxt.burst_start or nxt.opnum not in ROP_OPNUMS or (not fetches and nxt.time - done > PROMPT_WINDOW_S):
+                if nxt.conn != c.conn:
+                    if nxt.time - done > PROMPT_WINDOW_S + BURST_GAP_S * len(fetches):
+                        break  # bursts end within BURST_GAP_S of each call: nothing of this one is left
+                    continue  # fetched over the session that polled
+                if nxt.burst_start or (not fetches and nxt.time - done > PROMPT_WINDOW_S):
                     break
-                fetches.append(nxt)
+                if nxt.opnum in ROP_OPNUMS:
+                    fetches.append(nxt)
         if not large and not fetches:
             continue
         what = _name_of(c)

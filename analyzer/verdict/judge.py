@@ -175,11 +175,11 @@ def _cite_connect(ev: _Evidence, a: ClientActivity) -> None:
 
 def _cite_polls(ev: _Evidence, a: ClientActivity, after: float | None = None) -> None:
     polls = [c for c in a.polls if after is None or c.time > after]
-    prev = None
+    prev: dict = {}  # connection -> time of its previous poll (each session polls on its own schedule)
     for c in polls[:MAX_CITED]:
-        gap = f", {c.time - prev:.1f} s after the previous" if prev is not None else ""
+        gap = f", {c.time - prev[c.conn]:.1f} s after the previous" if c.conn in prev else ""
         ev.add(c.frame, c.time, f"unprompted {_name(c)} (polling{gap})")
-        prev = c.time
+        prev[c.conn] = c.time
 
 
 def _poll_phrase(a: ClientActivity) -> str:
