@@ -124,9 +124,10 @@ def test_public_outlook2002_egress_only_capture(public_dir):
 
 
 # The tshark engine must lead to the same verdicts. All samples take about a minute on the shared machine (measured
-# 64 s for 23 files), so the test runs two that exercise different paths: UDP matching without a reaction, and a
-# packet-privacy session judged from behaviour.
-@pytest.mark.parametrize("name", ["udp_not_delivered.pcap", "privacy_push_working.pcap"])
+# 64 s for 23 files), so the test runs three that exercise different paths: UDP matching without a reaction, a
+# packet-privacy session judged from behaviour, and the notification pattern of a session begun before the capture.
+@pytest.mark.parametrize("name", ["udp_not_delivered.pcap", "privacy_push_working.pcap",
+                                  "mid_session_udp_ignored.pcap"])
 def test_tshark_engine_gives_the_same_verdicts(name, captures_dir, tshark):
     entry = next((e for e in _manifest_entries() if e["file"] == name), None)
     if entry is None or not (captures_dir / name).is_file():
