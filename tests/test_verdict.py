@@ -408,3 +408,23 @@ def test_client_side_most_polls_carry_mail_is_udp_not_received():
     v = judge(s)
     check_common(v, "udp_blocked", "udp_not_received", [req, resp] + mail)
     assert s.correlate().vantage == "client" and v.confidence >= 0.8
+
+
+def test_registered_client_poll_coinciding_with_a_datagram_is_cited_as_a_poll():
+    """The schedule rule with the registration in the capture: the server repeats the context datagram every 60 s,
+    the client polls every 60 s; one poll comes 0.8 s after a datagram, exactly when it was due."""
+    s = Script()
+    s.logon()
+    req, resp = s.register(1.0)
+    polls = [s.poll(61.0)[0]]
+    datagrams = [s.udp(100.0)]
+    polls.append(s.poll(121.0)[0])
+    datagrams.append(s.udp(160.0))
+    datagrams.append(s.udp(180.2))  # the poll due at 181 follows 0.8 s later
+    coincident, _ = s.poll(181.0)
+    polls += [coincident, s.poll(241.0)[0]]
+    datagrams.append(s.udp(270.0))
+    polls.append(s.poll(301.0)[0])
+    v = judge(s)
+    check_common(v, "udp_blocked", "udp_not_delivered", [req, resp] + datagrams + polls[1:])  # polls after the 1st
+    assert v.polls == 5 and "a poll, not a reaction" in v.reason and "identified by" not in v.reason
