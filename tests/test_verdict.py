@@ -344,6 +344,7 @@ def test_mid_session_datagrams_without_further_polling_decide_nothing():
     s, datagrams, polls = _mid_session_ignored(polls_after=False)
     v = judge(s)
     check_common(v, "inconclusive", "mid_session_no_evidence", datagrams + polls)
+    assert "no call after them" in v.reason
 
 
 def test_mid_session_poll_coinciding_with_one_datagram_is_not_a_reaction():

@@ -383,6 +383,11 @@ def _decide(a: ClientActivity, corr: CorrelationResult):
         return ("encrypted_no_evidence", 0.35,
                 "the session started before the capture and packet privacy hides the stubs; no datagram, ICMP error "
                 f"or reaction decides; {_poll_phrase(a)}", ev)
+    if a.notifications:
+        return ("mid_session_no_evidence", 0.4,
+                f"the capture starts mid-session (no logon, no registration); {len(a.notifications)} datagram(s) from "
+                f"{a.notifications[0].src} got no reaction, but the client makes no call after them (its session may "
+                "be gone), so they prove no UDP trouble", ev)
     return ("mid_session_no_evidence", 0.4,
             "the capture starts mid-session (no logon, no registration) and shows no datagram, ICMP error or "
             f"reaction; {_poll_phrase(a)} proves nothing by itself (MS-OXCNOTIF 3.2.5.4)", ev)
