@@ -1213,6 +1213,231 @@ def s_mid_session_polling():
     return cap, entry
 
 
+# --- issue 9 items 3 and 5: the notification pattern mid-session, mail found by polling ----------------------------
+
+
+def lz77_compress(data: bytes) -> bytes:
+    """MS-OXCRPC 3.1.4.1.1.2 LZ77 + DIRECT2 encoding (the same stream as MS-XCA 2.3 "plain LZ77"): 32-bit
+    little-endian indicator words read from the top bit (0 literal, 1 match), a match as u16 (offset-1) << 3 |
+    min(length-3, 7), longer lengths in a shared half byte, then a byte. Greedy longest match within 8 KiB."""
+    out = bytearray()
+    indicator, bits, indicator_pos = 0, 0, 0
+    out += b"\x00\x00\x00\x00"
+    nibble_pos = None
+    i = 0
+
+    def flag(bit):
+        nonlocal indicator, bits, indicator_pos
+        indicator = (indicator << 1) | bit
+        bits += 1
+        if bits == 32:
+            struct.pack_into("<I", out, indicator_pos, indicator)
+            indicator, bits = 0, 0
+            indicator_pos = len(out)
+            out.extend(b"\x00\x00\x00\x00")
+
+    while i < len(data):
+        best_len, best_off = 0, 0
+        for j in range(max(0, i - 8192), i):
+            n = 0
+            while i + n < len(data) and n < 3 + 7 + 15 + 254 and data[j + n] == data[i + n]:
+                n += 1
+            if n > best_len:
+                best_len, best_off = n, i - j
+        if best_len < 3:
+            out.append(data[i])
+            flag(0)
+            i += 1
+            continue
+        extra = best_len - 3
+        out += struct.pack("<H", ((best_off - 1) << 3) | min(extra, 7))
+        if extra >= 7:
+            extra -= 7
+            if nibble_pos is None:
+                nibble_pos = len(out)
+                out.append(min(extra, 15))
+            else:
+                out[nibble_pos] |= min(extra, 15) << 4
+                nibble_pos = None
+            if extra >= 15:
+                out.append(extra - 15)  # < 255: lengths are capped above
+        flag(1)
+        i += best_len
+    # the unused indicator bits are set, as the reference compressor does (a decoder stops at the input's end)
+    indicator = (indicator << (32 - bits)) | ((1 << (32 - bits)) - 1)
+    struct.pack_into("<I", out, indicator_pos, indicator & 0xFFFFFFFF)
+    return bytes(out)
+
+
+def lz77_decompress(data: bytes) -> bytes:
+    """Inverse of lz77_compress (MS-XCA 2.4 decoding), to check every compressed buffer the generator writes."""
+    out = bytearray()
+    pos, indicator, bits, nibble_pos = 0, 0, 0, None
+    while True:
+        if bits == 0:
+            indicator = struct.unpack_from("<I", data, pos)[0]
+            pos += 4
+            bits = 32
+        bits -= 1
+        if pos >= len(data):
+            return bytes(out)
+        if not (indicator >> bits) & 1:
+            out.append(data[pos])
+            pos += 1
+            continue
+        meta = struct.unpack_from("<H", data, pos)[0]
+        pos += 2
+        offset, length = (meta >> 3) + 1, meta & 7
+        if length == 7:
+            if nibble_pos is None:
+                nibble_pos = pos
+                length = data[pos] & 15
+                pos += 1
+            else:
+                length = data[nibble_pos] >> 4
+                nibble_pos = None
+            if length == 15:
+                length = data[pos] + 15
+                pos += 1
+            length += 7
+        for _ in range(length + 3):
+            out.append(out[-offset])
+
+
+def new_mail_rops_text(rng, subject: str, sender: str) -> bytes:
+    """A poll answer announcing a test message as Outlook 2003 gets it from Exchange 2003: RopNotify NewMail, two
+    RopNotify TableModified rows carrying the subject and sender in UTF-16 (so it compresses), RopPending."""
+    fid, mid = rng.getrandbits(64), rng.getrandbits(64)
+    new_mail = (struct.pack("<BIBH", 0x2A, 0x00000011, 0, 0x0002) + struct.pack("<QQIB", fid, mid, 0x0000, 0)
+                + b"IPM.Note\x00")
+    rows = b""
+    for h in (0x21, 0x22):
+        row = (subject + "\x00" + sender + "\x00").encode("utf-16-le") + struct.pack("<QI", fid, 0x0001)
+        rows += (struct.pack("<BIBHH", 0x2A, h, 0, 0x0100, 0x0003) + struct.pack("<QQIQQIH", fid, mid, 0, fid, 0,
+                                                                                   0, len(row)) + row)
+    return rop_payload(new_mail + rows + struct.pack("<BH", 0x6E, 0), handles=(0x11, 0x21, 0x22))
+
+
+def ecdorpcext2_response_compressed(cxh, payload):
+    """EcDoRpcExt2 answer whose rgbOut payload is compressed (RPC_HEADER_EXT flags Compressed | Last): the ROP ids
+    cannot be read without decompressing, only the size shows."""
+    packed = lz77_compress(payload)
+    assert lz77_decompress(packed) == payload and len(packed) < len(payload), "compression must pay off"
+    rgb_out = struct.pack("<HHHH", 0, 0x0005, len(packed), len(payload)) + packed
+    return (Ndr().raw(cxh).u32(0).varying(rgb_out).u32(len(rgb_out))
+            .varying(b"").u32(0).u32(16).u32(0).bytes())
+
+
+def s_most_polls_carry_mail():
+    """Client side: registered (status 0); the engineer sends a test message every minute, so four of five polls
+    find mail (compressed answers: RopNotify unreadable) and the client fetches at once; no datagram arrives."""
+    cap = Capture("udp_not_received", 82800, 124)
+    c, s = Host("10.1.36.41"), Host(EXCHANGE)
+    o = Outlook(cap, c, s, "yvonne")
+    t = o.logon(0.1)
+    reg = o.register(t + 0.4, c.ip, 2790, bytes.fromhex("3b9e51c07a24d816"))
+    mail = []
+    for i, tp in enumerate(o.poll_times(60.7, 330)):
+        if i == 2:
+            o.poll(tp)  # the one minute without a message: the empty answer
+            continue
+        payload = new_mail_rops_text(cap.rng, f"Test message {i + 1} from the helpdesk", "Helpdesk Contoso")
+        _req, resp = o.rpc.call(tp, o.ctx, 11, ecdorpcext2_request(o.cxh, empty_rops()),
+                                ecdorpcext2_response_compressed(o.cxh, payload), delay=0.004)
+        mail.append(resp)
+        o.fetch(tp + 0.05, notify=False)  # opens the message: two more ROP calls at once
+    dns_noise(cap, c, 150.0)
+    entry = dict(vantage="client", description="client side: status 0 for 10.1.36.41:2790; a "
+                 "test message every minute makes four of five polls carry mail (answers LZ77-compressed, so "
+                 "RopNotify is unreadable; three times the empty answer) and the client fetches at once; no UDP datagram: "
+                 "mail found by polling, so something drops the datagram")
+    entry["clients"] = [client_entry(o, "udp_blocked", "udp_not_received", list(reg) + mail, status=0)]
+    return cap, entry
+
+
+def _regular_polls_with_mail(o: Outlook, polls, datagram_times):
+    """Polls at their regular times; the first poll after each datagram finds the mail it announced and the client
+    fetches it at once (the datagram itself never prompted anything)."""
+    pending = sorted(datagram_times)
+    for tp in polls:
+        found = bool(pending) and pending[0] < tp
+        while pending and pending[0] < tp:
+            pending.pop(0)
+        o.poll(tp, mail=found)
+        if found:
+            o.fetch(tp + 0.05, notify=False)
+
+
+def s_mid_session_udp_ignored():
+    """Server side. 10.1.42.17's session began before the capture (no bind, no registration in it); another
+    client's logon right at the start (its bind_ack names port 49155) lets the dissector label the connection.
+    The server sends the same 8 bytes to 10.1.42.17:2845 three times; the client never calls within 2 s and keeps
+    polling every ~60 s (its polls then find the mail). The other client gets its datagrams and reacts."""
+    cap = Capture("udp_not_delivered", 86400, 125)
+    s = Host(EXCHANGE)
+    a_host, b_host = Host("10.1.42.17"), Host("10.1.42.5")
+    b = Outlook(cap, b_host, s, "zoe")
+    tb = b.logon(0.3, epm=False)
+    ctx_b = bytes.fromhex("5a6f650000000001")
+    reg_b = b.register(tb + 0.3, b_host.ip, 2650, ctx_b)
+    b.poll(61.2)  # calls of one connection are generated in time order (TCP sequence numbers follow creation)
+    b_notes = []
+    for tn in (96.4, 187.9):
+        b_notes.append(udp_datagram(cap, s, 1203, b_host, 2650, ctx_b, tn))
+        b.fetch(tn + 0.3)
+    a = Outlook(cap, a_host, s, "adam")
+    a.attach_mid_session(sport=1467)
+    polls = a.poll_times(8.0, 320)
+    sent = [polls[0] + 24.0, polls[2] + 31.0, polls[3] + 17.5]
+    notes = [udp_datagram(cap, s, 1171, a_host, 2845, bytes.fromhex("adad0e0f10111213"), tn) for tn in sent]
+    _regular_polls_with_mail(a, polls, sent)
+    entry = dict(vantage="server", mid_session=True, description="server side: 10.1.42.17's session began before "
+                 "the capture (no bind, no logon, no registration); 10.1.42.5 logs on at the start and its bind_ack "
+                 "names port 49155. The server sends the same 8 bytes to 10.1.42.17:2845 three times; no call within "
+                 "2 s, the client keeps polling every ~60 s and its next poll finds the mail: the datagrams do not "
+                 "reach Outlook (udp_not_delivered: the server only sends to a registered callback). 10.1.42.5 "
+                 "reacts to both of its datagrams (push_working)")
+    ea = client_entry(a, "udp_blocked", "udp_not_delivered", notes, notifications=3)
+    ea["mailbox"] = None
+    eb = client_entry(b, "registered", "push_working", list(reg_b) + b_notes, notifications=2, status=0)
+    entry["clients"] = [eb, ea]  # sorted by IP as the analyzer lists them
+    return cap, entry
+
+
+def s_mid_session_poll_coincides():
+    """Server side, mid-session, an ept_map answer in the capture names port 49155. Four datagrams with the same 8
+    bytes; one arrives 1.1 s before a poll that was due anyway. That call is a poll, not a reaction: the other three
+    datagrams get none."""
+    cap = Capture("udp_not_delivered", 90000, 126)
+    c, s = Host("10.1.43.9"), Host(EXCHANGE)
+    o = Outlook(cap, c, s, "brian")
+    o.attach_mid_session(sport=1502)
+    epm_lookup(cap, c, s, 2.0)  # the address book asks the endpoint mapper again
+    polls = o.poll_times(9.0, 330)
+    sent = [polls[0] + 27.0, polls[2] - 1.1, polls[3] + 22.0, polls[4] + 35.0]
+    notes = [udp_datagram(cap, s, 1299, c, 3121, bytes.fromhex("b21a9c4400000003"), tn) for tn in sent]
+    coincident = []
+    pending = sorted(sent)
+    for tp in polls:
+        found = bool(pending) and pending[0] < tp
+        while pending and pending[0] < tp:
+            pending.pop(0)
+        f = o.poll(tp, mail=found)
+        if tp == polls[2]:
+            coincident.append(f[0])
+        if found:
+            o.fetch(tp + 0.05, notify=False)
+    entry = dict(vantage="server", mid_session=True, description="server side, mid-session (no bind, no logon, no "
+                 "registration); an ept_map answer names port 49155. The server sends the same 8 bytes to "
+                 "10.1.43.9:3121 four times; the second arrives 1.1 s before a poll that was due anyway (60 s after "
+                 "the previous one). That call is a poll, not a reaction: the other three datagrams get none, so "
+                 "udp_not_delivered, with the coincident poll cited as a poll")
+    e = client_entry(o, "udp_blocked", "udp_not_delivered", notes + coincident, notifications=4)
+    e["mailbox"] = None
+    entry["clients"] = [e]
+    return cap, entry
+
+
 def s_capture_too_short():
     cap = Capture("capture_too_short", 68400, 120)
     c, s = Host("10.1.32.9"), Host(EXCHANGE)
@@ -1475,6 +1700,9 @@ SCENARIOS = {
     "async_wait.pcap": s_async_wait,
     "mid_session_notified.pcap": s_mid_session_notified,
     "mid_session_polling.pcap": s_mid_session_polling,
+    "mid_session_udp_ignored.pcap": s_mid_session_udp_ignored,
+    "mid_session_poll_coincides.pcap": s_mid_session_poll_coincides,
+    "most_polls_carry_mail.pcap": s_most_polls_carry_mail,
     "capture_too_short.pcap": s_capture_too_short,
     "registered_no_mail_seen.pcap": s_registered_no_mail_seen,
     "truncated.pcap": s_truncated,

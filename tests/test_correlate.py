@@ -22,8 +22,10 @@ OPNAMES = {0: "EcDoConnect", 1: "EcDoDisconnect", 2: "EcDoRpc", 4: "EcRRegisterP
 
 
 class Script:
-    def __init__(self, client=CLIENT, server=SERVER, conn=0, sport=50000, dport=6001, encrypted=False):
+    def __init__(self, client=CLIENT, server=SERVER, conn=0, sport=50000, dport=6001, encrypted=False,
+                 source=None):
         self.events: list[Event] = []
+        self.source = source  # interface_source of the connection's requests and answers (binds say "bind")
         self.frame = 0
         self.client, self.server, self.conn = client, server, conn
         self.sport, self.dport = sport, dport
@@ -39,10 +41,10 @@ class Script:
     def bind(self, t, interface="EMSMDB"):
         f = self._next(t)
         self.events.append(Event(f, T0 + t, self.client, self.server, self.sport, self.dport, "bind", conn=self.conn,
-                                 interface=interface, interface_ver="0.81"))
+                                 interface=interface, interface_ver="0.81", interface_source="bind"))
         f2 = self._next(t + 0.01)
         self.events.append(Event(f2, T0 + t + 0.01, self.server, self.client, self.dport, self.sport, "bind_ack",
-                                 conn=self.conn, interface=interface))
+                                 conn=self.conn, interface=interface, interface_source="bind"))
         return f, f2
 
     def call(self, t, opnum, interface="EMSMDB", rtt=0.02, req=None, resp=None, fault=None, answer=True,
@@ -54,7 +56,8 @@ class Script:
         f = self._next(t)
         self.events.append(Event(f, T0 + t, self.client, self.server, self.sport, self.dport, "request", conn=self.conn,
                                  interface=interface, opnum=opnum, opname=opname, ctx_id=0, call_id=self.call_id,
-                                 auth_level=6 if enc else 0, encrypted=enc, stub_len=stub_len, **(req or {})))
+                                 auth_level=6 if enc else 0, encrypted=enc, stub_len=stub_len,
+                                 interface_source=self.source, **(req or {})))
         if not answer:
             return f, None
         f2 = self._next(t + rtt)
@@ -65,7 +68,7 @@ class Script:
         self.events.append(Event(f2, T0 + t + rtt, self.server, self.client, self.dport, self.sport, kind,
                                  conn=self.conn, interface=interface, opnum=opnum, opname=opname, ctx_id=0,
                                  call_id=self.call_id, auth_level=6 if enc else 0, encrypted=enc and fault is None,
-                                 stub_len=resp_len, request_frame=f, **extra))
+                                 stub_len=resp_len, request_frame=f, interface_source=self.source, **extra))
         return f, f2
 
     def logon(self, t=0.0, poll_max_ms=60000, user_dn="/o=Org/ou=Site/cn=Recipients/cn=alice"):
@@ -78,8 +81,9 @@ class Script:
         resp = {} if self.encrypted else {"status": status, "hnotification": 1 if status == 0 else 0}
         return self.call(t, 4, req=req, resp=resp, fault=fault, answer=answer, stub_len=74, resp_len=28)
 
-    def poll(self, t, resp_len=60, rop_ids=""):
-        return self.call(t, 11, resp={"rop_ids": None if self.encrypted else rop_ids}, resp_len=resp_len)
+    def poll(self, t, resp_len=60, rop_ids="", stub_len=40):
+        return self.call(t, 11, resp={"rop_ids": None if self.encrypted else rop_ids}, resp_len=resp_len,
+                         stub_len=stub_len)
 
     def polls(self, start, count, every=60.0):
         return [self.poll(start + i * every) for i in range(count)]
@@ -257,3 +261,167 @@ def test_one_direction_only_is_a_capture_in_between():
     corr = s.correlate()
     assert corr.vantage == "between" and "one direction" in corr.vantage_reason
     assert [c.response_frame for c in corr.clients[0].calls] == [None, None, None]
+
+
+# --- issue 9: the notification pattern without a registration, polls that coincide with a datagram, mail evidence
+# when most polls carry mail, and what identified the interface
+
+
+def test_notification_pattern_needs_no_registration():
+    s = Script(source="epm")  # mid-session: no bind, no logon, no registration
+    s.poll(5.0)
+    datagrams = []
+    for k in range(3):
+        datagrams.append(s.udp(30.0 + 60 * k, payload="0102030405060708", dport=3333))
+        s.poll(65.0 + 60 * k)  # never within 2 s of a datagram
+    a = s.correlate().clients[0]
+    assert [(n.frame, n.matched_by, n.reaction_frame) for n in a.notifications] == \
+        [(d, "pattern", None) for d in datagrams]
+    assert a.unmatched_udp == [] and a.registrations == []
+    assert a.interface_source == "epm"
+
+
+@pytest.mark.parametrize("case", ["payloads differ", "longer than a context", "two-way flow", "single datagram",
+                                  "sender without DCE/RPC"])
+def test_what_is_not_the_notification_pattern(case):
+    s = Script(source="epm")
+    s.poll(5.0)
+    payloads = {"payloads differ": ["0102030405060708", "0102030405060709", "010203040506070a"],
+                "longer than a context": ["00" * 17] * 3}.get(case, ["0102030405060708"] * 3)
+    count = 1 if case == "single datagram" else 3
+    src = "10.0.0.99" if case == "sender without DCE/RPC" else None
+    for k in range(count):
+        s.udp(30.0 + 60 * k, payload=payloads[k], dport=3333, src=src)
+        s.poll(65.0 + 60 * k)
+    if case == "two-way flow":  # the client answers from that port: some UDP protocol, not a one-way push
+        s.udp(31.0, payload="aabb", src=CLIENT, sport=3333, dst=SERVER, dport=40001)
+    a = s.correlate().clients[0]
+    assert a.notifications == []
+    expected_unmatched = 0 if case == "sender without DCE/RPC" else count
+    assert len(a.unmatched_udp) == expected_unmatched
+
+
+def test_pattern_from_another_dce_rpc_peer_of_the_client():
+    """The datagrams may come from another host the client talks DCE/RPC to (its second Exchange server, whose
+    connection is not labelled EMSMDB), and the client's reaction may go to its first server."""
+    s = Script(source="epm")
+    s.poll(5.0)
+    other = "10.0.0.11"
+    f = s._next(6.0)
+    s.events.append(Event(f, T0 + 6.0, CLIENT, other, 50002, 49160, "request", conn=5, opnum=3, call_id=9,
+                          stub_len=60))
+    datagrams = []
+    for k in range(2):
+        datagrams.append(s.udp(30.0 + 60 * k, payload="aa55aa55", dport=2800, src=other))
+        s.poll(30.5 + 60 * k)
+    a = s.correlate().clients[0]
+    assert [(n.frame, n.src, n.matched_by) for n in a.notifications] == [(d, other, "pattern") for d in datagrams]
+    assert all(n.reaction_frame is not None for n in a.notifications)
+
+
+def test_single_call_on_the_poll_schedule_is_a_poll_not_a_reaction():
+    s = Script(source="epm")
+    polls = [s.poll(5.0)[0], s.poll(65.0)[0]]
+    d1 = s.udp(100.0, payload="0102030405060708", dport=3333)
+    d2 = s.udp(123.8, payload="0102030405060708", dport=3333)  # 1.2 s before the poll due at 125
+    coincident, _ = s.poll(125.0)
+    polls += [coincident, s.poll(185.0)[0]]
+    d3 = s.udp(190.0, payload="0102030405060708", dport=3333)
+    polls.append(s.poll(245.0)[0])
+    a = s.correlate().clients[0]
+    assert [(n.frame, n.reaction_frame, n.coincident_poll_frame) for n in a.notifications] == \
+        [(d1, None, None), (d2, None, coincident), (d3, None, None)]
+    assert [c.frame for c in a.polls] == polls and not any(c.prompted for c in a.calls)
+    assert a.poll_intervals == [pytest.approx(60.0)] * 4
+
+
+def test_call_off_the_poll_schedule_stays_a_reaction():
+    """Only a call where the next poll was due is taken for a poll; another call right after a datagram stays a
+    reaction (the verdict stage then weighs the flow's reactions against its ignored datagrams)."""
+    s = Script(source="epm")
+    s.poll(5.0)
+    s.poll(65.0)
+    d1 = s.udp(100.0, payload="0102030405060708", dport=3333)
+    user, _ = s.poll(100.5)  # 35 s after the last poll: not a poll that was due
+    s.poll(125.0)
+    d2 = s.udp(150.0, payload="0102030405060708", dport=3333)
+    s.poll(185.0)
+    d3 = s.udp(210.0, payload="0102030405060708", dport=3333)
+    s.poll(245.0)
+    a = s.correlate().clients[0]
+    assert [(n.frame, n.reaction_frame, n.coincident_poll_frame) for n in a.notifications] == \
+        [(d1, user, None), (d2, None, None), (d3, None, None)]
+
+
+def test_mail_evidence_when_most_polls_carry_mail():
+    """Answers well above the SMALLEST poll answer are mail, even when they are most of the polls (the median
+    answer then carries mail); compressed ROP buffers make rop_ids unreadable (None)."""
+    s = Script()
+    s.logon()
+    s.register(1.0)
+    s.poll(60.0, resp_len=60, rop_ids=None)
+    big = [s.poll(60.0 + 60 * k, resp_len=700 + k, rop_ids=None)[1] for k in range(1, 5)]
+    a = s.correlate().clients[0]
+    assert [m.frame for m in a.mail_evidence] == big
+    assert "smallest poll answer 60" in a.mail_evidence[0].what
+
+
+def test_poll_followed_at_once_by_fetches_is_mail_evidence_even_when_every_poll_carries_mail():
+    s = Script()
+    s.logon()
+    s.register(1.0)
+    answers = []
+    for k in range(4):
+        _, ans = s.poll(60.0 + 60 * k, resp_len=650, rop_ids=None)  # every poll finds mail: no small answer
+        answers.append(ans)
+        s.call(60.3 + 60 * k, 11, stub_len=120, resp_len=4000)  # fetching the message
+        s.call(60.5 + 60 * k, 11, stub_len=90, resp_len=900)
+    a = s.correlate().clients[0]
+    assert [m.frame for m in a.mail_evidence] == answers
+    assert "followed at once by 2 more call(s)" in a.mail_evidence[0].what
+
+
+def test_user_action_bursts_are_not_mail_evidence():
+    """A burst that starts with a ROP request well above the empty poll's size is the user at work, not a poll
+    that found mail; polls on their own with equal answers are nothing either."""
+    s = Script()
+    s.logon()
+    s.register(1.0)
+    s.polls(60, 4)
+    s.poll(270.0, stub_len=140, resp_len=3000, rop_ids=None)  # the user opens a folder
+    s.call(270.2, 11, stub_len=200, resp_len=6000)
+    a = s.correlate().clients[0]
+    assert a.mail_evidence == []
+
+
+def test_interface_source_of_a_client_is_its_most_trusted_connection():
+    s = Script(source="stub_shape")
+    s.poll(5.0)
+    other = Script(conn=1, sport=50001, source="epm")
+    other.frame = s.frame
+    other.poll(6.0)
+    s.events += other.events
+    assert correlate(s.events, s.info()).clients[0].interface_source == "epm"
+    bound = Script()
+    bound.logon()
+    for e in bound.events:  # a dissector that does not fill the column: the bind in the capture still tells
+        e.interface_source = None
+    (a,) = bound.correlate().clients
+    assert a.interface_source == "bind" and a.connections[0].interface_source == "bind"
+
+
+def test_each_session_polls_on_its_own_schedule():
+    """Outlook with a second Exchange session (public folders or another mailbox on another server): both poll
+    every 80 s, 40 s apart. The polling period is 80 s, and a poll of one session never hides the other's."""
+    s = Script(source="bind")
+    other = Script(server="10.0.0.11", conn=1, sport=50001, source="stub_shape")
+    for k in range(5):
+        s.poll(10.0 + 80 * k)
+        other.frame = s.frame
+        other.poll(11.0 + 80 * k)  # 1 s later: within a burst gap, but another connection
+        s.frame = other.frame
+    events = sorted(s.events + other.events, key=lambda e: e.frame)
+    a = correlate(events, s.info()).clients[0]
+    assert len(a.polls) == 10
+    assert a.poll_interval_s == pytest.approx(80.0) and a.poll_intervals == [pytest.approx(80.0)] * 8
+    assert a.servers == [SERVER, "10.0.0.11"] and a.interface_source == "bind"

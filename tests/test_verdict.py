@@ -309,3 +309,123 @@ def test_async_connect_accepted_without_a_wait_yet():
     v = judge(s)
     check_common(v, "registered", "async_wait", [ac, ac_resp])
     assert v.confidence < 0.9 and "no EcDoAsyncWaitEx" in v.reason
+
+
+# --- issue 9: mid-session verdicts from the notification pattern, mail found by polling
+
+
+def _mid_session_ignored(source="epm", polls_after=True):
+    """A session running before the capture; the server sends the same 8 bytes to port 3333 three times, the
+    client never calls within 2 s and (unless polls_after is False) keeps polling every 60 s."""
+    s = Script(source=source)
+    if source == "bind":  # negotiated on the connection itself (the capture holds the bind, but no logon)
+        s.bind(0.0)
+    polls = [s.poll(5.0)[0]]
+    datagrams = []
+    for k in range(3):
+        datagrams.append(s.udp(30.0 + 60 * k, payload="0102030405060708", dport=3333))
+        if polls_after:
+            polls.append(s.poll(65.0 + 60 * k)[0])
+    return s, datagrams, polls
+
+
+def test_mid_session_datagrams_ignored_while_polling_is_udp_not_delivered():
+    s, datagrams, polls = _mid_session_ignored()
+    v = judge(s)
+    check_common(v, "udp_blocked", "udp_not_delivered", datagrams + polls[1:])
+    assert v.notifications == 3 and v.register_status is None
+    assert "the same 8 bytes" in v.reason and "keeps polling" in v.reason
+    assert "ept_map" in v.reason  # what identified the interface
+    assert s.correlate().vantage == "server"  # seen leaving the server, never answered
+
+
+def test_mid_session_datagrams_without_further_polling_decide_nothing():
+    """No call after the datagrams: the session may be gone, so the ignored datagrams prove no UDP trouble."""
+    s, datagrams, polls = _mid_session_ignored(polls_after=False)
+    v = judge(s)
+    check_common(v, "inconclusive", "mid_session_no_evidence", datagrams + polls)
+    assert "no call after them" in v.reason
+
+
+def test_mid_session_poll_coinciding_with_one_datagram_is_not_a_reaction():
+    s = Script(source="endpoint")
+    s.poll(5.0)
+    s.poll(65.0)
+    d1 = s.udp(100.0, payload="0102030405060708", dport=3333)
+    d2 = s.udp(123.8, payload="0102030405060708", dport=3333)
+    coincident, _ = s.poll(125.0)  # due anyway: 60 s after the previous poll
+    later = s.poll(185.0)[0]
+    d3 = s.udp(190.0, payload="0102030405060708", dport=3333)
+    s.poll(245.0)
+    v = judge(s)
+    check_common(v, "udp_blocked", "udp_not_delivered", [d1, d2, d3, coincident, later])
+    assert "a poll, not a reaction" in v.reason and "another connection" in v.reason
+    assert v.polls == 5 and v.poll_interval_s == pytest.approx(60.0)
+    what = {e.frame: e.what for e in v.evidence}
+    assert "poll, not a reaction" in what[coincident]
+
+
+def test_mid_session_datagrams_each_answered_are_push_working_without_registration():
+    s = Script(source="epm")
+    s.poll(5.0)
+    cited = []
+    for k in range(3):
+        cited.append(s.udp(30.0 + 60 * k, payload="0102030405060708", dport=3333))
+        cited.append(s.poll(30.3 + 60 * k)[0])
+    v = judge(s)
+    check_common(v, "registered", "notification_seen_registration_not_captured", cited)
+
+
+@pytest.mark.parametrize("source, phrase", [
+    ("bind", None),
+    ("epm", "ept_map answer"),
+    ("endpoint", "another connection"),
+    ("stub_shape", "stub layout alone"),
+    (None, "learnt elsewhere in the capture"),
+])
+def test_reason_names_what_identified_the_interface_and_confidence_reflects_it(source, phrase):
+    s, datagrams, _ = _mid_session_ignored(source=source)
+    v = judge(s)
+    assert (v.verdict, v.cause) == ("udp_blocked", "udp_not_delivered")
+    if phrase is None:
+        assert "identified by" not in v.reason
+    else:
+        assert "identified by" in v.reason and phrase in v.reason
+    trust = {"bind": 0.75, "epm": 0.70, "endpoint": 0.70, None: 0.65, "stub_shape": 0.55}
+    assert v.confidence == pytest.approx(trust[source])
+
+
+def test_client_side_most_polls_carry_mail_is_udp_not_received():
+    """An engineer sends a test message every minute: four of five polls carry mail, the ROP buffers are compressed
+    (rop_ids unreadable), registration succeeded and no datagram arrives."""
+    s = Script()
+    s.logon()
+    req, resp = s.register(1.0)
+    s.poll(60.0, resp_len=60, rop_ids=None)
+    mail = []
+    for k in range(1, 5):
+        mail.append(s.poll(60.0 + 60 * k, resp_len=640 + 7 * k, rop_ids=None)[1])
+        s.call(60.4 + 60 * k, 11, stub_len=110, resp_len=5000)
+    v = judge(s)
+    check_common(v, "udp_blocked", "udp_not_received", [req, resp] + mail)
+    assert s.correlate().vantage == "client" and v.confidence >= 0.8
+
+
+def test_registered_client_poll_coinciding_with_a_datagram_is_cited_as_a_poll():
+    """The schedule rule with the registration in the capture: the server repeats the context datagram every 60 s,
+    the client polls every 60 s; one poll comes 0.8 s after a datagram, exactly when it was due."""
+    s = Script()
+    s.logon()
+    req, resp = s.register(1.0)
+    polls = [s.poll(61.0)[0]]
+    datagrams = [s.udp(100.0)]
+    polls.append(s.poll(121.0)[0])
+    datagrams.append(s.udp(160.0))
+    datagrams.append(s.udp(180.2))  # the poll due at 181 follows 0.8 s later
+    coincident, _ = s.poll(181.0)
+    polls += [coincident, s.poll(241.0)[0]]
+    datagrams.append(s.udp(270.0))
+    polls.append(s.poll(301.0)[0])
+    v = judge(s)
+    check_common(v, "udp_blocked", "udp_not_delivered", [req, resp] + datagrams + polls[1:])  # polls after the 1st
+    assert v.polls == 5 and "a poll, not a reaction" in v.reason and "identified by" not in v.reason

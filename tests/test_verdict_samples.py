@@ -75,6 +75,14 @@ PUBLIC_NO_OUTLOOK = [
     "netmon23-authsod-ex2-1.cap",
     "netmon20-wiki-Mixed1.cap",
     "netmon20-wiki-BitTorrent.Transfer1.cap",
+    # other DCE/RPC services, some with opnum 4 or UDP to high ports: never Outlook, never a notification
+    "wiki-witness-opnum4-registerex-decoy.pcapng",
+    "wiki-messenger-udp-dcerpc-decoy.pcap",
+    "ndpi-pnio-cm-udp-dcerpc-opnum4-decoy.pcap",
+    "arkime-synthetic-rpch-headers-decoy.pcap",
+    "wiki-tsch-ntlmv2-sealed-password-clem.pcapng",
+    "scapy-svcctl-ntlm-sealed-password-Password123.pcapng.gz",
+    "wiki-drsuapi-ntlm-sealed-password-admin.pcapng",
 ]
 
 
@@ -100,10 +108,26 @@ def test_public_short_mapi_session_is_too_short_to_judge(public_dir):
     assert c.register_status is None and c.notifications == 0
 
 
+def test_public_outlook2002_egress_only_capture(public_dir):
+    """Real Outlook 2002, only the client's outgoing packets: it logs on to 146.243.20.184 (EcDoConnect on three
+    connections) and polls every 80 s for two hours without ever calling opnum 4 on that session. No datagram
+    toward the client can be in an egress-only capture, and its UDP to other hosts (Symantec) is no notification."""
+    result = _analyze(public_dir / "wiki-mgove413-outlook2002-egress-only.pcap")
+    assert result.error is None and result.vantage == "between"
+    (c,) = result.clients
+    # its mailbox connection to 146.243.20.165 began before the capture (no bind): which server counts as its main
+    # one depends on whether that connection is recognised, the logon's server is there either way
+    assert c.client == "146.243.253.109" and c.server in ("146.243.20.184", "146.243.20.165")
+    assert (c.verdict, c.cause) == ("not_registered", "client_did_not_register")
+    assert {1289, 1296, 1299} <= {e.frame for e in c.evidence}  # the three EcDoConnect requests
+    assert c.notifications == 0 and c.poll_interval_s == pytest.approx(80.0, abs=0.1)
+
+
 # The tshark engine must lead to the same verdicts. All samples take about a minute on the shared machine (measured
-# 64 s for 23 files), so the test runs two that exercise different paths: UDP matching without a reaction, and a
-# packet-privacy session judged from behaviour.
-@pytest.mark.parametrize("name", ["udp_not_delivered.pcap", "privacy_push_working.pcap"])
+# 64 s for 23 files), so the test runs three that exercise different paths: UDP matching without a reaction, a
+# packet-privacy session judged from behaviour, and the notification pattern of a session begun before the capture.
+@pytest.mark.parametrize("name", ["udp_not_delivered.pcap", "privacy_push_working.pcap",
+                                  "mid_session_udp_ignored.pcap"])
 def test_tshark_engine_gives_the_same_verdicts(name, captures_dir, tshark):
     entry = next((e for e in _manifest_entries() if e["file"] == name), None)
     if entry is None or not (captures_dir / name).is_file():

@@ -17,8 +17,12 @@ from analyzer.correlate.model import (
     BURST_GAP_S,
     CONNECT_OPNUMS,
     EMSMDB,
+    INTERFACE_SOURCES,
+    MAX_CONTEXT_BYTES,
     OP_ASYNC_CONNECT_EX,
     OP_REGISTER_PUSH,
+    OP_RPC,
+    OP_RPC_EXT2,
     PROMPT_WINDOW_S,
     ROP_NOTIFY_PENDING,
     AsyncWait,
@@ -35,11 +39,21 @@ from analyzer.correlate.model import (
 MAPI_INTERFACES = (EMSMDB, ASYNC_EMSMDB)
 VANTAGE_CHOICES = ("auto", "client", "server", "between", "unknown")
 
-# A poll answer counts as "much larger than the usual empty one" when it is at least this many times the
-# median poll answer and this many bytes above it (an empty EcDoRpcExt2 answer is a few dozen bytes; a
-# RopNotify with a new-mail notification adds well over a hundred).
+# A poll answer counts as "much larger than an empty one" when it is at least this many times the smallest poll
+# answer of the session and this many bytes above it (an empty EcDoRpcExt2 answer is a few dozen bytes; a RopNotify
+# with a new-mail notification adds well over a hundred). The smallest, not the median: an engineer who sends a test
+# message every minute makes most polls carry mail (issue 9).
 LARGE_ANSWER_FACTOR = 3.0
 LARGE_ANSWER_MIN_EXTRA = 100
+# A poll is an empty ROP request: a call counts as poll-shaped when its request stub is at most this many bytes
+# longer than the client's smallest poll-candidate request (a real Outlook 2002 capture: empty EcDoRpc polls of
+# 38 bytes, the same poll with an extra ROP 52; user actions start with 60 bytes and more).
+POLL_REQUEST_SLACK = 16
+# A call within the prompt window of a datagram "falls on the poll schedule" when it comes this close (as a
+# fraction of the client's polling period) to where the next poll was due.
+POLL_SCHEDULE_TOLERANCE = 0.25
+# The ROP transport calls: what a client fetching a message makes after a poll found it.
+ROP_OPNUMS = (OP_RPC, OP_RPC_EXT2)
 
 
 def split_endpoint(text: str | None) -> tuple[str | None, int | None]:
@@ -78,22 +92,31 @@ def correlate(events, info, vantage: str = "auto") -> CorrelationResult:
     udp_by_dst: dict[str, list] = defaultdict(list)
     icmp_by_quoted_dst: dict[str, list] = defaultdict(list)
     icmp = []
+    rpc_peers: dict[str, set] = defaultdict(set)  # host -> hosts it exchanges DCE/RPC PDUs with (any interface)
+    udp_flows: set = set()  # (src, sport, dst) of every datagram: tells one-way push from two-way UDP protocols
     for e in events:
         if e.kind == "udp":
             udp_by_dst[e.dst].append(e)
+            udp_flows.add((e.src, e.sport, e.dst))
         elif e.kind == "icmp_unreachable":
             icmp_by_quoted_dst[e.quoted_dst].append(e)
             icmp.append(e)
+        elif e.src != e.dst:
+            rpc_peers[e.src].add(e.dst)
+            rpc_peers[e.dst].add(e.src)
     claimed_udp: set[int] = set()  # id() of datagrams already given to a client
     result_clients = []
     for ip in sorted(clients, key=_ip_key):
         activity = _build_client(ip, clients[ip], events)
         targets = {ip} | {r.callback_ip for r in activity.registrations if r.callback_ip}
         _match_notifications(activity, sorted((e for t in targets for e in udp_by_dst.get(t, ())),
-                                              key=lambda e: e.frame), claimed_udp)
+                                              key=lambda e: e.frame), claimed_udp, rpc_peers.get(ip, set()),
+                             udp_flows)
         _match_icmp(activity, sorted((e for t in targets for e in icmp_by_quoted_dst.get(t, ())),
                                      key=lambda e: e.frame))
         _classify_calls(activity)
+        _coincident_polls(activity)
+        _poll_statistics(activity)
         _mail_evidence(activity)
         result_clients.append(activity)
 
@@ -150,8 +173,11 @@ def _build_client(ip: str, evs: list, all_events) -> ClientActivity:
             conns[key] = Connection(conn=e.conn, client=ip, client_port=e.sport if outbound else e.dport,
                                     server=server, server_port=e.dport if outbound else e.sport,
                                     interface=e.interface, first_frame=e.frame, first_time=e.time)
+        _note_interface_source(conns[key], getattr(e, "interface_source", None))
         if e.kind in ("bind", "alter_context") and outbound:
             conns[key].bind_frame = conns[key].bind_frame or e.frame
+            # the connection negotiated the interface in the capture, whatever the dissector says of other PDUs
+            _note_interface_source(conns[key], e.kind)
             if e.interface == EMSMDB:
                 session_start = True
                 logon_time = e.time if logon_time is None else logon_time
@@ -227,17 +253,31 @@ def _build_client(ip: str, evs: list, all_events) -> ClientActivity:
     return activity
 
 
+def _note_interface_source(conn: Connection, source: str | None) -> None:
+    """Keep the most trusted way the connection's interface was learnt."""
+    if source not in INTERFACE_SOURCES:
+        return
+    if conn.interface_source is None or INTERFACE_SOURCES.index(source) < INTERFACE_SOURCES.index(
+            conn.interface_source):
+        conn.interface_source = source
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # notifications and ICMP
 
 
-def _match_notifications(a: ClientActivity, udp, claimed: set[int]) -> None:
+def _match_notifications(a: ClientActivity, udp, claimed: set[int], rpc_peers=frozenset(),
+                         udp_flows=frozenset()) -> None:
     """Give this client the UDP datagrams from its Exchange server(s) toward it or its callback address.
 
-    Matching order (issue 3): registered context bytes, then the registered callback port, then timing (an EMSMDB
-    call from the client within PROMPT_WINDOW_S). Datagrams from any other host are never notifications.
+    Matching order (issues 3 and 9): registered context bytes, then the registered callback port, then timing (an
+    EMSMDB call from the client within PROMPT_WINDOW_S), then the notification pattern, which needs no registration:
+    two or more datagrams from a host the client talks DCE/RPC to, to one client port >= 1024, all carrying the same
+    few bytes (at most MAX_CONTEXT_BYTES), and no datagram back from that port (push is one-way). Datagrams from any
+    other host are never notifications.
     """
     servers = set(a.servers)
+    senders = servers | set(rpc_peers)
     callback_ips = {r.callback_ip for r in a.registrations if r.callback_ip}
     targets = {a.client} | callback_ips
     by_context = {r.context_hex.lower(): r for r in a.registrations if r.context_hex}
@@ -248,17 +288,19 @@ def _match_notifications(a: ClientActivity, udp, claimed: set[int]) -> None:
     emsmdb = sorted((c.time, c.frame) for c in a.calls if c.interface == EMSMDB)
     emsmdb_times = [t for t, _ in emsmdb]
     emsmdb_frames = [f for _, f in emsmdb]
+    unregistered: dict[tuple, list] = defaultdict(list)  # flow -> [(event, Notification)] not bound to a registration
     for e in udp:
-        if id(e) in claimed or e.src not in servers or e.dst not in targets:
+        if id(e) in claimed or e.src not in senders or e.dst not in targets:
             continue
         payload = (e.context_hex or "").lower()
         reg, how = None, None
-        if payload and payload in by_context:
-            reg, how = by_context[payload], "context"
-        elif (e.dst, e.dport) in by_port:
-            reg, how = by_port[(e.dst, e.dport)], "port"
-        elif e.dst == a.client and e.dport in {p for (_, p) in by_port}:
-            reg, how = next(r for (_, p), r in by_port.items() if p == e.dport), "port"
+        if e.src in servers:
+            if payload and payload in by_context:
+                reg, how = by_context[payload], "context"
+            elif (e.dst, e.dport) in by_port:
+                reg, how = by_port[(e.dst, e.dport)], "port"
+            elif e.dst == a.client and e.dport in {p for (_, p) in by_port}:
+                reg, how = next(r for (_, p), r in by_port.items() if p == e.dport), "port"
         # the reaction: the client's first EMSMDB request after the datagram, within the prompt window
         i = bisect.bisect_left(emsmdb_times, e.time)
         while i < len(emsmdb) and emsmdb_frames[i] < e.frame:
@@ -266,18 +308,51 @@ def _match_notifications(a: ClientActivity, udp, claimed: set[int]) -> None:
         reaction = None
         if i < len(emsmdb) and emsmdb_times[i] - e.time <= PROMPT_WINDOW_S:
             reaction = i
-        if how is None and reaction is not None and e.dst == a.client:
+        if how is None and reaction is not None and e.dst == a.client and e.src in servers:
             how = "timing"
         n = Notification(frame=e.frame, time=e.time, src=e.src, sport=e.sport, dst=e.dst, dport=e.dport,
                          payload_hex=e.context_hex, matched_by=how or "none",
                          registration_frame=reg.frame if reg else None)
         if reaction is not None:
             n.reaction_frame, n.reaction_time = emsmdb_frames[reaction], emsmdb_times[reaction]
-        if how is None:
-            a.unmatched_udp.append(n)
-        else:
+        if reg is not None:
             claimed.add(id(e))
             a.notifications.append(n)
+        else:
+            unregistered[n.flow].append((e, n))
+    for flow, members in unregistered.items():
+        pattern = _is_push_pattern(members, udp_flows)
+        for e, n in members:
+            if pattern:  # the flow as a whole is what identifies them (a call right after may be a poll)
+                n.matched_by = "pattern"
+            if n.matched_by != "none":
+                claimed.add(id(e))
+                a.notifications.append(n)
+            elif n.src in servers:
+                a.unmatched_udp.append(n)
+    a.notifications.sort(key=lambda n: n.frame)
+    a.unmatched_udp.sort(key=lambda n: n.frame)
+
+
+def _payload_len(e) -> int | None:
+    if e.stub_len is not None:
+        return e.stub_len
+    return len(e.context_hex) // 2 if e.context_hex else None
+
+
+def _is_push_pattern(members, udp_flows) -> bool:
+    """Datagrams of one flow (server -> client port) look like push notifications of a registration not in the
+    capture: at least two, the same few bytes each time, to a port >= 1024, and nothing sent back from that port."""
+    if len(members) < 2:
+        return False  # "the same bytes each time" needs more than one time
+    first = members[0][0]
+    if first.dport is None or first.dport < 1024:
+        return False
+    if len({(e.context_hex or "").lower() for e, _ in members}) != 1 or not first.context_hex:
+        return False
+    if any((_payload_len(e) or 0) > MAX_CONTEXT_BYTES for e, _ in members):
+        return False
+    return (first.dst, first.dport, first.src) not in udp_flows
 
 
 def _match_icmp(a: ClientActivity, icmp) -> None:
@@ -321,24 +396,77 @@ def _classify_calls(a: ClientActivity) -> None:
                      + [(w.completion_time, w.completion_frame) for w in a.async_waits
                         if w.completion_time is not None])
     prompt_times = [t for t, _ in prompts]
-    last_time = None
-    burst_prompted_by = None
+    # Bursts and polls are per connection: each EMSMDB session (a mailbox, a public-folder or delegate store on
+    # another server) polls on its own schedule, and a poll of one must not hide the other's.
+    last_time: dict = {}
+    burst_prompted_by: dict = {}
     for c in a.calls:
         if c.interface != EMSMDB:
             continue  # AsyncEMSMDB waits have their own lane; they are neither polls nor reactions
-        c.burst_start = last_time is None or c.time - last_time > BURST_GAP_S
+        c.burst_start = c.conn not in last_time or c.time - last_time[c.conn] > BURST_GAP_S
         i = bisect.bisect_right(prompt_times, c.time) - 1
         if i >= 0 and c.time - prompt_times[i] <= PROMPT_WINDOW_S:
             c.prompted, c.prompted_by = True, prompts[i][1]
-            burst_prompted_by = prompts[i][1] if c.burst_start else burst_prompted_by
-        elif not c.burst_start and burst_prompted_by is not None:
+            if c.burst_start:
+                burst_prompted_by[c.conn] = prompts[i][1]
+        elif not c.burst_start and burst_prompted_by.get(c.conn) is not None:
             # the rest of a burst that a notification started (fetching the new message) is prompted too
-            c.prompted, c.prompted_by = True, burst_prompted_by
+            c.prompted, c.prompted_by = True, burst_prompted_by[c.conn]
         if c.burst_start and not c.prompted:
-            burst_prompted_by = None
-        last_time = c.time
-    poll_times = [c.time for c in a.polls]
-    intervals = [b - t for t, b in zip(poll_times, poll_times[1:])]
+            burst_prompted_by[c.conn] = None
+        last_time[c.conn] = c.time
+
+
+def _coincident_polls(a: ClientActivity) -> None:
+    """A call within the prompt window of a datagram is a poll, not a reaction, when it falls where the client's
+    next poll was due while the other datagrams of the same flow get no reaction (issues 3 and 9).
+
+    Only flows where reactions are not the majority are looked at: a client that gets its datagrams reacts to each.
+    The call is then unprompted again (with the rest of its burst), so polling statistics and mail evidence see it.
+    """
+    flows: dict[tuple, list[Notification]] = defaultdict(list)
+    for n in a.notifications:
+        flows[n.flow].append(n)
+    calls_by_frame = {c.frame: c for c in a.calls}
+    for members in flows.values():
+        reacted = [n for n in members if n.reaction_frame is not None]
+        if not reacted or len(reacted) * 2 > len(members):
+            continue
+        for n in reacted:
+            call = calls_by_frame.get(n.reaction_frame)
+            if call is None or not call.is_poll_candidate or not _on_poll_schedule(a, call):
+                continue
+            n.coincident_poll_frame, n.coincident_poll_time = n.reaction_frame, n.reaction_time
+            n.reaction_frame = n.reaction_time = None
+            for c in a.calls:  # the call and the rest of its burst were prompted by this datagram
+                if c.prompted_by == n.frame and c.time >= call.time:
+                    c.prompted, c.prompted_by = False, None
+
+
+def _on_poll_schedule(a: ClientActivity, call: RpcCall) -> bool:
+    """The call comes about one polling period after the previous poll (or before the next one)."""
+    polls = [c.time for c in a.polls if c is not call and c.conn == call.conn]
+    intervals = [b - t for t, b in zip(polls, polls[1:])]
+    # the period: the client's own single-period gaps (where this call was, the gap spans two periods), else the
+    # server's pcmsPollsMax
+    single = [i for i in intervals if intervals and i <= 1.5 * min(intervals)]
+    period = statistics.median(single) if single else a.server_poll_interval_s
+    if not period:
+        return False
+    before = [t for t in polls if t < call.time]
+    after = [t for t in polls if t > call.time]
+    gaps = ([call.time - before[-1]] if before else []) + ([after[0] - call.time] if after else [])
+    return any(abs(g - period) <= POLL_SCHEDULE_TOLERANCE * period for g in gaps)
+
+
+def _poll_statistics(a: ClientActivity) -> None:
+    """Seconds between consecutive polls of the same connection, in the order of the later poll."""
+    last: dict = {}
+    intervals = []
+    for c in a.polls:
+        if c.conn in last:
+            intervals.append(c.time - last[c.conn])
+        last[c.conn] = c.time
     a.poll_intervals = intervals
     if intervals:
         a.poll_interval_s = statistics.median(intervals)
@@ -350,36 +478,71 @@ def _classify_calls(a: ClientActivity) -> None:
 
 
 def _mail_evidence(a: ClientActivity) -> None:
-    """Signs that mail (or another event) arrived for the client, whether or not a datagram announced it."""
+    """Signs that mail (or another event) arrived for the client, whether or not a datagram announced it.
+
+    Besides RopNotify/RopPending in an answer and a completed EcDoAsyncWaitEx, a poll (an unprompted, poll-shaped
+    call starting a burst) is mail-arrival evidence when either its answer is well above the smallest poll answers
+    of the session (not the median: most polls may carry mail), or more ROP calls follow it at once (the client
+    fetching the message). Both work when the ROP buffer cannot be read (compressed, packet privacy).
+    """
     found: dict[int, MailEvidence] = {}
-    polls = [c for c in a.calls if c.is_poll_candidate and c.response_frame is not None]
-    sizes = [c.response_len for c in polls if c.response_len]
-    usual = statistics.median(sizes) if sizes else None
     emsmdb = [c for c in a.calls if c.interface == EMSMDB]
+    smallest_request: dict = {}  # opnum -> smallest request stub
+    for c in emsmdb:
+        if c.stub_len is not None:
+            smallest_request[c.opnum] = min(smallest_request.get(c.opnum, c.stub_len), c.stub_len)
+    polls = [c for c in emsmdb if c.is_poll_candidate and c.burst_start
+             and (c.stub_len is None or c.stub_len <= smallest_request[c.opnum] + POLL_REQUEST_SLACK)]
+    smallest: dict = {}  # opnum -> smallest poll answer
+    for c in polls:
+        if c.response_len and c.fault_status is None and c.status in (None, 0):
+            smallest[c.opnum] = min(smallest.get(c.opnum, c.response_len), c.response_len)
+    poll_ids = {id(c) for c in polls}
     for idx, c in enumerate(emsmdb):
-        if c.response_frame is None:
-            continue
         rops = {r.strip().lower() for r in (c.rop_ids or "").split(",") if r.strip()}
-        if rops & ROP_NOTIFY_PENDING:
+        if c.response_frame is not None and rops & ROP_NOTIFY_PENDING:
             names = " and ".join(n for r, n in (("2a", "RopNotify"), ("6e", "RopPending")) if r in rops)
             found[c.response_frame] = MailEvidence(c.response_frame, c.response_time,
                                                    f"{names} in the answer to {c.opname or 'the call'}"
                                                    f" (frame {c.frame}): the server has events queued")
             continue
-        if (c.is_poll_candidate and usual and c.response_len and c.burst_start
-                and c.response_len >= usual * LARGE_ANSWER_FACTOR
-                and c.response_len - usual >= LARGE_ANSWER_MIN_EXTRA):
-            nxt = emsmdb[idx + 1] if idx + 1 < len(emsmdb) else None
-            if nxt is not None and nxt.time - c.response_time <= PROMPT_WINDOW_S:
-                found[c.response_frame] = MailEvidence(
-                    c.response_frame, c.response_time,
-                    f"poll answer of {c.response_len} bytes (usual {int(usual)}) followed at once by more calls"
-                    f" (frame {nxt.frame}): the client fetching new mail")
+        if id(c) not in poll_ids:
+            continue
+        base = smallest.get(c.opnum)
+        large = (base is not None and c.response_len is not None and c.fault_status is None
+                 and c.response_len >= base * LARGE_ANSWER_FACTOR and c.response_len - base >= LARGE_ANSWER_MIN_EXTRA)
+        done = c.response_time if c.response_time is not None else c.time
+        fetches = []
+        if not c.prompted:  # a prompted call's followers are the reaction to the datagram, not a poll's finding
+            for nxt in emsmdb[idx + 1:]:  # the rest of the poll's burst, starting at once after its answer
+                if nxt.conn != c.conn:
+                    if nxt.time - done > PROMPT_WINDOW_S + BURST_GAP_S * len(fetches):
+                        break  # bursts end within BURST_GAP_S of each call: nothing of this one is left
+                    continue  # fetched over the session that polled
+                if nxt.burst_start or (not fetches and nxt.time - done > PROMPT_WINDOW_S):
+                    break
+                if nxt.opnum in ROP_OPNUMS:
+                    fetches.append(nxt)
+        if not large and not fetches:
+            continue
+        what = _name_of(c)
+        if large:
+            what = f"answer of {c.response_len} bytes to {what} (smallest poll answer {base})"
+        if fetches:
+            what += (f" followed at once by {len(fetches)} more call(s) (frame {fetches[0].frame}"
+                     + (f"-{fetches[-1].frame}" if len(fetches) > 1 else "") + ")")
+        what += ": the client finding new mail by polling" if fetches else ": the server has events queued"
+        frame = c.response_frame if c.response_frame is not None else c.frame
+        found[frame] = MailEvidence(frame, c.response_time if c.response_frame is not None else c.time, what)
     for w in a.async_waits:
         if w.flags is not None and w.flags & 1 and w.completion_frame is not None:
             found[w.completion_frame] = MailEvidence(w.completion_frame, w.completion_time,
                                                      "EcDoAsyncWaitEx completed with NotificationPending")
     a.mail_evidence = sorted(found.values(), key=lambda m: m.frame)
+
+
+def _name_of(c: RpcCall) -> str:
+    return f"{c.opname or f'opnum {c.opnum}'} (frame {c.frame})"
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -40,6 +40,14 @@ PROMPT_WINDOW_S = 2.0
 # fetches it triggers); only the first call of a burst counts as a poll when measuring the polling period.
 BURST_GAP_S = 2.0
 
+# How each PDU's interface was learnt (the events' interface_source column), most trusted first (issue 9):
+# negotiated on the connection itself, then the server's endpoint mapper naming the endpoint, then a bind on another
+# connection to the same server endpoint, then the EMSMDB stub layout alone.
+INTERFACE_SOURCES = ("bind", "alter_context", "epm", "endpoint", "stub_shape")
+# A client's push datagrams carry its registered rgbContext and nothing else, at most 16 bytes (cbContext > 16 is
+# refused with ecTooBig, MS-OXCRPC; protocol.md §1.7, §1.9).
+MAX_CONTEXT_BYTES = 16
+
 
 @dataclass
 class Connection:
@@ -52,6 +60,9 @@ class Connection:
     first_frame: int
     first_time: float
     bind_frame: int | None = None  # bind/alter_context offering the interface on this connection (session start)
+    # how the interface of this connection's PDUs was learnt (one of INTERFACE_SOURCES, the most trusted seen on
+    # it); None when the events do not say (a dissector without the interface_source column) and no bind is seen
+    interface_source: str | None = None
 
 
 @dataclass
@@ -95,11 +106,22 @@ class Notification:
     dst: str
     dport: int | None
     payload_hex: str | None
-    matched_by: str  # "context" | "port" | "timing"
+    # "context" | "port" (the registration's), "timing" (the client called at once), "pattern" (no registration:
+    # two or more datagrams of one flow carrying the same few bytes), "icmp" (quoted by an ICMP error)
+    matched_by: str
     registration_frame: int | None = None  # the opnum 4 request it belongs to, when matched by context/port
     reaction_frame: int | None = None  # first EMSMDB request of the client within PROMPT_WINDOW_S after it
     reaction_time: float | None = None
     icmp_frames: list[int] = field(default_factory=list)  # ICMP errors quoting this datagram
+    # A call within PROMPT_WINDOW_S after the datagram that falls on the client's poll schedule while most datagrams
+    # of the same flow are ignored: a poll, not a reaction (reaction_frame is then None)
+    coincident_poll_frame: int | None = None
+    coincident_poll_time: float | None = None
+
+    @property
+    def flow(self) -> tuple:
+        """(server, client address, client port): the datagrams of one registration."""
+        return (self.src, self.dst, self.dport)
 
 
 @dataclass
@@ -187,6 +209,12 @@ class ClientActivity:
     last_time: float | None = None
     encrypted: bool = False  # some EMSMDB stub of the client is hidden by packet privacy
     all_encrypted: bool = False  # every EMSMDB request stub of the client is hidden
+
+    @property
+    def interface_source(self) -> str | None:
+        """What identified the client's MAPI interface: the most trusted source over its connections."""
+        seen = [c.interface_source for c in self.connections if c.interface_source in INTERFACE_SOURCES]
+        return min(seen, key=INTERFACE_SOURCES.index) if seen else None
 
     @property
     def prompted_calls(self) -> list[RpcCall]:

@@ -39,6 +39,19 @@ LOGON_GRACE_S = 30.0
 # Evidence lists stay readable: at most this many polls / datagrams are cited per verdict.
 MAX_CITED = 30
 
+# What identified the client's MAPI interface (ClientActivity.interface_source, most trusted first), as the reason
+# says it, and how much less sure a verdict is when its interface was not negotiated on the connection itself.
+# None: the events do not say (older dissector output) and no bind of the client is in the capture, so the endpoint
+# was learnt elsewhere in the capture.
+INTERFACE_SOURCE_PHRASES = {
+    "epm": "the endpoint mapper's ept_map answer naming the server's EMSMDB endpoint",
+    "endpoint": "a bind to the same server endpoint on another connection",
+    "stub_shape": "the EMSMDB stub layout alone (no bind and no endpoint in the capture)",
+    None: "an endpoint learnt elsewhere in the capture (no bind on its own connections)",
+}
+INTERFACE_SOURCE_PENALTY = {"bind": 0.0, "alter_context": 0.0, "epm": 0.05, "endpoint": 0.05, "stub_shape": 0.2,
+                            None: 0.1}
+
 STATUS_NAMES = {
     0x00000000: "success",
     0x80040102: "ecNotSupported",
@@ -111,11 +124,44 @@ def _cite_registration(ev: _Evidence, r: Registration) -> None:
 
 def _cite_notification(ev: _Evidence, n: Notification, with_reaction: bool = True) -> None:
     how = {"context": "payload = registered context", "port": "to the registered callback port",
-           "timing": "client called the server right after", "icmp": "quoted by an ICMP error"}.get(n.matched_by, "")
+           "timing": "client called the server right after", "icmp": "quoted by an ICMP error",
+           "pattern": "the same bytes as the flow's other datagrams: push pattern"}.get(n.matched_by, "")
     ev.add(n.frame, n.time, f"UDP {n.src}:{n.sport} -> {n.dst}:{n.dport}" + (f" ({how})" if how else ""))
     if with_reaction and n.reaction_frame is not None:
         ev.add(n.reaction_frame, n.reaction_time,
                f"client calls the server {n.reaction_time - n.time:.2f} s after the datagram: Outlook reacted")
+    if n.coincident_poll_frame is not None:
+        ev.add(n.coincident_poll_frame, n.coincident_poll_time,
+               f"client calls {n.coincident_poll_time - n.time:.2f} s after the datagram, but where its next poll was "
+               "due while the flow's other datagrams get no call: a poll, not a reaction")
+
+
+def _split_reactions(a: ClientActivity) -> tuple[list[Notification], list[Notification]]:
+    """(reacted, ignored) notifications, judged per flow (server -> client port). A client that gets the datagram
+    reacts to (nearly) every one, and the server stops repeating it once the client has fetched the events. Reactions
+    to fewer than half of a flow's datagrams are polls that happened to fall within 2 s of a datagram."""
+    flows: dict[tuple, list[Notification]] = {}
+    for n in a.notifications:
+        flows.setdefault(n.flow, []).append(n)
+    reacted, ignored = [], []
+    for members in flows.values():
+        r = [n for n in members if n.reaction_frame is not None]
+        if r and len(r) * 2 < len(members):
+            ignored += members
+        else:
+            reacted += r
+            ignored += [n for n in members if n.reaction_frame is None]
+    return sorted(reacted, key=lambda n: n.frame), sorted(ignored, key=lambda n: n.frame)
+
+
+def _coincidence_note(notes: list[Notification]) -> str:
+    polls = [n for n in notes if n.coincident_poll_frame is not None]
+    if not polls:
+        return ""
+    n = polls[0]
+    more = f" (and {len(polls) - 1} more)" if len(polls) > 1 else ""
+    return (f"; the call {n.coincident_poll_time - n.time:.1f} s after datagram frame {n.frame}{more} falls on the "
+            "client's poll schedule: a poll, not a reaction")
 
 
 def _cite_connect(ev: _Evidence, a: ClientActivity) -> None:
@@ -129,11 +175,11 @@ def _cite_connect(ev: _Evidence, a: ClientActivity) -> None:
 
 def _cite_polls(ev: _Evidence, a: ClientActivity, after: float | None = None) -> None:
     polls = [c for c in a.polls if after is None or c.time > after]
-    prev = None
+    prev: dict = {}  # connection -> time of its previous poll (each session polls on its own schedule)
     for c in polls[:MAX_CITED]:
-        gap = f", {c.time - prev:.1f} s after the previous" if prev is not None else ""
+        gap = f", {c.time - prev[c.conn]:.1f} s after the previous" if c.conn in prev else ""
         ev.add(c.frame, c.time, f"unprompted {_name(c)} (polling{gap})")
-        prev = c.time
+        prev[c.conn] = c.time
 
 
 def _poll_phrase(a: ClientActivity) -> str:
@@ -156,13 +202,7 @@ def _decide(a: ClientActivity, corr: CorrelationResult):
     """-> (cause, confidence, reason, _Evidence)."""
     ev = _Evidence()
     vantage = corr.vantage
-    reacted = [n for n in a.notifications if n.reaction_frame is not None]
-    ignored = [n for n in a.notifications if n.reaction_frame is None]
-    # A client that gets the datagram reacts to (nearly) every one, and the server stops repeating it once the
-    # client has fetched the events. One reaction among many ignored repeats is a poll that happened to fall
-    # within 2 s of a datagram, not push working.
-    if reacted and len(reacted) * 2 < len(a.notifications):
-        reacted, ignored = [], list(a.notifications)
+    reacted, ignored = _split_reactions(a)
     ok, refused, faulted, unknown = _registration_outcome(a)
     hidden = bool(unknown) and all(r.encrypted for r in unknown)
     privacy_note = "; packet privacy hides the registration's status and callback, judged from behaviour" \
@@ -244,7 +284,7 @@ def _decide(a: ClientActivity, corr: CorrelationResult):
             _cite_polls(ev, a, after=ignored[0].time)
             return ("udp_not_delivered", 0.85 - penalty,
                     f"the server sent {len(ignored)} UDP notification(s) to {ignored[0].dst}:{ignored[0].dport} and "
-                    f"the client never reacted; {_poll_phrase(a)}{privacy_note}", ev)
+                    f"the client never reacted; {_poll_phrase(a)}{_coincidence_note(ignored)}{privacy_note}", ev)
         if a.mail_evidence and (ok or not hidden):
             for m in a.mail_evidence:
                 ev.add(m.frame, m.time, m.what)
@@ -279,8 +319,8 @@ def _decide(a: ClientActivity, corr: CorrelationResult):
         for n in a.notifications[:MAX_CITED]:
             _cite_notification(ev, n)
         return ("notification_seen_registration_not_captured", 0.85,
-                f"{len(reacted)} UDP datagram(s) from {a.server} each followed within 2 s by a call from the client; "
-                "the registration happened before the capture", ev)
+                f"{len(reacted)} UDP datagram(s) from {reacted[0].src} each followed within 2 s by a call from the "
+                "client; the registration happened before the capture", ev)
     if a.icmp_errors:
         for n in a.notifications[:MAX_CITED]:
             _cite_notification(ev, n)
@@ -290,7 +330,26 @@ def _decide(a: ClientActivity, corr: CorrelationResult):
         return ("icmp_unreachable", 0.75,
                 f"{len(a.icmp_errors)} ICMP error(s) from {first.src} (type {first.icmp_type} code {first.icmp_code}) "
                 "reject UDP datagrams from the server to the client (registration not captured)", ev)
-    if not any(c.interface == EMSMDB for c in a.calls) and not a.unmatched_udp:
+    # The push pattern without a registration: the server sends datagrams only to a callback that registered
+    # successfully, so a flow of them that the client ignores while its session lives on (it keeps polling) is
+    # push that does not reach Outlook.
+    polling_on = [c for c in a.polls if ignored and c.time > ignored[0].time]
+    if ignored and polling_on:
+        for n in ignored[:MAX_CITED]:
+            _cite_notification(ev, n)
+        _cite_polls(ev, a, after=ignored[0].time)
+        for m in a.mail_evidence[:MAX_CITED]:
+            ev.add(m.frame, m.time, m.what)
+        n = ignored[0]
+        size = f"the same {len(n.payload_hex) // 2} bytes" if n.payload_hex else "the same bytes"
+        seen = (" The datagrams reach the client's network card: a firewall on the client drops them."
+                if vantage == "client" else "")
+        return ("udp_not_delivered", 0.75,
+                f"{len(ignored)} UDP datagram(s) from {n.src} to {n.dst}:{n.dport} carrying {size} each time (the push "
+                "notifications of a registration made before the capture) and no call from the client within 2 s of "
+                f"any, while it keeps polling ({len(polling_on)} poll(s) after the first datagram; {_poll_phrase(a)})"
+                f"{_coincidence_note(ignored)}.{seen}", ev)
+    if not any(c.interface == EMSMDB for c in a.calls) and not a.unmatched_udp and not a.notifications:
         for c in a.connections[:3]:
             ev.add(c.bind_frame or c.first_frame, c.first_time, f"{c.interface} connection {a.client}:{c.client_port}"
                    f" -> {c.server}:{c.server_port}, no EMSMDB call on it")
@@ -316,12 +375,19 @@ def _decide(a: ClientActivity, corr: CorrelationResult):
     for c in first_calls:
         ev.add(c.frame, c.time, f"{_name(c)} request (session already running at capture start)")
     _cite_polls(ev, a)
+    for n in a.notifications[:MAX_CITED]:
+        _cite_notification(ev, n)
     for n in a.unmatched_udp[:MAX_CITED]:
         ev.add(n.frame, n.time, f"UDP {n.src}:{n.sport} -> {n.dst}:{n.dport} (no reaction, no registration to match)")
     if a.all_encrypted:
         return ("encrypted_no_evidence", 0.35,
                 "the session started before the capture and packet privacy hides the stubs; no datagram, ICMP error "
                 f"or reaction decides; {_poll_phrase(a)}", ev)
+    if a.notifications:
+        return ("mid_session_no_evidence", 0.4,
+                f"the capture starts mid-session (no logon, no registration); {len(a.notifications)} datagram(s) from "
+                f"{a.notifications[0].src} got no reaction, but the client makes no call after them (its session may "
+                "be gone), so they prove no UDP trouble", ev)
     return ("mid_session_no_evidence", 0.4,
             "the capture starts mid-session (no logon, no registration) and shows no datagram, ICMP error or "
             f"reaction; {_poll_phrase(a)} proves nothing by itself (MS-OXCNOTIF 3.2.5.4)", ev)
@@ -366,6 +432,11 @@ def _timeline(a: ClientActivity) -> list[TimelineMark]:
 
 def judge_client(a: ClientActivity, corr: CorrelationResult) -> ClientVerdict:
     cause, confidence, reason, ev = _decide(a, corr)
+    source = a.interface_source
+    if source not in ("bind", "alter_context") and a.connections:
+        # the reason names what identified the interface when it was not negotiated on the client's own connection
+        reason = reason.rstrip(".") + f"; Outlook's MAPI interface identified by {INTERFACE_SOURCE_PHRASES[source]}"
+        confidence -= INTERFACE_SOURCE_PENALTY[source]
     verdict = CAUSES[cause]
     evidence = ev.sorted()
     reg = next((r for r in reversed(a.registrations) if r.status == 0), None) or \
