@@ -54,6 +54,7 @@ from analyzer.dissect.emsmdb import decode_request_stub, decode_response_stub
 from analyzer.dissect.epm import parse_ept_map_response
 from analyzer.dissect.interfaces import EPM, EPM_UUID, NDR64_UUID, interface_name, opname
 from analyzer.dissect.model import PTYPE_KIND, Event
+from analyzer.dissect.ntlmssp import SessionDecryptor, Unsealed
 from analyzer.dissect.stream import TcpConnection
 
 # _pdu builds its Event positionally (the per-PDU hot path): the leading fields must stay in this order
@@ -146,8 +147,9 @@ class EventCollector:
     """PacketSink producing Events. ``finish()`` flushes per-connection state and returns the events sorted by
     frame (stable: PDUs of one frame keep their stream order)."""
 
-    def __init__(self, warn: Callable[[str], None] = _default_warn):
+    def __init__(self, warn: Callable[[str], None] = _default_warn, decryptor: SessionDecryptor | None = None):
         self._warn = warn
+        self._decryptor = decryptor  # NTLMSSP unsealing (--secrets); None: sealed stubs stay encrypted
         self.warnings: list[str] = []
         self.events: list[Event] = []
         self._ports: set[int] = set(KNOWN_DCERPC_PORTS)
@@ -278,6 +280,8 @@ class EventCollector:
                           f"({len(d.buf)} bytes buffered)")
         conn.app = None
         self._live.pop(conn.index, None)
+        if self._decryptor is not None:
+            self._decryptor.close(conn.index)
 
     def udp(self, frame: int, time: float, src: str, sport: int, dst: str, dport: int, payload: bytes) -> None:
         self.events.append(Event(frame=frame, time=time, src=src, dst=dst, sport=sport, dport=dport, kind="udp",
@@ -354,6 +358,9 @@ class EventCollector:
         # with keywords, once per PDU
         ev = Event(frame, time, src, dst, sport, dport, PTYPE_KIND.get(ptype) or hdr.kind, conn.index,
                    None, None, None, None, None, None, hdr.call_id)
+        if self._decryptor is not None and hdr.auth_len and ptype in _AUTH_LEG_PTYPES:
+            self._decryptor.auth_leg(conn.index, from_client, pdu, hdr.frag_len, hdr.auth_len, hdr.little_endian,
+                                     self._flow(conn, from_client))
         if ptype == PTYPE_REQUEST:
             self._request(st, from_client, hdr, pdu, ev, (dst, dport))
         elif ptype in (PTYPE_RESPONSE, PTYPE_FAULT):
@@ -371,6 +378,19 @@ class EventCollector:
                 st.calls.pop((from_client, hdr.call_id), None)
                 st.requests.pop(hdr.call_id, None)
         self.events.append(ev)
+
+    def _unseal(self, from_client: bool, hdr, pdu: bytes, cp, ev: Event) -> None:
+        """Packet privacy with secrets: replace the sealed stub by the clear one (the row then reads as on a plain
+        session, with ``decrypted`` set), or note why it stays encrypted."""
+        body_start = hdr.frag_len - hdr.auth_len - 8 - cp.body.auth_pad - len(cp.body.stub)
+        flow = (f"TCP connection {ev.conn} ({ev.src}:{ev.sport} -> {ev.dst}:{ev.dport})")
+        result = self._decryptor.unseal(ev.conn, from_client, pdu, hdr.frag_len, hdr.auth_len, hdr.little_endian,
+                                        body_start, flow)
+        if isinstance(result, Unsealed):
+            cp.body.stub = result.stub
+            ev.encrypted, ev.decrypted = False, True
+        else:
+            ev.note = _join(ev.note, f"not decrypted: {result.reason}")
 
     def _set_iface(self, ev: Event, iface: _Iface | None) -> None:
         if iface is not None:
@@ -411,6 +431,8 @@ class EventCollector:
         ev.ctx_id, ev.opnum = cp.ctx_id, cp.opnum
         ev.auth_level = cp.body.auth_level
         ev.encrypted = ev.auth_level == AUTH_LEVEL_PKT_PRIVACY
+        if ev.encrypted and self._decryptor is not None:
+            self._unseal(from_client, hdr, pdu, cp, ev)
         iface, note = self._ctx_iface(st, cp.ctx_id, *server)
         self._set_iface(ev, iface)
         ev.opname = opname(ev.interface, ev.opnum)
@@ -428,6 +450,8 @@ class EventCollector:
         ev.ctx_id = cp.ctx_id
         ev.auth_level = cp.body.auth_level
         ev.encrypted = ev.auth_level == AUTH_LEVEL_PKT_PRIVACY
+        if ev.encrypted and self._decryptor is not None:
+            self._unseal(from_client, hdr, pdu, cp, ev)
         req = st.requests.get(hdr.call_id)
         if req is not None:
             iface, note = req.iface, None
@@ -541,6 +565,10 @@ class EventCollector:
         if len(pdu) >= 18:
             reason = int.from_bytes(pdu[16:18], "little" if hdr.little_endian else "big")
             ev.note = f"bind rejected, reason {reason}"
+
+
+_AUTH_LEG_PTYPES = frozenset((PTYPE_BIND, PTYPE_BIND_ACK, PTYPE_ALTER_CONTEXT, PTYPE_ALTER_CONTEXT_RESP,
+                               dcerpc.PTYPE_AUTH3))
 
 
 def _offers_only_ndr64(item) -> bool:
