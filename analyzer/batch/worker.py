@@ -68,19 +68,19 @@ def error_row(path: str, sha256: str | None, message: str) -> dict:
     return row
 
 
-def score_one(path: str, display: str | None = None) -> list[dict]:
+def score_one(path: str, display: str | None = None, secrets=None) -> list[dict]:
     """Analyse one capture; its rows (``BATCH_COLUMNS``). Never raises.
 
     ``display`` is the name the rows carry in ``file`` (the path as the user gave it) when ``path`` is another
     spelling of it, e.g. the absolute path a Dask worker in another working directory needs."""
-    rows = _score(str(path))
+    rows = _score(str(path), secrets)
     if display is not None:
         for row in rows:
             row["file"] = display
     return rows
 
 
-def _score(path: str) -> list[dict]:
+def _score(path: str, secrets=None) -> list[dict]:
     sha = None
     local = path
     try:
@@ -99,7 +99,7 @@ def _score(path: str) -> list[dict]:
     try:
         from analyzer.pipeline import analyze_capture, result_rows
 
-        result = analyze_capture(local)
+        result = analyze_capture(local, secrets=secrets)
         result.file = path
         rows = result_rows(result)
     except Exception as exc:  # a bug in a stage must not stop the batch; the message says which
@@ -120,9 +120,9 @@ def _score(path: str) -> list[dict]:
     return out
 
 
-def score_chunk(paths: list[str]) -> list[tuple[str, list[dict]]]:
+def score_chunk(paths: list[str], secrets=None) -> list[tuple[str, list[dict]]]:
     """Several captures in one task: sample-sized captures take ~4 ms each, comparable to a pool round trip."""
-    return [(p, score_one(p)) for p in paths]
+    return [(p, score_one(p, secrets=secrets)) for p in paths]
 
 
 def preload() -> None:

@@ -51,6 +51,9 @@ def register(sub) -> None:
                    help="where the capture was taken (default: inferred)")
     p.add_argument("--engine", choices=("native", "tshark"), default="native",
                    help="dissector: the built-in one (default) or tshark")
+    p.add_argument("--secrets", metavar="FILE", default=None,
+                   help="decrypt NTLMSSP-sealed (packet privacy) sessions with the accounts in FILE: lines "
+                   "DOMAIN\\user:password, user:password or user::NTHASH (default: $MAILPUSH_SECRETS_FILE)")
     p.add_argument("--fail-on", metavar="VERDICT[,VERDICT]", type=_verdict_list, default=[],
                    help=f"exit 1 when any client gets one of these verdicts ({', '.join(VERDICTS)})")
     p.set_defaults(func=run)
@@ -90,13 +93,13 @@ def printable_path(path: str) -> str:
     return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def _analyze_one(path: str, engine: str, vantage: str):
+def _analyze_one(path: str, engine: str, vantage: str, secrets=None):
     from analyzer.pipeline import analyze_capture
     from analyzer.verdict.model import CaptureResult
 
     progress = _Progress(path)
     try:
-        result = analyze_capture(path, engine=engine, vantage=vantage, progress=progress)
+        result = analyze_capture(path, engine=engine, vantage=vantage, progress=progress, secrets=secrets)
         result.file = printable_path(result.file)
         return result
     except Exception as exc:  # a bug below must not cost the other captures' results
@@ -136,9 +139,16 @@ def run(args) -> int:
         print(f"{PROG}: cannot write {args.output}: {problem}", file=sys.stderr)
         return EXIT_USAGE
 
+    from analyzer.cli.events import secrets_from_args
+
+    secrets, problem = secrets_from_args(args)
+    if problem:
+        print(f"{PROG}: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+
     results = []
     for path in args.captures:
-        result = _analyze_one(path, args.engine, args.vantage)
+        result = _analyze_one(path, args.engine, args.vantage, secrets)
         results.append(result)
         for line in capture_problems(result):
             print(f"{PROG}: {result.file}: {line}", file=sys.stderr)

@@ -26,6 +26,9 @@ def register(sub) -> None:
     p.add_argument("--resume", action="store_true", help="skip captures whose sha256 is already in RESULTS")
     p.add_argument("--format", choices=("csv", "parquet", "jsonl"), default=None,
                    help="results format (default: from the RESULTS suffix, else csv)")
+    p.add_argument("--secrets", metavar="FILE", default=None,
+                   help="decrypt NTLMSSP-sealed (packet privacy) sessions with the accounts in FILE: lines "
+                   "DOMAIN\\user:password, user:password or user::NTHASH (default: $MAILPUSH_SECRETS_FILE)")
     p.set_defaults(func=run)
 
 
@@ -38,10 +41,16 @@ def run(args) -> int:
     if args.jobs is not None and args.scheduler:
         print("mailpush batch: --jobs and --scheduler exclude each other", file=sys.stderr)
         return EXIT_USAGE
+    from analyzer.cli.events import secrets_from_args
+
+    secrets, problem = secrets_from_args(args)
+    if problem:
+        print(f"mailpush batch: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     report = BatchReport()
     try:
         table = score(args.paths, jobs=args.jobs, scheduler=args.scheduler, output=args.output, fmt=args.format,
-                      resume=args.resume, report=report)
+                      resume=args.resume, report=report, secrets=secrets)
     except (OSError, ValueError) as exc:
         print(f"mailpush batch: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -475,9 +475,11 @@ class SessionDecryptor:
             return SealFailure("auth verifier not readable")
         ctx = self._contexts.get((conn, tr.ctx_id))
         if ctx is None:
-            mech = _mechanism(tr.auth_type, b"")
-            if mech in ("NTLMSSP", "SPNEGO"):
+            mech = _verifier_mechanism(tr.auth_type, tr.token)
+            if mech == "NTLMSSP":
                 reason = "the NTLMSSP handshake of this session is not in the capture: keys unknown"
+            elif mech == "SPNEGO":
+                reason = "the SPNEGO handshake of this session is not in the capture: mechanism and keys unknown"
             else:
                 reason = _not_ntlm_reason(mech)
             if (conn, reason) not in self._conn_warned:
@@ -532,6 +534,19 @@ class SessionDecryptor:
     def close(self, conn: int) -> None:
         for key in [k for k in self._contexts if k[0] == conn]:
             del self._contexts[key]
+
+
+def _verifier_mechanism(auth_type: int, verifier: bytes) -> str:
+    """The mechanism of a request/response verifier when the handshake is not in the capture. SPNEGO hides it in
+    the auth_type, but the tokens differ: an NTLM signature is 16 bytes starting with version 1; Kerberos sends
+    an RFC 4121 Wrap/MIC token (TOK_ID 05 04 / 04 04) or an RFC 1964 one framed as ASN.1 (0x60)."""
+    if auth_type == AUTH_TYPE_SPNEGO:
+        if len(verifier) == SIGNATURE_LEN and verifier.startswith(b"\x01\x00\x00\x00"):
+            return "NTLMSSP"
+        if verifier[:2] in (b"\x05\x04", b"\x04\x04") or verifier[:1] == b"\x60":
+            return "Kerberos"
+        return "SPNEGO"
+    return _mechanism(auth_type, b"")
 
 
 def _not_ntlm_reason(mech: str) -> str:
