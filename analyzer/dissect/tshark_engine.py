@@ -59,6 +59,7 @@ from analyzer.dissect.emsmdb import decode_request_stub, decode_response_stub
 from analyzer.dissect.epm import parse_ept_map_response
 from analyzer.dissect.interfaces import EPM, EPM_UUID, NDR64_UUID, interface_name, opname
 from analyzer.dissect.model import PTYPE_KIND, Event
+from analyzer.dissect.tshark_secrets import tshark_secrets_env, undecrypted_warnings
 from analyzer.ingest import CaptureError, CaptureInfo
 
 TSHARK_NOT_FOUND = "tshark not found: install the Debian package tshark, or use --engine native"
@@ -355,7 +356,12 @@ class _EventBuilder:
             stream.requests.pop(ev.call_id, None)
             stream.calls.pop((ev.src, ev.sport, ev.call_id), None)
             return
-        stub = None if ev.encrypted else self._stub_bytes(pdu, own_len, loose)
+        clear = _first(pdu, "dcerpc.decrypted_stub_data") if ev.encrypted else None
+        if clear is not None:  # tshark unsealed it with --secrets: from here on as on a plain session
+            ev.encrypted, ev.decrypted = False, True
+            stub = _hex_bytes(clear)
+        else:
+            stub = None if ev.encrypted else self._stub_bytes(pdu, own_len, loose)
         # fragments: [parts or None when a piece is missing, size, alloc_hint of the first, count]
         key = (ev.src, ev.sport, ev.call_id)
         if first and last:
@@ -617,9 +623,10 @@ def _utf8_path(path: str):
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def dissect_with_tshark(path, progress=None) -> tuple[list[Event], CaptureInfo]:
+def dissect_with_tshark(path, progress=None, secrets=None) -> tuple[list[Event], CaptureInfo]:
     """Events and capture info of ``path`` through tshark (pyshark). Same schema as the native engine.
     ``progress(bytes_done, bytes_total)`` as for the native engine (bytes estimated from frames done).
+    ``secrets`` reach tshark through a private keytab (:mod:`analyzer.dissect.tshark_secrets`).
 
     Raises CaptureError (TsharkNotFound when tshark is missing) with a user-facing message; damage inside the
     file becomes warnings in ``info.warnings``. Safe to call from a thread that runs an asyncio loop (Jupyter):
@@ -653,7 +660,7 @@ def dissect_with_tshark(path, progress=None) -> tuple[list[Event], CaptureInfo]:
 
     def work():
         try:
-            with _utf8_path(path) as tshark_input:
+            with _utf8_path(path) as tshark_input, tshark_secrets_env(secrets):
                 outcome["warnings"] = _run_pyshark(tshark_input, tshark, builder,
                                                    frames_progress if progress else None)
         except BaseException as exc:  # handed to the caller's thread below
@@ -683,4 +690,7 @@ def dissect_with_tshark(path, progress=None) -> tuple[list[Event], CaptureInfo]:
         info.truncated = True
     if progress is not None:
         progress(size, size)
-    return builder.finish(), info
+    events = builder.finish()
+    if secrets:
+        info.warnings.extend(undecrypted_warnings(events))
+    return events, info
