@@ -390,8 +390,8 @@ class EventCollector:
         if isinstance(result, Unsealed):
             cp.body.stub = result.stub
             ev.encrypted, ev.decrypted = False, True
-        else:
-            ev.note = _join(ev.note, f"not decrypted: {result.reason}")
+        else:  # the body's note reaches the row with the other decode notes
+            cp.body.note = _join(cp.body.note, f"not decrypted: {result.reason}")
 
     def _set_iface(self, ev: Event, iface: _Iface | None) -> None:
         if iface is not None:
