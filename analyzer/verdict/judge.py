@@ -366,6 +366,8 @@ def _timeline(a: ClientActivity) -> list[TimelineMark]:
 
 def judge_client(a: ClientActivity, corr: CorrelationResult) -> ClientVerdict:
     cause, confidence, reason, ev = _decide(a, corr)
+    if a.decrypted:  # the decoders read the sealed stubs as on a plain session: same confidence, said here
+        reason = f"{reason.rstrip('.')}; the session was sealed (packet privacy) and decrypted with --secrets"
     verdict = CAUSES[cause]
     evidence = ev.sorted()
     reg = next((r for r in reversed(a.registrations) if r.status == 0), None) or \
