@@ -25,6 +25,8 @@ FLAGS_V2 = 0xE2888235  # 56 KEY_EXCH 128 VERSION TARGET_INFO ESS ALWAYS_SIGN NTL
 FLAGS_V1_ESS = 0xE2088235  # the same without TARGET_INFO
 FLAGS_V1 = 0xE2008235  # NTLMv1 without extended session security
 ESS = 0x00080000
+NEG_128 = 0x20000000
+NEG_56 = 0x80000000
 KEY_EXCH = 0x40000000
 VERSION_BYTES = bytes.fromhex("0a00614a0000000f")  # 10.0.19041, NTLM revision 15
 
@@ -53,14 +55,15 @@ def _sec_buffers(offset, items):
 
 
 class NtlmSealer:
-    """``version``: "v2", "v1-ess" or "v1"."""
+    """``version``: "v2", "v1-ess" or "v1". ``flags`` overrides the version's negotiate flags (e.g. without
+    NEGOTIATE_128 for 56-bit keys, without 56 too for 40-bit ones)."""
 
-    def __init__(self, rng, user, domain, password, version="v2", workstation="WS01"):
+    def __init__(self, rng, user, domain, password, version="v2", workstation="WS01", flags=None):
         self.rng = rng
         self.user, self.domain, self.workstation = user, domain, workstation
         self.nt_hash = MD4.new(password.encode("utf-16-le")).digest()
         self.version = version
-        self.flags = {"v2": FLAGS_V2, "v1-ess": FLAGS_V1_ESS, "v1": FLAGS_V1}[version]
+        self.flags = flags if flags is not None else {"v2": FLAGS_V2, "v1-ess": FLAGS_V1_ESS, "v1": FLAGS_V1}[version]
         self.server_challenge = self._random(8)
         self.target_info = self._av_pairs()
         self._rc4 = None
@@ -122,11 +125,14 @@ class NtlmSealer:
         if self.flags & ESS:
             self.sign = {True: md5(exported + b"session key to client-to-server signing key magic constant\x00"),
                          False: md5(exported + b"session key to server-to-client signing key magic constant\x00")}
-            seal = {True: md5(exported + b"session key to client-to-server sealing key magic constant\x00"),
-                    False: md5(exported + b"session key to server-to-client sealing key magic constant\x00")}
+            # MS-NLMP 3.4.5.3: the sealing key is weakened to 56 or 40 bits before hashing when 128 is not negotiated
+            base = exported if self.flags & NEG_128 else exported[:7] if self.flags & NEG_56 else exported[:5]
+            seal = {True: md5(base + b"session key to client-to-server sealing key magic constant\x00"),
+                    False: md5(base + b"session key to server-to-client sealing key magic constant\x00")}
             self._rc4 = {True: ARC4.new(seal[True]), False: ARC4.new(seal[False])}
             self._seq = {True: 0, False: 0}
         else:  # one RC4 stream and one sequence number for both directions
+            # without LM_KEY the whole exported key seals (MS-NLMP 3.4.5.3, last branch), whatever 128/56 say
             shared = ARC4.new(exported)
             self._rc4 = {True: shared, False: shared}
             self._seq = [0]
