@@ -111,8 +111,11 @@ class NtlmSealer:
             nt = _desl(self.nt_hash, sc)
             lm = nt  # Windows sends the NT response twice when there is no LM hash
             kx_key = MD4.new(self.nt_hash).digest()
-        exported = self._random(16)
-        encrypted_key = ARC4.new(kx_key).encrypt(exported)
+        if self.flags & KEY_EXCH:  # a random session key, sent under the key exchange key
+            exported = self._random(16)
+            encrypted_key = ARC4.new(kx_key).encrypt(exported)
+        else:
+            exported, encrypted_key = kx_key, b""
         self._derive(exported)
         items = [lm, nt, self.domain.encode("utf-16-le"), self.user.encode("utf-16-le"),
                  self.workstation.encode("utf-16-le"), encrypted_key]

@@ -1,0 +1,239 @@
+"""The generated sealed samples (captures/sealed_*.pcap, sealed for real by captures/sealed.py): tshark decrypts
+them with the manifest's password to the same stubs as mailpush; with --secrets the verdict is that of a plain
+session (manifest 'clients_with_secrets') with the same confidence and a reason that says so; both engines agree;
+NTLMv1 without extended session security and 56/40-bit keys (which tshark 4.0 cannot check: see
+test_ntlmv1_without_ess) decrypt in memory; nothing of a secret reaches any output."""
+
+import importlib.util
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from analyzer.dissect import dissect_capture, events_to_dataframe, ntlmssp
+from analyzer.dissect.collector import EventCollector
+from analyzer.dissect.engine import dissect_batches
+from analyzer.dissect.secrets import Secrets
+from analyzer.ingest import open_capture
+
+from conftest import CAPTURES, require_tshark
+
+ROOT = Path(__file__).resolve().parent.parent
+MANIFEST = json.loads((CAPTURES / "manifest.json").read_text())
+SEALED = [e for e in MANIFEST if e.get("secrets")]
+
+
+def _load(name, file):
+    mod = sys.modules.get(name)
+    if mod is None:
+        spec = importlib.util.spec_from_file_location(name, CAPTURES / file)
+        mod = sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    return mod
+
+
+def test_samples_present():
+    assert sorted(e["file"] for e in SEALED) == ["sealed_ntlmv1_server_refused.pcap",
+                                                 "sealed_ntlmv2_push_working.pcap"]
+
+
+def _password(entry):
+    return entry["secrets"].split(":", 1)[1]
+
+
+def _native_clear(path, secrets_text):
+    got = []
+
+    class Recording(ntlmssp.SessionDecryptor):
+        def unseal(self, *a, **k):
+            r = super().unseal(*a, **k)
+            got.append(r)
+            return r
+
+    warnings = []
+    with open_capture(path) as cap:
+        events = dissect_batches(cap.batches(), cap.info, sink=EventCollector(
+            warn=warnings.append, decryptor=Recording(Secrets.parse(secrets_text), warnings.append)))
+    sealed = [e for e in events if e.kind in ("request", "response") and e.auth_level == 6]
+    return warnings, {e.frame: r for e, r in zip(sealed, got)}
+
+
+@pytest.mark.parametrize("entry", SEALED, ids=lambda e: e["file"])
+def test_tshark_decrypts_the_samples_like_mailpush(entry):
+    require_tshark()
+    path = CAPTURES / entry["file"]
+    out = subprocess.run(["tshark", "-r", str(path), "-o", f"ntlmssp.nt_password:{_password(entry)}",
+                          "--disable-protocol", "mapi", "-Y", "dcerpc.decrypted_stub_data", "-T", "fields",
+                          "-e", "frame.number", "-e", "dcerpc.decrypted_stub_data"],
+                         capture_output=True, text=True, check=True).stdout
+    theirs = {int(f): bytes.fromhex(h) for f, h in (line.split("\t") for line in out.splitlines() if line)}
+    warnings, ours = _native_clear(path, entry["secrets"])
+    assert warnings == []
+    plain, _ = dissect_capture(path)
+    sealed_rows = [e.frame for e in plain if e.encrypted]
+    assert sorted(theirs) == sorted(ours) == sealed_rows and len(sealed_rows) >= 14
+    for frame, data in theirs.items():
+        assert ours[frame].stub == data, frame
+
+
+@pytest.mark.parametrize("entry", SEALED, ids=lambda e: e["file"])
+def test_sample_verdicts_with_secrets(entry, tmp_path):
+    from analyzer.pipeline import analyze_capture
+
+    secrets = Secrets.parse(entry["secrets"])
+    plain = analyze_capture(str(CAPTURES / entry["file"]))
+    result = analyze_capture(str(CAPTURES / entry["file"]), secrets=secrets)
+    assert result.error is None
+    (exp,) = entry["clients_with_secrets"]
+    (v,) = result.clients
+    (before,) = plain.clients
+    assert (before.verdict, before.cause) == (entry["clients"][0]["verdict"], entry["clients"][0]["cause"])
+    assert (v.verdict, v.cause, v.callback, v.mailbox) == (exp["verdict"], exp["cause"], exp["callback"],
+                                                          exp["mailbox"])
+    assert "0x%08x" % v.register_status == exp["register_status"]
+    assert set(exp["evidence_frames"]) <= {e.frame for e in v.evidence}
+    assert "decrypted with --secrets" in v.reason and "decrypted" not in before.reason
+    # the confidence is that of the same situation on a plain session (the unsealed sample of the same cause)
+    twin = {"push_working": "push_working.pcap", "server_refused": "server_refused.pcap"}[v.cause]
+    (plain_twin,) = analyze_capture(str(CAPTURES / twin)).clients
+    assert v.confidence == plain_twin.confidence > before.confidence
+
+
+@pytest.mark.parametrize("entry", SEALED, ids=lambda e: e["file"])
+def test_engines_agree_on_decrypted_events(entry):
+    require_tshark()
+    secrets = Secrets.parse(entry["secrets"])
+    native, _ = dissect_capture(CAPTURES / entry["file"], secrets=secrets)
+    tshark, info = dissect_capture(CAPTURES / entry["file"], engine="tshark", secrets=secrets)
+    assert not [w for w in info.warnings if "decrypted none" in w]
+    cols = ["frame", "kind", "opnum", "encrypted", "decrypted", "stub_len", "callback", "context_hex", "status",
+            "hnotification", "poll_max_ms", "user_dn", "rop_ids"]
+    a = events_to_dataframe([e for e in native if e.kind != "udp"])[cols]
+    b = events_to_dataframe([e for e in tshark if e.kind != "udp"])[cols]
+    assert a.equals(b), a.compare(b)
+    assert int(a["decrypted"].sum()) >= 14 and not a["encrypted"].any()
+
+
+def test_tshark_engine_wrong_password_warns():
+    require_tshark()
+    entry = SEALED[0]
+    events, info = dissect_capture(CAPTURES / entry["file"], engine="tshark", secrets=Secrets.parse("sam:wrong"))
+    assert any("decrypted none" in w and "TCP connection" in w for w in info.warnings)
+    assert not any(e.decrypted for e in events)
+    assert not [d for d in os.listdir(os.environ.get("TMPDIR", "/tmp")) if d.startswith("mailpush-tshark-")]
+
+
+# -------------------------------------------------------------------------------- in-memory sessions
+
+
+def _session(version, password="Pass-word 1", flags=None, calls=4):
+    """(client/server PDUs of a sealed EMSMDB session built by the generator's sealer)."""
+    gen = _load("captures_generate", "generate.py")
+    sealed = gen._sealed()
+    rng = random.Random(7)
+    s = sealed.NtlmSealer(rng, "ursula", "CONTOSO", password, version=version, flags=flags)
+    pdus = [(True, gen.co_pdu(gen.PT_BIND, 1, gen.bind_body([(0, gen.EMSMDB, [(gen.NDR_UUID, 2)])]),
+                              auth=(10, 6, s.negotiate()))),
+            (False, gen.co_pdu(gen.PT_BIND_ACK, 1, gen.bind_ack_body([(0, 0, (gen.NDR_UUID, 2))], "6001", 1),
+                               auth=(10, 6, s.challenge()))),
+            (True, gen.co_pdu(gen.PT_AUTH3, 1, b"\0" * 4, auth=(10, 6, s.authenticate())))]
+    clear = []
+    for i in range(calls):
+        stub = bytes(rng.randrange(256) for _ in range(20 + 13 * i))
+        for from_client, build in ((True, gen.request_body(0, 11, stub)), (False, gen.response_body(0, stub[::-1]))):
+            ptype = gen.PT_REQUEST if from_client else gen.PT_RESPONSE
+            pdu = gen.co_pdu(ptype, 2 + i, build, auth=(10, 6, b"\0" * 16))
+            pdus.append((from_client, s.seal(pdu, from_client)))
+            clear.append(stub if from_client else stub[::-1])
+    return pdus, clear
+
+
+def _decrypt(pdus, secrets_text):
+    warnings = []
+    dec = ntlmssp.SessionDecryptor(Secrets.parse(secrets_text), warnings.append)
+    out = []
+    for from_client, pdu in pdus:
+        frag_len, auth_len = int.from_bytes(pdu[8:10], "little"), int.from_bytes(pdu[10:12], "little")
+        if pdu[2] in (0, 2):
+            out.append(dec.unseal(5, from_client, pdu, frag_len, auth_len, True, 24, "TCP connection 5 (t)"))
+        else:
+            dec.auth_leg(5, from_client, pdu, frag_len, auth_len, True, "TCP connection 5 (t)")
+    return out, warnings
+
+
+@pytest.mark.parametrize("version,flags", [
+    ("v1", None),  # NTLMv1 without extended session security: one RC4 stream for both directions, CRC32 MAC
+    ("v1-ess", None),
+    ("v2", None),
+    ("v2", 0xE2888235 & ~0x20000000),  # 56-bit
+    ("v2", 0xE2888235 & ~0xA0000000),  # 40-bit
+    ("v1-ess", 0xE2088235 & ~0x40000000),  # no key exchange: the key exchange key seals
+])
+def test_in_memory_sessions(version, flags):
+    """tshark 4.0 cannot serve as the check for NTLMv1 without extended session security: its NTLMv1 code
+    (create_ntlmssp_v1_key) takes the LM path there and never accepts a password. These sessions come from the
+    generator's sealer, written from MS-NLMP separately from the decryptor."""
+    pdus, clear = _session(version, flags=flags)
+    out, warnings = _decrypt(pdus, "CONTOSO\\ursula:Pass-word 1")
+    assert warnings == []
+    assert [r.stub for r in out] == clear
+    out, warnings = _decrypt(pdus, "ursula:pass-word 1")
+    assert len(warnings) == 1 and "wrong password" in warnings[0] and "CONTOSO\\ursula" in warnings[0]
+    assert all(isinstance(r, ntlmssp.SealFailure) for r in out)
+
+
+def test_tampered_pdu_fails_its_signature():
+    pdus, clear = _session("v2")
+    from_client, pdu = pdus[5]
+    pdus[5] = (from_client, pdu[:30] + bytes([pdu[30] ^ 1]) + pdu[31:])  # one bit of the sealed stub
+    out, warnings = _decrypt(pdus, "ursula:Pass-word 1")
+    assert isinstance(out[2], ntlmssp.SealFailure) and "signature" in out[2].reason
+    assert [w for w in warnings if "signature does not verify" in w]
+
+
+# -------------------------------------------------------------------------------- secrets never leak
+
+
+def test_secrets_never_in_any_output(tmp_path):
+    """Every output of analyze (all formats), events (csv, json), batch, with warnings on stderr and
+    MAILPUSH_DEBUG set, holds neither the password nor its NT hash."""
+    entry = SEALED[1]  # the password with a colon and a space
+    password = _password(entry)
+    secret_file = tmp_path / "secrets.txt"
+    secret_file.write_text(entry["secrets"] + "\nother:Another-Pa55\n", "utf-8")
+    nt = Secrets.load(secret_file).entries[0].nt_hash
+    forbidden = [password, "Another-Pa55", nt.hex(), nt.hex().upper(), password.encode("utf-16-le").decode("latin-1")]
+    capture = str(CAPTURES / entry["file"])
+    wrong = tmp_path / "wrong.txt"
+    wrong.write_text("tina:not-it-Zq9\n", "utf-8")
+    forbidden.append("not-it-Zq9")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), MAILPUSH_DEBUG="1")
+    runs = []
+    for fmt in ("text", "json", "csv", "html"):
+        runs.append(["analyze", capture, "--format", fmt, "--secrets", str(secret_file)])
+    runs.append(["analyze", capture, "--secrets", str(wrong)])
+    runs.append(["analyze", capture, "--engine", "tshark", "--secrets", str(secret_file), "--format", "json"])
+    for fmt in ("csv", "json"):
+        runs.append(["events", capture, "--format", fmt, "--secrets", str(secret_file)])
+    runs.append(["batch", capture, "-o", str(tmp_path / "r.csv"), "--jobs", "1", "--secrets", str(secret_file)])
+    bad = tmp_path / "bad.txt"
+    bad.write_text("Not-A-Line-Zq8\n", "utf-8")
+    forbidden.append("Not-A-Line-Zq8")
+    runs.append(["analyze", capture, "--secrets", str(bad)])
+    decrypted_seen = False
+    for args in runs:
+        if "--engine" in args and not shutil.which("tshark"):
+            continue
+        p = subprocess.run([str(Path(sys.executable).parent / "mailpush"), *args], capture_output=True, env=env)
+        text = p.stdout.decode("utf-8", "replace") + p.stderr.decode("utf-8", "replace")
+        if args[0] == "batch":
+            text += (tmp_path / "r.csv").read_text("utf-8")
+        for f in forbidden:
+            assert f not in text, (args, f)
+        decrypted_seen |= "decrypted with --secrets" in text
+    assert decrypted_seen
