@@ -136,15 +136,19 @@ def test_svcctl_same_stubs_as_tshark_with_fragments(public_dir):
     assert last.decrypted and last.stub_len == len(theirs[34]) == 33592
 
 
-def test_drsuapi_ntlmv1_ess_decrypts_and_signatures_verify(public_dir):
-    """The wiki's password is right: the session is NTLMv1 with extended session security (24-byte NT response
-    with an LMv2-style client challenge). tshark 4.0 accepts the password and derives the same exported session
-    key (expert info "NTLMSSP SessionKey (a57d8e76...)") but shows no decrypted stub; here every one of the 12
-    PDUs decrypts and its HMAC-MD5 signature (keys derived from that session key) verifies, which wrong keys
-    cannot do."""
+def test_drsuapi_ntlmv1_ess_same_stubs_as_tshark(public_dir):
+    """The wiki's password is right. The session is NTLMv1 with extended session security (24-byte NT response
+    with an LMv2-style client challenge), and tshark 4.0 does decrypt it with "admin": it only seemed not to
+    because tshark fills dcerpc.decrypted_stub_data only when no interface dissector takes the clear stub, and its
+    DRSUAPI dissector does. With that dissector off, tshark's 12 stubs equal mailpush's, whose HMAC-MD5
+    signatures all verify."""
+    require_tshark()
     path = public_dir / DRSUAPI
     events, warnings, clear = _native(path, "LAB\\admin:admin")
     assert warnings == []
+    theirs = _tshark_clear_stubs(path, "admin", ["--disable-protocol", "drsuapi"])
+    assert sorted(theirs) == sorted(clear) == [14, 16, 17, 18, 20, 21, 22, 23, 24, 25, 29, 30]
+    assert all(clear[f].stub == data for f, data in theirs.items())
     assert len(clear) == 12 and all(isinstance(r, ntlmssp.Unsealed) and r.signature_ok for r in clear.values())
     assert all(e.decrypted for e in events if e.frame in clear)
     # IDL_DRSBind (opnum 0) response, frame 16: ends with its DWORD return value, 0 (success)
