@@ -237,3 +237,61 @@ def test_secrets_never_in_any_output(tmp_path):
             assert f not in text, (args, f)
         decrypted_seen |= "decrypted with --secrets" in text
     assert decrypted_seen
+
+
+def _der(tag, body):
+    n = len(body)
+    length = bytes([n]) if n < 0x80 else bytes([0x81, n]) if n < 0x100 else bytes([0x82]) + n.to_bytes(2, "big")
+    return bytes([tag]) + length + body
+
+
+NTLM_OID = bytes.fromhex("060a2b06010401823702020a")
+
+
+@pytest.mark.parametrize("reset", [True, False])
+def test_spnego_wrapped_ntlm_with_mech_list_mic(reset):
+    """auth_type 9 (SPNEGO, what Outlook asks for): the NTLM messages travel in negTokenInit/negTokenResp, the
+    third leg is an alter_context, and each side sends a mechListMIC. Windows resets the RC4 states after it
+    (reset=True); without the reset the first PDU of each direction starts 8 RC4 bytes and one sequence number
+    later. Both decrypt."""
+    gen = _load("captures_generate", "generate.py")
+    sealed = gen._sealed()
+    rng = random.Random(11)
+    s = sealed.NtlmSealer(rng, "vera", "CONTOSO", "Spnego-Pw1", version="v2")
+    mech_types = _der(0x30, NTLM_OID)
+    init = _der(0x60, bytes.fromhex("06062b0601050502") + _der(0xA0, _der(0x30, _der(0xA0, mech_types)
+                                                                             + _der(0xA2, _der(0x04, s.negotiate())))))
+
+    def resp(state, token=None, mic=None, mech=False):
+        body = _der(0xA0, _der(0x0A, bytes([state])))
+        if mech:
+            body += _der(0xA1, NTLM_OID)
+        if token:
+            body += _der(0xA2, _der(0x04, token))
+        if mic:
+            body += _der(0xA3, _der(0x04, mic))
+        return _der(0xA1, _der(0x30, body))
+
+    ctx = [(0, gen.EMSMDB, [(gen.NDR_UUID, 2)])]
+    pdus = [(True, gen.co_pdu(gen.PT_BIND, 1, gen.bind_body(ctx), auth=(9, 6, init))),
+            (False, gen.co_pdu(gen.PT_BIND_ACK, 1, gen.bind_ack_body([(0, 0, (gen.NDR_UUID, 2))], "6001", 1),
+                               auth=(9, 6, resp(1, s.challenge(), mech=True))))]
+    auth = s.authenticate()
+    pdus.append((True, gen.co_pdu(gen.PT_ALTER, 2, gen.bind_body(ctx), auth=(9, 6, resp(1, auth, mic=b"\x01" + b"\0" * 15)))))
+    pdus.append((False, gen.co_pdu(gen.PT_ALTER_RESP, 2, gen.bind_ack_body([(0, 0, (gen.NDR_UUID, 2))], "", 1),
+                                   auth=(9, 6, resp(0, mic=b"\x01" + b"\0" * 15)))))
+    if not reset:  # the mechListMIC checksums took 8 RC4 bytes and one sequence number of each direction
+        for d in (True, False):
+            s._rc4[d].encrypt(b"\0" * 8)
+            s._seq[d] += 1
+    clear = []
+    for i in range(3):
+        stub = bytes(rng.randrange(256) for _ in range(33 + i))
+        for from_client, body in ((True, gen.request_body(0, 11, stub)), (False, gen.response_body(0, stub[::-1]))):
+            ptype = gen.PT_REQUEST if from_client else gen.PT_RESPONSE
+            pdu = gen.co_pdu(ptype, 3 + i, body, auth=(9, 6, b"\0" * 16))
+            pdus.append((from_client, s.seal(pdu, from_client)))
+            clear.append(stub if from_client else stub[::-1])
+    out, warnings = _decrypt(pdus, "vera:Spnego-Pw1")
+    assert warnings == []
+    assert [r.stub for r in out] == clear

@@ -261,6 +261,7 @@ class _Sealer:
         if self.ess:
             self.rc4 = {True: ARC4.new(keys.client_seal), False: ARC4.new(keys.server_seal)}
             self.seq = {True: 0, False: 0}
+            self.started = {True: False, False: False}
         else:
             shared = ARC4.new(keys.client_seal)
             self.rc4 = {True: shared, False: shared}
@@ -280,9 +281,33 @@ class _Sealer:
                signed_variants: Callable[[bytes], tuple[bytes, ...]]) -> tuple[bytes, bool]:
         """Decrypt ``sealed`` and check ``signature`` against one of the ``signed_variants(clear)`` (with and without
         header signing). Returns (clear, signature_ok)."""
+        if self.ess and not self.started[from_client]:
+            return self._first_unseal(from_client, sealed, signature, signed_variants)
         rc4 = self.rc4[from_client]
         clear = rc4.decrypt(sealed)
         return clear, self._verify(from_client, rc4, signature, signed_variants(clear))
+
+    def _first_unseal(self, from_client: bool, sealed: bytes, signature: bytes, signed_variants):
+        """The first sealed PDU of a direction. Under SPNEGO (auth_type 9) each side sends an NTLM-signed
+        mechListMIC after the handshake, which takes 8 bytes of its RC4 stream and one sequence number; Windows
+        then resets the RC4 states, and the sequence numbers too when the AUTHENTICATE carried a MIC (MS-SPNG
+        3.3.5.1; Samba's ntlmssp_sign_reset). Which of these happened does not show in the capture, so the fresh
+        stream and the stream after one MIC checksum are both tried, with the sequence number the signature
+        carries in clear."""
+        self.started[from_client] = True
+        key = self.keys.client_seal if from_client else self.keys.server_seal
+        (wire_seq,) = struct.unpack_from("<I", signature, 12) if len(signature) >= SIGNATURE_LEN else (0,)
+        clear = b""
+        for skip in (0, 8) if wire_seq <= 1 else (0,):
+            rc4 = ARC4.new(key)
+            if skip:
+                rc4.decrypt(b"\0" * skip)
+            clear = rc4.decrypt(sealed)
+            self.seq[from_client] = wire_seq
+            if self._verify(from_client, rc4, signature, signed_variants(clear)):
+                self.rc4[from_client] = rc4
+                return clear, True
+        return clear, False
 
     def verify_only(self, from_client: bool, signature: bytes, signed: tuple[bytes, ...]) -> bool:
         """Packet integrity: the stub is clear, the signature still advances the RC4 stream."""
