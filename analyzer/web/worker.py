@@ -52,6 +52,11 @@ class WorkerPool:
         self._threads: list[threading.Thread] = []
         # capture id -> fraction of the file read, for running jobs (in memory: it only matters while running)
         self.progress: dict[str, float] = {}
+        # capture id -> Secrets uploaded with it. Never written anywhere: handed to the job's child process and
+        # forgotten when the job starts or the capture is deleted; a restart before that loses them (the job then
+        # runs without, and its sealed sessions stay encrypted).
+        self._secrets: dict = {}
+        self._secrets_lock = threading.Lock()
 
     def start(self) -> None:
         requeued, gave_up = self.db.recover_interrupted()
@@ -61,6 +66,14 @@ class WorkerPool:
             t = threading.Thread(target=self._loop, name=f"mailpush-worker-{i}", daemon=True)
             t.start()
             self._threads.append(t)
+
+    def hold_secrets(self, capture_id: str, secrets) -> None:
+        with self._secrets_lock:
+            self._secrets[capture_id] = secrets
+
+    def drop_secrets(self, capture_id: str) -> None:
+        with self._secrets_lock:
+            self._secrets.pop(capture_id, None)
 
     def notify(self) -> None:
         """A job was queued: wake an idle worker now instead of at its next poll."""
@@ -117,10 +130,13 @@ class WorkerPool:
         path = self.store.capture_path(capture_id)
         if not path.is_file():
             return None, "the uploaded file is missing from the server's data directory"
+        with self._secrets_lock:
+            secrets = self._secrets.pop(capture_id, None)
         receiver, sender = _MP.Pipe(duplex=False)
         child = _MP.Process(target=analyse_in_child, name=f"mailpush-analyse-{capture_id}",
                             args=(str(path), display_name,
-                                  str(self.store.plot_dir(capture_id)) if self.plots_in_job else None, sender))
+                                  str(self.store.plot_dir(capture_id)) if self.plots_in_job else None, sender,
+                                  secrets))
         deadline = time.monotonic() + self.job_timeout_s  # the limit includes starting the process
         child.start()
         sender.close()  # the child holds the only write end: EOF here means it is gone
@@ -168,7 +184,7 @@ class _Stopped(Exception):
     pass
 
 
-def analyse_in_child(path: str, display_name: str, plot_dir: str | None, conn) -> None:
+def analyse_in_child(path: str, display_name: str, plot_dir: str | None, conn, secrets=None) -> None:
     """Body of a job's child process: run the pipeline, draw the plots, send the outcome back over ``conn``:
     ("progress", fraction)*, then ("result", capture-object JSON, error or None) or ("crash", text, traceback)."""
     try:
@@ -182,7 +198,7 @@ def analyse_in_child(path: str, display_name: str, plot_dir: str | None, conn) -
 
         from analyzer.pipeline import analyze_capture
 
-        result = analyze_capture(path, progress=progress)
+        result = analyze_capture(path, progress=progress, secrets=secrets)
         # The capture object's "file" is the name the user knows, never the server's storage path.
         result.file = display_name
         if result.error is None and plot_dir is not None:  # (None: drawn when the report is first viewed)
