@@ -295,3 +295,47 @@ def test_spnego_wrapped_ntlm_with_mech_list_mic(reset):
     out, warnings = _decrypt(pdus, "vera:Spnego-Pw1")
     assert warnings == []
     assert [r.stub for r in out] == clear
+
+
+def _with_ctx_id(pdu: bytes, auth_ctx_id: int) -> bytes:
+    frag_len, auth_len = int.from_bytes(pdu[8:10], "little"), int.from_bytes(pdu[10:12], "little")
+    at = frag_len - auth_len - 8 + 4
+    return pdu[:at] + auth_ctx_id.to_bytes(4, "little") + pdu[at + 4:]
+
+
+def test_two_security_contexts_one_by_alter_context():
+    """One connection, two NTLM security contexts (auth_context_id 0 from the bind, 1 from an alter_context
+    after an unauthenticated bind leg), different accounts, PDUs interleaved: each decrypts with its own keys;
+    a wrong password for one leaves the other alone."""
+    gen = _load("captures_generate", "generate.py")
+    sealed = gen._sealed()
+    rng = random.Random(5)
+    a = sealed.NtlmSealer(rng, "wanda", "CONTOSO", "First-Pw1", version="v2")
+    b = sealed.NtlmSealer(rng, "xavier", "CONTOSO", "Second-Pw2", version="v1-ess")
+    ctx = [(0, gen.EMSMDB, [(gen.NDR_UUID, 2)])]
+    ack = gen.bind_ack_body([(0, 0, (gen.NDR_UUID, 2))], "6001", 1)
+
+    def leg(ptype, call_id, body, token, ctx_id):
+        return _with_ctx_id(gen.co_pdu(ptype, call_id, body, auth=(10, 6, token)), ctx_id)
+
+    pdus = [(True, leg(gen.PT_BIND, 1, gen.bind_body(ctx), a.negotiate(), 0)),
+            (False, leg(gen.PT_BIND_ACK, 1, ack, a.challenge(), 0)),
+            (True, leg(gen.PT_AUTH3, 1, b"\0" * 4, a.authenticate(), 0)),
+            (True, leg(gen.PT_ALTER, 2, gen.bind_body(ctx), b.negotiate(), 1)),
+            (False, leg(gen.PT_ALTER_RESP, 2, ack, b.challenge(), 1)),
+            (True, leg(gen.PT_AUTH3, 2, b"\0" * 4, b.authenticate(), 1))]
+    clear = []
+    for i in range(6):
+        sealer, ctx_id = (a, 0) if i % 2 == 0 else (b, 1)
+        stub = bytes(rng.randrange(256) for _ in range(17 + i))
+        for from_client, body in ((True, gen.request_body(0, 11, stub)), (False, gen.response_body(0, stub[::-1]))):
+            ptype = gen.PT_REQUEST if from_client else gen.PT_RESPONSE
+            pdu = _with_ctx_id(gen.co_pdu(ptype, 10 + i, body, auth=(10, 6, b"\0" * 16)), ctx_id)
+            pdus.append((from_client, sealer.seal(pdu, from_client)))
+            clear.append((ctx_id, stub if from_client else stub[::-1]))
+    out, warnings = _decrypt(pdus, "wanda:First-Pw1\nCONTOSO\\xavier:Second-Pw2")
+    assert warnings == [] and [r.stub for r in out] == [c for _, c in clear]
+    assert {r.account for r in out} == {"CONTOSO\\wanda", "CONTOSO\\xavier"}
+    out, warnings = _decrypt(pdus, "wanda:First-Pw1\nxavier:wrong")
+    assert len(warnings) == 1 and "CONTOSO\\xavier" in warnings[0] and "security context 1" in warnings[0]
+    assert [isinstance(r, ntlmssp.Unsealed) for r in out] == [c == 0 for c, _ in clear]
