@@ -76,6 +76,7 @@ _CLIENT_SEAL = b"session key to client-to-server sealing key magic constant\x00"
 _SERVER_SEAL = b"session key to server-to-client sealing key magic constant\x00"
 
 SIGNATURE_LEN = 16
+MAX_CONTEXTS = 4096  # security contexts remembered at once (connections close theirs)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -309,10 +310,6 @@ class _Sealer:
                 return clear, True
         return clear, False
 
-    def verify_only(self, from_client: bool, signature: bytes, signed: tuple[bytes, ...]) -> bool:
-        """Packet integrity: the stub is clear, the signature still advances the RC4 stream."""
-        return self._verify(from_client, self.rc4[from_client], signature, signed)
-
     def _verify(self, from_client: bool, rc4, signature: bytes, variants: tuple[bytes, ...]) -> bool:
         seq = self._next_seq(from_client)
         if len(signature) < SIGNATURE_LEN:
@@ -425,8 +422,8 @@ class SessionDecryptor:
         ctx = self._contexts.get(key)
         if mech != "NTLMSSP":
             if tr.auth_level >= AUTH_LEVEL_PKT_INTEGRITY and mech != "SPNEGO":
-                ctx = self._contexts[key] = _Context(conn, tr.ctx_id, flow, mech=mech)
-                ctx.failure = _not_ntlm_reason(mech)
+                ctx = self._new(key, flow)
+                ctx.mech, ctx.failure = mech, _not_ntlm_reason(mech)
             return
         i = tr.token.find(NTLMSSP_SIGNATURE)
         if i < 0:
@@ -445,6 +442,8 @@ class SessionDecryptor:
             self._establish(ctx)
 
     def _new(self, key, flow: str) -> _Context:
+        if len(self._contexts) >= MAX_CONTEXTS:  # bounded memory on hostile input: forget the oldest
+            del self._contexts[next(iter(self._contexts))]
         ctx = self._contexts[key] = _Context(key[0], key[1], flow)
         return ctx
 
@@ -541,20 +540,6 @@ class SessionDecryptor:
             return SealFailure(reason)
         pad = tr.pad if tr.pad <= len(clear) else 0
         return Unsealed(clear[: len(clear) - pad], account, True)
-
-    def integrity(self, conn: int, from_client: bool, pdu: bytes, frag_len: int, auth_len: int,
-                  little_endian: bool, body_start: int) -> None:
-        """A request/response at packet integrity: advance the context's RC4 stream and sequence number."""
-        tr = read_trailer(pdu, frag_len, auth_len, little_endian)
-        if tr is None:
-            return
-        ctx = self._contexts.get((conn, tr.ctx_id))
-        if ctx is None or ctx.sealer is None or from_client in ctx.sealer.broken:
-            return
-        clear = bytes(pdu[body_start : tr.start])
-        whole = bytes(pdu[: tr.start + 8])
-        if not ctx.sealer.verify_only(from_client, tr.token, (whole, clear)):
-            ctx.sealer.broken[from_client] = "signature does not verify"
 
     def close(self, conn: int) -> None:
         for key in [k for k in self._contexts if k[0] == conn]:
