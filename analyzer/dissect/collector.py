@@ -31,7 +31,7 @@ UDP datagrams (already filtered by the transport to ports >= 1024 and not connec
 from __future__ import annotations
 
 from collections.abc import Set
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from analyzer.dissect import dcerpc
 from analyzer.dissect.dcerpc import (
@@ -54,8 +54,10 @@ from analyzer.dissect.emsmdb import decode_request_stub, decode_response_stub
 from analyzer.dissect.epm import parse_ept_map_response
 from analyzer.dissect.interfaces import EPM, EPM_UUID, NDR64_UUID, interface_name, opname
 from analyzer.dissect.model import PTYPE_KIND, Event
-from analyzer.dissect.ntlmssp import SessionDecryptor, Unsealed
 from analyzer.dissect.stream import TcpConnection
+
+if TYPE_CHECKING:  # imported by the engine only with --secrets: pycryptodome stays out of plain runs
+    from analyzer.dissect.ntlmssp import SessionDecryptor
 
 # _pdu builds its Event positionally (the per-PDU hot path): the leading fields must stay in this order
 _EVENT_LEAD = ("frame", "time", "src", "dst", "sport", "dport", "kind", "conn", "interface", "interface_uuid",
@@ -147,7 +149,7 @@ class EventCollector:
     """PacketSink producing Events. ``finish()`` flushes per-connection state and returns the events sorted by
     frame (stable: PDUs of one frame keep their stream order)."""
 
-    def __init__(self, warn: Callable[[str], None] = _default_warn, decryptor: SessionDecryptor | None = None):
+    def __init__(self, warn: Callable[[str], None] = _default_warn, decryptor: "SessionDecryptor | None" = None):
         self._warn = warn
         self._decryptor = decryptor  # NTLMSSP unsealing (--secrets); None: sealed stubs stay encrypted
         self.warnings: list[str] = []
@@ -387,7 +389,7 @@ class EventCollector:
         flow = f"TCP connection {ev.conn} ({client[0]}:{client[1]} -> {server[0]}:{server[1]})"
         result = self._decryptor.unseal(ev.conn, from_client, pdu, hdr.frag_len, hdr.auth_len, hdr.little_endian,
                                         body_start, flow)
-        if isinstance(result, Unsealed):
+        if getattr(result, "stub", None) is not None:  # ntlmssp.Unsealed (else a SealFailure)
             cp.body.stub = result.stub
             ev.encrypted, ev.decrypted = False, True
         else:  # the body's note reaches the row with the other decode notes

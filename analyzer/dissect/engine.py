@@ -5,13 +5,15 @@ stream through :class:`analyzer.dissect.transport.Transport` into the applicatio
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from analyzer.dissect.model import Event, events_to_dataframe
-from analyzer.dissect.secrets import Secrets
 from analyzer.dissect.stream import PacketSink
 from analyzer.dissect.transport import Transport
 from analyzer.ingest import CaptureInfo, FrameBatch, open_capture
+
+if TYPE_CHECKING:
+    from analyzer.dissect.secrets import Secrets
 
 ENGINES = ("native", "tshark")
 

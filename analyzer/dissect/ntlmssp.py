@@ -33,7 +33,7 @@ from typing import Callable
 from Crypto.Cipher import ARC4, DES
 from Crypto.Hash import HMAC, MD4, MD5
 
-from analyzer.dissect.secrets import Secret, Secrets
+from analyzer.dissect.secrets import Secrets
 
 NTLMSSP_SIGNATURE = b"NTLMSSP\x00"
 

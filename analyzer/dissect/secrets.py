@@ -23,8 +23,6 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from Crypto.Hash import MD4
-
 ENV_VAR = "MAILPUSH_SECRETS_FILE"
 _HEX32 = re.compile(r"[0-9A-Fa-f]{32}")
 
@@ -35,6 +33,8 @@ class SecretsError(ValueError):
 
 def nt_hash(password: str) -> bytes:
     """NTOWFv1 (MS-NLMP 3.3.1): MD4 of the UTF-16LE password."""
+    from Crypto.Hash import MD4  # here: runs without --secrets never load pycryptodome
+
     return MD4.new(password.encode("utf-16-le")).digest()
 
 

@@ -20,8 +20,10 @@ import os
 import shutil
 import struct
 import tempfile
+from typing import TYPE_CHECKING
 
-from analyzer.dissect.secrets import Secrets
+if TYPE_CHECKING:
+    from analyzer.dissect.secrets import Secrets
 
 # interfaces whose stubs tshark leaves to the engine (their dissectors are disabled or do not exist in tshark)
 STUB_INTERFACES = frozenset(("EMSMDB", "AsyncEMSMDB", "NSPI", "RFR", "EPM"))
