@@ -117,6 +117,12 @@ def test_engines_agree_on_decrypted_events(entry):
     b = events_to_dataframe([e for e in tshark if e.kind != "udp"])[cols]
     assert a.equals(b), a.compare(b)
     assert int(a["decrypted"].sum()) >= 14 and not a["encrypted"].any()
+    # every decoder ran on the clear stubs: registration, logon and poll answers
+    reg = a[(a["kind"] == "request") & (a["opnum"] == 4)].iloc[0]
+    assert reg["callback"] == entry["clients_with_secrets"][0]["callback"] and len(reg["context_hex"]) == 16
+    assert a["user_dn"].dropna().tolist() == [entry["clients_with_secrets"][0]["mailbox"]]
+    assert a["poll_max_ms"].dropna().tolist() == [60000] and a["status"].notna().any()
+    assert a["rop_ids"].notna().any()
 
 
 def test_tshark_engine_wrong_password_warns():
