@@ -28,6 +28,7 @@ ESS = 0x00080000
 NEG_128 = 0x20000000
 NEG_56 = 0x80000000
 KEY_EXCH = 0x40000000
+LM_KEY = 0x00000080
 VERSION_BYTES = bytes.fromhex("0a00614a0000000f")  # 10.0.19041, NTLM revision 15
 
 
@@ -61,6 +62,7 @@ class NtlmSealer:
     def __init__(self, rng, user, domain, password, version="v2", workstation="WS01", flags=None):
         self.rng = rng
         self.user, self.domain, self.workstation = user, domain, workstation
+        self.password = password
         self.nt_hash = MD4.new(password.encode("utf-16-le")).digest()
         self.version = version
         self.flags = flags if flags is not None else {"v2": FLAGS_V2, "v1-ess": FLAGS_V1_ESS, "v1": FLAGS_V1}[version]
@@ -70,6 +72,10 @@ class NtlmSealer:
 
     def _random(self, n):
         return bytes(self.rng.randrange(256) for _ in range(n))
+
+    def _lm_owf(self):
+        upper = self.password.upper().encode("ascii").ljust(14, b"\0")
+        return _des7(upper[:7], b"KGS!@#$%") + _des7(upper[7:14], b"KGS!@#$%")
 
     def _av_pairs(self):
         def av(av_id, value):
@@ -109,8 +115,13 @@ class NtlmSealer:
             kx_key = _hmac_md5(MD4.new(self.nt_hash).digest(), sc + client_challenge)
         else:
             nt = _desl(self.nt_hash, sc)
-            lm = nt  # Windows sends the NT response twice when there is no LM hash
-            kx_key = MD4.new(self.nt_hash).digest()
+            if self.flags & LM_KEY:  # MS-NLMP 3.3.1 LM response and 3.4.5.1 KXKEY from the LM hash
+                lm_owf = self._lm_owf()
+                lm = _desl(lm_owf, sc)
+                kx_key = _des7(lm_owf[:7], lm[:8]) + _des7(lm_owf[7:8] + b"\xbd" * 6, lm[:8])
+            else:
+                lm = nt  # Windows sends the NT response twice when there is no LM hash
+                kx_key = MD4.new(self.nt_hash).digest()
         if self.flags & KEY_EXCH:  # a random session key, sent under the key exchange key
             exported = self._random(16)
             encrypted_key = ARC4.new(kx_key).encrypt(exported)
@@ -136,7 +147,10 @@ class NtlmSealer:
             self._seq = {True: 0, False: 0}
         else:  # one RC4 stream and one sequence number for both directions
             # without LM_KEY the whole exported key seals (MS-NLMP 3.4.5.3, last branch), whatever 128/56 say
-            shared = ARC4.new(exported)
+            key = exported
+            if self.flags & LM_KEY:
+                key = exported[:7] + b"\xa0" if self.flags & NEG_56 else exported[:5] + b"\xe5\x38\xb0"
+            shared = ARC4.new(key)
             self._rc4 = {True: shared, False: shared}
             self._seq = [0]
 

@@ -179,6 +179,8 @@ def _decrypt(pdus, secrets_text):
     ("v2", 0xE2888235 & ~0x20000000),  # 56-bit
     ("v2", 0xE2888235 & ~0xA0000000),  # 40-bit
     ("v1-ess", 0xE2088235 & ~0x40000000),  # no key exchange: the key exchange key seals
+    ("v1", 0xE2008235 | 0x80),  # LM session key (NTLMSSP_NEGOTIATE_LM_KEY), 56-bit: 7 key bytes + 0xA0
+    ("v1", (0xE2008235 | 0x80) & ~0xA0000000),  # LM session key, 40-bit: 5 key bytes + E5 38 B0
 ])
 def test_in_memory_sessions(version, flags):
     """tshark 4.0 cannot serve as the check for NTLMv1 without extended session security: its NTLMv1 code
@@ -190,6 +192,15 @@ def test_in_memory_sessions(version, flags):
     assert [r.stub for r in out] == clear
     out, warnings = _decrypt(pdus, "ursula:pass-word 1")
     assert len(warnings) == 1 and "wrong password" in warnings[0] and "CONTOSO\\ursula" in warnings[0]
+    assert all(isinstance(r, ntlmssp.SealFailure) for r in out)
+
+
+def test_lm_session_key_needs_the_password_not_the_hash():
+    pdus, clear = _session("v1", flags=0xE2008235 | 0x80)
+    from analyzer.dissect.secrets import nt_hash
+
+    out, warnings = _decrypt(pdus, "ursula::" + nt_hash("Pass-word 1").hex())
+    assert len(warnings) == 1 and "LM session key" in warnings[0] and "not supported" in warnings[0]
     assert all(isinstance(r, ntlmssp.SealFailure) for r in out)
 
 

@@ -19,8 +19,9 @@ direction cannot be resynchronised after one).
 
 Cryptography comes from pycryptodome (MD4, MD5, HMAC, ARC4, DES); zlib gives CRC32.
 
-Not handled (the failure says so): NTLMv1 with NTLMSSP_NEGOTIATE_LM_KEY or a non-NT session key (both need the
-LM hash, i.e. the password in upper case under DES: no Windows since Vista sends it), anonymous sessions.
+NTLMv1 with an LM session key (NTLMSSP_NEGOTIATE_LM_KEY or REQUEST_NON_NT_SESSION_KEY, which no Windows since
+Vista uses) needs the LM hash, so the password itself: a ``user::NTHASH`` secret gets a clear "not supported".
+Anonymous sessions are not decrypted (nothing to decrypt with).
 """
 
 from __future__ import annotations
@@ -190,9 +191,24 @@ class Unsupported(Exception):
     pass
 
 
-def derive_keys(nt_hash: bytes, challenge: Challenge, auth: Authenticate) -> SessionKeys:
-    """Check ``nt_hash`` against the AUTHENTICATE message and derive the session's keys. Raises
-    :class:`WrongPassword` or :class:`Unsupported`."""
+def lm_hash(password: str) -> bytes | None:
+    """LMOWFv1 (MS-NLMP 3.3.1): the upper-cased OEM password, cut or padded to 14 bytes, as two DES keys
+    encrypting "KGS!@#$%". None for a password that has no LM hash (over 14 characters or not OEM-encodable)."""
+    try:
+        oem = password.upper().encode("cp437")
+    except UnicodeEncodeError:
+        return None
+    if len(oem) > 14:
+        return None
+    oem = oem.ljust(14, b"\0")
+    return b"".join(DES.new(_des_key(oem[i : i + 7]), DES.MODE_ECB).encrypt(b"KGS!@#$%") for i in (0, 7))
+
+
+def derive_keys(nt_hash: bytes, challenge: Challenge, auth: Authenticate,
+                lm_owf: bytes | None = None) -> SessionKeys:
+    """Check ``nt_hash`` against the AUTHENTICATE message and derive the session's keys. ``lm_owf`` (the LM
+    hash) is needed only for NTLMv1 with an LM session key. Raises :class:`WrongPassword` or
+    :class:`Unsupported`."""
     flags = auth.flags
     ess = bool(flags & NEGOTIATE_EXTENDED_SESSIONSECURITY)
     nt = auth.nt_response
@@ -216,7 +232,16 @@ def derive_keys(nt_hash: bytes, challenge: Challenge, auth: Authenticate) -> Ses
             key_exchange_key = _hmac_md5(session_base_key, challenge.server_challenge + auth.lm_response[:8])
             version = "NTLMv1 with extended session security"
         elif flags & (NEGOTIATE_LM_KEY | REQUEST_NON_NT_SESSION_KEY):
-            raise Unsupported("NTLMv1 with an LM session key (needs the LM hash)")
+            if lm_owf is None:
+                raise Unsupported("NTLMv1 with an LM session key, which needs the password itself (not an NT "
+                                  "hash; at most 14 characters)")
+            if flags & NEGOTIATE_LM_KEY:  # MS-NLMP 3.4.5.1
+                lm8 = auth.lm_response[:8]
+                key_exchange_key = (DES.new(_des_key(lm_owf[:7]), DES.MODE_ECB).encrypt(lm8)
+                                    + DES.new(_des_key(lm_owf[7:8] + b"\xbd" * 6), DES.MODE_ECB).encrypt(lm8))
+            else:
+                key_exchange_key = lm_owf[:8] + b"\0" * 8
+            version = "NTLMv1 with an LM session key"
         else:
             key_exchange_key = session_base_key
             version = "NTLMv1"
@@ -467,7 +492,8 @@ class SessionDecryptor:
         unsupported = None
         for secret in candidates:
             try:
-                keys = derive_keys(secret.nt_hash, challenge, auth)
+                keys = derive_keys(secret.nt_hash, challenge, auth,
+                                   lm_hash(secret.password) if secret.password is not None else None)
             except WrongPassword:
                 continue
             except Unsupported as exc:
