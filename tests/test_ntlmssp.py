@@ -33,6 +33,8 @@ def test_secrets_file_formats(tmp_path):
     assert s.for_user("ALICE", "corp") == [s.entries[0]]
     assert s.for_user("alice", "OTHER") == []
     assert s.for_user("bob", "anything") == [s.entries[1]]
+    assert s.for_user("alice", "corp.example.com") == [s.entries[0]]  # NetBIOS name of the DNS domain
+    assert s.for_user("alice", "corporate.example") == []
     # MD4 of UTF-16LE "password" (MS-NLMP 4.2.2.1.2 test vector)
     assert nt_hash("Password").hex() == "a4f49c406510bdcab6824ee7c30fd852"
 
@@ -198,6 +200,12 @@ def test_no_secret_for_the_account(public_dir):
     events, warnings, clear = _native(public_dir / SVCCTL, "OTHER\\Administrator:Password123!\nbob:x")
     assert len(warnings) == 1 and "DOMAIN\\Administrator" in warnings[0] and "no entry" in warnings[0]
     assert not any(e.decrypted for e in events)
+
+
+def test_netbios_domain_matches_the_dns_domain_of_the_logon(public_dir):
+    # the tsch client logs on as cnn-lab.lan\clem
+    events, warnings, clear = _native(public_dir / TSCH, "CNN-LAB\\clem:clem")
+    assert warnings == [] and all(isinstance(r, ntlmssp.Unsealed) for r in clear.values())
 
 
 def test_nt_hash_line_decrypts(public_dir):

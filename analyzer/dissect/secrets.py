@@ -57,9 +57,14 @@ class Secret:
         return f"{self.domain}\\{self.user}" if self.domain else self.user
 
     def matches(self, user: str, domain: str) -> bool:
+        """Same user (case-insensitive) and, when the line names one, the same domain. A NetBIOS name matches the
+        DNS name it starts (CONTOSO and contoso.example): clients send either in the logon."""
         if self.user.casefold() != user.casefold():
             return False
-        return self.domain is None or self.domain.casefold() == domain.casefold()
+        if self.domain is None:
+            return True
+        mine, theirs = self.domain.casefold(), domain.casefold()
+        return mine == theirs or mine == theirs.split(".")[0] or theirs == mine.split(".")[0]
 
 
 class Secrets:
