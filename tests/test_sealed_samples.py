@@ -356,3 +356,23 @@ def test_two_security_contexts_one_by_alter_context():
     out, warnings = _decrypt(pdus, "wanda:First-Pw1\nxavier:wrong")
     assert len(warnings) == 1 and "CONTOSO\\xavier" in warnings[0] and "security context 1" in warnings[0]
     assert [isinstance(r, ntlmssp.Unsealed) for r in out] == [c == 0 for c, _ in clear]
+
+
+def test_batch_local_pool_and_dask_decrypt():
+    """--secrets reach the batch workers: a local process pool and a real Dask LocalCluster (worker processes)
+    both give the decrypted verdict."""
+    from analyzer.batch import score
+
+    entry = SEALED[1]
+    secrets = Secrets.parse(entry["secrets"])
+    paths = [str(CAPTURES / entry["file"])]
+    exp = entry["clients_with_secrets"][0]
+    local = score(paths, jobs=1, secrets=secrets, progress=False)
+    assert local[["verdict", "cause", "callback"]].values.tolist() == [[exp["verdict"], exp["cause"], exp["callback"]]]
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as c, \
+            distributed.Client(c) as client:
+        remote = score(paths, client=client, secrets=secrets, progress=False)
+    assert remote[["verdict", "cause", "callback"]].values.tolist() == [[exp["verdict"], exp["cause"],
+                                                                        exp["callback"]]]
+    assert "decrypted with --secrets" in remote["reason"].iloc[0]
