@@ -586,7 +586,10 @@ class Rpc:
                       "alter_context_resp" if alter else "bind_ack")
         if auth_req is not None:
             auth3 = struct.pack("<I", 0)
-            token = self.sealer.authenticate() if self.sealer is not None else ntlm_authenticate(self.cap.rng, self.user)
+            if self.sealer is not None:
+                token = self.sealer.authenticate()
+            else:
+                token = ntlm_authenticate(self.cap.rng, self.user)
             self.pdu(t + rtt + 0.0005, True, co_pdu(PT_AUTH3, cid, auth3, auth=(AUTH_NTLMSSP, self.auth_level, token)),
                      "auth3")
         return f1, f2
@@ -599,7 +602,8 @@ class Rpc:
         rng = self.cap.rng
         placeholder = (AUTH_NTLMSSP, self.auth_level, b"\x00" * 16)
         if enc and self.sealer is not None:
-            req = self.sealer.seal(co_pdu(PT_REQUEST, cid, request_body(ctx_id, opnum, req_stub), auth=placeholder), True)
+            req = self.sealer.seal(co_pdu(PT_REQUEST, cid, request_body(ctx_id, opnum, req_stub), auth=placeholder),
+                                   True)
         elif enc:
             body = request_body(ctx_id, opnum, bytes(rng.randrange(256) for _ in range(len(req_stub))),
                                 alloc_hint=len(req_stub))

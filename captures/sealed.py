@@ -81,7 +81,8 @@ class NtlmSealer:
         def av(av_id, value):
             return struct.pack("<HH", av_id, len(value)) + value
         dom = self.domain.encode("utf-16-le")
-        return (av(2, dom) + av(1, b"E\x00X\x000\x001\x00") + av(4, (self.domain.lower() + ".example").encode("utf-16-le"))
+        dns = (self.domain.lower() + ".example").encode("utf-16-le")
+        return (av(2, dom) + av(1, "EX01".encode("utf-16-le")) + av(4, dns)
                 + av(7, struct.pack("<Q", 133_000_000_000_000_000 + self.rng.randrange(10**9))) + av(0, b""))
 
     # -- handshake tokens

@@ -294,7 +294,8 @@ def test_spnego_wrapped_ntlm_with_mech_list_mic(reset):
             (False, gen.co_pdu(gen.PT_BIND_ACK, 1, gen.bind_ack_body([(0, 0, (gen.NDR_UUID, 2))], "6001", 1),
                                auth=(9, 6, resp(1, s.challenge(), mech=True))))]
     auth = s.authenticate()
-    pdus.append((True, gen.co_pdu(gen.PT_ALTER, 2, gen.bind_body(ctx), auth=(9, 6, resp(1, auth, mic=b"\x01" + b"\0" * 15)))))
+    mic = b"\x01" + b"\0" * 15  # (its value does not matter here)
+    pdus.append((True, gen.co_pdu(gen.PT_ALTER, 2, gen.bind_body(ctx), auth=(9, 6, resp(1, auth, mic=mic)))))
     pdus.append((False, gen.co_pdu(gen.PT_ALTER_RESP, 2, gen.bind_ack_body([(0, 0, (gen.NDR_UUID, 2))], "", 1),
                                    auth=(9, 6, resp(0, mic=b"\x01" + b"\0" * 15)))))
     if not reset:  # the mechListMIC checksums took 8 RC4 bytes and one sequence number of each direction

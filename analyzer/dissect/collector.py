@@ -385,8 +385,9 @@ class EventCollector:
         """Packet privacy with secrets: replace the sealed stub by the clear one (the row then reads as on a plain
         session, with ``decrypted`` set), or note why it stays encrypted."""
         body_start = hdr.frag_len - hdr.auth_len - 8 - cp.body.auth_pad - len(cp.body.stub)
-        client, server = ((ev.src, ev.sport), (ev.dst, ev.dport)) if from_client else ((ev.dst, ev.dport), (ev.src, ev.sport))
-        flow = f"TCP connection {ev.conn} ({client[0]}:{client[1]} -> {server[0]}:{server[1]})"
+        ends = [f"{ev.src}:{ev.sport}", f"{ev.dst}:{ev.dport}"]
+        client, server = ends if from_client else ends[::-1]
+        flow = f"TCP connection {ev.conn} ({client} -> {server})"
         result = self._decryptor.unseal(ev.conn, from_client, pdu, hdr.frag_len, hdr.auth_len, hdr.little_endian,
                                         body_start, flow)
         if getattr(result, "stub", None) is not None:  # ntlmssp.Unsealed (else a SealFailure)

@@ -52,7 +52,7 @@ def dissect_capture(path, engine: str = "native", progress: Callable[[int, int],
     if engine == "tshark":
         from analyzer.dissect.tshark_engine import dissect_with_tshark
 
-        if secrets:
+        if secrets:  # (the plain call stays as it was: the tshark engine's signature is shared with other work)
             return dissect_with_tshark(str(path), progress=progress, secrets=secrets)
         return dissect_with_tshark(str(path), progress=progress)
     if engine != "native":

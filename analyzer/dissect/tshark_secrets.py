@@ -87,8 +87,9 @@ def undecrypted_warnings(events) -> list[str]:
     out = []
     for conn, evs in left.items():
         e = evs[0]
-        client, server = ((e.src, e.sport), (e.dst, e.dport)) if e.kind == "request" else ((e.dst, e.dport), (e.src, e.sport))
-        out.append(f"TCP connection {conn} ({client[0]}:{client[1]} -> {server[0]}:{server[1]}): tshark decrypted "
+        ends = [f"{e.src}:{e.sport}", f"{e.dst}:{e.dport}"]
+        client, server = ends if e.kind == "request" else ends[::-1]
+        out.append(f"TCP connection {conn} ({client} -> {server}): tshark decrypted "
                    f"none of {len(evs)} sealed PDUs with the secrets (wrong password, no secret for the account, "
                    "or not sealed with NTLMSSP); they stay encrypted")
     return out
