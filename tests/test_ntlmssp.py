@@ -221,6 +221,13 @@ def test_kerberos_named(public_dir):
     assert sealed and all(e.encrypted and not e.decrypted for e in sealed)
 
 
+def test_kerberos_named_by_the_tshark_engine_too(public_dir):
+    require_tshark()
+    events, info = dissect_capture(public_dir / KERBEROS, engine="tshark", secrets=Secrets.parse("someone:pw"))
+    assert len([w for w in info.warnings if "sealed with Kerberos: decryption needs a keytab" in w]) == 1
+    assert not any(e.decrypted for e in events)
+
+
 def test_lost_pdu_breaks_only_its_direction(public_dir):
     """Dropping one sealed client PDU: the RC4 stream of that direction cannot be resynchronised, so the next
     client PDU fails its signature check (warning) instead of decoding garbage."""

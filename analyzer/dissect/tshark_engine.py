@@ -186,6 +186,7 @@ class _EventBuilder:
         self.stop = threading.Event()  # set by the caller's thread to end the run early (KeyboardInterrupt)
         self.first_time: float | None = None
         self.last_time: float | None = None
+        self.kerberos_conns: set[int] = set()  # connections with Kerberos-sealed stubs (for the --secrets warning)
 
     # -------------------------------------------------------------------------------------------- packets
 
@@ -362,6 +363,9 @@ class _EventBuilder:
             stub = _hex_bytes(clear)
         else:
             stub = None if ev.encrypted else self._stub_bytes(pdu, own_len, loose)
+            if ev.encrypted and (_first(pdu, "spnego.krb5.tok_id") is not None
+                                 or _int(_first(pdu, "dcerpc.auth_type")) == 16):
+                self.kerberos_conns.add(ev.conn)
         # fragments: [parts or None when a piece is missing, size, alloc_hint of the first, count]
         key = (ev.src, ev.sport, ev.call_id)
         if first and last:
@@ -692,5 +696,5 @@ def dissect_with_tshark(path, progress=None, secrets=None) -> tuple[list[Event],
         progress(size, size)
     events = builder.finish()
     if secrets:
-        info.warnings.extend(undecrypted_warnings(events))
+        info.warnings.extend(undecrypted_warnings(events, builder.kerberos_conns))
     return events, info

@@ -75,7 +75,7 @@ def tshark_secrets_env(secrets: Secrets | None):
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def undecrypted_warnings(events) -> list[str]:
+def undecrypted_warnings(events, kerberos_conns=frozenset()) -> list[str]:
     """tshark says nothing when a password is wrong: one warning per connection whose sealed stubs it left
     encrypted. Only the interfaces whose tshark dissectors the engine turns off (so that the clear stub stays in
     ``dcerpc.decrypted_stub_data``) can be judged."""
@@ -89,6 +89,10 @@ def undecrypted_warnings(events) -> list[str]:
         e = evs[0]
         ends = [f"{e.src}:{e.sport}", f"{e.dst}:{e.dport}"]
         client, server = ends if e.kind == "request" else ends[::-1]
+        if conn in kerberos_conns:
+            out.append(f"TCP connection {conn} ({client} -> {server}): sealed with Kerberos: decryption needs a "
+                       "keytab; the session stays encrypted")
+            continue
         out.append(f"TCP connection {conn} ({client} -> {server}): tshark decrypted "
                    f"none of {len(evs)} sealed PDUs with the secrets (wrong password, no secret for the account, "
                    "or not sealed with NTLMSSP); they stay encrypted")
