@@ -1,5 +1,5 @@
 """`mailpush analyze CAPTURE... [--format text|json|csv|html] [-o FILE] [--plots DIR] [--vantage auto|client|server]
-[--engine native|tshark] [--fail-on VERDICT[,VERDICT]]`.
+[--engine native|tshark] [--fail-on VERDICT[,VERDICT]] [--secrets FILE]`.
 
 Exit status: 0 the analysis ran (whatever the verdicts), 1 ``--fail-on`` matched a client's verdict, 2 usage
 error, 3 no capture could be read at all.

@@ -1,4 +1,5 @@
-"""`mailpush batch PATH... -o RESULTS [--jobs N] [--scheduler ADDRESS] [--resume] [--format csv|parquet|jsonl]`."""
+"""`mailpush batch PATH... -o RESULTS [--jobs N] [--scheduler ADDRESS] [--resume] [--format csv|parquet|jsonl]
+[--secrets FILE]`."""
 
 from __future__ import annotations
 

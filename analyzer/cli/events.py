@@ -1,4 +1,4 @@
-"""`mailpush events CAPTURE --format csv|json|parquet [-o FILE] [--engine native|tshark]`."""
+"""`mailpush events CAPTURE --format csv|json|parquet [-o FILE] [--engine native|tshark] [--secrets FILE]`."""
 
 from __future__ import annotations
 
