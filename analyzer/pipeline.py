@@ -47,8 +47,10 @@ def analyze_capture(
     engine: str = "native",
     vantage: str = "auto",
     progress: Callable[[int, int], None] | None = None,
+    secrets=None,
 ) -> CaptureResult:
     """Analyse one capture. Unreadable input gives a CaptureResult with ``error`` set (never an exception).
+    ``secrets`` (:class:`analyzer.dissect.secrets.Secrets`) decrypt NTLMSSP-sealed sessions.
 
     ``progress(bytes_done, bytes_total)`` is called now and then while reading (for progress bars).
     """
@@ -61,7 +63,7 @@ def analyze_capture(
     if problem:
         return CaptureResult(file=str(path), error=problem)
     try:
-        events, info = dissect_capture(path, engine=engine, progress=progress)
+        events, info = dissect_capture(path, engine=engine, progress=progress, secrets=secrets)
     except CaptureError as exc:
         return CaptureResult(file=str(path), error=str(exc))
     except OSError as exc:

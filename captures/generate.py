@@ -537,8 +537,9 @@ class Tcp:
 class Rpc:
     """A DCE/RPC association over one TCP connection; records the listed PDUs in the capture's event list."""
 
-    def __init__(self, tcp: Tcp, auth_level=0, user="alice"):
+    def __init__(self, tcp: Tcp, auth_level=0, user="alice", sealer=None):
         self.tcp = tcp
+        self.sealer = sealer  # captures/sealed.py NtlmSealer: real NTLMSSP tokens and sealing (sealed_* samples)
         self.cap = tcp.cap
         self.call_id = 1
         self.auth_level = auth_level
@@ -571,7 +572,10 @@ class Rpc:
             if res == 0:
                 self.ctx_iface[cid] = iface
         auth_req = auth_ack = None
-        if self.auth_level and not alter:
+        if self.auth_level and not alter and self.sealer is not None:
+            auth_req = (AUTH_NTLMSSP, self.auth_level, self.sealer.negotiate())
+            auth_ack = (AUTH_NTLMSSP, self.auth_level, self.sealer.challenge())
+        elif self.auth_level and not alter:
             auth_req = (AUTH_NTLMSSP, self.auth_level, ntlm_negotiate())
             auth_ack = (AUTH_NTLMSSP, self.auth_level, ntlm_challenge(self.cap.rng))
         cid = self.call_id
@@ -584,9 +588,12 @@ class Rpc:
                       "alter_context_resp" if alter else "bind_ack")
         if auth_req is not None:
             auth3 = struct.pack("<I", 0)
-            self.pdu(t + rtt + 0.0005, True,
-                     co_pdu(PT_AUTH3, cid, auth3, auth=(AUTH_NTLMSSP, self.auth_level,
-                                                         ntlm_authenticate(self.cap.rng, self.user))), "auth3")
+            if self.sealer is not None:
+                token = self.sealer.authenticate()
+            else:
+                token = ntlm_authenticate(self.cap.rng, self.user)
+            self.pdu(t + rtt + 0.0005, True, co_pdu(PT_AUTH3, cid, auth3, auth=(AUTH_NTLMSSP, self.auth_level, token)),
+                     "auth3")
         return f1, f2
 
     def call(self, t, ctx_id, opnum, req_stub, resp_stub, delay=0.003, fault=None, ack_after=0.2):
@@ -595,7 +602,11 @@ class Rpc:
         self.call_id += 1
         enc = self.auth_level >= AUTH_LEVEL_PRIVACY
         rng = self.cap.rng
-        if enc:
+        placeholder = (AUTH_NTLMSSP, self.auth_level, b"\x00" * 16)
+        if enc and self.sealer is not None:
+            req = self.sealer.seal(co_pdu(PT_REQUEST, cid, request_body(ctx_id, opnum, req_stub), auth=placeholder),
+                                   True)
+        elif enc:
             body = request_body(ctx_id, opnum, bytes(rng.randrange(256) for _ in range(len(req_stub))),
                                 alloc_hint=len(req_stub))
             req = co_pdu(PT_REQUEST, cid, body, auth=self._verifier())
@@ -605,6 +616,9 @@ class Rpc:
         if fault is not None:
             f2 = self.pdu(t + delay, False, co_pdu(PT_FAULT, cid, fault_body(ctx_id, fault), flags=0x23), "fault",
                           opnum)
+        elif enc and self.sealer is not None:
+            f2 = self.pdu(t + delay, False, self.sealer.seal(co_pdu(PT_RESPONSE, cid, response_body(ctx_id, resp_stub),
+                                                                    auth=placeholder), False), "response", opnum)
         elif enc:
             body = response_body(ctx_id, bytes(rng.randrange(256) for _ in range(len(resp_stub))),
                                  alloc_hint=len(resp_stub))
@@ -638,7 +652,7 @@ class Outlook:
     """One Outlook client's EMSMDB session with the Exchange server (or the visible parts of it)."""
 
     def __init__(self, cap, client: Host, server: Host, name, legacy=False, auth_level=0, port=EXCHANGE_PORT,
-                 display=None):
+                 display=None, sealer=None):
         self.cap, self.client, self.server = cap, client, server
         self.legacy = legacy
         self.name = name
@@ -646,6 +660,7 @@ class Outlook:
         self.display = display or name.capitalize() + " Example"
         self.port = port
         self.auth_level = auth_level
+        self.sealer = sealer
         self.cxh = handle(cap.rng)
         self.ctx = 0
         self.rpc = None
@@ -658,7 +673,7 @@ class Outlook:
             t = epm_lookup(self.cap, self.client, self.server, t, port=self.port)
         self.tcp = Tcp(self.cap, self.client, self.server, self.port, sport=sport)
         self.tcp.handshake(t)
-        self.rpc = Rpc(self.tcp, auth_level=self.auth_level, user=self.name)
+        self.rpc = Rpc(self.tcp, auth_level=self.auth_level, user=self.name, sealer=self.sealer)
         self.rpc.bind(t + 0.002, [(0, EMSMDB)], str(self.port))
         return self.connect(t + 0.02)
 
@@ -1126,6 +1141,77 @@ def s_privacy_polling():
                  "only polling; the outcome cannot be told from this capture")
     entry["clients"] = [client_entry(o, "inconclusive", "encrypted_no_evidence", list(reg), callback=None)]
     return cap, entry
+
+
+def _sealed():
+    """captures/sealed.py, loaded by path (the generator itself is loaded by path in the tests)."""
+    import importlib.util
+
+    mod = sys.modules.get("captures_sealed")
+    if mod is None:
+        spec = importlib.util.spec_from_file_location("captures_sealed", HERE / "sealed.py")
+        mod = sys.modules["captures_sealed"] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    return mod
+
+
+def _sealed_client_entry(o, verdict, cause, evidence, **kw):
+    """The expectation once the session is decrypted with the manifest's ``secrets``: as on a plain session."""
+    entry = client_entry(o, verdict, cause, evidence, **kw)
+    entry["mailbox"] = o.user_dn
+    return entry
+
+
+def s_sealed_ntlmv2_push():
+    """Packet privacy with real NTLMv2 sealing (captures/sealed.py): push working. Without the password only the
+    behaviour tells (as privacy_push_working); with it, the registration's callback and status are read."""
+    cap = Capture("sealed_push_working", 57600, 124)
+    c, s = Host("10.1.28.7"), Host(EXCHANGE)
+    sealer = _sealed().NtlmSealer(cap.rng, "sam", "CONTOSO", SEALED_PASSWORDS["sam"], version="v2")
+    o = Outlook(cap, c, s, "sam", auth_level=AUTH_LEVEL_PRIVACY, sealer=sealer)
+    t = o.logon(0.1)
+    ctx = bytes.fromhex("5ea1ed0a11ce0b0b")
+    reg = o.register(t + 0.4, c.ip, 2040, ctx)
+    o.poll(61.2)
+    notes = []
+    for tn in (97.4, 170.2, 244.8):
+        notes.append(udp_datagram(cap, s, 1160, c, 2040, ctx, tn))
+        o.fetch(tn + 0.3)
+    entry = dict(vantage="client", secrets=f"CONTOSO\\sam:{SEALED_PASSWORDS['sam']}",
+                 description="packet privacy sealed with NTLMv2 (real keys; password in 'secrets'): without the "
+                 "password push working is judged from behaviour (three datagrams each followed by calls); with "
+                 "--secrets the registration (callback 10.1.28.7:2040, status 0) and the mailbox are read")
+    entry["clients"] = [client_entry(o, "registered", "push_working", list(reg) + notes, notifications=3,
+                                     callback=None)]
+    entry["clients_with_secrets"] = [_sealed_client_entry(o, "registered", "push_working", list(reg) + notes,
+                                                          notifications=3, status=0)]
+    return cap, entry
+
+
+def s_sealed_ntlmv1_refused():
+    """Packet privacy with real NTLMv1 sealing (with extended session security: tshark 4.0 cannot check NTLMv1
+    without it, its NTLMv1 code accepts a password only on that path): the server refuses the registration
+    (0x80040102), the client polls. Without the password: encrypted_no_evidence."""
+    cap = Capture("sealed_server_refused", 61200, 125)
+    c, s = Host("10.1.28.8"), Host(EXCHANGE)
+    sealer = _sealed().NtlmSealer(cap.rng, "tina", "CONTOSO", SEALED_PASSWORDS["tina"], version="v1-ess")
+    o = Outlook(cap, c, s, "tina", auth_level=AUTH_LEVEL_PRIVACY, sealer=sealer)
+    t = o.logon(0.1)
+    reg = o.register(t + 0.5, c.ip, 3041, bytes.fromhex("0b5e55ed0a11ce00"), status=EC_NOT_SUPPORTED)
+    for tp in o.poll_times(60.7, 320):
+        o.poll(tp)
+    entry = dict(vantage="client", secrets=f"tina:{SEALED_PASSWORDS['tina']}",
+                 description="packet privacy sealed with NTLMv1 with extended session security (real keys; "
+                 "password in 'secrets'): the server answers 0x80040102 and the client polls; without the password "
+                 "nothing can be told, with --secrets it reads as server_refused")
+    entry["clients"] = [client_entry(o, "inconclusive", "encrypted_no_evidence", list(reg), callback=None)]
+    entry["clients_with_secrets"] = [_sealed_client_entry(o, "not_registered", "server_refused", list(reg),
+                                                          status=EC_NOT_SUPPORTED)]
+    return cap, entry
+
+
+# Known passwords of the sealed samples (test accounts of a lab that does not exist)
+SEALED_PASSWORDS = {"sam": "Summer-2026!", "tina": "Tina:pass 26"}
 
 
 def s_registration_fault():
@@ -1711,6 +1797,8 @@ SCENARIOS = {
     "mid_session_stub_shape.pcap": s_mid_session_stub_shape,
     "lost_segment_after_bind.pcap": s_lost_segment_after_bind,
     "decoy_mid_session_dcerpc.pcap": s_decoy_mid_session_dcerpc,
+    "sealed_ntlmv2_push_working.pcap": s_sealed_ntlmv2_push,
+    "sealed_ntlmv1_server_refused.pcap": s_sealed_ntlmv1_refused,
 }
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -1789,7 +1877,7 @@ def build(outdir: Path, times: dict | None = None) -> list[dict]:
     for fname, fn in SCENARIOS.items():
         cap, entry = fn()
         cap.finish()
-        for cl in entry["clients"]:
+        for cl in entry["clients"] + entry.get("clients_with_secrets", []):
             cl["evidence_frames"] = sorted({cap.number(k) for k in cl["evidence_frames"]})
         fmt = entry.pop("format", "pcap")
         compressed = fname.endswith(".gz")

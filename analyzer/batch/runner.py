@@ -141,7 +141,7 @@ def _pool_worker_start() -> None:
     preload()
 
 
-def run_local(paths: list[str], jobs: int) -> Iterator[tuple[str, list[dict]]]:
+def run_local(paths: list[str], jobs: int, secrets=None) -> Iterator[tuple[str, list[dict]]]:
     """(path, rows) as captures finish, on a local process pool. A worker that dies (crash, out of memory)
     turns the captures it held into error rows and the pool is restarted for the rest.
 
@@ -160,7 +160,7 @@ def run_local(paths: list[str], jobs: int) -> Iterator[tuple[str, list[dict]]]:
             while queue or running:
                 while queue and len(running) < window:
                     chunk = queue.pop()
-                    running[ex.submit(score_chunk, chunk)] = chunk
+                    running[ex.submit(score_chunk, chunk, secrets)] = chunk
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for fut in done:
                     chunk = running.pop(fut)
@@ -183,9 +183,10 @@ def run_local(paths: list[str], jobs: int) -> Iterator[tuple[str, list[dict]]]:
             return
 
 
-def run_dask(paths: list[str], client) -> Iterator[tuple[str, list[dict]]]:
+def run_dask(paths: list[str], client, secrets=None) -> Iterator[tuple[str, list[dict]]]:
     """(path, rows) as captures finish, on a dask.distributed cluster. The workers need mailpush installed and
-    must be able to read the paths (a shared filesystem, or fsspec URLs)."""
+    must be able to read the paths (a shared filesystem, or fsspec URLs). ``secrets`` travel to the workers with
+    the tasks (use a TLS scheduler address when the cluster is not local)."""
     from distributed import as_completed
 
     # Workers run in their own working directories (often on other hosts): send absolute paths, keep the
@@ -196,7 +197,7 @@ def run_dask(paths: list[str], client) -> Iterator[tuple[str, list[dict]]]:
     from analyzer.ingest.limits import current
 
     limits = asdict(current())  # --max-capture-gb / --max-compression-ratio travel with the task
-    futures = client.map(score_one_limited, on_workers, paths, limits=limits, pure=False)
+    futures = client.map(score_one_limited, on_workers, paths, limits=limits, secrets=secrets, pure=False)
     by_key = {f.key: p for f, p in zip(futures, paths)}
     for fut in as_completed(futures):
         path = by_key[fut.key]
@@ -243,6 +244,7 @@ def score(
     progress: bool | None = None,
     report: BatchReport | None = None,
     on_rows: Callable[[str, list[dict]], None] | None = None,
+    secrets=None,
 ) -> pd.DataFrame:
     """Score captures; one row per (capture, client) with ``BATCH_COLUMNS``, sorted by file then client.
 
@@ -296,9 +298,9 @@ def score(
         if not todo:
             source: Iterable = ()
         elif client is not None:
-            source = run_dask(todo, client)
+            source = run_dask(todo, client, secrets)
         else:
-            source = run_local(todo, max(1, int(jobs or os.cpu_count() or 1)))
+            source = run_local(todo, max(1, int(jobs or os.cpu_count() or 1)), secrets)
         for path, rows in source:
             for row in rows:
                 if isinstance(row.get("file"), str):

@@ -70,28 +70,28 @@ def error_row(path: str, sha256: str | None, message: str) -> dict:
     return row
 
 
-def score_one(path: str, display: str | None = None) -> list[dict]:
+def score_one(path: str, display: str | None = None, secrets=None) -> list[dict]:
     """Analyse one capture; its rows (``BATCH_COLUMNS``). Never raises.
 
     ``display`` is the name the rows carry in ``file`` (the path as the user gave it) when ``path`` is another
     spelling of it, e.g. the absolute path a Dask worker in another working directory needs."""
-    rows = _score(str(path))
+    rows = _score(str(path), secrets)
     if display is not None:
         for row in rows:
             row["file"] = display
     return rows
 
 
-def score_one_limited(path: str, display: str | None, limits: dict) -> list[dict]:
+def score_one_limited(path: str, display: str | None, limits: dict, secrets=None) -> list[dict]:
     """``score_one`` under the batch's decompression limits (Dask workers do not inherit the environment of the
     process that runs ``mailpush batch``). The temporary directory stays the worker's own."""
     from analyzer.ingest.limits import Limits, configure
 
     configure(Limits(**{**limits, "tmp_dir": None}))
-    return score_one(path, display)
+    return score_one(path, display, secrets=secrets)
 
 
-def _score(path: str) -> list[dict]:
+def _score(path: str, secrets=None) -> list[dict]:
     sha = None
     local = path
     if not is_url(path):
@@ -117,7 +117,7 @@ def _score(path: str) -> list[dict]:
     try:
         from analyzer.pipeline import analyze_capture, result_rows
 
-        result = analyze_capture(local)
+        result = analyze_capture(local, secrets=secrets)
         result.file = path
         _claims_but_is_not(result, path)
         rows = result_rows(result)
@@ -162,9 +162,9 @@ def _claims_but_is_not(result, path: str) -> None:
                         f"header: {result.warnings[0]}")
 
 
-def score_chunk(paths: list[str]) -> list[tuple[str, list[dict]]]:
+def score_chunk(paths: list[str], secrets=None) -> list[tuple[str, list[dict]]]:
     """Several captures in one task: sample-sized captures take ~4 ms each, comparable to a pool round trip."""
-    return [(p, score_one(p)) for p in paths]
+    return [(p, score_one(p, secrets=secrets)) for p in paths]
 
 
 def preload() -> None:

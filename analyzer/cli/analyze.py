@@ -1,6 +1,6 @@
 """`mailpush analyze CAPTURE... [--format text|json|csv|html] [-o FILE] [--plots DIR] [--vantage auto|client|server]
-[--engine native|tshark] [--fail-on VERDICT[,VERDICT]] [--max-capture-gb GB] [--max-compression-ratio R]
-[--tmp-dir DIR]`.
+[--engine native|tshark] [--fail-on VERDICT[,VERDICT]] [--verbose] [--secrets FILE] [--max-capture-gb GB]
+[--max-compression-ratio R] [--tmp-dir DIR]`.
 
 Exit status: 0 the analysis ran (whatever the verdicts), 1 ``--fail-on`` matched a client's verdict, 2 usage
 error, 3 no capture could be read at all.
@@ -56,6 +56,9 @@ def register(sub) -> None:
     p.add_argument("--verbose", action="store_true",
                    help="list every warning (by default warnings about connections that carry no MAPI traffic "
                    "are counted in one line; --format json always has them all)")
+    p.add_argument("--secrets", metavar="FILE", default=None,
+                   help="decrypt NTLMSSP-sealed (packet privacy) sessions with the accounts in FILE: lines "
+                   "DOMAIN\\user:password, user:password or user::NTHASH (default: $MAILPUSH_SECRETS_FILE)")
     p.add_argument("--fail-on", metavar="VERDICT[,VERDICT]", type=_verdict_list, default=[],
                    help=f"exit 1 when any client gets one of these verdicts ({', '.join(VERDICTS)})")
     add_limit_args(p)
@@ -96,13 +99,13 @@ def printable_path(path: str) -> str:
     return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def _analyze_one(path: str, engine: str, vantage: str):
+def _analyze_one(path: str, engine: str, vantage: str, secrets=None):
     from analyzer.pipeline import analyze_capture
     from analyzer.verdict.model import CaptureResult
 
     progress = _Progress(path)
     try:
-        result = analyze_capture(path, engine=engine, vantage=vantage, progress=progress)
+        result = analyze_capture(path, engine=engine, vantage=vantage, progress=progress, secrets=secrets)
         result.file = printable_path(result.file)
         return result
     except Exception as exc:  # a bug below must not cost the other captures' results
@@ -147,9 +150,16 @@ def run(args) -> int:
         print(f"{PROG}: cannot write {args.output}: {problem}", file=sys.stderr)
         return EXIT_USAGE
 
+    from analyzer.cli.events import secrets_from_args
+
+    secrets, problem = secrets_from_args(args)
+    if problem:
+        print(f"{PROG}: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+
     results = []
     for path in args.captures:
-        result = _analyze_one(path, args.engine, args.vantage)
+        result = _analyze_one(path, args.engine, args.vantage, secrets)
         results.append(result)
         for line in capture_problems(result, verbose=args.verbose):
             print(f"{PROG}: {escape_controls(result.file)}: {line}", file=sys.stderr)

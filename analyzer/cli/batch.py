@@ -1,4 +1,5 @@
-"""`mailpush batch PATH... -o RESULTS [--jobs N] [--scheduler ADDRESS] [--resume] [--format csv|parquet|jsonl]`."""
+"""`mailpush batch PATH... -o RESULTS [--jobs N] [--scheduler ADDRESS] [--resume] [--format csv|parquet|jsonl]
+[--secrets FILE]`."""
 
 from __future__ import annotations
 
@@ -28,6 +29,9 @@ def register(sub) -> None:
     p.add_argument("--format", choices=("csv", "parquet", "jsonl"), default=None,
                    help="results format (default: from the RESULTS suffix, else csv)")
     add_limit_args(p)
+    p.add_argument("--secrets", metavar="FILE", default=None,
+                   help="decrypt NTLMSSP-sealed (packet privacy) sessions with the accounts in FILE: lines "
+                   "DOMAIN\\user:password, user:password or user::NTHASH (default: $MAILPUSH_SECRETS_FILE)")
     p.set_defaults(func=run)
 
 
@@ -48,10 +52,16 @@ def run(args) -> int:
         print(f"mailpush batch: cannot write {args.output}: {problem}", file=sys.stderr)
         return EXIT_USAGE
     apply_limit_args(args)
+    from analyzer.cli.events import secrets_from_args
+
+    secrets, problem = secrets_from_args(args)
+    if problem:
+        print(f"mailpush batch: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     report = BatchReport()
     try:
         table = score(args.paths, jobs=args.jobs, scheduler=args.scheduler, output=args.output, fmt=args.format,
-                      resume=args.resume, report=report)
+                      resume=args.resume, report=report, secrets=secrets)
     except (OSError, ValueError) as exc:
         print(f"mailpush batch: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -1,4 +1,4 @@
-"""`mailpush events CAPTURE --format csv|json|parquet [-o FILE] [--engine native|tshark]`."""
+"""`mailpush events CAPTURE --format csv|json|parquet [-o FILE] [--engine native|tshark] [--secrets FILE]`."""
 
 from __future__ import annotations
 
@@ -17,6 +17,9 @@ def register(sub) -> None:
     p.add_argument("--format", choices=("csv", "json", "parquet"), default="csv")
     p.add_argument("-o", "--output", metavar="FILE", help="write here instead of standard output")
     p.add_argument("--engine", choices=("native", "tshark"), default="native")
+    p.add_argument("--secrets", metavar="FILE", default=None,
+                   help="decrypt NTLMSSP-sealed (packet privacy) sessions with the accounts in FILE: lines "
+                   "DOMAIN\\user:password, user:password or user::NTHASH (default: $MAILPUSH_SECRETS_FILE)")
     p.set_defaults(func=run)
 
 
@@ -31,6 +34,17 @@ def output_problem(path: str) -> str | None:
     return None
 
 
+def secrets_from_args(args):
+    """(Secrets or None, problem or None) from ``--secrets`` or $MAILPUSH_SECRETS_FILE. The problem text never
+    quotes the file's content."""
+    from analyzer.dissect.secrets import SecretsError, load_secrets
+
+    try:
+        return load_secrets(getattr(args, "secrets", None)), None
+    except SecretsError as exc:
+        return None, str(exc)
+
+
 def run(args) -> int:
     from analyzer.dissect import dissect_capture, events_to_dataframe
     from analyzer.report.safe_text import escape_controls
@@ -43,12 +57,16 @@ def run(args) -> int:
     if args.output and (problem := output_problem(args.output)):
         print(f"{PROG}: cannot write {args.output}: {problem}", file=sys.stderr)
         return EXIT_USAGE
+    secrets, problem = secrets_from_args(args)
+    if problem:
+        print(f"{PROG}: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     problem = not_a_regular_file(args.capture)
     if problem:
         print(f"{PROG}: {args.capture}: {problem}", file=sys.stderr)
         return EXIT_NO_CAPTURE
     try:
-        events, info = dissect_capture(args.capture, engine=args.engine)
+        events, info = dissect_capture(args.capture, engine=args.engine, secrets=secrets)
     except CaptureError as exc:
         print(f"{PROG}: {escape_controls(args.capture)}: {exc}", file=sys.stderr)
         return EXIT_NO_CAPTURE

@@ -244,6 +244,7 @@ def _build_client(ip: str, evs: list, all_events) -> ClientActivity:
         last_time=evs[-1].time if evs else None,
         encrypted=any(c.encrypted for c in calls),
         all_encrypted=bool(emsmdb_calls) and all(c.encrypted for c in emsmdb_calls),
+        decrypted=any(e.decrypted for e in evs),
     )
     activity.async_waits = [
         AsyncWait(frame=c.frame, time=c.time, completion_frame=c.response_frame, completion_time=c.response_time,

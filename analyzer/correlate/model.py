@@ -209,6 +209,7 @@ class ClientActivity:
     last_time: float | None = None
     encrypted: bool = False  # some EMSMDB stub of the client is hidden by packet privacy
     all_encrypted: bool = False  # every EMSMDB request stub of the client is hidden
+    decrypted: bool = False  # some stub of the client was sealed (packet privacy) and decrypted with --secrets
 
     @property
     def interface_source(self) -> str | None:

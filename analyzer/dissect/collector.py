@@ -35,7 +35,7 @@ UDP datagrams (already filtered by the transport to ports >= 1024 and not connec
 from __future__ import annotations
 
 from collections.abc import Set
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from analyzer.dissect import dcerpc
 from analyzer.dissect.dcerpc import (
@@ -60,6 +60,9 @@ from analyzer.dissect.interfaces import EPM, EPM_UUID, NDR64_UUID, interface_nam
 from analyzer.dissect.model import PTYPE_KIND, ConnectionWarning, Event
 from analyzer.dissect.session import NOTE_ENDPOINT, SessionLabeller
 from analyzer.dissect.stream import TcpConnection
+
+if TYPE_CHECKING:  # imported by the engine only with --secrets: pycryptodome stays out of plain runs
+    from analyzer.dissect.ntlmssp import SessionDecryptor
 
 # _pdu builds its Event positionally (the per-PDU hot path): the leading fields must stay in this order
 _EVENT_LEAD = ("frame", "time", "src", "dst", "sport", "dport", "kind", "conn", "interface", "interface_uuid",
@@ -157,8 +160,9 @@ class EventCollector:
     """PacketSink producing Events. ``finish()`` flushes per-connection state and returns the events sorted by
     frame (stable: PDUs of one frame keep their stream order)."""
 
-    def __init__(self, warn: Callable[[str], None] = _default_warn):
+    def __init__(self, warn: Callable[[str], None] = _default_warn, decryptor: "SessionDecryptor | None" = None):
         self._warn = warn
+        self._decryptor = decryptor  # NTLMSSP unsealing (--secrets); None: sealed stubs stay encrypted
         self.warnings: list[str] = []
         self.events: list[Event] = []
         self._ports: set[int] = set(KNOWN_DCERPC_PORTS)
@@ -293,6 +297,8 @@ class EventCollector:
                                       f"({len(d.buf)} bytes buffered)"))
         conn.app = None
         self._live.pop(conn.index, None)
+        if self._decryptor is not None:
+            self._decryptor.close(conn.index)
 
     def udp(self, frame: int, time: float, src: str, sport: int, dst: str, dport: int, payload: bytes) -> None:
         self.events.append(Event(frame=frame, time=time, src=src, dst=dst, sport=sport, dport=dport, kind="udp",
@@ -369,6 +375,9 @@ class EventCollector:
         # with keywords, once per PDU
         ev = Event(frame, time, src, dst, sport, dport, PTYPE_KIND.get(ptype) or hdr.kind, conn.index,
                    None, None, None, None, None, None, hdr.call_id)
+        if self._decryptor is not None and hdr.auth_len and ptype in _AUTH_LEG_PTYPES:
+            self._decryptor.auth_leg(conn.index, from_client, pdu, hdr.frag_len, hdr.auth_len, hdr.little_endian,
+                                     self._flow(conn, from_client))
         if ptype == PTYPE_REQUEST:
             self._request(st, from_client, hdr, pdu, ev, (dst, dport))
         elif ptype in (PTYPE_RESPONSE, PTYPE_FAULT):
@@ -386,6 +395,21 @@ class EventCollector:
                 st.calls.pop((from_client, hdr.call_id), None)
                 st.requests.pop(hdr.call_id, None)
         self.events.append(ev)
+
+    def _unseal(self, from_client: bool, hdr, pdu: bytes, cp, ev: Event) -> None:
+        """Packet privacy with secrets: replace the sealed stub by the clear one (the row then reads as on a plain
+        session, with ``decrypted`` set), or note why it stays encrypted."""
+        body_start = hdr.frag_len - hdr.auth_len - 8 - cp.body.auth_pad - len(cp.body.stub)
+        ends = [f"{ev.src}:{ev.sport}", f"{ev.dst}:{ev.dport}"]
+        client, server = ends if from_client else ends[::-1]
+        flow = f"TCP connection {ev.conn} ({client} -> {server})"
+        result = self._decryptor.unseal(ev.conn, from_client, pdu, hdr.frag_len, hdr.auth_len, hdr.little_endian,
+                                        body_start, flow)
+        if getattr(result, "stub", None) is not None:  # ntlmssp.Unsealed (else a SealFailure)
+            cp.body.stub = result.stub
+            ev.encrypted, ev.decrypted = False, True
+        else:  # the body's note reaches the row with the other decode notes
+            cp.body.note = _join(cp.body.note, f"not decrypted: {result.reason}")
 
     def _set_iface(self, ev: Event, iface: _Iface | None, source: str | None = None) -> None:
         if iface is not None:
@@ -427,6 +451,8 @@ class EventCollector:
         ev.ctx_id, ev.opnum = cp.ctx_id, cp.opnum
         ev.auth_level = cp.body.auth_level
         ev.encrypted = ev.auth_level == AUTH_LEVEL_PKT_PRIVACY
+        if ev.encrypted and self._decryptor is not None:
+            self._unseal(from_client, hdr, pdu, cp, ev)
         iface, note, source = self._ctx_iface(st, cp.ctx_id, *server)
         self._set_iface(ev, iface, source)
         ev.opname = opname(ev.interface, ev.opnum)
@@ -448,6 +474,8 @@ class EventCollector:
         ev.ctx_id = cp.ctx_id
         ev.auth_level = cp.body.auth_level
         ev.encrypted = ev.auth_level == AUTH_LEVEL_PKT_PRIVACY
+        if ev.encrypted and self._decryptor is not None:
+            self._unseal(from_client, hdr, pdu, cp, ev)
         req = st.requests.get(hdr.call_id)
         if req is not None and req.iface is not None:
             iface, note, source = req.iface, None, req.source
@@ -592,6 +620,10 @@ class EventCollector:
         if len(pdu) >= 18:
             reason = int.from_bytes(pdu[16:18], "little" if hdr.little_endian else "big")
             ev.note = f"bind rejected, reason {reason}"
+
+
+_AUTH_LEG_PTYPES = frozenset((PTYPE_BIND, PTYPE_BIND_ACK, PTYPE_ALTER_CONTEXT, PTYPE_ALTER_CONTEXT_RESP,
+                               dcerpc.PTYPE_AUTH3))
 
 
 def _offers_only_ndr64(item) -> bool:

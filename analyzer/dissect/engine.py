@@ -5,24 +5,37 @@ stream through :class:`analyzer.dissect.transport.Transport` into the applicatio
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from analyzer.dissect.model import Event, events_to_dataframe
 from analyzer.dissect.stream import PacketSink
 from analyzer.dissect.transport import Transport
 from analyzer.ingest import CaptureInfo, FrameBatch, open_capture
 
+if TYPE_CHECKING:
+    from analyzer.dissect.secrets import Secrets
+
 ENGINES = ("native", "tshark")
 
 
-def dissect_batches(batches: Iterable[FrameBatch], info: CaptureInfo, sink: PacketSink | None = None) -> list[Event]:
+def dissect_batches(batches: Iterable[FrameBatch], info: CaptureInfo, sink: PacketSink | None = None,
+                    secrets: Secrets | None = None) -> list[Event]:
     """Run the native engine over an ingest stream. Warnings go to ``info.warnings``. With ``sink`` given, it
-    receives the transport's calls and its ``finish()`` result (if it has one) is returned."""
+    receives the transport's calls and its ``finish()`` result (if it has one) is returned. With ``secrets``,
+    NTLMSSP-sealed stubs are decrypted (:mod:`analyzer.dissect.ntlmssp`)."""
     if sink is None:
         from analyzer.dissect.collector import EventCollector
 
         # info.warnings is replaced when iteration starts: look the list up at warning time
-        sink = EventCollector(warn=lambda message: info.warnings.append(message))
+        def warn(message: str) -> None:
+            info.warnings.append(message)
+
+        decryptor = None
+        if secrets:
+            from analyzer.dissect.ntlmssp import SessionDecryptor
+
+            decryptor = SessionDecryptor(secrets, warn)
+        sink = EventCollector(warn=warn, decryptor=decryptor)
     transport = Transport(sink)
     for batch in batches:
         transport.feed(batch)
@@ -31,22 +44,25 @@ def dissect_batches(batches: Iterable[FrameBatch], info: CaptureInfo, sink: Pack
     return finish() if callable(finish) else []
 
 
-def dissect_capture(path, engine: str = "native",
-                    progress: Callable[[int, int], None] | None = None) -> tuple[list[Event], CaptureInfo]:
+def dissect_capture(path, engine: str = "native", progress: Callable[[int, int], None] | None = None,
+                    secrets: Secrets | None = None) -> tuple[list[Event], CaptureInfo]:
     """Events of one capture file and what the reader learned about it. Raises ``CaptureError`` when the file
-    cannot be read at all; ``ValueError`` for an unknown engine."""
+    cannot be read at all; ``ValueError`` for an unknown engine. ``secrets`` (see
+    :mod:`analyzer.dissect.secrets`) decrypt NTLMSSP-sealed sessions in either engine."""
     if engine == "tshark":
         from analyzer.dissect.tshark_engine import dissect_with_tshark
 
+        if secrets:  # (the plain call stays as it was: the tshark engine's signature is shared with other work)
+            return dissect_with_tshark(str(path), progress=progress, secrets=secrets)
         return dissect_with_tshark(str(path), progress=progress)
     if engine != "native":
         raise ValueError(f"unknown engine {engine!r} (choose from {', '.join(ENGINES)})")
     with open_capture(path) as cap:
-        events = dissect_batches(cap.batches(progress=progress), cap.info)
+        events = dissect_batches(cap.batches(progress=progress), cap.info, secrets=secrets)
         return events, cap.info
 
 
-def events_dataframe(path, engine: str = "native"):
+def events_dataframe(path, engine: str = "native", secrets: Secrets | None = None):
     """The events table of one capture as a pandas DataFrame (schema in :mod:`analyzer.dissect.model`)."""
-    events, _info = dissect_capture(path, engine=engine)
+    events, _info = dissect_capture(path, engine=engine, secrets=secrets)
     return events_to_dataframe(events)

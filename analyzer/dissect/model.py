@@ -48,6 +48,8 @@ Events table schema (``events_dataframe``; column -> pandas dtype; ``<NA>``/None
     quoted_src, quoted_dst       string  icmp rows: addresses of the quoted UDP datagram
     quoted_sport, quoted_dport   Int64   icmp rows: its ports
     note             string   free text: decode warnings for this PDU
+    decrypted        bool     the stub was sealed (packet privacy) and decrypted with --secrets: every field reads
+                              as on a plain session, ``encrypted`` is False
 
 UDP rows are emitted only for datagrams that can be a push notification: both ports >= 1024 and not
 connectionless DCE/RPC (version 4, PTYPE <= 10, >= 80 bytes). DNS, NetBIOS, SNMP etc. never appear.
@@ -133,6 +135,7 @@ class Event:
     quoted_sport: int | None = None
     quoted_dport: int | None = None
     note: str | None = None
+    decrypted: bool = False
     interface_source: str | None = None  # added by issue 9: the last column, so earlier positions do not move
 
 
@@ -172,6 +175,7 @@ EVENT_COLUMNS: dict[str, str] = {
     "quoted_sport": "Int64",
     "quoted_dport": "Int64",
     "note": "string",
+    "decrypted": "bool",
     "interface_source": "string",
 }
 
@@ -232,6 +236,7 @@ def dataframe_to_events(df) -> list[Event]:
                 kw[k] = int(kw[k])
         kw["time"] = float(kw["time"])
         kw["encrypted"] = bool(kw["encrypted"])
+        kw["decrypted"] = bool(kw["decrypted"])
         if kw["auth_level"] is None:
             kw["auth_level"] = 0
         out.append(Event(**kw))

@@ -62,6 +62,7 @@ from analyzer.dissect.interfaces import EPM, EPM_UUID, NDR64_UUID, interface_nam
 from analyzer.dissect.model import PTYPE_KIND, Event
 from analyzer.dissect.session import NOTE_ENDPOINT, SessionLabeller
 from analyzer.dissect.transport import DCERPC_CL_HEADER_LEN, DCERPC_CL_MAX_PTYPE, DCERPC_CL_VERSION
+from analyzer.dissect.tshark_secrets import tshark_secrets_env, undecrypted_warnings
 from analyzer.ingest import CaptureError, CaptureInfo
 
 TSHARK_NOT_FOUND = "tshark not found: install the Debian package tshark, or use --engine native"
@@ -219,6 +220,7 @@ class _EventBuilder:
         self.stop = threading.Event()  # set by the caller's thread to end the run early (KeyboardInterrupt)
         self.first_time: float | None = None
         self.last_time: float | None = None
+        self.kerberos_conns: set[int] = set()  # connections with Kerberos-sealed stubs (for the --secrets warning)
 
     # -------------------------------------------------------------------------------------------- packets
 
@@ -404,7 +406,15 @@ class _EventBuilder:
             if iface is None:
                 self.labels.defer(ev, server, False, None, little_endian, endpoint_ok=not stream.bind_seen)
             return
-        stub = None if ev.encrypted else self._stub_bytes(pdu, own_len, loose)
+        clear = _first(pdu, "dcerpc.decrypted_stub_data") if ev.encrypted else None
+        if clear is not None:  # tshark unsealed it with --secrets: from here on as on a plain session
+            ev.encrypted, ev.decrypted = False, True
+            stub = _hex_bytes(clear)
+        else:
+            stub = None if ev.encrypted else self._stub_bytes(pdu, own_len, loose)
+            if ev.encrypted and (_first(pdu, "spnego.krb5.tok_id") is not None
+                                 or _int(_first(pdu, "dcerpc.auth_type")) == 16):
+                self.kerberos_conns.add(ev.conn)
         # fragments: [parts or None when a piece is missing, size, alloc_hint of the first, count]
         key = (ev.src, ev.sport, ev.call_id)
         if first and last:
@@ -681,9 +691,10 @@ def _utf8_path(path: str):
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def dissect_with_tshark(path, progress=None) -> tuple[list[Event], CaptureInfo]:
+def dissect_with_tshark(path, progress=None, secrets=None) -> tuple[list[Event], CaptureInfo]:
     """Events and capture info of ``path`` through tshark (pyshark). Same schema as the native engine.
     ``progress(bytes_done, bytes_total)`` as for the native engine (bytes estimated from frames done).
+    ``secrets`` reach tshark through a private keytab (:mod:`analyzer.dissect.tshark_secrets`).
 
     Raises CaptureError (TsharkNotFound when tshark is missing) with a user-facing message; damage inside the
     file becomes warnings in ``info.warnings``. Safe to call from a thread that runs an asyncio loop (Jupyter):
@@ -717,7 +728,7 @@ def dissect_with_tshark(path, progress=None) -> tuple[list[Event], CaptureInfo]:
 
     def work():
         try:
-            with _utf8_path(path) as tshark_input:
+            with _utf8_path(path) as tshark_input, tshark_secrets_env(secrets):
                 outcome["warnings"] = _run_pyshark(tshark_input, tshark, builder,
                                                    frames_progress if progress else None)
         except BaseException as exc:  # handed to the caller's thread below
@@ -749,4 +760,6 @@ def dissect_with_tshark(path, progress=None) -> tuple[list[Event], CaptureInfo]:
         progress(size, size)
     events = builder.finish()
     info.warnings.extend(builder.warnings)
+    if secrets:
+        info.warnings.extend(undecrypted_warnings(events, builder.kerberos_conns))
     return events, info

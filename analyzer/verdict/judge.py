@@ -437,6 +437,8 @@ def judge_client(a: ClientActivity, corr: CorrelationResult) -> ClientVerdict:
         # the reason names what identified the interface when it was not negotiated on the client's own connection
         reason = reason.rstrip(".") + f"; Outlook's MAPI interface identified by {INTERFACE_SOURCE_PHRASES[source]}"
         confidence -= INTERFACE_SOURCE_PENALTY[source]
+    if a.decrypted:  # the decoders read the sealed stubs as on a plain session: same confidence, said here
+        reason = f"{reason.rstrip('.')}; the session was sealed (packet privacy) and decrypted with --secrets"
     verdict = CAUSES[cause]
     evidence = ev.sorted()
     reg = next((r for r in reversed(a.registrations) if r.status == 0), None) or \

@@ -211,7 +211,11 @@ def create_app(
         openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
             "type": "object", "required": ["file"],
             "properties": {"file": {"type": "string", "format": "binary",
-                                    "description": "pcap, pcapng or NetMon capture, optionally gzip-compressed"}},
+                                    "description": "pcap, pcapng or NetMon capture, optionally gzip-compressed"},
+                           "secrets": {"type": "string", "format": "binary",
+                                       "description": "optional secrets file (DOMAIN\\user:password, "
+                                       "user:password or user::NTHASH lines) to decrypt NTLMSSP-sealed sessions; "
+                                       "held in memory until the analysis starts, never stored nor shown"}},
         }}}}},
     )
     async def upload_capture(request: Request, user: User = Depends(api_user)):
@@ -232,6 +236,16 @@ def create_app(
                                 headers={"Connection": "close"})
         except UploadError as exc:
             return JSONResponse({"detail": str(exc)}, 400, headers={"Connection": "close"})
+        account_secrets = None
+        if received.secrets:
+            from analyzer.dissect.secrets import Secrets, SecretsError
+
+            try:
+                account_secrets = Secrets.parse(received.secrets.decode("utf-8-sig"), source="secrets file")
+            except (SecretsError, UnicodeDecodeError) as exc:  # the message names a line, never its text
+                partial.unlink(missing_ok=True)
+                detail = str(exc) if isinstance(exc, SecretsError) else "the secrets file is not UTF-8 text"
+                return JSONResponse({"detail": detail}, 400)
         partial.rename(store.capture_path(capture_id))
         try:
             with db.session.begin() as s:
@@ -242,6 +256,8 @@ def create_app(
             if _is_disk_full(exc):
                 raise DiskFull() from None
             raise
+        if account_secrets:
+            pool.hold_secrets(capture_id, account_secrets)
         pool.notify()
         return JSONResponse(
             {"id": capture_id, "status": QUEUED, "filename": received.filename, "size": received.size,
@@ -318,7 +334,8 @@ def create_app(
             row = s.get(Capture, capture_id)
             if row is not None:
                 s.delete(row)
-        store.remove(capture_id)
+        pool.drop_secrets(capture_id)
+        store.remove(capture_id)  # a worker still analysing it cleans up again when it finishes
         return Response(status_code=204)
 
     # --- pages --------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ import re
 import shutil
 import threading
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -55,6 +55,11 @@ class ReceivedFile:
     filename: str  # sanitised display name
     size: int
     sha256: str
+    secrets: bytes | None = field(default=None, repr=False)  # the optional 'secrets' part, in memory only
+
+
+SECRETS_FIELD = "secrets"
+MAX_SECRETS_BYTES = 16 * 1024  # a secrets file is a few lines
 
 
 class Store:
@@ -166,7 +171,7 @@ async def receive_upload(request, dest: Path, max_bytes: int, field: str = "file
         raise UploadTooLarge()
 
     state = {"name": None, "filename": None, "header": b"", "value": b"", "headers": {}, "in_file": False,
-             "seen_file": False, "size": 0, "error": None}
+             "seen_file": False, "size": 0, "error": None, "in_secrets": False, "secrets": None}
     sha = hashlib.sha256()
     out = None
 
@@ -191,10 +196,18 @@ async def receive_upload(request, dest: Path, max_bytes: int, field: str = "file
             state["in_file"] = state["seen_file"] = True
             state["filename"] = disp.get(b"filename", b"").decode("utf-8", "replace")
             out = open(dest, "wb")
+        elif name == SECRETS_FIELD and state["secrets"] is None:
+            # Secrets never touch the disk: kept in memory until the job runs (see analyzer.web.worker)
+            state["in_file"], state["in_secrets"], state["secrets"] = False, True, bytearray()
         else:
             state["in_file"] = False
 
     def on_part_data(data, start, end):
+        if state["in_secrets"]:
+            state["secrets"] += data[start:end]
+            if len(state["secrets"]) > MAX_SECRETS_BYTES:
+                raise UploadError(f"the secrets file is larger than {MAX_SECRETS_BYTES // 1024} KiB")
+            return
         if not state["in_file"]:
             return
         state["size"] += end - start
@@ -210,7 +223,7 @@ async def receive_upload(request, dest: Path, max_bytes: int, field: str = "file
             raise
 
     def on_part_end():
-        state["in_file"] = False
+        state["in_file"] = state["in_secrets"] = False
 
     parser = MultipartParser(params[b"boundary"], callbacks={
         "on_part_begin": on_part_begin, "on_header_field": on_header_field, "on_header_value": on_header_value,
@@ -252,7 +265,9 @@ async def receive_upload(request, dest: Path, max_bytes: int, field: str = "file
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise DiskFull() from None
         raise
-    return ReceivedFile(filename=sanitize_filename(state["filename"]), size=state["size"], sha256=sha.hexdigest())
+    secrets = bytes(state["secrets"]) if state["secrets"] else None
+    return ReceivedFile(filename=sanitize_filename(state["filename"]), size=state["size"], sha256=sha.hexdigest(),
+                        secrets=secrets)
 
 
 def _discard(out, dest: Path) -> None:

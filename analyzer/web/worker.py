@@ -70,6 +70,11 @@ class WorkerPool:
         self._lock = threading.Lock()
         # capture id -> fraction of the file read, for running jobs (in memory: it only matters while running)
         self.progress: dict[str, float] = {}
+        # capture id -> Secrets uploaded with it. Never written anywhere: handed to the job's child process and
+        # forgotten when the job starts or the capture is deleted; a restart before that loses them (the job then
+        # runs without, and its sealed sessions stay encrypted).
+        self._secrets: dict = {}
+        self._secrets_lock = threading.Lock()
 
     def start(self) -> None:
         self.registry.lock()  # DataDirInUse: another server runs these jobs already
@@ -96,6 +101,14 @@ class WorkerPool:
         t = threading.Thread(target=self._housekeeping, name="mailpush-housekeeping", daemon=True)
         t.start()
         self._threads.append(t)
+
+    def hold_secrets(self, capture_id: str, secrets) -> None:
+        with self._secrets_lock:
+            self._secrets[capture_id] = secrets
+
+    def drop_secrets(self, capture_id: str) -> None:
+        with self._secrets_lock:
+            self._secrets.pop(capture_id, None)
 
     def notify(self) -> None:
         """A job was queued: wake one idle worker now."""
@@ -212,11 +225,13 @@ class WorkerPool:
         path = self.store.capture_path(capture_id)
         if not path.is_file():
             return None, "the uploaded file is missing from the server's data directory"
+        with self._secrets_lock:
+            secrets = self._secrets.pop(capture_id, None)
         receiver, sender = _MP.Pipe(duplex=False)
         child = _MP.Process(target=analyse_in_child, name=f"mailpush-analyse-{capture_id}",
                             args=(str(path), display_name,
                                   str(self.store.plot_dir(capture_id)) if self.plots_in_job else None, sender,
-                                  self.limits))
+                                  self.limits, secrets))
         deadline = time.monotonic() + self.job_timeout_s  # the limit includes starting the process
         with self._lock:
             if capture_id in self._cancelled:
@@ -275,7 +290,8 @@ def _short_reason(exc: BaseException) -> str:
     return str(orig or exc).splitlines()[0][:200] or type(exc).__name__
 
 
-def analyse_in_child(path: str, display_name: str, plot_dir: str | None, conn, limits: dict | None = None) -> None:
+def analyse_in_child(path: str, display_name: str, plot_dir: str | None, conn, limits: dict | None = None,
+                     secrets=None) -> None:
     """Body of a job's child process: run the pipeline, draw the plots, send the outcome back over ``conn``:
     ("progress", fraction)*, then ("result", capture-object JSON, error or None) or ("crash", text, traceback).
 
@@ -297,7 +313,7 @@ def analyse_in_child(path: str, display_name: str, plot_dir: str | None, conn, l
 
         from analyzer.pipeline import analyze_capture
 
-        result = analyze_capture(path, progress=progress)
+        result = analyze_capture(path, progress=progress, secrets=secrets)
         # The capture object's "file" is the name the user knows, never the server's storage path.
         result.file = display_name
         if result.error is None and plot_dir is not None:  # (None: drawn when the report is first viewed)

@@ -111,6 +111,8 @@
       if (file.size > maxBytes) { fail("This file is larger than the server's upload limit."); return; }
       const data = new FormData();
       data.append("file", file, file.name);
+      const secretsInput = document.getElementById("secrets-input");
+      if (secretsInput && secretsInput.files.length) data.append("secrets", secretsInput.files[0], "secrets");
       const xhr = new XMLHttpRequest();
       xhr.open("POST", "/api/captures");
       xhr.setRequestHeader("X-Requested-With", "XMLHttpRequest");
