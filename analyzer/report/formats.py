@@ -18,11 +18,19 @@ MAILBOX_COLUMN = 30  # widest mailbox shown in the table (the full DN is in the 
 _NUMBER_UNIT = re.compile(r"(\d) (s\b|ms\b|notification|unprompted|call)")
 
 
-def render_json(results: Iterable[CaptureResult]) -> str:
-    """The ``mailpush analyze --format json`` document: exactly ``analyzer.pipeline.results_document``."""
+def render_json(results: Iterable[CaptureResult], incidents=None, proposals=None) -> str:
+    """The ``mailpush analyze --format json`` document: exactly ``analyzer.pipeline.results_document``, plus
+    ``merges`` (merged client/server captures, ``--merge``) and ``merge_proposals`` when there are any."""
     from analyzer.verdict.results import results_document
 
-    return json.dumps(results_document(results), indent=2, ensure_ascii=False) + "\n"
+    doc = results_document(results)
+    if incidents is not None:
+        from analyzer.report.merged import merges_document
+
+        doc["merges"] = merges_document(incidents)
+    if proposals:
+        doc["merge_proposals"] = [{"files": [a, b], "why": why} for a, b, why in proposals]
+    return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
 
 
 def render_csv(results: Iterable[CaptureResult]) -> str:
@@ -141,7 +149,7 @@ def _overview(results: list[CaptureResult]) -> list[str]:
     return lines + [fmt.format(*row).rstrip() for row in rows] + ["", ""]
 
 
-def render_text(results: Iterable[CaptureResult], include_problems: bool = True) -> str:
+def render_text(results: Iterable[CaptureResult], include_problems: bool = True, incidents=None) -> str:
     """A readable report: per capture a summary line, a verdict table (client, mailbox, server, verdict, cause,
     confidence) and per client its reason, evidence frames (times since capture start, as Wireshark shows them),
     display filter and remedy. ``include_problems=False`` leaves out errors/warnings (the CLI prints those on
@@ -168,4 +176,8 @@ def render_text(results: Iterable[CaptureResult], include_problems: bool = True)
             out.append("")
             out += _client_detail(c, r.start)
         out.append("")
+    if incidents:  # merged client/server captures (--merge): after the captures they were made of
+        from analyzer.report.merged import render_merges_text
+
+        out += render_merges_text(incidents, _client_detail)
     return "\n".join(out).rstrip("\n") + "\n"

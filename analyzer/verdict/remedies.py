@@ -61,10 +61,11 @@ REMEDIES: dict[str, str] = {
     ),
     "udp_lost_in_transit": (
         "The datagram left the server and never reached the client: a device between the two capture points drops "
-        "it. Check, from the server outwards, the server's own firewall egress rules, routers with access lists, "
-        "firewalls (UDP from the Exchange server to the client, ports >= 1024, KB 264035 / KB 319572; a stateful "
-        "firewall's UDP timeout closes the pinhole a few minutes after the last packet), NAT devices and VPN "
-        "gateways on the path; or pin the client port with FixedUDPPort (KB 264035) and allow just that port."
+        "it. Check the path from the server outwards: routers with access lists, firewalls (allow UDP from the "
+        "Exchange server to the client, ports >= 1024, KB 264035 / KB 319572; a stateful firewall's UDP timeout "
+        "closes the pinhole minutes after the last packet), NAT devices and VPN gateways; or pin the client port "
+        "with FixedUDPPort (KB 264035) and allow just that port. The hosts' own firewalls are not the cause here: "
+        "each capture shows what its host's network card saw."
     ),
     "callback_unreachable_nat": (
         "The client registered a callback address the server cannot reach (NAT or VPN, KB 304849/305572/311506): "
