@@ -56,6 +56,20 @@ def lower_envelope(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return best
 
 
+def _slope_jackknife(x: np.ndarray, y: np.ndarray) -> float:
+    """How far the envelope's slope moves when one of the two points it rests on is left out."""
+    if len(x) < 4:
+        return 0.0
+    intercept, slope = lower_envelope(x, y)
+    resting = np.argsort(y - (intercept + slope * x))[:2]
+    moved = 0.0
+    for i in resting:
+        keep = np.ones(len(x), dtype=bool)
+        keep[i] = False
+        moved = max(moved, abs(lower_envelope(x[keep], y[keep])[1] - slope))
+    return moved
+
+
 def estimate_clock(server_times_from_server: list[float], diffs_from_server: list[float],
                    server_times_from_client: list[float], diffs_from_client: list[float]) -> ClockEstimate:
     """``diffs_*`` are client time - server time of matched packets sent by the server / by the client, at the
@@ -87,7 +101,9 @@ def estimate_clock(server_times_from_server: list[float], diffs_from_server: lis
         a_c2 = float(np.max(ys_c - rough - drift * xs_c))
         offset = rough + (a_s2 + a_c2) / 2
         half_gap = (a_s2 - a_c2) / 2
-        drift_unc = abs(b_s - b_c) / 2
+        # the two directions' slopes disagree by this much; and each envelope rests on two points: without either
+        # of them (jackknife) its slope moves by this much
+        drift_unc = max(abs(b_s - b_c) / 2, _slope_jackknife(xs_s, ys_s - rough), _slope_jackknife(xs_c, rough - ys_c))
         # Residual spread of the envelope points: the few closest points of each set lie this far off the line.
         unc = abs(half_gap) + drift_unc * mid
         d_sc = half_gap

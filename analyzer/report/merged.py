@@ -102,7 +102,9 @@ def render_merges_text(incidents: Iterable, client_detail) -> list[str]:
             out.append("  datagrams: none from the server to a shared client in either capture")
         for v in inc.verdicts:
             out.append("")
-            out += client_detail(v, m.server_span[0] if m.server_span else None)
+            span = m.client_span if inc.side_of(v) == "client" else m.server_span
+            out += client_detail(v, span[0] if span else None)
+            out.append(f"    frames:   of {inc.file_of(v)}")
         out.append("")
     return out
 
@@ -114,3 +116,74 @@ def merges_document(incidents: Iterable) -> list[dict]:
 def proposals_text(results, proposals) -> list[str]:
     return [f"{results[i].file} and {results[j].file} share a MAPI session ({why}): add --merge to merge them"
             for i, j, why in proposals]
+
+
+_HTML = r"""
+{% for inc in incidents %}{% set m = inc.merge %}{% set inc_index = loop.index0 %}
+<section class="capture merged" id="merge{{ loop.index }}">
+<h2>Merged: {{ m.client_file }} (client side) + {{ m.server_file }} (server side)</h2>
+<div class="{{ 'facts' if m.status == 'merged' else 'problems' }}">{{ m.message }}</div>
+{% if m.status == 'merged' %}
+<table>
+<tr><th>sides</th><td>{{ m.sides_reason }}</td></tr>
+<tr><th>clock</th><td>{{ clock(m) }}</td></tr>
+<tr><th>NAT</th><td>{% if m.rewrites %}{% for r in m.rewrites %}<span class="mono">{{ r.server_side }}</span> (server side) =
+ <span class="mono">{{ r.client_side }}</span> (client side): {{ r.proto }} {{ r.rewritten }} rewritten, {{ r.packets }}
+ packet(s)<br>{% endfor %}{% else %}none: addresses and ports are equal on both sides{% endif %}</td></tr>
+{% if m.tcp_only_server or m.tcp_only_client %}<tr><th>losses</th><td>TCP payload segments of the shared connections
+ in one capture only: {{ m.tcp_only_server }} in the server capture, {{ m.tcp_only_client }} in the client
+ capture</td></tr>{% endif %}
+</table>
+{% if m.warnings %}<div class="problems"><strong>Warnings</strong><ul>{% for w in m.warnings %}<li>{{ w }}</li>
+{% endfor %}</ul></div>{% endif %}
+{% if m.datagrams %}
+<h3>Notification datagrams</h3>
+<table class="evidence">
+<tr>{% for h in header %}<th>{{ h }}</th>{% endfor %}</tr>
+{% for row in rows(m) %}<tr class="{{ 'verdict-udp_blocked' if 'LOST' in row[5] else '' }}">{% for cell in row %}
+ <td class="mono">{{ cell }}</td>{% endfor %}</tr>
+{% endfor %}</table>
+{% endif %}
+{% for v in inc.verdicts %}
+<div class="card verdict-{{ v.verdict }}">
+<h3><span class="mono">{{ v.client }}</span> &rarr; <span class="mono">{{ v.server }}</span>
+ &nbsp;<span class="badge">{{ v.verdict }}</span> <code>{{ v.cause }}</code> {{ '%.2f'|format(v.confidence) }}</h3>
+<div class="reason">{{ v.reason }}</div>
+{% set side_start = (m.client_span if inc.side_of(v) == 'client' else m.server_span)[0] %}
+{% if v.evidence %}<table class="evidence"><tr><th>frame of {{ inc.file_of(v) }}</th><th>time</th><th>what</th></tr>
+{% for e in v.evidence %}<tr><td class="num mono">{{ e.frame }}</td><td class="mono">{{ rel(e.time, side_start) }}</td>
+ <td>{{ e.what }}</td></tr>{% endfor %}</table>{% endif %}
+{% if v.filter %}<div class="hint">Wireshark display filter ({{ inc.file_of(v) }}):</div>
+<code class="filter" tabindex="0">{{ v.filter }}</code>{% endif %}
+<div class="remedy"><strong>Remedy:</strong> {{ v.remedy }}</div>
+{% set p = plots.get((inc_index, v.client)) %}{% if p %}<div class="plots">
+<img class="timeline" alt="merged timeline of {{ v.client }}" src="data:image/png;base64,{{ p }}"></div>{% endif %}
+</div>
+{% endfor %}{% endif %}
+</section>
+{% endfor %}
+"""
+
+
+def render_merges_html(incidents, plots: bool = True) -> str:
+    """The merge sections of the HTML report (autoescaped; the page's CSS classes)."""
+    import base64
+
+    import jinja2
+
+    incidents = list(incidents)
+    embedded = {}
+    if plots:
+        from analyzer.report.merged_plot import plot_merged_timeline
+        from analyzer.report.plots import figure_bytes
+
+        for k, inc in enumerate(incidents):
+            if inc.merge.merged:
+                for v in inc.verdicts:
+                    fig = plot_merged_timeline(inc, v.client)
+                    embedded[(k, v.client)] = base64.b64encode(
+                        figure_bytes(fig, "png")).decode("ascii")
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+    html = env.from_string(_HTML).render(incidents=incidents, clock=clock_text, rows=datagram_rows,
+                                         header=DATAGRAM_HEADER, rel=_rel, plots=embedded)
+    return html

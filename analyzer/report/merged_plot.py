@@ -33,7 +33,7 @@ def plot_merged_timeline(incident, client: str | None = None):
     fates = [f for f in m.datagrams if who is None or f.client == who]
     origin = m.server_span[0]
 
-    fig = _new_figure(11.5, 3.6, dict(left=0.2, right=0.98, top=0.8, bottom=0.17))
+    fig = _new_figure(11.5, 4.2, dict(left=0.2, right=0.98, top=0.8, bottom=0.15))
     ax = fig.add_subplot(1, 1, 1)
 
     def x(t):
@@ -52,7 +52,9 @@ def plot_merged_timeline(incident, client: str | None = None):
     if verdict is not None:
         regs = [e for e in verdict.evidence if "EcRRegisterPushNotification request" in e.what]
         if regs:
-            ax.scatter([x(e.time) for e in regs], [Y_SERVER] * len(regs), marker="D", s=40, color="#6a1b9a",
+            client_frames = incident.side_of(verdict) == "client"
+            ax.scatter([x(on_server(e.time) if client_frames else e.time) for e in regs],
+                       [Y_CLIENT if client_frames else Y_SERVER] * len(regs), marker="D", s=40, color="#6a1b9a",
                        zorder=3, label="registration (opnum 4)")
 
     labelled = set()
@@ -115,19 +117,20 @@ def plot_merged_timeline(incident, client: str | None = None):
     sub = (f"client clock {clock.offset_s:+.6f} s" + (f" \u00b1 {unc * 1000:.1f} ms" if unc is not None else "")
            + f", drift {clock.drift_ppm:+.1f} ppm \u00b7 {m.matched_tcp} TCP segments, {m.matched_udp} datagrams "
            "matched")
-    if m.rewrites:
-        sub += " \u00b7 NAT: " + ", ".join(f"{r.server_side}\u2192{r.client_side}" for r in m.rewrites[:3])
+    if m.rewrites:  # a line of its own: two rewrites already fill the width
+        sub += "\nNAT (server side \u2192 client side): " + ", ".join(
+            f"{r.server_side} \u2192 {r.client_side}" for r in m.rewrites[:3])
     ax.set_title(f"{title}\n{sub}", fontsize=9.5, color=colour, loc="left")
     if labelled or ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=5, fontsize=7.5, frameon=False)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.17), ncol=3, fontsize=7.5, frameon=False)
         fig.subplots_adjust(bottom=0.3)
     return fig
 
 
 def _lane_label(side: str, path: str) -> str:
     name = Path(path).name
-    if len(name) > 28:
-        name = "\u2026" + name[-27:]
+    if len(name) > 34:
+        name = "\u2026" + name[-33:]
     return f"{side}\n{name}"
 
 

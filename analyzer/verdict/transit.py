@@ -7,8 +7,9 @@ leaving the server and never arriving while the client capture ran was dropped *
 ``udp_lost_in_transit``. Otherwise the client side's verdict stands (it sees the reaction), with the merge's
 figures added to its reason.
 
-Evidence frames and the display filter of a merged verdict are frames of the **server** capture (where the
-datagrams left); the reason names the client capture's frames where they arrived.
+Evidence frames and the display filter of a ``udp_lost_in_transit`` verdict are frames of the **server** capture
+(where the datagrams left); the reason names the client capture's frames where they arrived. Otherwise they are the
+frames of the capture whose verdict stands (``MergedIncident.frames_of``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,15 @@ class MergedIncident:
     """Two captures of one incident and the verdict of the merge, per client they share."""
 
     merge: MergeResult
-    verdicts: list[ClientVerdict] = field(default_factory=list)  # frames: the server capture's
+    verdicts: list[ClientVerdict] = field(default_factory=list)
+    # client -> "server" | "client": whose capture the verdict's evidence frames (and filter) belong to
+    frames_of: dict[str, str] = field(default_factory=dict)
+
+    def side_of(self, v: ClientVerdict) -> str:
+        return self.frames_of.get(v.client, "server")
+
+    def file_of(self, v: ClientVerdict) -> str:
+        return self.merge.client_file if self.side_of(v) == "client" else self.merge.server_file
 
     @property
     def client_file(self) -> str:
@@ -43,7 +52,7 @@ class MergedIncident:
 
     def to_dict(self) -> dict:
         d = self.merge.to_dict()
-        d["verdicts"] = [v.to_dict() for v in self.verdicts]
+        d["verdicts"] = [dict(v.to_dict(), frames_of=self.file_of(v)) for v in self.verdicts]
         return d
 
 
@@ -75,6 +84,7 @@ def judge_merged(merge: MergeResult, client_result: CaptureResult, server_result
             continue
         if lost:
             incident.verdicts.append(_lost_verdict(merge, base, sv, lost, delivered, fates))
+            incident.frames_of[base.client] = "server"
         else:
             from_client = cv is not None
             v = copy.deepcopy(cv or sv)
@@ -85,9 +95,8 @@ def judge_merged(merge: MergeResult, client_result: CaptureResult, server_result
                 if delays:
                     figures += f", one-way delay {delays[0] * 1000:.1f}..{delays[-1] * 1000:.1f} ms"
             v.reason = f"{v.reason}; {figures}{_rewrites_text(merge)}"
-            if from_client:  # its frames are the client capture's: say so, the incident's convention is the server's
-                v.reason += f" (frames of {merge.client_file})"
             incident.verdicts.append(v)
+            incident.frames_of[v.client] = "client" if from_client else "server"
     return incident
 
 
