@@ -289,3 +289,27 @@ def test_tshark_reads_the_pairs(tshark):
                                  capture_output=True, text=True, timeout=60, env={"TZ": "UTC", "PATH": "/usr/bin:/bin"})
             assert out.returncode == 0, out.stderr
             assert len(out.stdout.split()) == frames, name
+
+
+def test_udp_matching_uses_the_ip_id_without_nat_and_timing_always():
+    """The same notification bytes every time: only timing and (without NAT) the IP ID tell datagrams apart."""
+    from analyzer.merge.merge import _pair_udp
+    from analyzer.merge.model import ClockEstimate
+    from analyzer.merge.packets import Packet, PacketTable
+
+    def udp(frame, t, ip_id, src="10.0.0.10", sport=1030):
+        return Packet(frame, t, "udp", src, sport, "10.1.1.1", 2600, ip_id, None, 8, b"samebyte", b"ctx")
+
+    clock = ClockEstimate(offset_s=100.0, offset_uncertainty_s=0.002, drift_ppm=0.0, drift_uncertainty_ppm=0.0,
+                          ref_time=0.0, min_delay_server_to_client_s=0.003, min_delay_client_to_server_s=0.003,
+                          samples_server_to_client=10, samples_client_to_server=10, span_s=300.0)
+    server = PacketTable("s", [udp(1, 10.0, 7), udp(2, 70.0, 8), udp(3, 130.0, 9)])
+    # the client got the first; at 70 s another datagram with the same bytes but another IP ID arrived (not
+    # the server's second one); the third arrived through a NAT that rewrote source and IP ID
+    client = PacketTable("c", [udp(11, 110.004, 7), udp(12, 170.004, 99),
+                               udp(13, 230.005, 5, src="192.0.2.10", sport=61030)])
+    pairs = _pair_udp(client, server, clock)
+    assert {s: pc.frame for s, (_ps, pc) in pairs.items()} == {1: 11, 3: 13}
+    # a client datagram outside the transit window is never taken for the server's
+    late = PacketTable("c", [udp(21, 110.0 + 6.0, 7)])
+    assert _pair_udp(late, server, clock) == {}

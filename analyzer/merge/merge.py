@@ -16,6 +16,7 @@ Matching keys (all must agree):
 from __future__ import annotations
 
 import os
+from bisect import bisect_left, bisect_right
 from collections import Counter, defaultdict
 
 from analyzer.correlate.model import CorrelationResult
@@ -190,39 +191,40 @@ def merge_captures(path_a: str, corr_a: CorrelationResult | None, path_b: str,
 
 
 def _pair_udp(tc: PacketTable, ts: PacketTable, clock: ClockEstimate) -> dict[int, tuple[Packet, Packet]]:
-    """server-side UDP frame -> (its server-side packet, its client-side packet), by payload and arrival time."""
+    """server-side UDP frame -> (its server-side packet, its client-side packet), by payload and arrival time.
+
+    Candidates are the client datagrams with the same payload that arrived between a little before the server
+    sent it (the clock's uncertainty) and MAX_TRANSIT_S after; where no NAT rewrote the addresses, an IPv4
+    candidate must also carry the same IP ID. The one nearest to "no delay" wins."""
     by_key: dict = defaultdict(list)
     for p in tc.packets:
         if p.proto == "udp":
             by_key[_key(p)].append(p)
+    times = {k: [clock.to_server(p.time) for p in ps] for k, ps in by_key.items()}  # packets are in time order
     used: set[int] = set()
-    unc = clock.offset_uncertainty_s or 0.0
-    out: dict[int, Packet] = {}
-    for i, ps in enumerate(ts.packets):
-        if ps.proto != "udp" or _key(ps) not in by_key:
+    slack = (clock.offset_uncertainty_s or 0.0) + 0.01
+    out: dict[int, tuple[Packet, Packet]] = {}
+    for ps in ts.packets:
+        if ps.proto != "udp":
             continue
-        best, best_delay = None, None
-        same_id_needed = False
-        cands = []
-        for pc in by_key[_key(ps)]:
-            if pc.frame in used:
-                continue
-            delay = clock.to_server(pc.time) - ps.time
-            if -(unc + 0.01) <= delay <= MAX_TRANSIT_S:
-                cands.append((pc, delay))
-        no_nat = [(pc, d) for pc, d in cands if (pc.src, pc.dst) == (ps.src, ps.dst) and pc.ip_id is not None
-                  and ps.ip_id is not None]
-        if no_nat and any(pc.ip_id == ps.ip_id for pc, _ in no_nat):
-            same_id_needed = True
-        for pc, delay in cands:
-            if same_id_needed and pc.ip_id != ps.ip_id:
-                continue
-            if best is None or abs(delay) < abs(best_delay):
-                best, best_delay = pc, delay
-        if best is not None:
-            used.add(best.frame)
-            out[i] = best
-    return {ts.packets[i].frame: (ts.packets[i], pc) for i, pc in out.items()}
+        key = _key(ps)
+        cands_all = by_key.get(key)
+        if not cands_all:
+            continue
+        t = times[key]
+        lo, hi = bisect_left(t, ps.time - slack), bisect_right(t, ps.time + MAX_TRANSIT_S)
+        cands = [(cands_all[i], t[i] - ps.time) for i in range(lo, hi) if cands_all[i].frame not in used]
+        if not cands:
+            continue
+        # without NAT (same addresses) an IPv4 datagram keeps its IP ID: a different ID is another datagram
+        cands = [(pc, d) for pc, d in cands if (pc.src, pc.dst) != (ps.src, ps.dst) or pc.ip_id is None
+                 or ps.ip_id is None or pc.ip_id == ps.ip_id]
+        if not cands:
+            continue
+        best, _delay = min(cands, key=lambda c: abs(c[1]))
+        used.add(best.frame)
+        out[ps.frame] = (ps, best)
+    return out
 
 
 def _rewrites(pairs) -> list[Rewrite]:
