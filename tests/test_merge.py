@@ -192,6 +192,16 @@ def test_truncated_and_unreadable_inputs(tmp_path):
     junk.write_text("not a capture\n")
     bad = merge_pair(c, str(junk))
     assert bad.merge.status == "not_read" and "not a capture file" in bad.merge.message
+    # gzip-compressed and NetMon: the same merge
+    import gzip
+
+    gz = tmp_path / "server.pcap.gz"
+    gz.write_bytes(gzip.compress(data))
+    assert [f.fate for f in merge_pair(str(gz), c).merge.datagrams] == [DELIVERED] * 3
+    # a copy of one capture is no second side
+    copy = tmp_path / "copy.pcap"
+    copy.write_bytes(data)
+    assert merge_pair(s, str(copy)).merge.status == "same_capture"
     # merge_captures without correlations (no roles known) still pairs by payload and infers the sides
     raw = merge_captures(s, None, c, None)
     assert raw.status == MERGED and raw.client_file == c
@@ -313,3 +323,14 @@ def test_udp_matching_uses_the_ip_id_without_nat_and_timing_always():
     # a client datagram outside the transit window is never taken for the server's
     late = PacketTable("c", [udp(21, 110.0 + 6.0, 7)])
     assert _pair_udp(late, server, clock) == {}
+
+
+def test_no_public_capture_pair_is_merged(public_dir):
+    """Real captures of unrelated sessions (17 files, 136 pairs): none may be merged."""
+    import itertools
+
+    files = sorted(str(p) for p in public_dir.iterdir() if p.is_file() and not p.name.endswith((".md", ".txt")))
+    assert len(files) >= 10
+    merged = [(a, b) for a, b in itertools.combinations(files, 2)
+              if merge_captures(a, None, b, None).status == MERGED]
+    assert merged == []

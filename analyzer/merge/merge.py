@@ -143,6 +143,12 @@ def merge_captures(path_a: str, corr_a: CorrelationResult | None, path_b: str,
                            "session.", client_span=(ta.start, ta.end) if ta.start is not None else None,
                            server_span=(tb.start, tb.end) if tb.start is not None else None)
 
+    tcp_a = sum(1 for p in ta.packets if p.proto == "tcp")
+    tcp_b = sum(1 for p in tb.packets if p.proto == "tcp")
+    if len(pairs) == tcp_a == tcp_b and all(pa.time == pb.time for pa, pb in pairs):
+        return MergeResult(client_file=str(path_a), server_file=str(path_b), status=SAME_CAPTURE,
+                           message=f"not merged: {path_a} and {path_b} hold the same packets at the same times "
+                           "(copies of one capture, not one from each side)")
     clients, servers = _roles(corr_a, corr_b)
     from_client = [_sent_by_client(pa, pb, clients, servers) for pa, pb in pairs]
     clock_a = _fit(pairs, from_client, client_is_a=True)
