@@ -135,3 +135,20 @@ class MergeResult:
             d[key] = None if d[key] is None else list(d[key])
         d["clients"] = [{"server_side": s, "client_side": c} for s, c in self.clients]
         return d
+
+
+def merge_result_from_dict(d: dict) -> MergeResult:
+    """Inverse of :meth:`MergeResult.to_dict` (the web service stores the JSON and re-renders reports from it)."""
+    def pair(x):
+        return None if x is None else tuple(x)
+    clock = d.get("clock")
+    return MergeResult(
+        client_file=d["client_file"], server_file=d["server_file"], status=d["status"], message=d["message"],
+        sides_reason=d.get("sides_reason", ""), clock=None if clock is None else ClockEstimate(**clock),
+        matched_tcp=d.get("matched_tcp", 0), matched_udp=d.get("matched_udp", 0),
+        tcp_only_server=d.get("tcp_only_server", 0), tcp_only_client=d.get("tcp_only_client", 0),
+        rewrites=[Rewrite(**r) for r in d.get("rewrites", [])],
+        clients=[(c["server_side"], c["client_side"]) for c in d.get("clients", [])],
+        datagrams=[DatagramFate(**f) for f in d.get("datagrams", [])],
+        client_span=pair(d.get("client_span")), server_span=pair(d.get("server_span")),
+        overlap=pair(d.get("overlap")), warnings=list(d.get("warnings", [])))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
-from analyzer.merge.model import DELIVERED, LOST_IN_TRANSIT, MergeResult
+from analyzer.merge.model import DELIVERED, LOST_IN_TRANSIT, MergeResult, merge_result_from_dict
 from analyzer.verdict.judge import display_filter
 from analyzer.verdict.model import CAUSES, CaptureResult, ClientVerdict, EvidenceItem, utc_datetime
 from analyzer.verdict.remedies import remedy_for
@@ -54,6 +54,14 @@ class MergedIncident:
         d = self.merge.to_dict()
         d["verdicts"] = [dict(v.to_dict(), frames_of=self.file_of(v)) for v in self.verdicts]
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MergedIncident":
+        merge = merge_result_from_dict(d)
+        verdicts = [ClientVerdict.from_dict(v) for v in d.get("verdicts", [])]
+        frames_of = {v["client"]: "client" if v.get("frames_of") == merge.client_file else "server"
+                     for v in d.get("verdicts", [])}
+        return cls(merge=merge, verdicts=verdicts, frames_of=frames_of)
 
 
 def _clock_time(t: float | None) -> str:
