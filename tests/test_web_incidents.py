@@ -89,3 +89,39 @@ def test_unrelated_captures_give_a_not_merged_incident(server):
         assert doc["status"] == "done"
         assert doc["result"]["status"] == "no_shared_packets" and doc["result"]["verdicts"] == []
         assert "share no TCP segment" in doc["result"]["message"]
+
+
+def test_browser_merge_form(tmp_path):
+    """Debian's chromium (Playwright, headless): log in, pick the two captures in the page's merge form, and land
+    on the merged report."""
+    from test_web_browser import CHROMIUM, CHROMIUM_ARGS, shot
+
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.skip("chromium not installed (make test installs it when run as root)")
+    m = MANIFEST["partial_overlap"]
+    with LiveServer(tmp_path / "data", workers=1, plots_in_job=False) as srv, \
+            playwright_api.sync_playwright() as p:
+        token = srv.add_user("dee")
+        with srv.client(token) as api:
+            ids = [upload(api, PAIRS / m[k]).json()["id"] for k in ("client_file", "server_file")]
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            errors = []
+            page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+            page.goto(srv.url + "/login")
+            page.fill("#token", token)
+            page.click("button[type=submit]")
+            page.wait_for_url(srv.url + "/")
+            page.select_option("#incident-a", ids[1])  # server side first: the order does not matter
+            page.select_option("#incident-b", ids[0])
+            page.click("#incident-submit")
+            page.wait_for_url("**/api/incidents/*/report.html", timeout=60000)
+            assert "Merged: partial_overlap.client.pcap (client side) + partial_overlap.server.pcapng" in \
+                page.content()
+            assert page.locator("img[alt='merged timeline of 10.1.62.47']").count() == 1
+            shot(page, tmp_path, "incident-report")
+            assert errors == []
+        finally:
+            browser.close()
