@@ -68,11 +68,11 @@ def render_merges_text(incidents: Iterable, client_detail) -> list[str]:
     out: list[str] = []
     for inc in incidents:
         m = inc.merge
+        if not m.merged:
+            out += [f"merge of {m.client_file} and {m.server_file}:", f"  {m.message}", ""]
+            continue
         out.append(f"merged: {m.client_file} (client side) + {m.server_file} (server side)")
         out.append(f"  {m.message}")
-        if not m.merged:
-            out.append("")
-            continue
         if m.sides_reason:
             out.append(f"  sides:    {m.sides_reason}")
         out.append(f"  clock:    {clock_text(m)}")
@@ -121,7 +121,8 @@ def proposals_text(results, proposals) -> list[str]:
 _HTML = r"""
 {% for inc in incidents %}{% set m = inc.merge %}{% set inc_index = loop.index0 %}
 <section class="capture merged" id="merge{{ loop.index }}">
-<h2>Merged: {{ m.client_file }} (client side) + {{ m.server_file }} (server side)</h2>
+{% if m.status == 'merged' %}<h2>Merged: {{ m.client_file }} (client side) + {{ m.server_file }} (server side)</h2>
+{% else %}<h2>Merge of {{ m.client_file }} and {{ m.server_file }}</h2>{% endif %}
 <div class="{{ 'facts' if m.status == 'merged' else 'problems' }}">{{ m.message }}</div>
 {% if m.status == 'merged' %}
 <table>
