@@ -307,7 +307,7 @@ def test_udp_matching_uses_the_ip_id_without_nat_and_timing_always():
     from analyzer.merge.packets import Packet, PacketTable
 
     def udp(frame, t, ip_id, src="10.0.0.10", sport=1030):
-        return Packet(frame, t, "udp", src, sport, "10.1.1.1", 2600, ip_id, None, 8, b"samebyte", b"ctx")
+        return Packet(frame, t, "udp", src, sport, "10.1.1.1", 2600, ip_id, None, 8, b"samebyte")
 
     clock = ClockEstimate(offset_s=100.0, offset_uncertainty_s=0.002, drift_ppm=0.0, drift_uncertainty_ppm=0.0,
                           ref_time=0.0, min_delay_server_to_client_s=0.003, min_delay_client_to_server_s=0.003,

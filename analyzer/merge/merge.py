@@ -68,6 +68,20 @@ def _pair_tcp(a: PacketTable, b: PacketTable) -> list[tuple[Packet, Packet]]:
     return [pair for k, ps in mine.items() for pair in zip(ps, by_key[k])]
 
 
+def _hosts(corr: CorrelationResult | None) -> set[str] | None:
+    """The addresses worth reading packets of in one capture: its Outlook clients, their servers and registered
+    callback addresses. None (read everything) when its correlation found no client: a capture that starts
+    mid-session may not know its client, and the merge must still see its packets."""
+    if corr is None or not corr.clients:
+        return None
+    hosts = set()
+    for a in corr.clients:
+        hosts.add(a.client)
+        hosts.update(a.servers or [a.server])
+        hosts.update(r.callback_ip for r in a.registrations if r.callback_ip)
+    return hosts
+
+
 def _roles(*corrs: CorrelationResult | None) -> tuple[set[str], set[str]]:
     clients, servers = set(), set()
     for c in corrs:
@@ -124,7 +138,7 @@ def merge_captures(path_a: str, corr_a: CorrelationResult | None, path_b: str,
         return MergeResult(client_file=str(path_a), server_file=str(path_b), status=SAME_CAPTURE,
                            message=f"not merged: {path_a} and {path_b} are the same file")
     try:
-        ta, tb = read_packets(path_a), read_packets(path_b)
+        ta, tb = read_packets(path_a, _hosts(corr_a)), read_packets(path_b, _hosts(corr_b))
     except (CaptureError, OSError) as exc:
         return MergeResult(client_file=str(path_a), server_file=str(path_b), status=NOT_READ,
                            message=f"not merged: a capture could not be read ({exc})")

@@ -3,8 +3,9 @@
 
 The events table has no TCP sequence numbers, IP IDs or per-segment rows (it is one row per reassembled PDU), and
 matching two captures needs exactly those. Reading goes through :mod:`analyzer.ingest` (every format, gzip,
-damage handled there) and the native engine's link and IP parsers; payloads are kept only as a 64-bit hash plus
-their first 32 bytes, so memory is a few dozen bytes per packet.
+damage handled there) and the native engine's link and IP parsers; payloads are kept only as a 64-bit hash, so
+memory is about 150 bytes per packet kept. ``hosts`` limits the rows to packets from or to those addresses (the
+Outlook clients and Exchange servers the capture's correlation found), so bulk traffic costs no memory.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ class Packet:
     seq: int | None  # TCP sequence number of the first payload byte
     length: int  # payload bytes
     digest: bytes  # blake2b-64 of the payload
-    head: bytes  # first 32 payload bytes (for the report and NAT matching of short datagrams)
 
     @property
     def src_text(self) -> str:
@@ -57,7 +57,7 @@ class PacketTable:
     warnings: list[str] = field(default_factory=list)
 
 
-def read_packets(path: str) -> PacketTable:
+def read_packets(path: str, hosts: set[str] | frozenset[str] | None = None) -> PacketTable:
     """Every TCP segment carrying payload and every UDP datagram of the capture. Raises
     :class:`analyzer.ingest.CaptureError` when the file is no capture; damage gives the packets before it plus the
     reader's warning."""
@@ -74,7 +74,7 @@ def read_packets(path: str) -> PacketTable:
                 if not version:
                     continue
                 status, src, dst, proto, l4, end = parse_ip(data, off, version)
-                if status != IP_OK:
+                if status != IP_OK or hosts is not None and src not in hosts and dst not in hosts:
                     continue
                 ip_id = (data[off + 4] << 8 | data[off + 5]) if version == 4 else None
                 if proto == PROTO_TCP:
@@ -99,7 +99,7 @@ def read_packets(path: str) -> PacketTable:
                     continue
                 out.append(Packet(frame.number, frame.time, "tcp" if proto == PROTO_TCP else "udp", src,
                                   data[l4] << 8 | data[l4 + 1], dst, data[l4 + 2] << 8 | data[l4 + 3], ip_id, seq,
-                                  len(payload), blake(payload, digest_size=8).digest(), bytes(payload[:32])))
+                                  len(payload), blake(payload, digest_size=8).digest()))
         info = cap.info
     table.start, table.end, table.frames = info.start, info.end, info.frames
     table.warnings = list(info.warnings)
