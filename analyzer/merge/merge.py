@@ -110,10 +110,6 @@ def _fit(pairs, from_client: list[bool], client_is_a: bool) -> ClockEstimate:
     return estimate_clock(xs_s, ys_s, xs_c, ys_c)
 
 
-def _half_gap(clock: ClockEstimate) -> float | None:
-    return clock.min_delay_server_to_client_s
-
-
 def _span_text(t0, t1) -> str:
     from datetime import datetime, timezone
 
@@ -166,7 +162,9 @@ def merge_captures(path_a: str, corr_a: CorrelationResult | None, path_b: str,
     clients, servers = _roles(corr_a, corr_b)
     from_client = [_sent_by_client(pa, pb, clients, servers) for pa, pb in pairs]
     clock_a = _fit(pairs, from_client, client_is_a=True)
-    gap = _half_gap(clock_a)
+    # Taking A as the client side, the minimum one-way delay comes out positive when A is the client side and
+    # negative when it is the server side (the envelopes cross); None with packets in one direction only.
+    gap = clock_a.min_delay_server_to_client_s
     if gap is not None and gap < -SIDE_UNDECIDED_S:
         client_is_a = False
         sides = "its client-sent packets appear earlier than in the other capture and its server-sent ones later"
