@@ -132,8 +132,9 @@ def capture_problems(r: CaptureResult) -> list[str]:
     return out + [f"warning: {w}" for w in r.warnings]
 
 
-def _overview(results: list[CaptureResult]) -> list[str]:
-    """Several captures: one table of every client first (the verdicts at a glance), details below."""
+def _overview(results: list[CaptureResult], merged_rows=()) -> list[str]:
+    """Several captures: one table of every client first (the verdicts at a glance), details below. Merged
+    captures (--merge) add a row per client they share, named "client file + server file"."""
     header = ("CAPTURE", "CLIENT", "VERDICT", "CAUSE", "CONF")
     rows = []
     for r in results:
@@ -142,6 +143,7 @@ def _overview(results: list[CaptureResult]) -> list[str]:
         elif not r.clients:
             rows.append((r.file, "-", "inconclusive", "no_emsmdb_session", ""))
         rows += [(r.file, c.client, c.verdict, c.cause, f"{c.confidence:.2f}") for c in r.clients]
+    rows += list(merged_rows)
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     lines = [f"{len(results)} captures, {sum(len(r.clients) for r in results)} client(s)",
@@ -155,7 +157,9 @@ def render_text(results: Iterable[CaptureResult], include_problems: bool = True,
     display filter and remedy. ``include_problems=False`` leaves out errors/warnings (the CLI prints those on
     stderr)."""
     results = list(results)
-    out: list[str] = _overview(results) if len(results) > 1 else []
+    merged_rows = [(f"{inc.merge.client_file} + {inc.merge.server_file}", v.client, v.verdict, v.cause,
+                    f"{v.confidence:.2f}") for inc in incidents or [] for v in inc.verdicts]
+    out: list[str] = _overview(results, merged_rows) if len(results) > 1 else []
     for r in results:
         if r.error and r.format is None:  # nothing read: the error is the whole story, on stdout too
             out.append(f"{r.file}: not analysed: {r.error}")
