@@ -268,6 +268,8 @@ def test_cli_text_html_and_plot(tmp_path):
     assert "clock:    client clock - server clock = +3600.2" in text
     assert "LOST in transit" in text and "left; client capture not running" in text
     assert "udp_blocked / udp_lost_in_transit" in text
+    overview = [ln.split() for ln in text.splitlines()[:8]]
+    assert [f"{c}", "+", f"{s}", "10.1.62.47", "udp_blocked", "udp_lost_in_transit", "0.90"] in overview
     png = tmp_path / "plots" / "partial_overlap.client+partial_overlap.server.merged-10.1.62.47.png"
     assert png.stat().st_size > 10_000 and png.with_suffix(".svg").exists()
     html = mailpush(c, s, "--merge", "--format", "html", "-o", tmp_path / "r.html")
