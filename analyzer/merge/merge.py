@@ -65,7 +65,18 @@ def _pair_tcp(a: PacketTable, b: PacketTable) -> list[tuple[Packet, Packet]]:
     for p in a.packets:
         if p.proto == "tcp" and _key(p) in by_key:
             mine[_key(p)].append(p)
-    return [pair for k, ps in mine.items() for pair in zip(ps, by_key[k])]
+    pairs = [pair for k, ps in mine.items() for pair in zip(ps, by_key[k])]
+    # The 4-tuples must map consistently (a NAT may rewrite them, always the same way): each connection of A is paired
+    # with the B connection most of its segments matched, and segments that say otherwise are dropped.
+    votes = Counter((_flow(pa), _flow(pb)) for pa, pb in pairs)
+    best: dict = {}
+    for (fa, fb), _n in votes.most_common():
+        best.setdefault(fa, fb)
+    return sorted(((pa, pb) for pa, pb in pairs if best[_flow(pa)] == _flow(pb)), key=lambda ab: ab[0].frame)
+
+
+def _flow(p: Packet) -> tuple:
+    return (p.src, p.sport, p.dst, p.dport)
 
 
 def _hosts(corr: CorrelationResult | None) -> set[str] | None:
