@@ -4,8 +4,9 @@ and follow every notification datagram from the server capture to the client cap
 
 Matching keys (all must agree):
 
-* TCP: payload hash, payload length and sequence number. Addresses and ports are *not* part of the key, so a NAT
-  between the capture points does not stop the match; the address differences are then reported as rewrites.
+* TCP: payload hash, payload length and sequence number, and each connection (4-tuple) of one capture maps to a
+  single connection of the other. The addresses and ports need not be equal, so a NAT between the capture points
+  does not stop the match; the differences are then reported as rewrites.
   NATs keep TCP sequence numbers unless they randomise them, which would defeat this (then nothing matches and
   the merge is refused with a clear message rather than guessed).
 * UDP: payload hash and length, plus timing: Outlook's notification repeats the same context bytes every time, so
