@@ -54,6 +54,13 @@ def analyze_capture(
 
     ``progress(bytes_done, bytes_total)`` is called now and then while reading (for progress bars).
     """
+    return analyze_capture_detailed(path, engine=engine, vantage=vantage, progress=progress, secrets=secrets)[0]
+
+
+def analyze_capture_detailed(path: str, engine: str = "native", vantage: str = "auto",
+                             progress: Callable[[int, int], None] | None = None, secrets=None):
+    """(CaptureResult, CorrelationResult or None): the correlation is what :func:`merge_pair` needs besides the
+    file, so a caller that may merge keeps it instead of dissecting the capture twice."""
     from analyzer.correlate import correlate
     from analyzer.dissect import dissect_capture
     from analyzer.ingest import CaptureError
@@ -61,17 +68,17 @@ def analyze_capture(
 
     problem = not_a_regular_file(path)
     if problem:
-        return CaptureResult(file=str(path), error=problem)
+        return CaptureResult(file=str(path), error=problem), None
     try:
         events, info = dissect_capture(path, engine=engine, progress=progress, secrets=secrets)
     except CaptureError as exc:
-        return CaptureResult(file=str(path), error=str(exc))
+        return CaptureResult(file=str(path), error=str(exc)), None
     except OSError as exc:
-        return CaptureResult(file=str(path), error=f"cannot read {path}: {exc.strerror or exc}")
+        return CaptureResult(file=str(path), error=f"cannot read {path}: {exc.strerror or exc}"), None
     mark_mapi_warnings(info.warnings, events)
     correlation = correlate(events, info, vantage=vantage)
     verdicts = judge_clients(correlation)
-    return build_capture_result(info, correlation, verdicts)
+    return build_capture_result(info, correlation, verdicts), correlation
 
 
 # Interfaces of the MAPI traffic the analysis is about (issue 9 item 7: warnings about other connections are
@@ -102,3 +109,61 @@ def analyze(paths: Iterable[str], engine: str = "native", vantage: str = "auto")
     return [analyze_capture(p, engine=engine, vantage=vantage) for p in paths]
 
 
+
+
+def merge_pair(path_a: str, path_b: str, engine: str = "native", vantage: str = "auto", detailed=None):
+    """Merge a client-side and a server-side capture of one incident (either order: the sides are inferred).
+
+    ``detailed``: optional ``{path: (CaptureResult, CorrelationResult)}`` already computed (the CLI passes what it
+    analysed, so nothing is dissected twice). Returns an :class:`analyzer.verdict.transit.MergedIncident`; never
+    raises for bad input (a capture that cannot be read gives a not-merged incident with the reason).
+    """
+    from analyzer.merge import merge_captures
+    from analyzer.verdict.transit import judge_merged
+
+    detailed = dict(detailed or {})
+    for p in (path_a, path_b):
+        if p not in detailed:
+            detailed[p] = analyze_capture_detailed(p, engine=engine, vantage=vantage)
+    (res_a, corr_a), (res_b, corr_b) = detailed[path_a], detailed[path_b]
+    if corr_a is None or corr_b is None:
+        from analyzer.merge import NOT_READ, MergeResult
+
+        bad = res_a if corr_a is None else res_b
+        merge = MergeResult(client_file=str(path_a), server_file=str(path_b), status=NOT_READ,
+                            message=f"not merged: {bad.file} could not be read ({bad.error})")
+    else:
+        merge = merge_captures(path_a, corr_a, path_b, corr_b)
+    by_file = {str(path_a): res_a, str(path_b): res_b}
+    return judge_merged(merge, by_file.get(merge.client_file, res_a), by_file.get(merge.server_file, res_b))
+
+
+def propose_pairs(results) -> list[tuple[int, int, str]]:
+    """Pairs of captures (indexes into ``results``) that look like two sides of one MAPI session: a client with
+    the same mailbox, or the same registration callback, or the same client and server addresses, in captures
+    whose time spans overlap within a day (clocks of two machines may differ by time zones). The merge itself then
+    checks that they share packets; this only proposes."""
+    out = []
+    for i, a in enumerate(results):
+        for j in range(i + 1, len(results)):
+            b = results[j]
+            if a.error or b.error or a.start is None or b.start is None:
+                continue
+            if a.start > b.end + 86400 or b.start > a.end + 86400:
+                continue
+            why = _shared_session(a, b)
+            if why:
+                out.append((i, j, why))
+    return out
+
+
+def _shared_session(a, b) -> str:
+    for ca in a.clients:
+        for cb in b.clients:
+            if ca.mailbox and ca.mailbox == cb.mailbox:
+                return f"mailbox {ca.mailbox}"
+            if ca.callback and ca.callback == cb.callback:
+                return f"callback {ca.callback}"
+            if (ca.client, ca.server) == (cb.client, cb.server):
+                return f"client {ca.client} and server {ca.server}"
+    return ""

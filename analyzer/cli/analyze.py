@@ -1,6 +1,9 @@
 """`mailpush analyze CAPTURE... [--format text|json|csv|html] [-o FILE] [--plots DIR] [--vantage auto|client|server]
-[--engine native|tshark] [--fail-on VERDICT[,VERDICT]] [--verbose] [--secrets FILE] [--max-capture-gb GB]
+[--engine native|tshark] [--fail-on VERDICT[,VERDICT]] [--verbose] [--secrets FILE] [--merge] [--max-capture-gb GB]
 [--max-compression-ratio R] [--tmp-dir DIR]`.
+
+``--merge`` merges a client-side and a server-side capture of one incident: the two captures given, or, with more,
+every pair that shares a MAPI session. Without it, such pairs are only proposed (on stderr and in the JSON).
 
 Exit status: 0 the analysis ran (whatever the verdicts), 1 ``--fail-on`` matched a client's verdict, 2 usage
 error, 3 no capture could be read at all.
@@ -62,6 +65,10 @@ def register(sub) -> None:
     p.add_argument("--fail-on", metavar="VERDICT[,VERDICT]", type=_verdict_list, default=[],
                    help=f"exit 1 when any client gets one of these verdicts ({', '.join(VERDICTS)})")
     add_limit_args(p)
+    p.add_argument("--merge", action="store_true",
+                   help="merge a client-side and a server-side capture of one incident (two captures: those two; "
+                   "more: every pair that shares a MAPI session): clock offset, and per notification datagram "
+                   "whether it left the server and reached the client")
     p.set_defaults(func=run)
 
 
@@ -99,22 +106,56 @@ def printable_path(path: str) -> str:
     return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def _analyze_one(path: str, engine: str, vantage: str, secrets=None):
-    from analyzer.pipeline import analyze_capture
+def _analyze_one(path: str, engine: str, vantage: str, secrets=None, keep_correlation: bool = False):
+    """CaptureResult, or (CaptureResult, CorrelationResult or None) with ``keep_correlation`` (for --merge)."""
+    from analyzer.pipeline import analyze_capture_detailed
     from analyzer.verdict.model import CaptureResult
 
     progress = _Progress(path)
     try:
-        result = analyze_capture(path, engine=engine, vantage=vantage, progress=progress, secrets=secrets)
+        result, correlation = analyze_capture_detailed(path, engine=engine, vantage=vantage, progress=progress,
+                                                       secrets=secrets)
         result.file = printable_path(result.file)
-        return result
     except Exception as exc:  # a bug below must not cost the other captures' results
         if os.environ.get("MAILPUSH_DEBUG"):
             traceback.print_exc()
-        return CaptureResult(file=printable_path(path), error=f"analysis failed ({type(exc).__name__}: {exc}); "
-                             "set MAILPUSH_DEBUG=1 for the traceback")
+        result, correlation = CaptureResult(file=printable_path(path), error=f"analysis failed "
+                                            f"({type(exc).__name__}: {exc}); set MAILPUSH_DEBUG=1 for the "
+                                            "traceback"), None
     finally:
         progress.close()
+    return (result, correlation) if keep_correlation else result
+
+
+def _merge(args, paths, results, correlations, proposals) -> list:
+    """MergedIncidents for --merge: the two captures given, else the proposed pairs. A failure inside the merge
+    of one pair gives that pair a not-merged incident with the reason; it never costs the report."""
+    from analyzer.merge import MergeResult
+    from analyzer.pipeline import merge_pair
+    from analyzer.verdict.transit import MergedIncident
+
+    pairs = [(0, 1)] if len(paths) == 2 else [(i, j) for i, j, _why in proposals]
+    incidents = []
+    for i, j in pairs:
+        detailed = {paths[i]: (results[i], correlations[i]), paths[j]: (results[j], correlations[j])}
+        try:
+            incident = merge_pair(paths[i], paths[j], engine=args.engine, vantage=args.vantage, detailed=detailed)
+        except Exception as exc:  # noqa: BLE001 - a bug in the merge must not cost the verdicts already made
+            if os.environ.get("MAILPUSH_DEBUG"):
+                traceback.print_exc()
+            incident = MergedIncident(MergeResult(
+                client_file=paths[i], server_file=paths[j], status="not_read",
+                message=f"not merged: merge failed ({type(exc).__name__}: {exc}); set MAILPUSH_DEBUG=1 for the "
+                "traceback"))
+        shown = {paths[i]: results[i].file, paths[j]: results[j].file}  # printable names, as the captures show
+        incident.merge.client_file = shown.get(incident.merge.client_file, incident.merge.client_file)
+        incident.merge.server_file = shown.get(incident.merge.server_file, incident.merge.server_file)
+        incidents.append(incident)
+        print(f"{PROG}: {incident.merge.message}", file=sys.stderr)
+    if not pairs:
+        print(f"{PROG}: --merge: no two of these captures share a MAPI session (same mailbox, callback or client "
+              "and server): nothing merged", file=sys.stderr)
+    return incidents
 
 
 def _plot_prefixes(results) -> list[str]:
@@ -157,23 +198,46 @@ def run(args) -> int:
         print(f"{PROG}: {problem}", file=sys.stderr)
         return EXIT_USAGE
 
-    results = []
+    if args.merge and len(args.captures) < 2:
+        print(f"{PROG}: --merge needs two captures (the client side and the server side of one incident)",
+              file=sys.stderr)
+        return EXIT_USAGE
+
+    several = len(args.captures) > 1
+    results, correlations = [], []
     for path in args.captures:
-        result = _analyze_one(path, args.engine, args.vantage, secrets)
+        result, correlation = _analyze_one(path, args.engine, args.vantage, secrets, keep_correlation=True)
         results.append(result)
+        # the correlations are kept only for a merge; proposals need the results alone
+        correlations.append(correlation if args.merge else None)
         for line in capture_problems(result, verbose=args.verbose):
             print(f"{PROG}: {escape_controls(result.file)}: {line}", file=sys.stderr)
 
+    proposals = []
+    incidents = None
+    if several:
+        from analyzer.pipeline import propose_pairs
+
+        proposals = propose_pairs(results)
+        if args.merge:
+            incidents = _merge(args, list(args.captures), results, correlations, proposals)
+        else:
+            from analyzer.report.merged import proposals_text
+
+            for line in proposals_text(results, proposals):
+                print(f"{PROG}: {line}", file=sys.stderr)
+    named_proposals = [(results[i].file, results[j].file, why) for i, j, why in proposals]
+
     if args.format == "json":
-        text = render_json(results)
+        text = render_json(results, incidents=incidents, proposals=named_proposals)
     elif args.format == "csv":
         text = render_csv(results)
     elif args.format == "html":
         from analyzer.report.html import render_html
 
-        text = render_html(results)
+        text = render_html(results, incidents=incidents)
     else:  # problems went to stderr already; a report file keeps them so it stands on its own
-        text = render_text(results, include_problems=bool(args.output), verbose=args.verbose)
+        text = render_text(results, include_problems=bool(args.output), verbose=args.verbose, incidents=incidents)
 
     if args.output:
         try:
@@ -203,10 +267,22 @@ def run(args) -> int:
                 except OSError as exc:
                     print(f"{PROG}: cannot write plots to {args.plots}: {exc.strerror or exc}", file=sys.stderr)
                     return EXIT_USAGE
+        if incidents:
+            from analyzer.report.merged_plot import write_merged_plots
+
+            for incident in incidents:
+                if incident.merge.merged:
+                    try:
+                        written += len(write_merged_plots(incident, args.plots))
+                    except OSError as exc:
+                        print(f"{PROG}: cannot write plots to {args.plots}: {exc.strerror or exc}", file=sys.stderr)
+                        return EXIT_USAGE
         print(f"{PROG}: {written} plot file(s) in {args.plots}", file=sys.stderr)
 
     if all(r.error for r in results):
         return EXIT_NO_CAPTURE
-    if args.fail_on and any(c.verdict in args.fail_on for r in results for c in r.clients):
+    merged_verdicts = [v for inc in incidents or [] for v in inc.verdicts]
+    if args.fail_on and any(c.verdict in args.fail_on for r in results for c in r.clients) or \
+            args.fail_on and any(v.verdict in args.fail_on for v in merged_verdicts):
         return EXIT_FAIL_ON
     return EXIT_OK

@@ -19,11 +19,19 @@ MAILBOX_COLUMN = 30  # widest mailbox shown in the table (the full DN is in the 
 _NUMBER_UNIT = re.compile(r"(\d) (s\b|ms\b|notification|unprompted|call)")
 
 
-def render_json(results: Iterable[CaptureResult]) -> str:
-    """The ``mailpush analyze --format json`` document: exactly ``analyzer.pipeline.results_document``."""
+def render_json(results: Iterable[CaptureResult], incidents=None, proposals=None) -> str:
+    """The ``mailpush analyze --format json`` document: exactly ``analyzer.pipeline.results_document``, plus
+    ``merges`` (merged client/server captures, ``--merge``) and ``merge_proposals`` when there are any."""
     from analyzer.verdict.results import results_document
 
-    return json.dumps(results_document(results), indent=2, ensure_ascii=False) + "\n"
+    doc = results_document(results)
+    if incidents is not None:
+        from analyzer.report.merged import merges_document
+
+        doc["merges"] = merges_document(incidents)
+    if proposals:
+        doc["merge_proposals"] = [{"files": [a, b], "why": why} for a, b, why in proposals]
+    return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
 
 
 def render_csv(results: Iterable[CaptureResult]) -> str:
@@ -149,8 +157,9 @@ def capture_problems(r: CaptureResult, verbose: bool = False) -> list[str]:
     return [escape_controls(line) for line in out]
 
 
-def _overview(results: list[CaptureResult]) -> list[str]:
-    """Several captures: one table of every client first (the verdicts at a glance), details below."""
+def _overview(results: list[CaptureResult], merged_rows=()) -> list[str]:
+    """Several captures: one table of every client first (the verdicts at a glance), details below. Merged
+    captures (--merge) add a row per client they share, named "client file + server file"."""
     header = ("CAPTURE", "CLIENT", "VERDICT", "CAUSE", "CONF")
     rows = []
     for r in results:
@@ -159,6 +168,7 @@ def _overview(results: list[CaptureResult]) -> list[str]:
         elif not r.clients:
             rows.append((r.file, "-", "inconclusive", "no_emsmdb_session", ""))
         rows += [(r.file, c.client, c.verdict, c.cause, f"{c.confidence:.2f}") for c in r.clients]
+    rows += list(merged_rows)
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     lines = [f"{len(results)} captures, {sum(len(r.clients) for r in results)} client(s)",
@@ -166,13 +176,16 @@ def _overview(results: list[CaptureResult]) -> list[str]:
     return lines + [fmt.format(*row).rstrip() for row in rows] + ["", ""]
 
 
-def render_text(results: Iterable[CaptureResult], include_problems: bool = True, verbose: bool = False) -> str:
+def render_text(results: Iterable[CaptureResult], include_problems: bool = True, verbose: bool = False,
+                incidents=None) -> str:
     """A readable report: per capture a summary line, a verdict table (client, mailbox, server, verdict, cause,
     confidence) and per client its reason, evidence frames (times since capture start, as Wireshark shows them),
     display filter and remedy. ``include_problems=False`` leaves out errors/warnings (the CLI prints those on
     stderr); ``verbose`` lists every warning instead of counting those about non-MAPI connections."""
     results = list(results)
-    out: list[str] = _overview(results) if len(results) > 1 else []
+    merged_rows = [(f"{inc.merge.client_file} + {inc.merge.server_file}", v.client, v.verdict, v.cause,
+                    f"{v.confidence:.2f}") for inc in incidents or [] for v in inc.verdicts]
+    out: list[str] = _overview(results, merged_rows) if len(results) > 1 else []
     for r in results:
         if r.error and r.format is None:  # nothing read: the error is the whole story, on stdout too
             out.append(f"{r.file}: not analysed: {r.error}")
@@ -193,6 +206,10 @@ def render_text(results: Iterable[CaptureResult], include_problems: bool = True,
             out.append("")
             out += _client_detail(c, r.start)
         out.append("")
+    if incidents:  # merged client/server captures (--merge): after the captures they were made of
+        from analyzer.report.merged import render_merges_text
+
+        out += render_merges_text(incidents, _client_detail)
     # file names, mailbox DNs, warnings... come from the capture or the file system: no control character (an ESC
     # sequence, a newline forging a line) reaches the terminal raw. Each element of `out` is one line.
     return "\n".join(escape_controls(line) for line in out).rstrip("\n") + "\n"

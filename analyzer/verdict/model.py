@@ -24,6 +24,7 @@ CAUSES: dict[str, str] = {
     "udp_not_delivered": "udp_blocked",
     "icmp_unreachable": "udp_blocked",
     "udp_not_received": "udp_blocked",
+    "udp_lost_in_transit": "udp_blocked",  # only from two merged captures (analyzer.verdict.transit)
     "callback_unreachable_nat": "udp_blocked",
     "no_emsmdb_session": "inconclusive",
     "capture_too_short": "inconclusive",

@@ -59,6 +59,14 @@ REMEDIES: dict[str, str] = {
         "to the client, ports >= 1024 (KB 264035, KB 319572) on routers, firewalls and the client firewall; or pin "
         "the port with FixedUDPPort (KB 264035)."
     ),
+    "udp_lost_in_transit": (
+        "The datagram left the server and never reached the client: a device between the two capture points drops "
+        "it. Check the path from the server outwards: routers with access lists, firewalls (allow UDP from the "
+        "Exchange server to the client, ports >= 1024, KB 264035 / KB 319572; a stateful firewall's UDP timeout "
+        "closes the pinhole minutes after the last packet), NAT devices and VPN gateways; or pin the client port "
+        "with FixedUDPPort (KB 264035) and allow just that port. The hosts' own firewalls are not the cause here: "
+        "each capture shows what its host's network card saw."
+    ),
     "callback_unreachable_nat": (
         "The client registered a callback address the server cannot reach (NAT or VPN, KB 304849/305572/311506): "
         "use a fixed UDP port (FixedUDPPort, KB 264035) with a port forward on the NAT device, or another connection "
@@ -95,6 +103,8 @@ MEANINGS: dict[str, str] = {
     "udp_not_delivered": "the server sent UDP notifications and the client never reacted",
     "icmp_unreachable": "an ICMP error rejects the server's UDP notification",
     "udp_not_received": "registered and mail arrived, but no UDP notification reached the client",
+    "udp_lost_in_transit": "merged client and server captures: a datagram left the server and never reached the "
+                           "client, dropped between the two capture points",
     "callback_unreachable_nat": "the registered callback address is not the address the server sees (NAT/VPN)",
     "no_emsmdb_session": "no Outlook EMSMDB session to judge",
     "capture_too_short": "the capture ends too soon after logon (or before the registration's answer) to tell",

@@ -26,6 +26,7 @@ from analyzer import __version__
 from analyzer.verdict.model import CAUSES, VERDICTS, CaptureResult
 from analyzer.verdict.remedies import MEANINGS
 from analyzer.web import auth
+from analyzer.web import incidents as incident_jobs  # before Database(): its table joins the schema
 from analyzer.web.db import DONE, FAILED, QUEUED, RUNNING, Capture, Database, User, default_db_url, iso, utcnow
 from analyzer.web.storage import CAPTURE_ID_RE, DiskFull, Store, UploadError, UploadTooLarge, receive_upload
 from analyzer.web.worker import DEFAULT_JOB_TIMEOUT_S, WorkerPool, draw_plots
@@ -74,14 +75,18 @@ def create_app(
     db = Database(db_url or default_db_url(store.root))
     pool = WorkerPool(db, store, workers, job_timeout_s, plots_in_job,
                       limits=_job_limits(store, max_capture_gb, max_compression_ratio))
+    incident_worker = incident_jobs.IncidentWorker(db, store, job_timeout_s)
     max_bytes = int(max_upload_mb * 1024 * 1024)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         pool.start()
+        if workers:
+            incident_worker.start()
         try:
             yield
         finally:
+            incident_worker.stop()
             pool.stop()
             db.dispose()
 
@@ -171,6 +176,9 @@ def create_app(
         if row is None or row.user_id != user.id:
             raise HTTPException(404, "no such capture")  # same answer for "not yours" and "does not exist"
         return row
+
+    # merged captures of one incident (client side + server side): /api/incidents
+    incident_jobs.register_routes(app, db, incident_worker, api_user, own_capture, REPORT_CSP)
 
     # --- health, docs -------------------------------------------------------------------------------------
 
