@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import sys
 
+from analyzer import __version__
 from analyzer.cli import EXIT_OK, EXIT_USAGE
 
 DEFAULT_DATA_DIR = "mailpush-data"
@@ -25,6 +26,9 @@ def register(sub) -> None:
     p.add_argument("--lazy-plots", action="store_true",
                    help="draw the timing plots when a report is first viewed, not after every analysis "
                    "(faster for bulk uploads read through the API)")
+    p.add_argument("--log-format", choices=("text", "json"), default="text",
+                   help="log lines (one per request and per job state change) as text or as one JSON object "
+                   "per line (default text)")
     p.set_defaults(func=run_serve)
 
     u = sub.add_parser("user", help="manage accounts of the web service")
@@ -42,7 +46,8 @@ def register(sub) -> None:
 
 def _storage_args(p) -> None:
     p.add_argument("--db", metavar="URL", help="SQLAlchemy database URL (default: SQLite file DIR/mailpush.db; "
-                   "postgresql://user:pass@host/db needs the postgres extra)")
+                   "postgresql+psycopg://user:pass@host/db needs the postgres extra); the schema is created or "
+                   "upgraded when the database is opened")
     p.add_argument("--data-dir", metavar="DIR", default=DEFAULT_DATA_DIR,
                    help=f"where uploads, plots and the default database live (default ./{DEFAULT_DATA_DIR})")
 
@@ -92,15 +97,19 @@ def run_user(args) -> int:
 
 
 def run_serve(args) -> int:
+    import logging
+
     import uvicorn
 
-    from analyzer.web import create_app
+    from analyzer.web import create_app, logs
     from analyzer.web.db import DatabaseError
 
     if not 0 < args.port < 65536 or args.workers < 0 or args.max_upload_mb <= 0 or args.job_timeout <= 0:
         print("mailpush serve: need 0 < --port < 65536, --workers >= 0, --max-upload-mb > 0 and --job-timeout > 0",
               file=sys.stderr)
         return EXIT_USAGE
+    logs.configure(args.log_format)
+    log = logging.getLogger("mailpush.serve")
     try:
         app = create_app(args.db, args.data_dir, args.max_upload_mb, args.workers, job_timeout_s=args.job_timeout,
                          plots_in_job=not args.lazy_plots)
@@ -111,11 +120,15 @@ def run_serve(args) -> int:
         print(f"mailpush serve: cannot use data directory {args.data_dir}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE
     if not _is_loopback(args.host):
-        print("mailpush serve: warning: listening beyond this machine over plain HTTP; tokens and captures "
-              "travel unencrypted. Put a TLS reverse proxy in front.", file=sys.stderr)
-    print(f"mailpush: serving on http://{args.host}:{args.port}/ (data in {args.data_dir}, "
-          f"{args.workers} worker(s)); create an account with 'mailpush user add NAME'", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info", proxy_headers=False)
+        log.warning("listening beyond this machine over plain HTTP; tokens and captures travel unencrypted. "
+                    "Put a TLS reverse proxy in front.")
+    log.info("serving on http://%s:%d/ (data in %s, %d worker(s)); create an account with 'mailpush user add "
+             "NAME'", args.host, args.port, args.data_dir, args.workers,
+             extra={"event": "start", "version": __version__, "schema": app.state.db.schema_revisions[1]})
+    # log_config=None: uvicorn's own lines go through the handler configured above (same format); its access
+    # log is replaced by ours (one line per request, with the user).
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", proxy_headers=False, log_config=None,
+                access_log=False)
     return EXIT_OK
 
 

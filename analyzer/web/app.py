@@ -25,8 +25,9 @@ from contextlib import asynccontextmanager
 from analyzer import __version__
 from analyzer.verdict.model import CAUSES, VERDICTS, CaptureResult
 from analyzer.verdict.remedies import MEANINGS
-from analyzer.web import auth
+from analyzer.web import auth, logs
 from analyzer.web.db import DONE, FAILED, QUEUED, RUNNING, Capture, Database, User, default_db_url, iso, utcnow
+from analyzer.web.metrics import ServiceMetrics
 from analyzer.web.storage import CAPTURE_ID_RE, Store, UploadError, UploadTooLarge, receive_upload
 from analyzer.web.worker import DEFAULT_JOB_TIMEOUT_S, WorkerPool, draw_plots
 
@@ -67,6 +68,7 @@ def create_app(
     store = Store(data_dir)
     db = Database(db_url or default_db_url(store.root))
     pool = WorkerPool(db, store, workers, job_timeout_s, plots_in_job)
+    metrics = pool.metrics = ServiceMetrics(db)
     max_bytes = int(max_upload_mb * 1024 * 1024)
 
     @asynccontextmanager
@@ -89,6 +91,7 @@ def create_app(
         openapi_url=None,
     )
     app.state.db, app.state.store, app.state.pool, app.state.max_bytes = db, store, pool, max_bytes
+    app.state.metrics = metrics
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.globals["version"] = __version__
     templates.env.filters["clock"] = _clock
@@ -111,6 +114,8 @@ def create_app(
             response.headers.setdefault("Cache-Control", "no-store")  # private data
         return response
 
+    logs.install_request_log(app)  # outermost: sees the final status of every request
+
     @app.exception_handler(LoginRequired)
     async def to_login(request: Request, exc: LoginRequired):
         return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
@@ -119,8 +124,11 @@ def create_app(
 
     def authenticate(request: Request, credentials: HTTPAuthorizationCredentials | None) -> User | None:
         if credentials is not None:
-            return auth.user_for_token(db, credentials.credentials)
+            user = auth.user_for_token(db, credentials.credentials)
+            request.state.user_name = user.name if user else None  # for the request log line
+            return user
         user = auth.user_for_session(db, request.cookies.get(auth.SESSION_COOKIE))
+        request.state.user_name = user.name if user else None
         if user is not None and request.method not in ("GET", "HEAD", "OPTIONS") \
                 and request.headers.get("x-requested-with") != "XMLHttpRequest":
             # Cookie-authenticated changes must come from our own scripts (a custom header cannot be sent by a
@@ -140,6 +148,7 @@ def create_app(
         user = auth.user_for_session(db, request.cookies.get(auth.SESSION_COOKIE))
         if user is None:
             raise LoginRequired()
+        request.state.user_name = user.name
         return user
 
     def ensure_plots(row: Capture) -> None:
@@ -171,6 +180,11 @@ def create_app(
             return JSONResponse({"status": "error", "detail": f"database unavailable: {type(exc).__name__}"}, 503)
         return {"status": "ok", "version": __version__, "workers": pool.workers, "queued": queued}
 
+    @app.get("/metrics", tags=["service"], summary="Prometheus metrics (no authentication, like /healthz)",
+             response_class=Response)
+    def prometheus_metrics():
+        return Response(metrics.render(), media_type=metrics.content_type)
+
     @app.get("/openapi.json", include_in_schema=False)
     def openapi_json(user: User = Depends(api_user)):
         return JSONResponse(app.openapi())
@@ -199,16 +213,19 @@ def create_app(
     )
     async def upload_capture(request: Request, user: User = Depends(api_user)):
         if store.free_bytes() < max_bytes + 64 * 1024 * 1024:
+            metrics.uploads_rejected.labels("disk_full").inc()
             raise HTTPException(507, "the server is short of disk space; try again later")
         capture_id = secrets.token_hex(8)
         partial = store.partial_path(capture_id)
         try:
             received = await receive_upload(request, partial, max_bytes)
         except UploadTooLarge:
+            metrics.uploads_rejected.labels("too_large").inc()
             # Connection: close, because the rest of the body was not read.
             return JSONResponse({"detail": f"upload larger than the limit of {max_upload_mb:g} MB"}, 413,
                                 headers={"Connection": "close"})
         except UploadError as exc:
+            metrics.uploads_rejected.labels("bad_request").inc()
             return JSONResponse({"detail": str(exc)}, 400, headers={"Connection": "close"})
         partial.rename(store.capture_path(capture_id))
         try:
@@ -218,6 +235,8 @@ def create_app(
         except Exception:
             store.remove(capture_id)
             raise
+        metrics.upload_bytes.observe(received.size)
+        logs.job_state(capture_id, QUEUED, user=user.name, size=received.size)
         pool.notify()
         return JSONResponse(
             {"id": capture_id, "status": QUEUED, "filename": received.filename, "size": received.size,
@@ -292,6 +311,7 @@ def create_app(
             row = s.get(Capture, capture_id)
             if row is not None:
                 s.delete(row)
+        logs.job_state(capture_id, "deleted", user=user.name)
         store.remove(capture_id)  # a worker still analysing it cleans up again when it finishes
         return Response(status_code=204)
 

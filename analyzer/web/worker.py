@@ -22,7 +22,8 @@ import time
 import traceback
 from pathlib import Path
 
-from analyzer.web.db import Capture, Database
+from analyzer.web import logs
+from analyzer.web.db import DONE, FAILED, RUNNING, Capture, Database
 from analyzer.web.storage import Store
 
 log = logging.getLogger("mailpush.web.worker")
@@ -40,6 +41,8 @@ _MP.set_forkserver_preload(_PRELOAD)
 
 
 class WorkerPool:
+    metrics = None  # analyzer.web.metrics.ServiceMetrics, set by create_app
+
     def __init__(self, db: Database, store: Store, workers: int, job_timeout_s: float = DEFAULT_JOB_TIMEOUT_S,
                  plots_in_job: bool = True):
         self.db = db
@@ -56,7 +59,8 @@ class WorkerPool:
     def start(self) -> None:
         requeued, gave_up = self.db.recover_interrupted()
         if requeued or gave_up:
-            log.warning("resuming after restart: %d interrupted job(s) re-queued, %d given up", requeued, gave_up)
+            log.warning("resuming after restart: %d interrupted job(s) re-queued, %d given up", requeued, gave_up,
+                        extra={"event": "job_recovery", "requeued": requeued, "given_up": gave_up})
         for i in range(self.workers):
             t = threading.Thread(target=self._loop, name=f"mailpush-worker-{i}", daemon=True)
             t.start()
@@ -85,6 +89,7 @@ class WorkerPool:
                 job = None
                 self._stop.wait(2.0)
             if job is not None:
+                logs.job_state(job, RUNNING, worker=threading.current_thread().name)
                 self.run_job(job)
                 continue
             # Poll as well as wait for notify(): another server process sharing the database may queue jobs.
@@ -92,6 +97,7 @@ class WorkerPool:
             self._wake.clear()
 
     def run_job(self, capture_id: str) -> None:
+        started = time.monotonic()
         try:
             result_doc, error = self._run_child(capture_id)
         except _Stopped:
@@ -101,10 +107,15 @@ class WorkerPool:
             result_doc, error = None, f"internal error while analysing the capture ({type(exc).__name__}: {exc})"
         finally:
             self.progress.pop(capture_id, None)
+        seconds, outcome = time.monotonic() - started, FAILED if error else DONE
         try:
             self.db.finish_job(capture_id, result=result_doc, error=error)
         except Exception:
             log.exception("could not record the result of capture %s", capture_id)
+        else:
+            logs.job_state(capture_id, outcome, seconds=round(seconds, 3), error=error)
+        if self.metrics is not None:
+            self.metrics.analysis_finished(outcome, seconds)
         if not self._exists(capture_id):  # deleted while it was being analysed: leave nothing behind
             self.store.remove(capture_id)
 
