@@ -124,7 +124,8 @@ def run_serve(args) -> int:
                     "Put a TLS reverse proxy in front.")
     log.info("serving on http://%s:%d/ (data in %s, %d worker(s)); create an account with 'mailpush user add "
              "NAME'", args.host, args.port, args.data_dir, args.workers,
-             extra={"event": "start", "version": __version__, "schema": app.state.db.schema_revisions[1]})
+             extra={"event": "start", "version": __version__, "schema": app.state.db.schema_revisions[1],
+                    "schema_before": app.state.db.schema_revisions[0]})
     # log_config=None: uvicorn's own lines go through the handler configured above (same format); its access
     # log is replaced by ours (one line per request, with the user).
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", proxy_headers=False, log_config=None,

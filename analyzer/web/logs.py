@@ -20,7 +20,9 @@ access_log = logging.getLogger("mailpush.web.access")
 job_log = logging.getLogger("mailpush.web.jobs")
 
 # Attributes every LogRecord has; anything else on a record came in through ``extra=`` and is a field of the line.
-_STANDARD = set(vars(logging.LogRecord("x", 0, "x", 0, "x", None, None))) | {"message", "asctime", "taskName"}
+# (uvicorn adds color_message, the same text with terminal colour codes.)
+_STANDARD = set(vars(logging.LogRecord("x", 0, "x", 0, "x", None, None))) | {"message", "asctime", "taskName",
+                                                                             "color_message"}
 LOG_FORMATS = ("text", "json")
 
 
@@ -64,6 +66,8 @@ def configure(log_format: str = "text", level: int = logging.INFO, stream=None) 
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    # Alembic says which plugins and dialect it set up on every start; the schema revision is in our start line.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logger = logging.getLogger(name)
         logger.handlers.clear()
