@@ -34,12 +34,13 @@ def server_bin_dir() -> Path | None:
 
 class PostgresCluster:
     def __init__(self) -> None:
+        self.as_root = os.geteuid() == 0
         bindir = server_bin_dir()
         if bindir is None:
             raise FileNotFoundError("PostgreSQL server binaries (initdb, pg_ctl) not found")
         self.bindir = bindir
-        self.as_root = os.geteuid() == 0
-        self.root = Path(tempfile.mkdtemp(prefix="mailpush-pg-"))
+        # under root the cluster's user must reach the directory: /tmp, not a TMPDIR that may sit under /root
+        self.root = Path(tempfile.mkdtemp(prefix="mailpush-pg-", dir="/tmp" if self.as_root else None))
         self.data = self.root / "data"
         self.port = 0
         self.started = False

@@ -75,6 +75,24 @@ def test_metrics_time_the_analyses_and_follow_the_job_to_done(tmp_path, db_url, 
     assert m[("mailpush_analysis_seconds_bucket", (("le", "+Inf"), ("outcome", "done")))] == 1
 
 
+def test_restart_logs_each_interrupted_job_it_requeues_or_gives_up(tmp_path, db_url, public_dir, caplog):
+    from sqlalchemy import update
+
+    from analyzer.web.db import MAX_ATTEMPTS, RUNNING, Capture
+
+    data = tmp_path / "data"
+    with LiveServer(data, workers=0, db_url=db_url) as srv, srv.client(srv.add_user("alice")) as c:
+        ids = [upload(c, public_dir / "wiki-ShortMAPI.pcapng").json()["id"] for _ in range(3)]
+        with srv.db.session.begin() as s:  # a server killed while two of them were running
+            s.execute(update(Capture).where(Capture.id == ids[0]).values(status=RUNNING, attempts=1))
+            s.execute(update(Capture).where(Capture.id == ids[1]).values(status=RUNNING, attempts=MAX_ATTEMPTS))
+    caplog.set_level("INFO", logger="mailpush.web.jobs")
+    with LiveServer(data, workers=0, db_url=db_url):
+        pass
+    lines = [(r.capture, r.state, r.attempts) for r in caplog.records if getattr(r, "event", None) == "job"]
+    assert sorted(lines) == sorted([(ids[0], "queued", 1), (ids[1], "failed", MAX_ATTEMPTS)])
+
+
 def _serve(tmp_path: Path, db: str, *extra: str) -> tuple[subprocess.Popen, str, str]:
     mailpush = [sys.executable, "-m", "analyzer"]
     data = str(tmp_path / "data")

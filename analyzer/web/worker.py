@@ -23,7 +23,9 @@ import traceback
 from pathlib import Path
 
 from analyzer.web import logs
-from analyzer.web.db import DONE, FAILED, RUNNING, Capture, Database
+from sqlalchemy import select
+
+from analyzer.web.db import DONE, FAILED, MAX_ATTEMPTS, QUEUED, RUNNING, Capture, Database
 from analyzer.web.storage import Store
 
 log = logging.getLogger("mailpush.web.worker")
@@ -57,7 +59,12 @@ class WorkerPool:
         self.progress: dict[str, float] = {}
 
     def start(self) -> None:
+        with self.db.session() as s:  # which jobs recover_interrupted will move, for their log lines
+            interrupted = s.execute(select(Capture.id, Capture.attempts).where(Capture.status == RUNNING)).all()
         requeued, gave_up = self.db.recover_interrupted()
+        for capture_id, attempts in interrupted:
+            logs.job_state(capture_id, FAILED if attempts >= MAX_ATTEMPTS else QUEUED,
+                           reason="interrupted by a server stop", attempts=attempts)
         if requeued or gave_up:
             log.warning("resuming after restart: %d interrupted job(s) re-queued, %d given up", requeued, gave_up,
                         extra={"event": "job_recovery", "requeued": requeued, "given_up": gave_up})
