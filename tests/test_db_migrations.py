@@ -107,6 +107,24 @@ def test_downgrade_to_the_release_and_upgrade_again(db_url):
     assert schema_differences(db_url) == []
 
 
+def test_database_from_a_newer_mailpush_is_refused_with_a_message(db_url, capsys):
+    from analyzer.cli import main
+    from analyzer.web.db import DatabaseError
+
+    Database(db_url).dispose()
+    engine = create_engine(db_url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '0099'"))
+    engine.dispose()
+    with pytest.raises(DatabaseError, match="revision 0099, made by a newer mailpush"):
+        Database(db_url)
+    assert main(["db", "status", "--db", db_url]) == 0
+    assert "made by a newer mailpush" in capsys.readouterr().out
+    assert main(["user", "add", "x", "--db", db_url]) == 2
+    err = capsys.readouterr().err
+    assert "newer mailpush" in err and "Traceback" not in err
+
+
 def test_two_processes_starting_on_one_empty_postgresql_database(postgres_url):
     """`mailpush serve` and `mailpush user add` started together: the advisory lock lets one migrate, the other
     then finds the schema up to date (without it, both would try to CREATE TABLE and one would fail)."""

@@ -27,7 +27,7 @@ def run_db(args) -> int:
     from pathlib import Path
 
     from analyzer.web.db import Database, DatabaseError, default_db_url
-    from analyzer.web.schema import current_revision, head_revision
+    from analyzer.web.schema import current_revision, head_revision, known_revision
 
     if not getattr(args, "db_command", None):
         print("mailpush db: give an action: status or upgrade", file=sys.stderr)
@@ -53,8 +53,12 @@ def run_db(args) -> int:
             current, head = _revision_or_error(db, current_revision), head_revision()
             print(f"database revision: {current or 'empty (no schema yet)'}")
             print(f"newest revision: {head}")
-            print("up to date" if current == head else "upgrade pending: run 'mailpush db upgrade' (or start "
-                  "'mailpush serve', which upgrades it)")
+            if current == head:
+                print("up to date")
+            elif not known_revision(current):
+                print("made by a newer mailpush: upgrade mailpush to use this database")
+            else:
+                print("upgrade pending: run 'mailpush db upgrade' (or start 'mailpush serve', which upgrades it)")
             return EXIT_OK
         finally:
             db.dispose()

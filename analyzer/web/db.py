@@ -115,13 +115,16 @@ class Database:
             hint = " (install the postgres extra: pip install 'mailpush[postgres]')" if "postgres" in url else ""
             raise DatabaseError(f"cannot use database {_safe(url)}: {exc}{hint}") from None
         if migrate:
-            from analyzer.web.schema import upgrade
+            from analyzer.web.schema import SchemaError, upgrade
 
             try:
                 self.schema_revisions = upgrade(self.engine)
             except DBAPIError as exc:  # server down, wrong password, unwritable SQLite directory…
                 self.engine.dispose()
                 raise DatabaseError(f"cannot open database {_safe(url)}: {exc.orig}") from None
+            except SchemaError as exc:
+                self.engine.dispose()
+                raise DatabaseError(f"cannot use database {_safe(url)}: {exc}") from None
         self.session = sessionmaker(self.engine, expire_on_commit=False)
 
     def dispose(self) -> None:

@@ -26,6 +26,10 @@ BASELINE = "0001"  # the schema of mailpush 0.1.0, the last release without Alem
 _LOCK_KEY = 0x6D61696C70757368 & 0x7FFFFFFFFFFFFFFF  # "mailpush"
 
 
+class SchemaError(Exception):
+    """The database's schema cannot be brought to this mailpush's revision (message meant for the operator)."""
+
+
 def alembic_config(connection: Connection | None = None) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
@@ -36,6 +40,13 @@ def alembic_config(connection: Connection | None = None) -> Config:
 
 def head_revision() -> str:
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def known_revision(revision: str | None) -> bool:
+    """False for a revision made by a newer mailpush (its migration is not in this package)."""
+    if revision is None:
+        return True
+    return revision in {script.revision for script in ScriptDirectory.from_config(alembic_config()).walk_revisions()}
 
 
 def current_revision(engine: Engine) -> str | None:
@@ -57,6 +68,9 @@ def upgrade(engine: Engine, target: str = "head") -> tuple[str | None, str]:
         if before is None and _is_unversioned_release(conn):
             command.stamp(cfg, BASELINE)
             before = BASELINE
+        if not known_revision(before):
+            raise SchemaError(f"the database schema is at revision {before}, made by a newer mailpush than this "
+                              f"one (which knows revisions up to {head_revision()}); upgrade mailpush")
         if before != head_revision() or target != "head":
             command.upgrade(cfg, target)
         after = MigrationContext.configure(conn).get_current_revision()
