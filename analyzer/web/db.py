@@ -192,9 +192,11 @@ def _normalise_url(url: str) -> str:
 
     if url.startswith("postgres://"):
         url = "postgresql://" + url[len("postgres://"):]
-    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None \
-            and importlib.util.find_spec("psycopg2") is not None:
-        url = "postgresql+psycopg2://" + url[len("postgresql://"):]
+    if url.startswith("postgresql://"):  # (SQLAlchemy 2.0 alone would pick psycopg2 here, 2.1 psycopg 3)
+        if importlib.util.find_spec("psycopg") is not None:
+            url = "postgresql+psycopg://" + url[len("postgresql://"):]
+        elif importlib.util.find_spec("psycopg2") is not None:
+            url = "postgresql+psycopg2://" + url[len("postgresql://"):]
     return url
 
 
