@@ -22,9 +22,9 @@ import time
 import traceback
 from pathlib import Path
 
-from analyzer.web import logs
 from sqlalchemy import select
 
+from analyzer.web import logs
 from analyzer.web.db import DONE, FAILED, MAX_ATTEMPTS, QUEUED, RUNNING, Capture, Database
 from analyzer.web.storage import Store
 
