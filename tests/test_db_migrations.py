@@ -16,7 +16,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 
 from analyzer.web import auth
-from analyzer.web.db import QUEUED, Base, Capture, Database
+from analyzer.web.db import Base, Capture, Database
 from analyzer.web.schema import BASELINE, alembic_config, current_revision, head_revision, upgrade
 
 BASELINE_SQL = Path(__file__).parent / "data" / "schema-0.1.0"
