@@ -43,6 +43,7 @@ def test_metrics_count_jobs_by_state_queue_per_user_and_upload_bytes(tmp_path, d
             except httpx.TransportError:
                 pass  # the server answered 413 and closed before reading the body: the client may see a reset
         m = scrape(srv.url)  # no token needed, like /healthz
+    assert m[("mailpush_database_up", ())] == 1
     assert m[("mailpush_jobs", (("state", "queued"),))] == 3
     assert m[("mailpush_jobs", (("state", "running"),))] == 0
     assert m[("mailpush_jobs", (("state", "done"),))] == 0 and m[("mailpush_jobs", (("state", "failed"),))] == 0
@@ -73,6 +74,19 @@ def test_metrics_time_the_analyses_and_follow_the_job_to_done(tmp_path, db_url, 
     assert 0 < m[("mailpush_analysis_seconds_sum", (("outcome", "done"),))] < 120
     # the histogram's buckets are cumulative: everything is under +Inf
     assert m[("mailpush_analysis_seconds_bucket", (("le", "+Inf"), ("outcome", "done")))] == 1
+
+
+def test_metrics_still_answer_when_the_database_is_gone(tmp_path, postgres_cluster, postgres_url, public_dir):
+    with LiveServer(tmp_path / "data", workers=0, db_url=postgres_url) as srv:
+        with srv.client(srv.add_user("alice")) as c:
+            assert upload(c, public_dir / "wiki-ShortMAPI.pcapng").status_code == 202
+        before = scrape(srv.url)
+        assert before[("mailpush_database_up", ())] == 1 and before[("mailpush_upload_bytes_count", ())] == 1
+        postgres_cluster.drop_database(postgres_url)  # the database disappears under the running server
+        after = scrape(srv.url)
+    assert after[("mailpush_database_up", ())] == 0
+    assert after[("mailpush_upload_bytes_count", ())] == 1  # what the process knows is still served
+    assert not [k for k in after if k[0] == "mailpush_jobs"]
 
 
 def test_restart_logs_each_interrupted_job_it_requeues_or_gives_up(tmp_path, db_url, public_dir, caplog):

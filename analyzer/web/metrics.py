@@ -6,7 +6,8 @@
 * ``mailpush_queue_length{user}``     queued captures per user, from the database as well;
 * ``mailpush_analysis_seconds{outcome}``  histogram of the time analyses of this process took (done or failed);
 * ``mailpush_upload_bytes``           histogram of the size of accepted uploads (its _sum is the bytes received);
-* ``mailpush_uploads_rejected_total{reason}``  uploads refused (too_large, bad_request, disk_full).
+* ``mailpush_uploads_rejected_total{reason}``  uploads refused (too_large, bad_request, disk_full);
+* ``mailpush_database_up``            1 when the database answered the scrape (the job gauges are then absent).
 
 Each app has its own registry (several apps in one process, as in the tests, must not share counters).
 """
@@ -15,9 +16,14 @@ from __future__ import annotations
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
+import logging
+
 from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from analyzer.web.db import STATUSES, QUEUED, Capture, Database, User
+
+log = logging.getLogger("mailpush.web.metrics")
 
 # Analyses take from well under a second (a few MB) to the 900 s default time limit.
 ANALYSIS_BUCKETS = (0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 900)
@@ -37,13 +43,23 @@ class _DatabaseCollector:
         jobs = GaugeMetricFamily("mailpush_jobs", "Captures in each job state", labels=["state"])
         queue = GaugeMetricFamily("mailpush_queue_length", "Captures waiting for analysis, per user",
                                   labels=["user"])
-        with self.db.session() as s:
-            by_state = dict(s.execute(select(Capture.status, func.count()).group_by(Capture.status)).all())
-            per_user = s.execute(
-                select(User.name, func.count(Capture.id))
-                .join(Capture, (Capture.user_id == User.id) & (Capture.status == QUEUED), isouter=True)
-                .group_by(User.name)
-            ).all()
+        up = GaugeMetricFamily("mailpush_database_up", "1 when the database answered this scrape, else 0")
+        try:
+            with self.db.session() as s:
+                by_state = dict(s.execute(select(Capture.status, func.count()).group_by(Capture.status)).all())
+                per_user = s.execute(
+                    select(User.name, func.count(Capture.id))
+                    .join(Capture, (Capture.user_id == User.id) & (Capture.status == QUEUED), isouter=True)
+                    .group_by(User.name)
+                ).all()
+        except SQLAlchemyError as exc:
+            # The process metrics are still worth scraping; the outage shows as mailpush_database_up 0.
+            log.warning("metrics: database unavailable (%s)", type(exc).__name__)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
         for state in STATUSES:  # every state, 0 included: a rate or alert on a missing series sees nothing
             jobs.add_metric([state], by_state.get(state, 0))
         for name, count in sorted(per_user):
