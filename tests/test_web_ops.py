@@ -101,6 +101,7 @@ def test_restart_logs_each_interrupted_job_it_requeues_or_gives_up(tmp_path, db_
             s.execute(update(Capture).where(Capture.id == ids[0]).values(status=RUNNING, attempts=1))
             s.execute(update(Capture).where(Capture.id == ids[1]).values(status=RUNNING, attempts=MAX_ATTEMPTS))
     caplog.set_level("INFO", logger="mailpush.web.jobs")
+    caplog.clear()  # only the lines of the second start
     with LiveServer(data, workers=0, db_url=db_url):
         pass
     lines = [(r.capture, r.state, r.attempts) for r in caplog.records if getattr(r, "event", None) == "job"]

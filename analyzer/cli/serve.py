@@ -108,8 +108,6 @@ def run_serve(args) -> int:
         print("mailpush serve: need 0 < --port < 65536, --workers >= 0, --max-upload-mb > 0 and --job-timeout > 0",
               file=sys.stderr)
         return EXIT_USAGE
-    logs.configure(args.log_format)
-    log = logging.getLogger("mailpush.serve")
     try:
         app = create_app(args.db, args.data_dir, args.max_upload_mb, args.workers, job_timeout_s=args.job_timeout,
                          plots_in_job=not args.lazy_plots)
@@ -119,6 +117,9 @@ def run_serve(args) -> int:
     except OSError as exc:
         print(f"mailpush serve: cannot use data directory {args.data_dir}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE
+    # Configured once the app is built: a command that fails before serving leaves the process's logging alone.
+    logs.configure(args.log_format)
+    log = logging.getLogger("mailpush.serve")
     if not _is_loopback(args.host):
         log.warning("listening beyond this machine over plain HTTP; tokens and captures travel unencrypted. "
                     "Put a TLS reverse proxy in front.")
