@@ -1,6 +1,6 @@
 # mailpush: `make demo` runs the analyzer on the bundled sample captures, `make test` runs the full suite.
 # Both work on a fresh Debian machine with Python 3.11: they create .venv and install what they need
-# (and, when run as root, the Debian packages tshark and chromium).
+# (and, when run as root, the Debian packages tshark, chromium and postgresql).
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
@@ -8,9 +8,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DEMO   := build/demo
 SAMPLES = $(sort $(wildcard captures/*.pcap captures/*.pcapng captures/*.cap captures/*.gz))
-APT_PACKAGES := tshark chromium
 
-.PHONY: demo test venv system-deps bench clean captures
+.PHONY: demo test venv system-deps docs dist bench clean captures
 
 venv: $(STAMP)
 
@@ -20,11 +19,13 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# Debian packages the tests need: real tshark (second engine, cross-checks) and a real browser (web tests).
+# Debian packages the tests need: real tshark (second engine, cross-checks), a real browser (web tests) and the
+# PostgreSQL server (the web tests start a throwaway cluster of their own; Debian keeps initdb out of PATH).
 system-deps:
 	@missing=""; \
 	command -v tshark >/dev/null 2>&1 || missing="$$missing tshark"; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing Debian packages:$$missing"; \
@@ -42,8 +43,16 @@ demo: $(STAMP)
 	@echo
 	@echo "HTML report: $(DEMO)/report.html   plots: $(DEMO)/plots/"
 
-test: $(STAMP) system-deps
+test: $(STAMP) system-deps docs
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# HTML documentation in build/site; --strict fails on a broken link or anchor and on a page missing from the nav.
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict --quiet
+
+# sdist and wheel in build/dist (the build backend from .venv: no download).
+dist: $(STAMP)
+	$(BIN)/python -m build --no-isolation --outdir build/dist .
 
 captures: $(STAMP)
 	$(BIN)/python captures/generate.py

@@ -1,5 +1,6 @@
-"""Web service tests: a real uvicorn server on a free loopback port, a real SQLite file in tmp_path, real
-captures as uploads, talked to over HTTP with httpx. (The browser test is in test_web_browser.py.)"""
+"""Web service tests: a real uvicorn server on a free loopback port, real captures as uploads, talked to over HTTP
+with httpx. Every test that starts a server runs twice: on a real SQLite file in tmp_path and on a fresh database
+of a throwaway PostgreSQL cluster (psycopg 3). (The browser test is in test_web_browser.py.)"""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from sqlalchemy import update
 from analyzer.web import create_app
 from analyzer.web.auth import add_user
 from analyzer.web.db import RUNNING, Capture
+from conftest import DB_BACKENDS
 
 ROOT = Path(__file__).resolve().parent.parent
 TERMINAL = ("done", "failed")
@@ -46,8 +48,12 @@ needs_pipeline = pytest.mark.skipif(not pipeline_ready(), reason="analysis pipel
 class LiveServer:
     """The real app under uvicorn in a thread, on a socket bound to 127.0.0.1:0 (no port race)."""
 
-    def __init__(self, data_dir: Path, workers: int = 2, max_upload_mb: float = 5, **options):
-        self.app = create_app(None, data_dir, max_upload_mb, workers, **options)
+    # Database of the servers a test starts (set per test by the live_database fixture); None: SQLite in data_dir.
+    database: str | None = None
+
+    def __init__(self, data_dir: Path, workers: int = 2, max_upload_mb: float = 5, db_url: str | None = None,
+                 **options):
+        self.app = create_app(db_url or LiveServer.database, data_dir, max_upload_mb, workers, **options)
         self.db = self.app.state.db
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -91,6 +97,20 @@ def wait_finished(client: httpx.Client, capture_id: str, timeout: float = 30) ->
             return doc
         assert time.monotonic() < deadline, f"capture {capture_id} still {doc['status']} after {timeout}s"
         time.sleep(0.1)
+
+
+def pytest_generate_tests(metafunc):
+    """Each test runs against SQLite and PostgreSQL, except those marked single_database (they start no server)."""
+    if "live_database" in metafunc.fixturenames and not metafunc.definition.get_closest_marker("single_database"):
+        metafunc.parametrize("live_database", DB_BACKENDS, indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def live_database(request, monkeypatch):
+    backend = getattr(request, "param", "sqlite")
+    url = request.getfixturevalue("postgres_url") if backend == "postgresql" else None
+    monkeypatch.setattr(LiveServer, "database", url)
+    return backend
 
 
 @pytest.fixture
@@ -468,6 +488,7 @@ def _expected_verdicts(entry: dict) -> set[tuple[str, str]]:
 # --- the command line -----------------------------------------------------------------------------------------
 
 
+@pytest.mark.single_database
 def test_cli_user_add_and_serve_subprocess(tmp_path, shortmapi):
     data = tmp_path / "data"
     mailpush = [sys.executable, "-m", "analyzer"]
@@ -518,6 +539,7 @@ def test_cli_user_add_and_serve_subprocess(tmp_path, shortmapi):
         assert "Traceback" not in out, out
 
 
+@pytest.mark.single_database
 def test_cli_bad_database_or_data_dir_is_a_message_not_a_traceback(tmp_path, capsys):
     from analyzer.cli import main
 
@@ -536,6 +558,7 @@ def test_cli_bad_database_or_data_dir_is_a_message_not_a_traceback(tmp_path, cap
     assert "user name must be" in capsys.readouterr().err
 
 
+@pytest.mark.single_database
 def test_every_cause_has_a_tooltip_on_the_report_page():
     from analyzer.verdict.model import CAUSES
     from analyzer.web.app import CAUSE_HELP

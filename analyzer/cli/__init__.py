@@ -13,7 +13,7 @@ import sys
 
 from analyzer import __version__
 
-COMMAND_MODULES = ("events", "analyze", "batch", "serve")
+COMMAND_MODULES = ("events", "analyze", "batch", "serve", "db")
 
 EXIT_OK = 0
 EXIT_FAIL_ON = 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import sys
 
+from analyzer import __version__
 from analyzer.cli import EXIT_OK, EXIT_USAGE
 from analyzer.cli.limits import add_limit_args, limit_problem
 
@@ -31,6 +32,9 @@ def register(sub) -> None:
     p.add_argument("--lazy-plots", action="store_true",
                    help="draw the timing plots when a report is first viewed, not after every analysis "
                    "(faster for bulk uploads read through the API)")
+    p.add_argument("--log-format", choices=("text", "json"), default="text",
+                   help="log lines (one per request and per job state change) as text or as one JSON object "
+                   "per line (default text)")
     p.set_defaults(func=run_serve)
 
     u = sub.add_parser("user", help="manage accounts of the web service")
@@ -48,7 +52,8 @@ def register(sub) -> None:
 
 def _storage_args(p) -> None:
     p.add_argument("--db", metavar="URL", help="SQLAlchemy database URL (default: SQLite file DIR/mailpush.db; "
-                   "postgresql://user:pass@host/db needs the postgres extra)")
+                   "postgresql+psycopg://user:pass@host/db needs the postgres extra); the schema is created or "
+                   "upgraded when the database is opened")
     p.add_argument("--data-dir", metavar="DIR", default=DEFAULT_DATA_DIR,
                    help=f"where uploads, plots and the default database live (default ./{DEFAULT_DATA_DIR})")
 
@@ -98,9 +103,11 @@ def run_user(args) -> int:
 
 
 def run_serve(args) -> int:
+    import logging
+
     import uvicorn
 
-    from analyzer.web import create_app
+    from analyzer.web import create_app, logs
     from analyzer.web.db import DatabaseError
 
     if not 0 < args.port < 65536 or args.workers < 0 or args.max_upload_mb <= 0 or args.job_timeout <= 0:
@@ -125,14 +132,21 @@ def run_serve(args) -> int:
     except OSError as exc:
         print(f"mailpush serve: cannot use data directory {args.data_dir}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE
+    # Configured once the app is built: a command that fails before serving leaves the process's logging alone.
+    logs.configure(args.log_format)
+    log = logging.getLogger("mailpush.serve")
     if not _is_loopback(args.host):
-        print("mailpush serve: warning: listening beyond this machine over plain HTTP; tokens and captures "
-              "travel unencrypted. Put a TLS reverse proxy in front.", file=sys.stderr)
-    print(f"mailpush: serving on http://{args.host}:{args.port}/ (data in {args.data_dir}, "
-          f"{app.state.pool.workers} worker(s)); create an account with 'mailpush user add NAME'", file=sys.stderr)
+        log.warning("listening beyond this machine over plain HTTP; tokens and captures travel unencrypted. "
+                    "Put a TLS reverse proxy in front.")
+    log.info("serving on http://%s:%d/ (data in %s, %d worker(s)); create an account with 'mailpush user add "
+             "NAME'", args.host, args.port, args.data_dir, app.state.pool.workers,
+             extra={"event": "start", "version": __version__, "schema": app.state.db.schema_revisions[1],
+                    "schema_before": app.state.db.schema_revisions[0]})
     proxies = args.forwarded_allow_ips
+    # log_config=None: uvicorn's own lines go through the handler configured above (same format); its access
+    # log is replaced by ours (one line per request, with the user).
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", proxy_headers=bool(proxies),
-                forwarded_allow_ips=proxies or None)
+                forwarded_allow_ips=proxies or None, log_config=None, access_log=False)
     return EXIT_OK
 
 

@@ -25,9 +25,10 @@ from contextlib import asynccontextmanager
 from analyzer import __version__
 from analyzer.verdict.model import CAUSES, VERDICTS, CaptureResult
 from analyzer.verdict.remedies import MEANINGS
-from analyzer.web import auth
+from analyzer.web import auth, logs
 from analyzer.web import incidents as incident_jobs  # before Database(): its table joins the schema
 from analyzer.web.db import DONE, FAILED, QUEUED, RUNNING, Capture, Database, User, default_db_url, iso, utcnow
+from analyzer.web.metrics import ServiceMetrics
 from analyzer.web.storage import CAPTURE_ID_RE, DiskFull, Store, UploadError, UploadTooLarge, receive_upload
 from analyzer.web.worker import DEFAULT_JOB_TIMEOUT_S, WorkerPool, draw_plots
 
@@ -75,6 +76,7 @@ def create_app(
     db = Database(db_url or default_db_url(store.root))
     pool = WorkerPool(db, store, workers, job_timeout_s, plots_in_job,
                       limits=_job_limits(store, max_capture_gb, max_compression_ratio))
+    metrics = pool.metrics = ServiceMetrics(db)
     incident_worker = incident_jobs.IncidentWorker(db, store, job_timeout_s)
     max_bytes = int(max_upload_mb * 1024 * 1024)
 
@@ -101,6 +103,7 @@ def create_app(
         openapi_url=None,
     )
     app.state.db, app.state.store, app.state.pool, app.state.max_bytes = db, store, pool, max_bytes
+    app.state.metrics = metrics
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.globals["version"] = __version__
     templates.env.filters["clock"] = _clock
@@ -126,6 +129,8 @@ def create_app(
             response.headers.setdefault("Cache-Control", "no-store")  # private data
         return response
 
+    logs.install_request_log(app)  # outermost: sees the final status of every request
+
     @app.exception_handler(LoginRequired)
     async def to_login(request: Request, exc: LoginRequired):
         return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
@@ -134,8 +139,11 @@ def create_app(
 
     def authenticate(request: Request, credentials: HTTPAuthorizationCredentials | None) -> User | None:
         if credentials is not None:
-            return auth.user_for_token(db, credentials.credentials)
+            user = auth.user_for_token(db, credentials.credentials)
+            request.state.user_name = user.name if user else None  # for the request log line
+            return user
         user = auth.user_for_session(db, request.cookies.get(auth.SESSION_COOKIE))
+        request.state.user_name = user.name if user else None
         if user is not None and request.method not in ("GET", "HEAD", "OPTIONS"):
             require_csrf_proof(request)
         return user
@@ -157,6 +165,7 @@ def create_app(
         user = auth.user_for_session(db, request.cookies.get(auth.SESSION_COOKIE))
         if user is None:
             raise LoginRequired()
+        request.state.user_name = user.name
         return user
 
     def ensure_plots(row: Capture) -> None:
@@ -190,6 +199,11 @@ def create_app(
         except Exception as exc:
             return JSONResponse({"status": "error", "detail": f"database unavailable: {type(exc).__name__}"}, 503)
         return {"status": "ok", "version": __version__, "workers": pool.workers, "queued": queued}
+
+    @app.get("/metrics", tags=["service"], summary="Prometheus metrics (no authentication, like /healthz)",
+             response_class=Response)
+    def prometheus_metrics():
+        return Response(metrics.render(), media_type=metrics.content_type)
 
     @app.get("/openapi.json", include_in_schema=False)
     def openapi_json(user: User = Depends(api_user)):
@@ -231,6 +245,7 @@ def create_app(
             with store.reserve(max_bytes):  # room for this upload at its largest, beside those in progress
                 return await _store_upload(request, user)
         except DiskFull:
+            metrics.uploads_rejected.labels("disk_full").inc()
             return JSONResponse({"detail": DISK_FULL}, 507, headers={"Connection": "close"})
 
     async def _store_upload(request: Request, user: User):
@@ -239,10 +254,12 @@ def create_app(
         try:
             received = await receive_upload(request, partial, max_bytes)
         except UploadTooLarge:
+            metrics.uploads_rejected.labels("too_large").inc()
             # Connection: close, because the rest of the body was not read.
             return JSONResponse({"detail": f"upload larger than the limit of {max_upload_mb:g} MB"}, 413,
                                 headers={"Connection": "close"})
         except UploadError as exc:
+            metrics.uploads_rejected.labels("bad_request").inc()
             return JSONResponse({"detail": str(exc)}, 400, headers={"Connection": "close"})
         account_secrets = None
         if received.secrets:
@@ -266,6 +283,8 @@ def create_app(
             raise
         if account_secrets:
             pool.hold_secrets(capture_id, account_secrets)
+        metrics.upload_bytes.observe(received.size)
+        logs.job_state(capture_id, QUEUED, user=user.name, size=received.size)
         pool.notify()
         return JSONResponse(
             {"id": capture_id, "status": QUEUED, "filename": received.filename, "size": received.size,
@@ -343,6 +362,7 @@ def create_app(
             if row is not None:
                 s.delete(row)
         pool.drop_secrets(capture_id)
+        logs.job_state(capture_id, "deleted", user=user.name)
         store.remove(capture_id)  # a worker still analysing it cleans up again when it finishes
         return Response(status_code=204)
 

@@ -1,8 +1,10 @@
 """Database of the web service: users, login sessions and capture jobs (SQLAlchemy 2).
 
 SQLite file under the data directory by default (embedded, nothing to set up); PostgreSQL when a
-``postgresql://`` URL is given (needs the optional ``psycopg2-binary`` extra). A capture row *is* the job:
+``postgresql+psycopg://`` URL is given (psycopg 3: the optional ``postgres`` extra). A capture row *is* the job:
 ``queued -> running -> done | failed``, so a restarted server finds unfinished work in the table.
+The schema is created and upgraded by the Alembic migrations in ``migrations/`` (see ``analyzer.web.schema``):
+a change to the models below needs a new migration there (a test compares the two).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 from sqlalchemy import (
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -70,6 +73,8 @@ class LoginSession(Base):
 
 class Capture(Base):
     __tablename__ = "captures"
+    # a user's captures newest first, paged (the list and the per-user queue length)
+    __table_args__ = (Index("ix_captures_user_uploaded", "user_id", "uploaded_at"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)  # random hex, also the stored file's name
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
@@ -101,18 +106,25 @@ class DatabaseError(Exception):
 
 
 class Database:
-    def __init__(self, url: str):
+    def __init__(self, url: str, migrate: bool = True):
+        """``migrate``: bring the schema to the newest revision first (creating it in an empty database)."""
         self.url = url = _normalise_url(url)
         try:
             self.engine = _make_engine(url)
         except (ArgumentError, ModuleNotFoundError, ImportError) as exc:
             hint = " (install the postgres extra: pip install 'mailpush[postgres]')" if "postgres" in url else ""
             raise DatabaseError(f"cannot use database {_safe(url)}: {exc}{hint}") from None
-        try:
-            Base.metadata.create_all(self.engine)
-        except DBAPIError as exc:  # server down, wrong password, unwritable SQLite directory…
-            self.engine.dispose()
-            raise DatabaseError(f"cannot open database {_safe(url)}: {exc.orig}") from None
+        if migrate:
+            from analyzer.web.schema import SchemaError, upgrade
+
+            try:
+                self.schema_revisions = upgrade(self.engine)
+            except DBAPIError as exc:  # server down, wrong password, unwritable SQLite directory…
+                self.engine.dispose()
+                raise DatabaseError(f"cannot open database {_safe(url)}: {exc.orig}") from None
+            except SchemaError as exc:
+                self.engine.dispose()
+                raise DatabaseError(f"cannot use database {_safe(url)}: {exc}") from None
         self.session = sessionmaker(self.engine, expire_on_commit=False)
 
     def dispose(self) -> None:
@@ -174,15 +186,17 @@ def default_db_url(data_dir: str | Path) -> str:
 
 
 def _normalise_url(url: str) -> str:
-    """``postgres://`` (as many hosting services write it) and a bare ``postgresql://`` use psycopg2 when that is
-    what is installed (the project's postgres extra); SQLAlchemy 2.1 would otherwise look for psycopg 3."""
+    """``postgres://`` (as many hosting services write it) is ``postgresql://``; a bare ``postgresql://`` means
+    psycopg 3 (the project's postgres extra), or psycopg2 when only that older driver is installed."""
     import importlib.util
 
     if url.startswith("postgres://"):
         url = "postgresql://" + url[len("postgres://"):]
-    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None \
-            and importlib.util.find_spec("psycopg2") is not None:
-        url = "postgresql+psycopg2://" + url[len("postgresql://"):]
+    if url.startswith("postgresql://"):  # (SQLAlchemy 2.0 alone would pick psycopg2 here, 2.1 psycopg 3)
+        if importlib.util.find_spec("psycopg") is not None:
+            url = "postgresql+psycopg://" + url[len("postgresql://"):]
+        elif importlib.util.find_spec("psycopg2") is not None:
+            url = "postgresql+psycopg2://" + url[len("postgresql://"):]
     return url
 
 

@@ -22,7 +22,10 @@ import time
 import traceback
 from pathlib import Path
 
-from analyzer.web.db import Capture, Database
+from sqlalchemy import select
+
+from analyzer.web import logs
+from analyzer.web.db import DONE, FAILED, MAX_ATTEMPTS, QUEUED, RUNNING, Capture, Database
 from analyzer.web.jobs import SERVER_PID_ENV, JobRegistry, enter_job_process, kill_group
 from analyzer.web.scheduler import claim_next_fair, mark_not_saved, requeue_unsaved
 from analyzer.web.storage import Store
@@ -47,6 +50,8 @@ HOUSEKEEPING_S = 5.0
 
 
 class WorkerPool:
+    metrics = None  # analyzer.web.metrics.ServiceMetrics, set by create_app
+
     def __init__(self, db: Database, store: Store, workers: int, job_timeout_s: float = DEFAULT_JOB_TIMEOUT_S,
                  plots_in_job: bool = True, limits: dict | None = None):
         self.db = db
@@ -82,10 +87,17 @@ class WorkerPool:
         removed = self.store.clean_partials()
         if removed:
             log.warning("removed %d partial upload(s) left by an interrupted server", removed)
+        with self.db.session() as s:  # which jobs recover_interrupted will move, for their log lines
+            interrupted = s.execute(select(Capture.id, Capture.attempts).where(Capture.status == RUNNING)).all()
         requeued, gave_up = self.db.recover_interrupted()
+        for capture_id, attempts in interrupted:
+            logs.job_state(capture_id, FAILED if attempts >= MAX_ATTEMPTS else QUEUED,
+                           reason="interrupted by a server stop", attempts=attempts)
         if requeued or gave_up or reaped:
             log.warning("resuming after restart: %d interrupted job(s) re-queued, %d given up, %d orphaned "
-                        "analysis process(es) killed", requeued, gave_up, len(reaped))
+                        "analysis process(es) killed", requeued, gave_up, len(reaped),
+                        extra={"event": "job_recovery", "requeued": requeued, "given_up": gave_up,
+                               "orphans_killed": len(reaped)})
         requeue_unsaved(self.db)
         if self.workers:
             # The fork server is started here, by the thread that lives as long as the server, and dies with it
@@ -152,6 +164,7 @@ class WorkerPool:
                 self._stop.wait(2.0)
             if job is not None:
                 idle = 1.0
+                logs.job_state(job, RUNNING, worker=threading.current_thread().name)
                 self.run_job(job)
                 continue
             # Nothing queued: sleep until notify(), re-checking now and then (another server process sharing a
@@ -190,6 +203,7 @@ class WorkerPool:
                 pass
 
     def run_job(self, capture_id: str) -> None:
+        started = time.monotonic()
         try:
             result_doc, error = self._run_child(capture_id)
         except _Stopped:
@@ -203,6 +217,7 @@ class WorkerPool:
                 self._children.pop(capture_id, None)
                 cancelled = capture_id in self._cancelled
                 self._cancelled.discard(capture_id)
+        seconds, outcome = time.monotonic() - started, FAILED if error else DONE
         if not cancelled:
             try:
                 self.db.finish_job(capture_id, result=result_doc, error=error)
@@ -213,6 +228,10 @@ class WorkerPool:
                     mark_not_saved(self.db, capture_id, reason)
                 except Exception:
                     self._unsaved[capture_id] = reason  # written by the housekeeping thread when it can
+            else:
+                logs.job_state(capture_id, outcome, seconds=round(seconds, 3), error=error)
+            if self.metrics is not None:
+                self.metrics.analysis_finished(outcome, seconds)
         if cancelled or not self._exists(capture_id):  # deleted while it was being analysed: leave nothing
             self.store.remove(capture_id)
 

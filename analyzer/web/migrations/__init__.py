@@ -1,0 +1,1 @@
+"""Alembic migrations of the web service's database (env.py, versions/). Run by analyzer.web.schema."""
