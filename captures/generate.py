@@ -7,7 +7,7 @@
 Every file is deterministic: fixed timestamps, a fixed random seed per scenario, hand-written file headers (no
 wall-clock time anywhere), so running the generator twice gives identical bytes (tests/test_captures_manifest.py
 checks it). Link, network and transport layers are built with scapy (Ether/Dot1Q/IP/IPv6/TCP/UDP/ICMP); the
-DCE/RPC PDUs and NDR stubs are packed with struct following protocol.md §1.4-1.10 and §4 and the MS-OXCRPC IDL
+DCE/RPC PDUs and NDR stubs are packed with struct following docs/protocol.md §1.4-1.10 and §4 and the MS-OXCRPC IDL
 (scapy has no EMSMDB definitions, and packing by hand keeps every byte under control, including the deliberately
 segmented, reordered and retransmitted opnum 4 request). The opnum 4 stub is checked against the §1.10 vector at
 import time.
@@ -38,7 +38,7 @@ from scapy.layers.l2 import Dot1Q, Ether
 HERE = Path(__file__).resolve().parent
 
 # ------------------------------------------------------------------------------------------------------------------
-# constants (protocol.md)
+# constants (docs/protocol.md)
 
 EMSMDB_UUID = "a4f1db00-ca47-1067-b31f-00dd010662da"  # v0.81
 ASYNC_EMSMDB_UUID = "5261574a-4572-206e-b268-6b199213b4e4"  # v0.01
@@ -145,7 +145,7 @@ def handle(rng) -> bytes:
 
 
 def register_push_request(cxh, context, cb_ip, cb_port):
-    """EcRRegisterPushNotification (opnum 4) request, protocol.md §1.4."""
+    """EcRRegisterPushNotification (opnum 4) request, docs/protocol.md §1.4."""
     addr = sockaddr(cb_ip, cb_port)
     return (Ndr().raw(cxh).u32(0).conformant(context).u16(len(context)).u32(0xFFFFFFFF)
             .conformant(addr).u16(len(addr)).bytes())
@@ -155,7 +155,7 @@ def register_push_response(cxh, hnotification, status):
     return cxh + struct.pack("<II", hnotification, status)  # §1.5: always 28 bytes
 
 
-# Check the opnum 4 layout against the protocol.md §1.10 worked example.
+# Check the opnum 4 layout against the docs/protocol.md §1.10 worked example.
 _VEC_CXH = b"\x00" * 4 + bytes.fromhex("1a2b3c4d5e6f708192a3b4c5d6e7f809")
 assert register_push_request(_VEC_CXH, bytes(range(16)), "10.0.0.5", 1234).hex() == (
     "000000001a2b3c4d5e6f708192a3b4c5d6e7f8090000000010000000000102030405060708090a0b0c0d0e0f10000000ffffffff"
@@ -363,7 +363,7 @@ def ntlm_authenticate(rng, user):
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# DCE/RPC connection-oriented PDUs (protocol.md §4)
+# DCE/RPC connection-oriented PDUs (docs/protocol.md §4)
 
 
 def co_pdu(ptype, call_id, body, flags=0x03, auth=None):
@@ -1832,7 +1832,7 @@ def write_pcapng(frames, linktype=1) -> bytes:
 
 
 def write_netmon2(frames) -> bytes:
-    """Network Monitor 2.1 file (protocol.md §5, Wireshark wiretap/netmon.c): 128-byte header ('GMBU', 2.1,
+    """Network Monitor 2.1 file (docs/protocol.md §5, Wireshark wiretap/netmon.c): 128-byte header ('GMBU', 2.1,
     Ethernet, SYSTEMTIME of the first frame), per-frame records {ts_delta u64 µs since start, orig_len u32,
     incl_len u32, data, media type u16 (2.1 trailer)}, then the frame table (u32 file offsets). The SYSTEMTIME is
     written in UTC (NetMon writes local time without a zone; readers in UTC see the right times)."""

@@ -1,6 +1,6 @@
 """DCE/RPC connection-oriented analysis (analyzer.dissect.dcerpc + analyzer.dissect.collector).
 
-PDUs are built here as bytes (the protocol.md §1.10 vector verbatim, and builders that follow C706/MS-RPCE
+PDUs are built here as bytes (the docs/protocol.md §1.10 vector verbatim, and builders that follow C706/MS-RPCE
 field by field) and fed to EventCollector through its PacketSink methods with a TcpConnection, in chunks cut
 at awkward places, the way the TCP transport delivers them.
 """
@@ -113,7 +113,7 @@ def sockaddr_in(ip: str, port: int) -> bytes:
 
 
 def tower_tcp(if_uuid: str, major: int, minor: int, port: int, ip: str) -> bytes:
-    """ncacn_ip_tcp tower, 5 floors (protocol.md §4)."""
+    """ncacn_ip_tcp tower, 5 floors (docs/protocol.md §4)."""
     floors = [
         (b"\x0d" + guid_bytes(if_uuid) + struct.pack("<H", major), struct.pack("<H", minor)),
         (b"\x0d" + guid_bytes(NDR) + struct.pack("<H", 2), struct.pack("<H", 0)),
@@ -382,7 +382,7 @@ def test_bind_nak():
 
 def test_ept_map_tower_parses_with_scapy():
     tower = tower_tcp(EMSMDB, 0, 81, 49155, "10.0.0.10")
-    assert len(tower) == 75  # protocol.md §4
+    assert len(tower) == 75  # docs/protocol.md §4
     endpoints, status, note = parse_ept_map_response(ept_map_response_stub([tower]))
     assert status == 0 and note is None
     assert [(e.if_uuid, e.if_major, e.if_minor, e.protocol, e.port, e.ip) for e in endpoints] == [

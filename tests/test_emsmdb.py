@@ -1,6 +1,6 @@
 """EMSMDB / AsyncEMSMDB stub decoders and interface names (analyzer.dissect.emsmdb, analyzer.dissect.interfaces).
 
-Stubs are the protocol.md §1.10 test vector verbatim, its IPv6 variant, and stubs built here field by field
+Stubs are the docs/protocol.md §1.10 test vector verbatim, its IPv6 variant, and stubs built here field by field
 from the MS-OXCRPC IDL layouts (the builders are written independently of the decoders: plain struct.pack).
 """
 
@@ -36,7 +36,7 @@ def test_vector_response_gives_hnotification_and_ecnotsupported():
 
 
 def test_ipv6_variant_uses_windows_af_inet6_23():
-    # protocol.md §1.10: same up to offset 0x34, then max_count 28, SOCKADDR_IN6, cbCallbackAddress 28
+    # docs/protocol.md §1.10: same up to offset 0x34, then max_count 28, SOCKADDR_IN6, cbCallbackAddress 28
     stub = VECTOR_REQUEST[:0x34] + bytes.fromhex(
         "1c000000" "170004d2" "00000000" "20010db8000000000000000000000005" "00000000" "1c00")
     assert len(stub) == 86

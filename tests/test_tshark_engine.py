@@ -1,6 +1,6 @@
 """The tshark engine (analyzer.dissect.tshark_engine.dissect_with_tshark, pyshark over tshark 4.0).
 
-A session capture is written with scapy from the protocol.md §1.10 vector and the PDU builders of test_dcerpc:
+A session capture is written with scapy from the docs/protocol.md §1.10 vector and the PDU builders of test_dcerpc:
 EMSMDB bind over two segments, a two-fragment opnum 4 with NTLM integrity trailers cut across three segments, its
 two-fragment refused response in one segment, NSPI added by alter_context, an NSPI opnum 4 decoy and an EMSMDB
 opnum 4 answered by a fault in shared segments, a packet-privacy call, an accepted registration, the UDP

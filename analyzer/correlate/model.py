@@ -45,7 +45,7 @@ BURST_GAP_S = 2.0
 # connection to the same server endpoint, then the EMSMDB stub layout alone.
 INTERFACE_SOURCES = ("bind", "alter_context", "epm", "endpoint", "stub_shape")
 # A client's push datagrams carry its registered rgbContext and nothing else, at most 16 bytes (cbContext > 16 is
-# refused with ecTooBig, MS-OXCRPC; protocol.md §1.7, §1.9).
+# refused with ecTooBig, MS-OXCRPC; docs/protocol.md §1.7, §1.9).
 MAX_CONTEXT_BYTES = 16
 
 

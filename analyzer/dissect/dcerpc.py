@@ -4,7 +4,7 @@ Everything here is a pure function of the PDU bytes; the per-connection state (s
 fragment reassembly, call matching) lives in :mod:`analyzer.dissect.collector`.
 
 Hand-written on purpose: scapy 2.8's ``DceRpc5(pdu)`` costs about 525 µs per PDU on this machine (measured on
-the 98-byte opnum-4 request of protocol.md §1.10, 2000 iterations), while the ``struct`` header parse below costs
+the 98-byte opnum-4 request of docs/protocol.md §1.10, 2000 iterations), while the ``struct`` header parse below costs
 about 1-2 µs; a capture with a million PDUs would take minutes with scapy. scapy's parser was used to check these
 layouts (see tests/test_dcerpc.py, which compares the two on the same bytes).
 

@@ -7,7 +7,7 @@ was readable plus ``note``. Both engines (native and tshark) call them with the 
 Only EMSMDB (``a4f1db00-ca47-1067-b31f-00dd010662da`` v0.81) opnum 4 is a push registration; an opnum 4 on NSPI
 or any other interface decodes to nothing.
 
-Layouts (protocol.md §1.4-1.6, §2 and the MS-OXCRPC IDL; [in] and [out] parameters are marshalled in IDL order,
+Layouts (docs/protocol.md §1.4-1.6, §2 and the MS-OXCRPC IDL; [in] and [out] parameters are marshalled in IDL order,
 ``handle_t`` binding handles are not on the wire, top-level [ref] pointers and conformant arrays take no
 referent id, every scalar is aligned to its size relative to the stub start):
 

@@ -2,7 +2,7 @@
 responses teach which interface listens on which (server address, TCP port), so that connections whose bind is
 not in the capture still get their interface (see :mod:`analyzer.dissect.collector`).
 
-ept_map response stub (NDR20; protocol.md §4)::
+ept_map response stub (NDR20; docs/protocol.md §4)::
 
     entry_handle (20)  num_towers u32
     towers: max_count u32, offset u32, actual_count u32, actual_count referent ids (u32, 0 = NULL),
@@ -10,7 +10,7 @@ ept_map response stub (NDR20; protocol.md §4)::
             tower octets, padded to 4
     status u32 (0 ok; 0x16c9a0d6 EPT_S_NOT_REGISTERED)
 
-Tower floors (protocol.md §4): floor 1 = interface UUID + major version (minor in its rhs), floor 2 = transfer
+Tower floors (docs/protocol.md §4): floor 1 = interface UUID + major version (minor in its rhs), floor 2 = transfer
 syntax, floor 3 = RPC connection-oriented, floor 4 = TCP port (big-endian), floor 5 = IPv4 address.
 """
 

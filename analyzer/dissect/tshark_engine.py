@@ -4,7 +4,7 @@
 engine (analyzer.dissect.model), for captures whose link layer or encapsulation the native reader does not handle
 and as an independent cross-check of it.
 
-What tshark gives and what is done here (protocol.md §3):
+What tshark gives and what is done here (docs/protocol.md §3):
 
 * tshark dissects each DCE/RPC connection-oriented PDU (dynamic ports through the ``dcerpc_tcp`` heuristic), with
   TCP desegmentation and ``tcp.reassemble_out_of_order``. A frame can hold several PDUs: in tshark's JSON
@@ -80,7 +80,7 @@ TSHARK_PARAMETERS = [
     "-o", "tcp.try_heuristic_first:TRUE",
     "-o", "dcerpc.desegment_dcerpc:TRUE",
     "-o", "dcerpc.reassemble_dcerpc:FALSE",  # fragments are joined here: see the module doc
-    # the stub must stay in dcerpc.stub_data; mapi mis-dissects the opnum 4 request (protocol.md §3.1)
+    # the stub must stay in dcerpc.stub_data; mapi mis-dissects the opnum 4 request (docs/protocol.md §3.1)
     "--disable-protocol", "mapi",
     "--disable-protocol", "epm",
     "--disable-protocol", "nspi",

@@ -1,6 +1,6 @@
 """ClientActivity -> ClientVerdict: does push notification work for this client, and if not, why.
 
-The decision follows issue 3 and protocol.md §1.7-1.9, §2:
+The decision follows issue 3 and docs/protocol.md §1.7-1.9, §2:
 
 * An Outlook 2007+ client using EcDoAsyncConnectEx/EcDoAsyncWaitEx needs no UDP (``async_wait``).
 * A DCE/RPC fault or a non-zero return to EcRRegisterPushNotification means the client is not registered.

@@ -1,6 +1,6 @@
 """What to do about each cause: one remedy text per cause in CAUSES, citing the Microsoft KB articles.
 
-Sources (see ../shared/reference/protocol.md): KB 319572 (Outlook gets new mail only after about a minute:
+Sources (see docs/protocol.md): KB 319572 (Outlook gets new mail only after about a minute:
 server cannot register the client, or UDP is blocked), KB 264035 (UDP server -> client ports > 1024; the
 FixedUDPPort value), KB 304849 / 305572 / 311506 (NAT: Outlook cannot get the UDP packet, use polling),
 MS-OXCRPC / MS-OXCNOTIF product notes (Exchange 2010 RTM/SP1 and 2013+ never accept opnum 4).
