@@ -5,6 +5,7 @@ the `alembic` command line works too when sqlalchemy.url is set in an alembic.in
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
+from analyzer.web import incidents as _incidents  # noqa: F401  (its table belongs to the schema too)
 from analyzer.web.db import Base
 
 config = context.config
