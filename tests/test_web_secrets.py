@@ -63,7 +63,8 @@ def test_upload_page_offers_the_secrets_field(tmp_path):
     with LiveServer(tmp_path / "data", workers=0) as srv:
         token = srv.add_user("eve")
         with srv.client() as browser:
-            browser.post("/login", data={"token": token})
+            # login needs the anti-CSRF proof like every cookie route
+            browser.post("/login", data={"token": token}, headers={"X-Requested-With": "XMLHttpRequest"})
             page = browser.get("/").text
         assert "Drop a capture here" in page and 'id="secrets-input"' in page and 'name="secrets"' in page
 
