@@ -14,6 +14,7 @@ import os
 import stat
 from typing import Callable, Iterable
 
+from analyzer.stagetimes import stage
 from analyzer.verdict.model import CaptureResult
 from analyzer.verdict.results import (  # noqa: F401  (re-exported: the pipeline's public API)
     RESULT_COLUMNS,
@@ -75,10 +76,12 @@ def analyze_capture_detailed(path: str, engine: str = "native", vantage: str = "
         return CaptureResult(file=str(path), error=str(exc)), None
     except OSError as exc:
         return CaptureResult(file=str(path), error=f"cannot read {path}: {exc.strerror or exc}"), None
-    mark_mapi_warnings(info.warnings, events)
-    correlation = correlate(events, info, vantage=vantage)
-    verdicts = judge_clients(correlation)
-    return build_capture_result(info, correlation, verdicts), correlation
+    with stage("correlate"):
+        mark_mapi_warnings(info.warnings, events)
+        correlation = correlate(events, info, vantage=vantage)
+    with stage("verdict"):
+        verdicts = judge_clients(correlation)
+        return build_capture_result(info, correlation, verdicts), correlation
 
 
 # Interfaces of the MAPI traffic the analysis is about (issue 9 item 7: warnings about other connections are

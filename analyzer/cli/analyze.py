@@ -69,6 +69,9 @@ def register(sub) -> None:
                    help="merge a client-side and a server-side capture of one incident (two captures: those two; "
                    "more: every pair that shares a MAPI session): clock offset, and per notification datagram "
                    "whether it left the server and reached the client")
+    p.add_argument("--profile", action="store_true",
+                   help="print the wall time per stage (ingest, pre-filter, TCP, DCE/RPC, correlate, verdict, "
+                   "output) on standard error when done")
     p.set_defaults(func=run)
 
 
@@ -176,6 +179,19 @@ def _plot_prefixes(results) -> list[str]:
 
 
 def run(args) -> int:
+    if not getattr(args, "profile", False):
+        return _run(args)
+    from analyzer.stagetimes import profiling
+
+    with profiling() as clock:
+        status = _run(args, clock)
+    print(f"{PROG}: time per stage (--profile; wall time inside the process, interpreter start-up excluded)",
+          file=sys.stderr)
+    print(clock.report(frames=clock.frames), file=sys.stderr)
+    return status
+
+
+def _run(args, clock=None) -> int:
     from analyzer.report.formats import capture_problems, render_csv, render_json, render_text
     from analyzer.report.safe_text import escape_controls
 
@@ -227,6 +243,18 @@ def run(args) -> int:
             for line in proposals_text(results, proposals):
                 print(f"{PROG}: {line}", file=sys.stderr)
     named_proposals = [(results[i].file, results[j].file, why) for i, j, why in proposals]
+    if clock is not None:
+        clock.frames = sum(r.frames or 0 for r in results)
+        clock.enter("output")
+    try:
+        return _write_report(args, results, incidents, named_proposals)
+    finally:
+        if clock is not None:
+            clock.leave()
+
+
+def _write_report(args, results, incidents, named_proposals) -> int:
+    from analyzer.report.formats import render_csv, render_json, render_text
 
     if args.format == "json":
         text = render_json(results, incidents=incidents, proposals=named_proposals)

@@ -11,6 +11,7 @@ from analyzer.dissect.model import Event, events_to_dataframe
 from analyzer.dissect.stream import PacketSink
 from analyzer.dissect.transport import Transport
 from analyzer.ingest import CaptureInfo, FrameBatch, open_capture
+from analyzer.stagetimes import active as active_clock
 
 if TYPE_CHECKING:
     from analyzer.dissect.secrets import Secrets
@@ -37,11 +38,33 @@ def dissect_batches(batches: Iterable[FrameBatch], info: CaptureInfo, sink: Pack
             decryptor = SessionDecryptor(secrets, warn)
         sink = EventCollector(warn=warn, decryptor=decryptor)
     transport = Transport(sink)
+    clock = active_clock()
+    if clock is not None:  # `--profile`: charge each layer's calls to its stage (see analyzer.stagetimes)
+        batches, sink = _timed(clock, batches, transport, sink)
+    feed = transport.feed
     for batch in batches:
-        transport.feed(batch)
+        feed(batch)
     transport.finish()
     finish = getattr(sink, "finish", None)
     return finish() if callable(finish) else []
+
+
+# The PacketSink calls: the application analyser's work (DCE/RPC and above)
+_SINK_CALLS = ("is_interesting_tcp", "tcp_data", "tcp_gap", "tcp_close", "udp", "icmp_error", "finish")
+
+
+def _timed(clock, batches, transport: Transport, sink):
+    """Instance-level wrappers, so the classes stay untouched: what the reader takes to produce a batch is
+    ingest, the transport's numpy pass is the pre-filter, the sink's calls are DCE/RPC, and the rest of the
+    transport (per-frame link/IP parsing, TCP reassembly) is TCP."""
+    for name in _SINK_CALLS:
+        method = getattr(sink, name, None)
+        if callable(method):
+            setattr(sink, name, clock.wrap("DCE/RPC", method))
+    transport._prefilter = clock.wrap("pre-filter", transport._prefilter)
+    transport.feed = clock.wrap("TCP", transport.feed)
+    transport.finish = clock.wrap("TCP", transport.finish)
+    return clock.iterate("ingest", batches), sink
 
 
 def dissect_capture(path, engine: str = "native", progress: Callable[[int, int], None] | None = None,
