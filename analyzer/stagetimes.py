@@ -21,23 +21,27 @@ STAGES = ("ingest", "pre-filter", "TCP", "DCE/RPC", "correlate", "verdict", "out
 
 class StageClock:
     def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
+        self.seconds: dict[str, float] = {}  # wall
+        self.cpu: dict[str, float] = {}  # CPU time of this process (on a shared machine: the steadier figure)
         self._stack: list[str] = []
         self._mark = 0.0
+        self._cpu_mark = 0.0
         self.frames: int | None = None  # frames read, for the report's frames/s (set by the caller)
 
-    def _charge(self, now: float) -> None:
+    def _charge(self) -> None:
+        now, cpu = time.perf_counter(), time.process_time()
         if self._stack:
             top = self._stack[-1]
             self.seconds[top] = self.seconds.get(top, 0.0) + (now - self._mark)
-        self._mark = now
+            self.cpu[top] = self.cpu.get(top, 0.0) + (cpu - self._cpu_mark)
+        self._mark, self._cpu_mark = now, cpu
 
     def enter(self, name: str) -> None:
-        self._charge(time.perf_counter())
+        self._charge()
         self._stack.append(name)
 
     def leave(self) -> None:
-        self._charge(time.perf_counter())
+        self._charge()
         self._stack.pop()
 
     @contextmanager
@@ -77,15 +81,16 @@ class StageClock:
     def report(self, frames: int | None = None) -> str:
         total = sum(self.seconds.values())
         names = [s for s in STAGES if s in self.seconds] + sorted(set(self.seconds) - set(STAGES))
-        lines = [f"{'stage':<12} {'seconds':>8} {'share':>6}"]
+        lines = [f"{'stage':<12} {'wall s':>8} {'share':>6} {'CPU s':>8}"]
         for name in names:
             sec = self.seconds[name]
-            lines.append(f"{name:<12} {sec:8.3f} {100 * sec / total if total else 0:5.1f}%")
+            lines.append(f"{name:<12} {sec:8.3f} {100 * sec / total if total else 0:5.1f}% {self.cpu.get(name, 0):8.3f}")
         elapsed = since_process_start()
         if elapsed is not None and elapsed > total:
             rest = elapsed - total
-            lines.append(f"{'(start-up)':<12} {rest:8.3f}  interpreter start, imports and argument checks")
-        tail = f"{'total':<12} {total:8.3f}"
+            lines.append(f"{'(start-up)':<12} {rest:8.3f}         {'':8}  interpreter start, imports, argument checks "
+                         "(not in the total)")
+        tail = f"{'total':<12} {total:8.3f}        {sum(self.cpu.values()):8.3f}"
         if frames and total:
             tail += f"  ({frames:,} frames, {frames / total:,.0f} frames/s)"
         lines.append(tail)

@@ -250,7 +250,15 @@ def write_results(dest: Path, path, frames, size_mb, walk_s, load, rows):
     if profiled:
         lines += ["`mailpush analyze --profile` on the same file (wall seconds per stage, exclusive):", "", "```",
                   profiled[0]["stderr"].strip(), "```", ""]
-    dest.write_text("\n".join(lines))
+    section = "\n".join(lines)
+    # results.md holds other sections too (written by hand from the other benchmarks): only the part between
+    # the markers is this script's
+    begin, end = "<!-- bench_events:begin -->", "<!-- bench_events:end -->"
+    old = dest.read_text() if dest.is_file() else ""
+    if begin in old and end in old:
+        head, rest = old.split(begin, 1)
+        section = head + begin + "\n" + section + "\n" + end + rest.split(end, 1)[1]
+    dest.write_text(section)
 
 
 if __name__ == "__main__":

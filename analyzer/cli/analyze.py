@@ -185,7 +185,7 @@ def run(args) -> int:
 
     with profiling() as clock:
         status = _run(args, clock)
-    print(f"{PROG}: time per stage (--profile; wall time inside the process, interpreter start-up excluded)",
+    print(f"{PROG}: time per stage (--profile; exclusive: a stage's time excludes the stages it calls)",
           file=sys.stderr)
     print(clock.report(frames=clock.frames), file=sys.stderr)
     return status
