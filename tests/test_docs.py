@@ -56,3 +56,20 @@ def test_strict_build_fails_on_a_page_left_out_of_the_nav(tmp_path):
 def test_docs_point_nowhere_outside_the_repository():
     for page in ROOT.joinpath("docs").glob("*.md"):
         assert "../shared" not in page.read_text() and "/work/" not in page.read_text(), page.name
+
+
+def test_readme_is_short_and_its_links_stay_in_the_repository():
+    """Issue 15: the README is a short entry page (about 250 lines at most) whose relative links lead to files of
+    the repository (the user guide in docs/), never outside it."""
+    import re
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(readme.splitlines()) <= 260
+    targets = [t for t in re.findall(r"\]\(([^)\s]+)\)", readme) if not re.match(r"^[a-z]+:", t)]
+    assert any(t.startswith("docs/") for t in targets)
+    bad = []
+    for target in targets:
+        path = (ROOT / target.split("#", 1)[0]).resolve()
+        if ROOT.resolve() not in path.parents or not path.exists():
+            bad.append(target)
+    assert not bad, f"README links that leave the repository or lead nowhere: {bad}"
