@@ -1,6 +1,6 @@
 """`mailpush analyze CAPTURE... [--format text|json|csv|html] [-o FILE] [--plots DIR] [--vantage auto|client|server]
 [--engine native|tshark] [--fail-on VERDICT[,VERDICT]] [--verbose] [--secrets FILE] [--merge] [--max-capture-gb GB]
-[--max-compression-ratio R] [--tmp-dir DIR]`.
+[--max-compression-ratio R] [--tmp-dir DIR] [--profile]`.
 
 ``--merge`` merges a client-side and a server-side capture of one incident: the two captures given, or, with more,
 every pair that shares a MAPI session. Without it, such pairs are only proposed (on stderr and in the JSON).
