@@ -80,7 +80,9 @@ def main() -> int:
                 shutil.copy(src, dst)
             paths.append(str(dst))
         size = sum(os.path.getsize(p) for p in paths)
-        print(f"{len(paths)} captures from {len(sources)} samples, {size / 1e6:.1f} MB in total")
+        origin = f"make_big_capture.py, {args.big_frames} frames each" if args.big_frames else \
+            f"{len(sources)} samples"
+        print(f"{len(paths)} captures from {origin}, {size / 1e6:.1f} MB in total")
 
         preload()
         score_one(paths[0])  # warm caches (imports, page cache) before timing
