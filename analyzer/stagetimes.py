@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator
 
 # Stage names in pipeline order (the report lists them in this order, then anything else)
-STAGES = ("ingest", "pre-filter", "TCP", "DCE/RPC", "correlate", "verdict", "output")
+STAGES = ("ingest", "pre-filter", "TCP", "DCE/RPC", "tshark", "correlate", "verdict", "output")
 
 
 class StageClock:

@@ -154,9 +154,23 @@ def test_analyze_profile_reports_every_stage_and_leaves_the_report_unchanged():
     assert plain.returncode == profiled.returncode == 0, profiled.stderr
     assert profiled.stdout == plain.stdout
     lines = profiled.stderr.splitlines()
-    for name in stagetimes.STAGES:
+    for name in (s for s in stagetimes.STAGES if s != "tshark"):
         assert any(line.split()[:1] == [name] for line in lines), (name, profiled.stderr)
     total = next(line for line in lines if line.startswith("total"))
     frames = json.loads(plain.stdout)["captures"][0]["frames"]
     assert f"{frames:,} frames" in total
     assert "time per stage" not in plain.stderr
+
+
+def test_profile_with_the_tshark_engine_charges_the_dissection_to_a_tshark_stage():
+    import shutil
+
+    if not MAILPUSH.exists() or not shutil.which("tshark"):
+        pytest.skip("needs the mailpush console script and tshark")
+    sample = next(p for p in SAMPLES if p.suffix == ".pcap")
+    proc = subprocess.run([str(MAILPUSH), "analyze", str(sample), "--engine", "tshark", "--format", "json",
+                           "--profile"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    stages = {line.split()[0] for line in proc.stderr.splitlines() if line.strip()}
+    assert {"tshark", "correlate", "verdict", "output"} <= stages
+    assert not {"pre-filter", "TCP", "DCE/RPC"} & stages  # the native engine's layers did not run
