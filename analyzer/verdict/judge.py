@@ -30,7 +30,7 @@ from analyzer.verdict.model import (
     TimelineMark,
     utc_datetime,
 )
-from analyzer.verdict.remedies import remedy_for
+from analyzer.verdict.causes import remedy_for
 
 # Outlook registers right after logon (EcDoConnect(Ex) -> opnum 4 within a few seconds). When the capture holds
 # the logon and runs at least this long after it without an opnum 4, the client did not register; a shorter

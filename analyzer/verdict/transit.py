@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from analyzer.merge.model import DELIVERED, LOST_IN_TRANSIT, MergeResult, merge_result_from_dict
 from analyzer.verdict.judge import display_filter
 from analyzer.verdict.model import CAUSES, CaptureResult, ClientVerdict, EvidenceItem, utc_datetime
-from analyzer.verdict.remedies import remedy_for
+from analyzer.verdict.causes import remedy_for
 
 MAX_CITED = 30
 # The datagram matching is only as good as the clock; beyond this uncertainty the verdict is less sure.
