@@ -64,6 +64,7 @@ from analyzer.correlate.model import (
     Registration,
     RpcCall,
 )
+from analyzer.verdict.causes import remedy_for
 from analyzer.verdict.model import (
     CAUSES,
     CaptureResult,
@@ -72,7 +73,6 @@ from analyzer.verdict.model import (
     TimelineMark,
     utc_datetime,
 )
-from analyzer.verdict.causes import remedy_for
 
 # Outlook registers right after logon (EcDoConnect(Ex) -> opnum 4 within a few seconds). When the capture holds
 # the logon and runs at least this long after it without an opnum 4, the client did not register; a shorter
@@ -301,7 +301,7 @@ class Finding:
 Rule = Callable[[Situation], "Finding | None"]
 
 
-def _rule(cause: str):
+def concludes(cause: str):
     """Marks a rule function with the one cause it concludes (for the precedence table and its test)."""
 
     def mark(func):
@@ -329,7 +329,7 @@ def _cite_notifications_and_icmp(ev: _Evidence, a: ClientActivity) -> None:
         ev.add(e.frame, e.time, _icmp_what(e))
 
 
-@_rule("async_wait")
+@concludes("async_wait")
 def uses_async_wait(s: Situation) -> Finding | None:
     """Outlook waits with EcDoAsyncWaitEx, or its EcDoAsyncConnectEx was accepted and it made no registration.
 
@@ -361,7 +361,7 @@ def uses_async_wait(s: Situation) -> Finding | None:
     return Finding("async_wait", conf, reason, ev.sorted())
 
 
-@_rule("registration_fault")
+@concludes("registration_fault")
 def registration_faulted(s: Situation) -> Finding | None:
     """A registration was answered with a DCE/RPC fault and none succeeded."""
     if not (s.faulted and not s.ok):
@@ -374,7 +374,7 @@ def registration_faulted(s: Situation) -> Finding | None:
                    f"{_poll_phrase(a)} instead", ev.sorted())
 
 
-@_rule("server_refused")
+@concludes("server_refused")
 def registration_refused(s: Situation) -> Finding | None:
     """A registration was answered with a non-zero status and none succeeded."""
     if not (s.refused and not s.ok):
@@ -387,7 +387,7 @@ def registration_refused(s: Situation) -> Finding | None:
                    f"Outlook falls back to polling: {_poll_phrase(a)}", ev.sorted())
 
 
-@_rule("push_working")
+@concludes("push_working")
 def registered_datagram_answered(s: Situation) -> Finding | None:
     """Registered (status 0, or the answer is unknown), and Outlook reacted to the datagrams of a flow."""
     if s.registration is None or not s.reacted:
@@ -401,7 +401,7 @@ def registered_datagram_answered(s: Situation) -> Finding | None:
                    f"the server within 2 s each time{s.privacy_note}", ev.sorted())
 
 
-@_rule("callback_unreachable_nat")
+@concludes("callback_unreachable_nat")
 def registered_callback_behind_nat(s: Situation) -> Finding | None:
     """Registered, and the callback address differs from the client's address as the server sees it."""
     r = s.registration
@@ -416,7 +416,7 @@ def registered_callback_behind_nat(s: Situation) -> Finding | None:
                    f"{len(a.notifications)} datagram(s) to the callback, no reaction; {_poll_phrase(a)}", ev.sorted())
 
 
-@_rule("icmp_unreachable")
+@concludes("icmp_unreachable")
 def registered_icmp_error(s: Situation) -> Finding | None:
     """Registered, and an ICMP error quotes a datagram from the server."""
     a = s.activity
@@ -431,7 +431,7 @@ def registered_icmp_error(s: Situation) -> Finding | None:
                    f"{first.icmp_code}) reject the server's UDP notification{s.privacy_note}", ev.sorted())
 
 
-@_rule("udp_not_delivered")
+@concludes("udp_not_delivered")
 def registered_datagram_ignored(s: Situation) -> Finding | None:
     """Registered, and the server sent datagrams that Outlook never reacted to."""
     a, ignored = s.activity, s.ignored
@@ -448,7 +448,7 @@ def registered_datagram_ignored(s: Situation) -> Finding | None:
                    ev.sorted())
 
 
-@_rule("udp_not_received")
+@concludes("udp_not_received")
 def registered_mail_without_datagram(s: Situation) -> Finding | None:
     """Registered, mail arrived with no datagram, and packet privacy does not hide the registration's outcome."""
     a, r = s.activity, s.registration
@@ -466,7 +466,7 @@ def registered_mail_without_datagram(s: Situation) -> Finding | None:
                    f"notification reached the client; {_poll_phrase(a)}{where}", ev.sorted())
 
 
-@_rule("registered_no_mail_seen")
+@concludes("registered_no_mail_seen")
 def registered_quiet(s: Situation) -> Finding | None:
     """Registered with status 0, and nothing else happened: no datagram, ICMP error or mail.
 
@@ -483,7 +483,7 @@ def registered_quiet(s: Situation) -> Finding | None:
                    ev.sorted())
 
 
-@_rule("encrypted_no_evidence")
+@concludes("encrypted_no_evidence")
 def registration_hidden_quiet(s: Situation) -> Finding | None:
     """A registration whose outcome packet privacy hides, and no datagram, ICMP error or reaction."""
     a, r = s.activity, s.registration
@@ -501,7 +501,7 @@ def registration_hidden_quiet(s: Situation) -> Finding | None:
                    f"reaction shows what happened; {_poll_phrase(a)}.{mail}", ev.sorted())
 
 
-@_rule("capture_too_short")
+@concludes("capture_too_short")
 def registration_answer_missing(s: Situation) -> Finding | None:
     """A registration whose answer is not in the capture, and nothing after it shows the outcome."""
     r = s.registration
@@ -515,7 +515,7 @@ def registration_answer_missing(s: Situation) -> Finding | None:
                    "outcome", ev.sorted())
 
 
-@_rule("notification_seen_registration_not_captured")
+@concludes("notification_seen_registration_not_captured")
 def unregistered_datagram_answered(s: Situation) -> Finding | None:
     """No registration in the capture, and Outlook reacted to the datagrams of a flow."""
     a, reacted = s.activity, s.reacted
@@ -529,7 +529,7 @@ def unregistered_datagram_answered(s: Situation) -> Finding | None:
                    "client; the registration happened before the capture", ev.sorted())
 
 
-@_rule("icmp_unreachable")
+@concludes("icmp_unreachable")
 def unregistered_icmp_error(s: Situation) -> Finding | None:
     """No registration in the capture, and an ICMP error quotes a datagram from the server."""
     a = s.activity
@@ -543,7 +543,7 @@ def unregistered_icmp_error(s: Situation) -> Finding | None:
                    "reject UDP datagrams from the server to the client (registration not captured)", ev.sorted())
 
 
-@_rule("udp_not_delivered")
+@concludes("udp_not_delivered")
 def unregistered_push_pattern_ignored(s: Situation) -> Finding | None:
     """No registration in the capture, datagrams that Outlook never reacted to, and it kept polling after them.
 
@@ -571,7 +571,7 @@ def unregistered_push_pattern_ignored(s: Situation) -> Finding | None:
                    f"{_poll_phrase(a)}){_coincidence_note(ignored)}.{seen}", ev.sorted())
 
 
-@_rule("no_emsmdb_session")
+@concludes("no_emsmdb_session")
 def no_emsmdb_call(s: Situation) -> Finding | None:
     """No registration, no EMSMDB call and no datagram: the client only bound to the interface."""
     a = s.activity
@@ -592,7 +592,7 @@ def _watched_after_logon(s: Situation) -> float:
     return (s.end - logon) if (s.end is not None and logon is not None) else 0.0
 
 
-@_rule("client_did_not_register")
+@concludes("client_did_not_register")
 def logon_without_registration(s: Situation) -> Finding | None:
     """The capture holds the logon and runs 30 s (LOGON_GRACE_S) or longer after it without a registration."""
     a = s.activity
@@ -608,7 +608,7 @@ def logon_without_registration(s: Situation) -> Finding | None:
                    f"{_poll_phrase(a)}", ev.sorted())
 
 
-@_rule("capture_too_short")
+@concludes("capture_too_short")
 def logon_too_recent(s: Situation) -> Finding | None:
     """The capture holds the logon but ends less than 30 s (LOGON_GRACE_S) after it, with no registration."""
     a = s.activity
@@ -637,7 +637,7 @@ def _mid_session_evidence(a: ClientActivity) -> list[EvidenceItem]:
     return ev.sorted()
 
 
-@_rule("encrypted_no_evidence")
+@concludes("encrypted_no_evidence")
 def mid_session_sealed(s: Situation) -> Finding | None:
     """The capture starts mid-session (no logon, no registration), and packet privacy hides every stub."""
     a = s.activity
@@ -648,7 +648,7 @@ def mid_session_sealed(s: Situation) -> Finding | None:
                    f"error or reaction decides; {_poll_phrase(a)}", _mid_session_evidence(a))
 
 
-@_rule("mid_session_no_evidence")
+@concludes("mid_session_no_evidence")
 def mid_session_datagrams_unanswered(s: Situation) -> Finding | None:
     """The capture starts mid-session, and datagrams got no reaction, but the client made no call after them."""
     a = s.activity
@@ -660,7 +660,7 @@ def mid_session_datagrams_unanswered(s: Situation) -> Finding | None:
                    "session may be gone), so they prove no UDP trouble", _mid_session_evidence(a))
 
 
-@_rule("mid_session_no_evidence")
+@concludes("mid_session_no_evidence")
 def mid_session_nothing(s: Situation) -> Finding | None:
     """The capture starts mid-session, and shows no registration, datagram, ICMP error or reaction: polling alone
     proves nothing. Always holds, so it comes last."""
