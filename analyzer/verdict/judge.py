@@ -244,8 +244,8 @@ def _registration_outcome(a: ClientActivity):
 #
 # Each rule looks at one client's Situation and returns a Finding or None; RULES lists them in order of precedence
 # and the first Finding decides. A rule checks what it needs to hold (and never raises when called out of order),
-# but it may take for granted that the rules before it did not hold: its docstring says the whole condition,
-# including what the earlier rules leave.
+# but it may take for granted that the rules before it did not hold (a registered client that reaches
+# registered_quiet got no datagram, else an earlier rule would have decided).
 
 
 @dataclass
@@ -317,6 +317,7 @@ def rule_when(rule: Rule) -> str:
 
 
 def _cite_registered(ev: _Evidence, s: Situation) -> None:
+    """The registration the client is judged by, and every successful one."""
     for reg in s.activity.registrations:
         if reg is s.registration or reg.status == 0:
             _cite_registration(ev, reg)
@@ -539,8 +540,9 @@ def unregistered_icmp_error(s: Situation) -> Finding | None:
     _cite_notifications_and_icmp(ev, a)
     first = a.icmp_errors[0]
     return Finding("icmp_unreachable", 0.75,
-                   f"{len(a.icmp_errors)} ICMP error(s) from {first.src} (type {first.icmp_type} code {first.icmp_code}) "
-                   "reject UDP datagrams from the server to the client (registration not captured)", ev.sorted())
+                   f"{len(a.icmp_errors)} ICMP error(s) from {first.src} (type {first.icmp_type} code "
+                   f"{first.icmp_code}) reject UDP datagrams from the server to the client (registration not "
+                   "captured)", ev.sorted())
 
 
 @concludes("udp_not_delivered")
