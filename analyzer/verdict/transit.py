@@ -7,6 +7,10 @@ leaving the server and never arriving while the client capture ran was dropped *
 ``udp_lost_in_transit``. Otherwise the client side's verdict stands (it sees the reaction), with the merge's
 figures added to its reason.
 
+The judgement has the shape of :mod:`analyzer.verdict.judge`'s: ``MERGE_RULES`` is an ordered tuple of rule functions,
+each taking a :class:`MergedSituation` (one client both captures share) and returning a ``Finding`` or None; the
+first Finding decides, and when none holds the single capture's verdict stands.
+
 Evidence frames and the display filter of a ``udp_lost_in_transit`` verdict are frames of the **server** capture
 (where the datagrams left); the reason names the client capture's frames where they arrived. Otherwise they are the
 frames of the capture whose verdict stands (``MergedIncident.frames_of``).
