@@ -19,7 +19,7 @@ import pytest
 from analyzer import __version__
 from analyzer.pipeline import RESULT_COLUMNS
 from analyzer.verdict.model import CAUSES, VERDICTS, CaptureResult, ClientVerdict, EvidenceItem, TimelineMark
-from analyzer.verdict.remedies import remedy_for
+from analyzer.verdict.causes import remedy_for
 
 T0 = 1_700_000_000.0  # capture start (epoch seconds)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

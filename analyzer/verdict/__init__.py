@@ -19,4 +19,4 @@ from analyzer.verdict.model import (  # noqa: F401
     TimelineMark,
 )
 from analyzer.verdict.judge import build_capture_result, display_filter, judge_client, judge_clients  # noqa: F401,E402
-from analyzer.verdict.remedies import MEANINGS, REMEDIES, remedy_for  # noqa: F401,E402
+from analyzer.verdict.causes import CAUSE_TABLE, MEANINGS, REMEDIES, Cause, remedy_for  # noqa: F401,E402

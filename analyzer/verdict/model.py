@@ -10,27 +10,8 @@ from __future__ import annotations
 import datetime as _dt
 from dataclasses import dataclass, field
 
-VERDICTS = ("registered", "not_registered", "udp_blocked", "inconclusive")
-
-# cause -> verdict it belongs to
-CAUSES: dict[str, str] = {
-    "push_working": "registered",
-    "registered_no_mail_seen": "registered",
-    "notification_seen_registration_not_captured": "registered",
-    "async_wait": "registered",
-    "server_refused": "not_registered",
-    "registration_fault": "not_registered",
-    "client_did_not_register": "not_registered",
-    "udp_not_delivered": "udp_blocked",
-    "icmp_unreachable": "udp_blocked",
-    "udp_not_received": "udp_blocked",
-    "udp_lost_in_transit": "udp_blocked",  # only from two merged captures (analyzer.verdict.transit)
-    "callback_unreachable_nat": "udp_blocked",
-    "no_emsmdb_session": "inconclusive",
-    "capture_too_short": "inconclusive",
-    "encrypted_no_evidence": "inconclusive",
-    "mid_session_no_evidence": "inconclusive",
-}
+# VERDICTS and CAUSES (cause -> its verdict) live with each cause's meaning and remedy in the cause table.
+from analyzer.verdict.causes import CAUSES, VERDICTS  # noqa: F401
 
 VANTAGES = ("client", "server", "between", "unknown")
 

@@ -7,6 +7,10 @@ leaving the server and never arriving while the client capture ran was dropped *
 ``udp_lost_in_transit``. Otherwise the client side's verdict stands (it sees the reaction), with the merge's
 figures added to its reason.
 
+The judgement has the shape of :mod:`analyzer.verdict.judge`'s: ``MERGE_RULES`` is an ordered tuple of rule functions,
+each taking a :class:`MergedSituation` (one client both captures share) and returning a ``Finding`` or None; the
+first Finding decides, and when none holds the single capture's verdict stands.
+
 Evidence frames and the display filter of a ``udp_lost_in_transit`` verdict are frames of the **server** capture
 (where the datagrams left); the reason names the client capture's frames where they arrived. Otherwise they are the
 frames of the capture whose verdict stands (``MergedIncident.frames_of``).
@@ -15,12 +19,13 @@ frames of the capture whose verdict stands (``MergedIncident.frames_of``).
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from analyzer.merge.model import DELIVERED, LOST_IN_TRANSIT, MergeResult, merge_result_from_dict
-from analyzer.verdict.judge import display_filter
+from analyzer.merge.model import DELIVERED, LOST_IN_TRANSIT, DatagramFate, MergeResult, merge_result_from_dict
+from analyzer.verdict.causes import remedy_for
+from analyzer.verdict.judge import Finding, concludes, display_filter
 from analyzer.verdict.model import CAUSES, CaptureResult, ClientVerdict, EvidenceItem, utc_datetime
-from analyzer.verdict.remedies import remedy_for
 
 MAX_CITED = 30
 # The datagram matching is only as good as the clock; beyond this uncertainty the verdict is less sure.
@@ -76,6 +81,73 @@ def _rewrites_text(merge: MergeResult) -> str:
     return "; a NAT between the capture points rewrote " + ", ".join(parts)
 
 
+@dataclass
+class MergedSituation:
+    """What the merge rules look at for one client that both captures share."""
+
+    merge: MergeResult
+    server_verdict: ClientVerdict | None  # the client's verdict from the server capture alone
+    client_verdict: ClientVerdict | None  # ... from the client capture alone
+    fates: list[DatagramFate]  # the datagrams from the server to this client, as the merge matched them
+
+    @property
+    def lost(self) -> list[DatagramFate]:
+        return [f for f in self.fates if f.fate == LOST_IN_TRANSIT]
+
+    @property
+    def delivered(self) -> list[DatagramFate]:
+        return [f for f in self.fates if f.fate == DELIVERED]
+
+
+@concludes("udp_lost_in_transit")
+def datagram_lost_between_captures(s: MergedSituation) -> Finding | None:
+    """A datagram left the server while the client capture was running, and the client capture does not have it.
+
+    Its evidence frames are the server capture's: the registration as the server saw it and every datagram's fate.
+    """
+    lost, delivered, merge = s.lost, s.delivered, s.merge
+    if not lost:
+        return None
+    first = lost[0]
+    evidence: dict[int, EvidenceItem] = {}
+    if s.server_verdict is not None:  # the registration as the server saw it
+        for e in s.server_verdict.evidence:
+            if "EcRRegisterPushNotification" in e.what:
+                evidence[e.frame] = e
+    for f in s.fates[:MAX_CITED]:
+        if f.server_frame is None:
+            continue
+        if f.fate == LOST_IN_TRANSIT:
+            what = (f"UDP {f.server_src} -> {f.server_dst} left the server; not in {merge.client_file} "
+                    "(dropped between the capture points)")
+        elif f.fate == DELIVERED:
+            what = (f"UDP {f.server_src} -> {f.server_dst} arrived: {merge.client_file} frame {f.client_frame}, "
+                    f"{f.delay_s * 1000:.1f} ms later" + (f", reaction frame {f.reaction_frame}"
+                                                           f" ({f.reaction_side} capture)" if f.reaction_frame else ""))
+        else:
+            what = f"UDP {f.server_src} -> {f.server_dst} left while {merge.client_file} was not running"
+        evidence[f.server_frame] = EvidenceItem(f.server_frame, f.server_time, what)
+    unc = merge.clock.offset_uncertainty_s if merge.clock else None
+    confidence = 0.9 if unc is not None and unc <= LOOSE_CLOCK_S else 0.75
+    reason = (f"{len(lost)} of {len(s.fates)} UDP notification(s) left the server and never reached the client: the "
+              f"first at {_clock_time(first.server_time)} (server capture frame {first.server_frame}, "
+              f"{first.server_src} -> {first.server_dst}), while {merge.client_file} was running; dropped between "
+              "the two capture points")
+    if delivered:
+        reason += f"; {len(delivered)} other(s) arrived"
+    reason += _rewrites_text(merge)
+    if unc is None or unc > LOOSE_CLOCK_S:
+        reason += "; the clocks are only loosely aligned, so the datagram matching is less certain"
+    return Finding("udp_lost_in_transit", confidence, reason, sorted(evidence.values(), key=lambda e: e.frame))
+
+
+# In order of precedence, as judge.RULES. When none holds, the client capture's verdict stands (it sees the
+# reaction), else the server capture's, with the merge's figures added to its reason.
+MERGE_RULES: tuple[Callable[[MergedSituation], Finding | None], ...] = (
+    datagram_lost_between_captures,
+)
+
+
 def judge_merged(merge: MergeResult, client_result: CaptureResult, server_result: CaptureResult) -> MergedIncident:
     incident = MergedIncident(merge=merge)
     if not merge.merged:
@@ -83,17 +155,17 @@ def judge_merged(merge: MergeResult, client_result: CaptureResult, server_result
     by_client_c = {c.client: c for c in client_result.clients}
     by_client_s = {c.client: c for c in server_result.clients}
     for server_ip, client_ip in merge.clients:
-        fates = [f for f in merge.datagrams if f.client == server_ip]
-        lost = [f for f in fates if f.fate == LOST_IN_TRANSIT]
-        delivered = [f for f in fates if f.fate == DELIVERED]
         sv, cv = by_client_s.get(server_ip), by_client_c.get(client_ip)
         base = sv or cv
         if base is None:
             continue
-        if lost:
-            incident.verdicts.append(_lost_verdict(merge, base, sv, lost, delivered, fates))
+        situation = MergedSituation(merge, sv, cv, [f for f in merge.datagrams if f.client == server_ip])
+        finding = next((f for f in (rule(situation) for rule in MERGE_RULES) if f is not None), None)
+        if finding is not None:
+            incident.verdicts.append(_verdict_of(base, finding, situation))
             incident.frames_of[base.client] = "server"
         else:
+            delivered = situation.delivered
             from_client = cv is not None
             v = copy.deepcopy(cv or sv)
             figures = (f"merged with {merge.server_file if from_client else merge.client_file}: "
@@ -108,43 +180,14 @@ def judge_merged(merge: MergeResult, client_result: CaptureResult, server_result
     return incident
 
 
-def _lost_verdict(merge, base: ClientVerdict, sv: ClientVerdict | None, lost, delivered, fates) -> ClientVerdict:
-    first = lost[0]
-    evidence: dict[int, EvidenceItem] = {}
-    if sv is not None:  # the registration as the server saw it
-        for e in sv.evidence:
-            if "EcRRegisterPushNotification" in e.what:
-                evidence[e.frame] = e
-    for f in fates[:MAX_CITED]:
-        if f.server_frame is None:
-            continue
-        if f.fate == LOST_IN_TRANSIT:
-            what = (f"UDP {f.server_src} -> {f.server_dst} left the server; not in {merge.client_file} "
-                    "(dropped between the capture points)")
-        elif f.fate == DELIVERED:
-            what = (f"UDP {f.server_src} -> {f.server_dst} arrived: {merge.client_file} frame {f.client_frame}, "
-                    f"{f.delay_s * 1000:.1f} ms later" + (f", reaction frame {f.reaction_frame}"
-                                                           f" ({f.reaction_side} capture)" if f.reaction_frame else ""))
-        else:
-            what = f"UDP {f.server_src} -> {f.server_dst} left while {merge.client_file} was not running"
-        evidence[f.server_frame] = EvidenceItem(f.server_frame, f.server_time, what)
-    items = sorted(evidence.values(), key=lambda e: e.frame)
-    unc = merge.clock.offset_uncertainty_s if merge.clock else None
-    confidence = 0.9 if unc is not None and unc <= LOOSE_CLOCK_S else 0.75
-    reason = (f"{len(lost)} of {len(fates)} UDP notification(s) left the server and never reached the client: the "
-              f"first at {_clock_time(first.server_time)} (server capture frame {first.server_frame}, "
-              f"{first.server_src} -> {first.server_dst}), while {merge.client_file} was running; dropped between "
-              "the two capture points")
-    if delivered:
-        reason += f"; {len(delivered)} other(s) arrived"
-    reason += _rewrites_text(merge)
-    if unc is None or unc > LOOSE_CLOCK_S:
-        reason += "; the clocks are only loosely aligned, so the datagram matching is less certain"
-    cause = "udp_lost_in_transit"
+def _verdict_of(base: ClientVerdict, finding: Finding, s: MergedSituation) -> ClientVerdict:
+    """The client's verdict as a merge rule found it; the rest (client, mailbox, callback, polls ...) from *base*.
+    A merge finding cites the server capture's frames, so its notifications are the datagrams that left the server."""
     v = copy.deepcopy(base)
-    v.cause, v.verdict, v.confidence, v.reason = cause, CAUSES[cause], confidence, reason
-    v.evidence = items
-    v.filter = display_filter(e.frame for e in items)
-    v.remedy = remedy_for(cause)
-    v.notifications = len([f for f in fates if f.server_frame is not None])
+    v.cause, v.verdict, v.confidence, v.reason = finding.cause, CAUSES[finding.cause], finding.confidence, \
+        finding.reason
+    v.evidence = finding.evidence
+    v.filter = display_filter(e.frame for e in finding.evidence)
+    v.remedy = remedy_for(finding.cause)
+    v.notifications = len([f for f in s.fates if f.server_frame is not None])
     return v

@@ -24,7 +24,7 @@ from contextlib import asynccontextmanager
 
 from analyzer import __version__
 from analyzer.verdict.model import CAUSES, VERDICTS, CaptureResult
-from analyzer.verdict.remedies import MEANINGS
+from analyzer.verdict.causes import MEANINGS
 from analyzer.web import auth, logs
 from analyzer.web import incidents as incident_jobs  # before Database(): its table joins the schema
 from analyzer.web.db import DONE, FAILED, QUEUED, RUNNING, Capture, Database, User, default_db_url, iso, utcnow
