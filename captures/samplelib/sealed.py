@@ -20,6 +20,7 @@ import zlib
 from Crypto.Cipher import ARC4, DES
 from Crypto.Hash import HMAC, MD4, MD5
 
+
 # Windows 10 client / server flags, as in the public sealed captures (auth level 6)
 FLAGS_V2 = 0xE2888235  # 56 KEY_EXCH 128 VERSION TARGET_INFO ESS ALWAYS_SIGN NTLM SEAL SIGN REQUEST_TARGET UNICODE
 FLAGS_V1_ESS = 0xE2088235  # the same without TARGET_INFO
