@@ -152,7 +152,8 @@ REGISTER_PUSH_RESPONSE = Layout("EcRRegisterPushNotification response",
                                 [("cxh", "20s"), ("hnotification", "I"), ("status", "I")])
 # the calls that answer only CXH + return value (EcDoDisconnect 1, EcDoAsyncConnectEx 14 gives ACXH + status)
 HANDLE_AND_STATUS = Layout("context handle + return value", [("cxh", "20s"), ("status", "I")])
-ASYNC_WAIT_RESPONSE = Layout("EcDoAsyncWaitEx response", [("flags_out", "I"), ("status", "I")])
+# pulFlagsOut, named as the event field it becomes
+ASYNC_WAIT_RESPONSE = Layout("EcDoAsyncWaitEx response", [("async_flags", "I"), ("status", "I")])
 DUMMY_RPC_RESPONSE = Layout("EcDummyRpc response", [("status", "I")])
 # RPC_HEADER_EXT before each rgbIn/rgbOut payload (MS-OXCRPC 2.2.2.1): little-endian whatever the drep
 RPC_HEADER_EXT = Layout("RPC_HEADER_EXT", [("version", "H"), ("flags", "H"), ("size", "H"), ("size_actual", "H")],
