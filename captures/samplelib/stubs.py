@@ -8,6 +8,15 @@ import ipaddress
 import struct
 import uuid
 
+from analyzer.dissect.layouts import (
+    ASYNC_WAIT_RESPONSE,
+    FLOOR_MINOR_VERSION,
+    FLOOR_PART_LENGTH,
+    REGISTER_PUSH_RESPONSE,
+    RPC_HEADER_EXT,
+    TOWER_FLOOR_COUNT,
+    UUID_FLOOR_LHS,
+)
 from captures.samplelib.constants import EC_NOT_SUPPORTED, NDR_UUID
 from captures.samplelib.ndr import Ndr, sockaddr
 
@@ -23,7 +32,7 @@ def register_push_request(cxh, context, cb_ip, cb_port):
 
 
 def register_push_response(cxh, hnotification, status):
-    return cxh + struct.pack("<II", hnotification, status)  # §1.5: always 28 bytes
+    return REGISTER_PUSH_RESPONSE.pack(cxh=cxh, hnotification=hnotification, status=status)  # §1.5: 28 bytes
 
 
 # Check the opnum 4 layout against the docs/protocol.md §1.10 worked example.
@@ -108,7 +117,7 @@ def fetch_response_rops(rng) -> bytes:
 
 def rpc_header_ext(payload: bytes) -> bytes:
     """RPC_HEADER_EXT {Version 0, Flags 0x04 Last, Size, SizeActual} + payload (not compressed, not XORed)."""
-    return struct.pack("<HHHH", 0, 0x0004, len(payload), len(payload)) + payload
+    return RPC_HEADER_EXT.pack(flags=0x0004, size=len(payload), size_actual=len(payload)) + payload
 
 
 def ecdorpcext2_request(cxh, payload):
@@ -157,7 +166,7 @@ def async_wait_request(acxh):
 
 
 def async_wait_response(flags, status=0):
-    return struct.pack("<II", flags, status)  # pulFlagsOut, return value
+    return ASYNC_WAIT_RESPONSE.pack(async_flags=flags, status=status)  # pulFlagsOut, return value
 
 
 # --- endpoint mapper ----------------------------------------------------------------------------------------------
@@ -167,16 +176,20 @@ def tower(iface, port, ip):
     uuid_s, vmaj, vmin = iface
 
     def floor(lhs, rhs):
-        return struct.pack("<H", len(lhs)) + lhs + struct.pack("<H", len(rhs)) + rhs
+        return FLOOR_PART_LENGTH.pack(length=len(lhs)) + lhs + FLOOR_PART_LENGTH.pack(length=len(rhs)) + rhs
+
+    def uuid_floor(u, major, minor):
+        return floor(UUID_FLOOR_LHS.pack(uuid=uuid.UUID(u).bytes_le, version_major=major),
+                     FLOOR_MINOR_VERSION.pack(version_minor=minor))
 
     floors = [
-        floor(b"\x0d" + uuid.UUID(uuid_s).bytes_le + struct.pack("<H", vmaj), struct.pack("<H", vmin)),
-        floor(b"\x0d" + uuid.UUID(NDR_UUID).bytes_le + struct.pack("<H", 2), struct.pack("<H", 0)),
-        floor(b"\x0b", struct.pack("<H", 0)),
-        floor(b"\x07", struct.pack(">H", port)),
+        uuid_floor(uuid_s, vmaj, vmin),
+        uuid_floor(NDR_UUID, 2, 0),
+        floor(b"\x0b", struct.pack("<H", 0)),  # RPC connection-oriented, minor version 0
+        floor(b"\x07", struct.pack(">H", port)),  # TCP port, network order
         floor(b"\x09", ipaddress.IPv4Address(ip).packed),
     ]
-    return struct.pack("<H", len(floors)) + b"".join(floors)
+    return TOWER_FLOOR_COUNT.pack(floor_count=len(floors)) + b"".join(floors)
 
 
 def ept_map_request(iface):
