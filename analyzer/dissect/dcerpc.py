@@ -86,6 +86,8 @@ _MIN_FRAG = {ptype: HEADER_LEN + part.size for ptype, part in FIXED_PART.items()
 _LE_HDR, _BE_HDR = HEADER_LENGTHS.le, HEADER_LENGTHS.be  # frag_len, auth_len, call_id
 _LENGTHS_AT = HEADER_LENGTHS.offset
 _LE_CALL, _BE_CALL = REQUEST_HEADER.le, REQUEST_HEADER.be  # alloc_hint, p_cont_id, opnum (response: cancel_count)
+_CALL_AT, _STUB_AT = REQUEST_HEADER.offset, REQUEST_HEADER.end  # same offsets in response and fault
+_OBJECT_AT, _OBJECT_END = OBJECT_UUID.offset, OBJECT_UUID.end
 _SEC_TRAILER = SEC_TRAILER.le  # its fields are single bytes (and an ignored context id)
 _TRAILER_LEN = SEC_TRAILER.size
 _DREP_AT = COMMON_HEADER.offset_of("drep")
@@ -242,14 +244,14 @@ def parse_call(pdu, hdr: Header) -> CallPdu:
     """Request (alloc_hint, p_cont_id, opnum, [object]), response (alloc_hint, p_cont_id, cancel_count) or fault
     (... status at 24). ``pdu`` holds exactly one PDU of ``hdr.frag_len`` bytes."""
     le = hdr.little_endian
-    alloc_hint, ctx_id, opnum = (_LE_CALL if le else _BE_CALL).unpack_from(pdu, REQUEST_HEADER.offset)
+    alloc_hint, ctx_id, opnum = (_LE_CALL if le else _BE_CALL).unpack_from(pdu, _CALL_AT)
     obj = None
     status = None
-    body_start = REQUEST_HEADER.end
+    body_start = _STUB_AT
     if hdr.ptype == PTYPE_REQUEST:
-        if hdr.flags & PFC_OBJECT_UUID and hdr.frag_len >= OBJECT_UUID.end:
-            obj = guid(pdu[OBJECT_UUID.offset : OBJECT_UUID.end], hdr.little_endian)
-            body_start = OBJECT_UUID.end
+        if hdr.flags & PFC_OBJECT_UUID and hdr.frag_len >= _OBJECT_END:
+            obj = guid(pdu[_OBJECT_AT:_OBJECT_END], hdr.little_endian)
+            body_start = _OBJECT_END
     else:
         opnum = None
         if hdr.ptype == PTYPE_FAULT and hdr.frag_len >= FAULT_STATUS.end:
