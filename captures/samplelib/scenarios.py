@@ -32,6 +32,19 @@ def client_entry(o: Outlook, verdict, cause, evidence, notifications=0, callback
             "evidence_frames": list(evidence), "notifications": notifications}
 
 
+
+def one_client(name, start_offset_s, seed, client_ip, user, **outlook):
+    """The usual start of a scenario: a capture, one client host, the Exchange server and the client's Outlook."""
+    cap = Capture(name, start_offset_s, seed)
+    c, s = Host(client_ip), Host(EXCHANGE)
+    return cap, c, s, Outlook(cap, c, s, user, **outlook)
+
+
+def expectation(cap, vantage, description, clients, **fields):
+    """What a scenario returns: the capture and its manifest fields (``clients``: :func:`client_entry` dicts;
+    ``fields``: the optional manifest keys, e.g. ``format``, ``mid_session``, ``secrets``)."""
+    return cap, dict(vantage=vantage, description=description, **fields, clients=clients)
+
 def s_push_working():
     """Legacy Outlook (EcDoConnect/EcDoRpc) registers, gets three datagrams, fetches within a second each time."""
     cap = Capture("push_working", 0, 101)
@@ -52,26 +65,25 @@ def s_push_working():
         o.fetch(tn + 0.35)
     bulk_noise(cap, c, 130.0)
     o.poll(300.0, mail=False)
-    entry = dict(vantage="client", description="Outlook 2000-era client (EcDoConnect/EcDoRpc, XOR-obfuscated ROPs) "
-                 "registers 10.1.20.31:2512 (status 0); three UDP datagrams from the server, each followed within "
-                 "0.35 s by an EcDoRpc fetch; DNS and HTTPS noise")
-    entry["clients"] = [client_entry(o, "registered", "push_working", ev + notes, notifications=3, status=0)]
-    return cap, entry
+    return expectation(
+        cap, "client",
+        "Outlook 2000-era client (EcDoConnect/EcDoRpc, XOR-obfuscated ROPs) "
+        "registers 10.1.20.31:2512 (status 0); three UDP datagrams from the server, each followed within "
+        "0.35 s by an EcDoRpc fetch; DNS and HTTPS noise",
+        [client_entry(o, "registered", "push_working", ev + notes, notifications=3, status=0)])
 
 
 def s_server_refused():
     """Outlook 2003 (EcDoConnectEx/EcDoRpcExt2) against Exchange 2010: opnum 4 -> 0x80040102, then polling."""
-    cap = Capture("server_refused", 3600, 102)
-    c, s = Host("10.1.20.45"), Host(EXCHANGE)
-    o = Outlook(cap, c, s, "bob")
+    cap, c, s, o = one_client("server_refused", 3600, 102, "10.1.20.45", "bob")
     t = o.logon(0.1)
     reg = o.register(t + 0.5, c.ip, 3087, bytes.fromhex("6f75746c6f6f6b00a1b2c3d4e5f60718"), status=EC_NOT_SUPPORTED)
-    for tp in o.poll_times(60.8, 330):
-        o.poll(tp)
-    entry = dict(vantage="client", description="Outlook 2003 (EcDoConnectEx/EcDoRpcExt2) registers callback "
-                 "10.1.20.45:3087; the server answers 0x80040102 ecNotSupported; the client polls every ~60 s")
-    entry["clients"] = [client_entry(o, "not_registered", "server_refused", list(reg), status=EC_NOT_SUPPORTED)]
-    return cap, entry
+    o.poll_until(60.8, 330)
+    return expectation(
+        cap, "client",
+        "Outlook 2003 (EcDoConnectEx/EcDoRpcExt2) registers callback "
+        "10.1.20.45:3087; the server answers 0x80040102 ecNotSupported; the client polls every ~60 s",
+        [client_entry(o, "not_registered", "server_refused", list(reg), status=EC_NOT_SUPPORTED)])
 
 
 def s_client_did_not_register():
@@ -80,20 +92,18 @@ def s_client_did_not_register():
     dns_noise(cap, c, 0.0)
     o = Outlook(cap, c, s, "carol")
     o.logon(0.02)
-    for tp in o.poll_times(60.4, 320):
-        o.poll(tp)
+    o.poll_until(60.4, 320)
     bulk_noise(cap, c, 150.0)
-    entry = dict(vantage="client", description="Outlook 2003 logs on (EcDoConnectEx, pcmsPollsMax 60000) and never "
-                 "calls EcRRegisterPushNotification (PR_DISABLE_WINSOCK or a VPN client); polls every ~60 s")
-    entry["clients"] = [client_entry(o, "not_registered", "client_did_not_register", list(o.frames["connect"]))]
-    return cap, entry
+    return expectation(
+        cap, "client",
+        "Outlook 2003 logs on (EcDoConnectEx, pcmsPollsMax 60000) and never "
+        "calls EcRRegisterPushNotification (PR_DISABLE_WINSOCK or a VPN client); polls every ~60 s",
+        [client_entry(o, "not_registered", "client_did_not_register", list(o.frames["connect"]))])
 
 
 def s_udp_not_delivered():
     """Server-side capture: registration OK, the server sends the datagram every ~60 s, no reaction, polls go on."""
-    cap = Capture("udp_not_delivered", 10800, 104)
-    c, s = Host("10.1.30.77"), Host(EXCHANGE)
-    o = Outlook(cap, c, s, "dave")
+    cap, c, s, o = one_client("udp_not_delivered", 10800, 104, "10.1.30.77", "dave")
     t = o.logon(0.1)
     ctx = bytes.fromhex("d1c2b3a4958677685a4b3c2d1e0f0011")
     reg = o.register(t + 0.3, c.ip, 1755, ctx)
@@ -111,20 +121,19 @@ def s_udp_not_delivered():
             o.poll(tt)
         else:
             frames.append(udp_datagram(cap, s, 1041, c, 1755, ctx, tt))
-    entry = dict(vantage="server", description="server-side capture: status 0 for callback 10.1.30.77:1755; the "
-                 f"server sends the context datagram {len(frames)} times, ~60 s apart; the client never reacts "
-                 "and keeps polling every ~60 s (a firewall drops the UDP)")
-    entry["clients"] = [client_entry(o, "udp_blocked", "udp_not_delivered", list(reg) + frames,
-                                     notifications=len(frames), status=0)]
-    return cap, entry
+    return expectation(
+        cap, "server",
+        "server-side capture: status 0 for callback 10.1.30.77:1755; the "
+        f"server sends the context datagram {len(frames)} times, ~60 s apart; the client never reacts "
+        "and keeps polling every ~60 s (a firewall drops the UDP)",
+        [client_entry(o, "udp_blocked", "udp_not_delivered", list(reg) + frames,
+                      notifications=len(frames), status=0)])
 
 
 def s_udp_not_received():
     """Client-side capture: registered (status 0), polling; twice a poll answer carries RopNotify (mail arrived)
     and the client fetches at once, yet no datagram ever reaches the client."""
-    cap = Capture("udp_not_received", 14400, 105)
-    c, s = Host("10.1.31.8"), Host(EXCHANGE)
-    o = Outlook(cap, c, s, "erin")
+    cap, c, s, o = one_client("udp_not_received", 14400, 105, "10.1.31.8", "erin")
     t = o.logon(0.1)
     reg = o.register(t + 0.4, c.ip, 2231, bytes.fromhex("8e1f77a3c4d5e6f7"))
     mail = []
@@ -136,11 +145,12 @@ def s_udp_not_received():
         else:
             o.poll(tp)
     dns_noise(cap, c, 200.0)
-    entry = dict(vantage="client", description="client-side capture: status 0 for 10.1.31.8:2231; two poll answers "
-                 "are large and carry RopNotify (new mail) and the client fetches at once, yet no UDP datagram "
-                 "arrives: something between server and client drops it")
-    entry["clients"] = [client_entry(o, "udp_blocked", "udp_not_received", list(reg) + mail, status=0)]
-    return cap, entry
+    return expectation(
+        cap, "client",
+        "client-side capture: status 0 for 10.1.31.8:2231; two poll answers "
+        "are large and carry RopNotify (new mail) and the client fetches at once, yet no UDP datagram "
+        "arrives: something between server and client drops it",
+        [client_entry(o, "udp_blocked", "udp_not_received", list(reg) + mail, status=0)])
 
 
 def s_icmp_unreachable():
@@ -152,16 +162,16 @@ def s_icmp_unreachable():
     ctx = bytes.fromhex("41c8d2e9f00b1a2b3c4d5e6f70819203")
     reg = o.register(t + 0.3, c.ip, 1900, ctx)
     ev = list(reg)
-    for tp in o.poll_times(60.2, 300):
-        o.poll(tp)
+    o.poll_until(60.2, 300)
     for tn in (75.0, 135.0, 195.0):
         d = udp_datagram(cap, s, 1105, c, 1900, ctx, tn)
         ev += [d, icmp_prohibited(cap, router, s, d, tn + 0.0011)]
-    entry = dict(vantage="server", description="server-side capture, gzip-compressed: status 0 for 10.1.50.23:1900; "
-                 "each of three datagrams draws an ICMP type 3 code 13 (administratively prohibited) from the "
-                 "router 10.0.0.1 quoting it; the client polls")
-    entry["clients"] = [client_entry(o, "udp_blocked", "icmp_unreachable", ev, notifications=3, status=0)]
-    return cap, entry
+    return expectation(
+        cap, "server",
+        "server-side capture, gzip-compressed: status 0 for 10.1.50.23:1900; "
+        "each of three datagrams draws an ICMP type 3 code 13 (administratively prohibited) from the "
+        "router 10.0.0.1 quoting it; the client polls",
+        [client_entry(o, "udp_blocked", "icmp_unreachable", ev, notifications=3, status=0)])
 
 
 def s_nat():
@@ -174,15 +184,15 @@ def s_nat():
     ctx = bytes.fromhex("5a5b5c5d5e5f60616263646566676869")
     reg = o.register(t + 0.5, inside.ip, 2890, ctx)
     ev = list(reg)
-    for tp in o.poll_times(60.7, 310):
-        o.poll(tp)
+    o.poll_until(60.7, 310)
     for tn in (100.0, 160.0):
         ev.append(udp_datagram(cap, s, 1210, inside, 2890, ctx, tn))
-    entry = dict(vantage="server", description="server-side capture: client seen as 203.0.113.45 registers callback "
-                 "192.168.1.23:2890 (its address behind NAT); the server's two datagrams go to the private address "
-                 "and never arrive; polling goes on")
-    entry["clients"] = [client_entry(o, "udp_blocked", "callback_unreachable_nat", ev, notifications=2, status=0)]
-    return cap, entry
+    return expectation(
+        cap, "server",
+        "server-side capture: client seen as 203.0.113.45 registers callback "
+        "192.168.1.23:2890 (its address behind NAT); the server's two datagrams go to the private address "
+        "and never arrive; polling goes on",
+        [client_entry(o, "udp_blocked", "callback_unreachable_nat", ev, notifications=2, status=0)])
 
 
 def s_three_clients():
@@ -205,27 +215,24 @@ def s_three_clients():
     for tn in (88.4, 177.1, 262.6):
         notes.append(udp_datagram(cap, s, 1320, a, 2600, ctx_a, tn))
         oa.fetch(tn + 0.6)
-    for tp in ob.poll_times(64.8, 310):
-        ob.poll(tp)
-    for tp in oc.poll_times(70.3, 310):
-        oc.poll(tp)
+    ob.poll_until(64.8, 310)
+    oc.poll_until(70.3, 310)
     dns_noise(cap, a, 30.0)
-    entry = dict(vantage="server", description="server-side capture, three clients of one server: 10.1.40.11 "
-                 "(legacy) registered and reacts to 3 datagrams; 10.1.40.12 refused 0x80040102 and polls; "
-                 "10.1.40.13 never registers and polls")
-    entry["clients"] = [
-        client_entry(oa, "registered", "push_working", list(reg_a) + notes, notifications=3, status=0),
-        client_entry(ob, "not_registered", "server_refused", list(reg_b), status=EC_NOT_SUPPORTED),
-        client_entry(oc, "not_registered", "client_did_not_register", list(oc.frames["connect"])),
-    ]
-    return cap, entry
+    return expectation(
+        cap, "server",
+        "server-side capture, three clients of one server: 10.1.40.11 "
+        "(legacy) registered and reacts to 3 datagrams; 10.1.40.12 refused 0x80040102 and polls; "
+        "10.1.40.13 never registers and polls",
+        [
+client_entry(oa, "registered", "push_working", list(reg_a) + notes, notifications=3, status=0),
+client_entry(ob, "not_registered", "server_refused", list(reg_b), status=EC_NOT_SUPPORTED),
+client_entry(oc, "not_registered", "client_did_not_register", list(oc.frames["connect"])),
+])
 
 
 def s_netmon():
     """The push_working story (modern client) written as a Network Monitor 2.1 file."""
-    cap = Capture("push_working", 28800, 109)
-    c, s = Host("10.1.22.60"), Host(EXCHANGE)
-    o = Outlook(cap, c, s, "kate")
+    cap, c, s, o = one_client("push_working", 28800, 109, "10.1.22.60", "kate")
     t = o.logon(0.1)
     ctx = bytes.fromhex("1122334455667788")
     reg = o.register(t + 0.4, c.ip, 3344, ctx)
@@ -234,18 +241,18 @@ def s_netmon():
     for tn in (90.5, 171.3):
         notes.append(udp_datagram(cap, s, 1077, c, 3344, ctx, tn))
         o.fetch(tn + 0.22)
-    entry = dict(vantage="client", format="netmon2", description="Network Monitor 2.1 file (GMBU, frame table, "
-                 "per-frame media type): Outlook 2003 registered 10.1.22.60:3344, two datagrams each followed by a "
-                 "fetch within 0.25 s")
-    entry["clients"] = [client_entry(o, "registered", "push_working", list(reg) + notes, notifications=2, status=0)]
-    return cap, entry
+    return expectation(
+        cap, "client",
+        "Network Monitor 2.1 file (GMBU, frame table, "
+        "per-frame media type): Outlook 2003 registered 10.1.22.60:3344, two datagrams each followed by a "
+        "fetch within 0.25 s",
+        [client_entry(o, "registered", "push_working", list(reg) + notes, notifications=2, status=0)],
+        format="netmon2")
 
 
 def s_segmented():
     """The opnum 4 request is split over three TCP segments, sent out of order, one retransmitted."""
-    cap = Capture("push_working", 32400, 110)
-    c, s = Host("10.1.23.99"), Host(EXCHANGE)
-    o = Outlook(cap, c, s, "liam")
+    cap, c, s, o = one_client("push_working", 32400, 110, "10.1.23.99", "liam")
     t = o.logon(0.1) + 0.4
     ctx = bytes.fromhex("77e0c1d2a3b4f5061728394a5b6c7d8e")
     rpc, tcp = o.rpc, o.tcp
@@ -267,11 +274,12 @@ def s_segmented():
     tn = 131.6
     d = udp_datagram(cap, s, 1090, c, 2777, ctx, tn)
     o.fetch(tn + 0.4)
-    entry = dict(vantage="client", description="the EcRRegisterPushNotification request travels in three TCP "
-                 "segments sent out of order (1, 3, 2) with segment 3 retransmitted; status 0; one datagram "
-                 "followed by a fetch")
-    entry["clients"] = [client_entry(o, "registered", "push_working", [seg_b, resp, d], notifications=1, status=0)]
-    return cap, entry
+    return expectation(
+        cap, "client",
+        "the EcRRegisterPushNotification request travels in three TCP "
+        "segments sent out of order (1, 3, 2) with segment 3 retransmitted; status 0; one datagram "
+        "followed by a fetch",
+        [client_entry(o, "registered", "push_working", [seg_b, resp, d], notifications=1, status=0)])
 
 
 NSPI_PORT = 49160
@@ -298,13 +306,13 @@ def s_nspi_decoy():
     nspi.call(t + 0.05, 0, 4, decoy, b"\x00" * 8)
     o = Outlook(cap, c, s, "mia")
     o.logon(1.0)
-    for tp in o.poll_times(61.0, 300):
-        o.poll(tp)
-    entry = dict(vantage="client", description="decoy: an NSPI connection (port 49160) carries an opnum 4 call whose "
-                 "stub even holds a callback address; it is not a push registration. The EMSMDB session never "
-                 "calls EcRRegisterPushNotification and polls")
-    entry["clients"] = [client_entry(o, "not_registered", "client_did_not_register", list(o.frames["connect"]))]
-    return cap, entry
+    o.poll_until(61.0, 300)
+    return expectation(
+        cap, "client",
+        "decoy: an NSPI connection (port 49160) carries an opnum 4 call whose "
+        "stub even holds a callback address; it is not a push registration. The EMSMDB session never "
+        "calls EcRRegisterPushNotification and polls",
+        [client_entry(o, "not_registered", "client_did_not_register", list(o.frames["connect"]))])
 
 
 def s_alter_context():
@@ -328,11 +336,13 @@ def s_alter_context():
         notes.append(udp_datagram(cap, s, 1199, c, 4100, ctx, tn))
         o.fetch(tn + 0.15)
     bulk_noise(cap, c, 100.0, segments=16)
-    entry = dict(vantage="client", format="pcapng", description="pcapng: the EMSMDB connection is first bound to "
-                 "OXABREF (ctx 0) and EMSMDB is added by alter_context (ctx 1); registered, three datagrams each "
-                 "followed by a fetch; HTTPS noise")
-    entry["clients"] = [client_entry(o, "registered", "push_working", list(reg) + notes, notifications=3, status=0)]
-    return cap, entry
+    return expectation(
+        cap, "client",
+        "pcapng: the EMSMDB connection is first bound to "
+        "OXABREF (ctx 0) and EMSMDB is added by alter_context (ctx 1); registered, three datagrams each "
+        "followed by a fetch; HTTPS noise",
+        [client_entry(o, "registered", "push_working", list(reg) + notes, notifications=3, status=0)],
+        format="pcapng")
 
 
 def s_vlan_ipv6():
@@ -347,17 +357,16 @@ def s_vlan_ipv6():
     for tn in (99.9, 222.2):
         notes.append(udp_datagram(cap, s, 1400, c, 5050, ctx, tn))
         o.fetch(tn + 0.5)
-    entry = dict(vantage="client", description="802.1Q VLAN 20, IPv6 only: callback [2001:db8:1::25]:5050 as a "
-                 "28-byte SOCKADDR_IN6 (family 23); two datagrams each followed by a fetch (no EPM: the bind_ack "
-                 "names the port)")
-    entry["clients"] = [client_entry(o, "registered", "push_working", list(reg) + notes, notifications=2, status=0)]
-    return cap, entry
+    return expectation(
+        cap, "client",
+        "802.1Q VLAN 20, IPv6 only: callback [2001:db8:1::25]:5050 as a "
+        "28-byte SOCKADDR_IN6 (family 23); two datagrams each followed by a fetch (no EPM: the bind_ack "
+        "names the port)",
+        [client_entry(o, "registered", "push_working", list(reg) + notes, notifications=2, status=0)])
 
 
 def s_privacy_push():
-    cap = Capture("push_working", 46800, 114)
-    c, s = Host("10.1.26.5"), Host(EXCHANGE)
-    o = Outlook(cap, c, s, "paul", auth_level=AUTH_LEVEL_PRIVACY)
+    cap, c, s, o = one_client("push_working", 46800, 114, "10.1.26.5", "paul", auth_level=AUTH_LEVEL_PRIVACY)
     t = o.logon(0.1)
     reg = o.register(t + 0.4, c.ip, 2020, bytes.fromhex("13572468ace0bdf19876543210fedcba"))
     o.poll(61.4)
@@ -365,26 +374,25 @@ def s_privacy_push():
     for tn in (101.1, 178.8, 259.4):
         notes.append(udp_datagram(cap, s, 1150, c, 2020, bytes.fromhex("13572468ace0bdf19876543210fedcba"), tn))
         o.fetch(tn + 0.3)
-    entry = dict(vantage="client", description="packet privacy (NTLMSSP, auth level 6): every stub is encrypted, so "
-                 "the registration's status and callback are hidden; three datagrams from the server each followed "
-                 "by calls within 0.3 s show push working (judged from behaviour)")
-    entry["clients"] = [client_entry(o, "registered", "push_working", list(reg) + notes, notifications=3,
-                                     callback=None)]
-    return cap, entry
+    return expectation(
+        cap, "client",
+        "packet privacy (NTLMSSP, auth level 6): every stub is encrypted, so "
+        "the registration's status and callback are hidden; three datagrams from the server each followed "
+        "by calls within 0.3 s show push working (judged from behaviour)",
+        [client_entry(o, "registered", "push_working", list(reg) + notes, notifications=3,
+                      callback=None)])
 
 
 def s_privacy_polling():
-    cap = Capture("encrypted_no_evidence", 50400, 115)
-    c, s = Host("10.1.26.6"), Host(EXCHANGE)
-    o = Outlook(cap, c, s, "quinn", auth_level=AUTH_LEVEL_PRIVACY)
+    cap, c, s, o = one_client("encrypted_no_evidence", 50400, 115, "10.1.26.6", "quinn", auth_level=AUTH_LEVEL_PRIVACY)
     t = o.logon(0.1)
     reg = o.register(t + 0.4, c.ip, 2021, bytes.fromhex("2468ace013579bdf2468ace013579bdf"))
-    for tp in o.poll_times(60.9, 320):
-        o.poll(tp)
-    entry = dict(vantage="client", description="packet privacy: an (encrypted) EcRRegisterPushNotification and then "
-                 "only polling; the outcome cannot be told from this capture")
-    entry["clients"] = [client_entry(o, "inconclusive", "encrypted_no_evidence", list(reg), callback=None)]
-    return cap, entry
+    o.poll_until(60.9, 320)
+    return expectation(
+        cap, "client",
+        "packet privacy: an (encrypted) EcRRegisterPushNotification and then "
+        "only polling; the outcome cannot be told from this capture",
+        [client_entry(o, "inconclusive", "encrypted_no_evidence", list(reg), callback=None)])
 
 
 def _sealed_client_entry(o, verdict, cause, evidence, **kw):
@@ -430,8 +438,7 @@ def s_sealed_ntlmv1_refused():
     o = Outlook(cap, c, s, "tina", auth_level=AUTH_LEVEL_PRIVACY, sealer=sealer)
     t = o.logon(0.1)
     reg = o.register(t + 0.5, c.ip, 3041, bytes.fromhex("0b5e55ed0a11ce00"), status=EC_NOT_SUPPORTED)
-    for tp in o.poll_times(60.7, 320):
-        o.poll(tp)
+    o.poll_until(60.7, 320)
     entry = dict(vantage="client", secrets=f"tina:{SEALED_PASSWORDS['tina']}",
                  description="packet privacy sealed with NTLMv1 with extended session security (real keys; "
                  "password in 'secrets'): the server answers 0x80040102 and the client polls; without the password "
@@ -447,25 +454,21 @@ SEALED_PASSWORDS = {"sam": "Summer-2026!", "tina": "Tina:pass 26"}
 
 
 def s_registration_fault():
-    cap = Capture("registration_fault", 54000, 116)
-    c, s = Host("10.1.27.200"), Host(EXCHANGE)
-    o = Outlook(cap, c, s, "rachel")
+    cap, c, s, o = one_client("registration_fault", 54000, 116, "10.1.27.200", "rachel")
     t = o.logon(0.1)
     reg = o.register(t + 0.4, c.ip, 3030, bytes.fromhex("99aabbccddeeff00"), fault=NCA_S_OP_RNG_ERROR)
-    for tp in o.poll_times(60.5, 300):
-        o.poll(tp)
-    entry = dict(vantage="client", description="EcRRegisterPushNotification answered by a DCE/RPC fault "
-                 "nca_s_op_rng_error (0x1c010002); the client polls")
-    entry["clients"] = [client_entry(o, "not_registered", "registration_fault", list(reg))]
-    return cap, entry
+    o.poll_until(60.5, 300)
+    return expectation(
+        cap, "client",
+        "EcRRegisterPushNotification answered by a DCE/RPC fault "
+        "nca_s_op_rng_error (0x1c010002); the client polls",
+        [client_entry(o, "not_registered", "registration_fault", list(reg))])
 
 
 def s_async_wait():
     """Outlook 2007: EcDoAsyncConnectEx, then EcDoAsyncWaitEx long-polls on AsyncEMSMDB; each completes with
     NotificationPending when mail arrives and is followed by a fetch."""
-    cap = Capture("async_wait", 57600, 117)
-    c, s = Host("10.1.28.71"), Host(EXCHANGE)
-    o = Outlook(cap, c, s, "sam")
+    cap, c, s, o = one_client("async_wait", 57600, 117, "10.1.28.71", "sam")
     t = o.logon(0.1)
     acxh = handle(cap.rng)
     async_conn = o.rpc.call(t + 0.2, 0, 14, async_connect_request(o.cxh), async_connect_response(acxh))
@@ -486,18 +489,17 @@ def s_async_wait():
     arpc.call_id += 1
     arpc.pdu(start, True, co_pdu(PT_REQUEST, cid, request_body(0, 0, async_wait_request(acxh))), "request", 0)
     tcp.ack(start + 0.2, False)
-    entry = dict(vantage="client", description="Outlook 2007: EcDoConnectEx, EcDoAsyncConnectEx (opnum 14), then "
-                 "EcDoAsyncWaitEx (AsyncEMSMDB opnum 0) on a second connection; two waits complete with "
-                 "pulFlagsOut=1 when mail arrives and the client fetches; no UDP needed")
-    entry["clients"] = [client_entry(o, "registered", "async_wait", [async_conn[0]] + completions)]
-    return cap, entry
+    return expectation(
+        cap, "client",
+        "Outlook 2007: EcDoConnectEx, EcDoAsyncConnectEx (opnum 14), then "
+        "EcDoAsyncWaitEx (AsyncEMSMDB opnum 0) on a second connection; two waits complete with "
+        "pulFlagsOut=1 when mail arrives and the client fetches; no UDP needed",
+        [client_entry(o, "registered", "async_wait", [async_conn[0]] + completions)])
 
 
 def s_mid_session_notified():
     """Capture starts mid-session; an EPM lookup in the capture names the EMSMDB port; datagrams + reactions."""
-    cap = Capture("notification_seen_registration_not_captured", 61200, 118)
-    c, s = Host("10.1.29.33"), Host(EXCHANGE)
-    o = Outlook(cap, c, s, "tina")
+    cap, c, s, o = one_client("notification_seen_registration_not_captured", 61200, 118, "10.1.29.33", "tina")
     o.attach_mid_session()
     o.poll(2.5)
     epm_lookup(cap, c, s, 20.0)  # e.g. the address book asking the endpoint mapper again
@@ -516,13 +518,10 @@ def s_mid_session_notified():
 
 
 def s_mid_session_polling():
-    cap = Capture("mid_session_no_evidence", 64800, 119)
-    c, s = Host("10.1.29.34"), Host(EXCHANGE)
-    o = Outlook(cap, c, s, "uma")
+    cap, c, s, o = one_client("mid_session_no_evidence", 64800, 119, "10.1.29.34", "uma")
     o.attach_mid_session()
     epm_lookup(cap, c, s, 5.0)
-    for tp in o.poll_times(12.0, 300):
-        o.poll(tp)
+    o.poll_until(12.0, 300)
     entry = dict(vantage="client", description="capture starts mid-session (EPM lookup present, no bind or logon on "
                  "the EMSMDB connection); polling only: nothing decides. Without a bind tshark cannot pair "
                  "responses with requests (it shows no opnum on them); the events list gives the true opnum")
@@ -534,9 +533,7 @@ def s_mid_session_polling():
 def s_most_polls_carry_mail():
     """Client side: registered (status 0); the engineer sends a test message every minute, so four of five polls
     find mail (compressed answers: RopNotify unreadable) and the client fetches at once; no datagram arrives."""
-    cap = Capture("udp_not_received", 82800, 124)
-    c, s = Host("10.1.36.41"), Host(EXCHANGE)
-    o = Outlook(cap, c, s, "yvonne")
+    cap, c, s, o = one_client("udp_not_received", 82800, 124, "10.1.36.41", "yvonne")
     t = o.logon(0.1)
     reg = o.register(t + 0.4, c.ip, 2790, bytes.fromhex("3b9e51c07a24d816"))
     mail = []
@@ -550,12 +547,13 @@ def s_most_polls_carry_mail():
         mail.append(resp)
         o.fetch(tp + 0.05, notify=False)  # opens the message: two more ROP calls at once
     dns_noise(cap, c, 150.0)
-    entry = dict(vantage="client", description="client side: status 0 for 10.1.36.41:2790; a "
-                 "test message every minute makes four of five polls carry mail (answers LZ77-compressed, so "
-                 "RopNotify is unreadable; three times the empty answer) and the client fetches at once; no UDP datagram: "
-                 "mail found by polling, so something drops the datagram")
-    entry["clients"] = [client_entry(o, "udp_blocked", "udp_not_received", list(reg) + mail, status=0)]
-    return cap, entry
+    return expectation(
+        cap, "client",
+        "client side: status 0 for 10.1.36.41:2790; a "
+        "test message every minute makes four of five polls carry mail (answers LZ77-compressed, so "
+        "RopNotify is unreadable; three times the empty answer) and the client fetches at once; no UDP datagram: "
+        "mail found by polling, so something drops the datagram",
+        [client_entry(o, "udp_blocked", "udp_not_received", list(reg) + mail, status=0)])
 
 
 def _regular_polls_with_mail(o: Outlook, polls, datagram_times):
@@ -611,9 +609,7 @@ def s_mid_session_poll_coincides():
     """Server side, mid-session, an ept_map answer in the capture names port 49155. Four datagrams with the same 8
     bytes; one arrives 1.1 s before a poll that was due anyway. That call is a poll, not a reaction: the other three
     datagrams get none."""
-    cap = Capture("udp_not_delivered", 90000, 126)
-    c, s = Host("10.1.43.9"), Host(EXCHANGE)
-    o = Outlook(cap, c, s, "brian")
+    cap, c, s, o = one_client("udp_not_delivered", 90000, 126, "10.1.43.9", "brian")
     o.attach_mid_session(sport=1502)
     epm_lookup(cap, c, s, 2.0)  # the address book asks the endpoint mapper again
     polls = o.poll_times(9.0, 330)
@@ -642,36 +638,31 @@ def s_mid_session_poll_coincides():
 
 
 def s_capture_too_short():
-    cap = Capture("capture_too_short", 68400, 120)
-    c, s = Host("10.1.32.9"), Host(EXCHANGE)
-    o = Outlook(cap, c, s, "victor")
+    cap, c, s, o = one_client("capture_too_short", 68400, 120, "10.1.32.9", "victor")
     o.logon(0.1)
     dns_noise(cap, c, 3.9)
-    entry = dict(vantage="client", description="a 4-second capture: EPM, bind and EcDoConnectEx only")
-    entry["clients"] = [client_entry(o, "inconclusive", "capture_too_short", [o.frames["connect"][0]])]
-    return cap, entry
+    return expectation(
+        cap, "client",
+        "a 4-second capture: EPM, bind and EcDoConnectEx only",
+        [client_entry(o, "inconclusive", "capture_too_short", [o.frames["connect"][0]])])
 
 
 def s_registered_no_mail_seen():
-    cap = Capture("registered_no_mail_seen", 72000, 121)
-    c, s = Host("10.1.33.14"), Host(EXCHANGE)
-    o = Outlook(cap, c, s, "wendy")
+    cap, c, s, o = one_client("registered_no_mail_seen", 72000, 121, "10.1.33.14", "wendy")
     t = o.logon(0.1)
     reg = o.register(t + 0.3, c.ip, 2468, bytes.fromhex("0a0b0c0d0e0f1011"))
-    for tp in o.poll_times(60.6, 310):
-        o.poll(tp)
+    o.poll_until(60.6, 310)
     bulk_noise(cap, c, 42.0, segments=12)
-    entry = dict(vantage="client", description="client side: status 0 for 10.1.33.14:2468, polling, no mail arrives "
-                 "while capturing (polling until the first notification is normal)")
-    entry["clients"] = [client_entry(o, "registered", "registered_no_mail_seen", list(reg), status=0)]
-    return cap, entry
+    return expectation(
+        cap, "client",
+        "client side: status 0 for 10.1.33.14:2468, polling, no mail arrives "
+        "while capturing (polling until the first notification is normal)",
+        [client_entry(o, "registered", "registered_no_mail_seen", list(reg), status=0)])
 
 
 def s_truncated():
     """The server_refused story, the file cut in the middle of a late poll's record."""
-    cap = Capture("server_refused", 75600, 122)
-    c, s = Host("10.1.34.50"), Host(EXCHANGE)
-    o = Outlook(cap, c, s, "xavier")
+    cap, c, s, o = one_client("server_refused", 75600, 122, "10.1.34.50", "xavier")
     t = o.logon(0.1)
     reg = o.register(t + 0.5, c.ip, 3999, bytes.fromhex("feedfacecafebeef"), status=EC_NOT_SUPPORTED)
     cut = None
@@ -679,10 +670,12 @@ def s_truncated():
         f = o.poll(tp)
         if i == 3:
             cut = f[1]  # the record of this response is cut in half
-    entry = dict(vantage="client", truncate_frames=cut, description="the server_refused story in a file cut in the "
-                 "middle of a record (a poll answer): every frame before the cut is readable, a warning is expected")
-    entry["clients"] = [client_entry(o, "not_registered", "server_refused", list(reg), status=EC_NOT_SUPPORTED)]
-    return cap, entry
+    return expectation(
+        cap, "client",
+        "the server_refused story in a file cut in the "
+        "middle of a record (a poll answer): every frame before the cut is readable, a warning is expected",
+        [client_entry(o, "not_registered", "server_refused", list(reg), status=EC_NOT_SUPPORTED)],
+        truncate_frames=cut)
 
 
 def s_no_emsmdb():
@@ -698,10 +691,11 @@ def s_no_emsmdb():
     nspi.call(t + 0.01, 0, 0, struct.pack("<I", 0) + stat + struct.pack("<I", 0),
               nspi_bind_response(handle(cap.rng)))
     bulk_noise(cap, c, 5.0, segments=10)
-    entry = dict(vantage="client", description="no EMSMDB at all: DNS, an address-book (NSPI) session, HTTPS; no "
-                 "Outlook client to judge (no_emsmdb_session)")
-    entry["clients"] = []
-    return cap, entry
+    return expectation(
+        cap, "client",
+        "no EMSMDB at all: DNS, an address-book (NSPI) session, HTTPS; no "
+        "Outlook client to judge (no_emsmdb_session)",
+        [])
 
 
 def s_server_side_endpoints_learnt_late():
@@ -779,9 +773,7 @@ def s_mid_session_stub_shape():
 def s_lost_segment_after_bind():
     """The capture lost the client's first segment after the bind (its EcDoConnectEx request): the server's answer
     acknowledges it, so the hole is capture loss; every later call keeps its own frame."""
-    cap = Capture("lost_segment_after_bind", 93600, 133)
-    c, s = Host("10.3.3.31"), Host(EXCHANGE)
-    o = Outlook(cap, c, s, "hal")
+    cap, c, s, o = one_client("lost_segment_after_bind", 93600, 133, "10.3.3.31", "hal")
     t = o.logon(0.05)
     lost_request, its_answer = o.frames["connect"]
     cap.lost.add(lost_request)
@@ -831,12 +823,13 @@ def s_decoy_mid_session_dcerpc():
     for k in range(8):  # random stubs under opnums 2 and 11
         noise.call(3.0 + k * 2, 0, 2 if k % 2 else 11, bytes(rng.randrange(256) for _ in range(56 + 8 * k)),
                    bytes(rng.randrange(256) for _ in range(48 + 4 * k)), ack_after=0)
-    entry = dict(vantage="client", description="decoy: three DCE/RPC connections to a domain controller already "
-                 "running when the capture starts (no bind, no endpoint mapper): DRSUAPI-like calls (context "
-                 "handle in each request, none returned), SAMR-like calls under opnums 2/11/5/7 (handles both "
-                 "ways, no ROP buffer) and random stubs under opnums 2 and 11. None may become an Outlook client")
-    entry["clients"] = []
-    return cap, entry
+    return expectation(
+        cap, "client",
+        "decoy: three DCE/RPC connections to a domain controller already "
+        "running when the capture starts (no bind, no endpoint mapper): DRSUAPI-like calls (context "
+        "handle in each request, none returned), SAMR-like calls under opnums 2/11/5/7 (handles both "
+        "ways, no ROP buffer) and random stubs under opnums 2 and 11. None may become an Outlook client",
+        [])
 
 
 SCENARIOS = {

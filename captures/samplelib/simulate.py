@@ -319,6 +319,11 @@ class Outlook:
         f2 = self._rop_call(t + 0.03, fetch_request_rops(self.cap.rng), fetch_response_rops(self.cap.rng), 0.008)
         return f1, f2
 
+    def poll_until(self, start, end):
+        """Poll from ``start`` until ``end`` at the :meth:`poll_times` (all times drawn first, then the calls)."""
+        for t in self.poll_times(start, end):
+            self.poll(t)
+
     def poll_times(self, start, end, period=60.0):
         """Unprompted calls every pcmsPollsMax (60 s) plus a little deterministic jitter."""
         out = []
