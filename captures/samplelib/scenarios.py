@@ -57,12 +57,7 @@ def s_push_working():
     ev = list(reg)
     # polls until the first datagram (MS-OXCNOTIF 3.2.5.4), then push only
     o.poll(61.3)
-    udp_port = 1030
-    notes = []
-    for i, tn in enumerate((95.2, 168.7, 241.9)):
-        f = udp_datagram(cap, s, udp_port + i, c, 2512, ctx, tn)
-        notes.append(f)
-        o.fetch(tn + 0.35)
+    notes = o.notified((95.2, 168.7, 241.9), (1030, 1031, 1032), react_after=0.35)
     bulk_noise(cap, c, 130.0)
     o.poll(300.0, mail=False)
     return expectation(
@@ -211,10 +206,7 @@ def s_three_clients():
                         status=EC_NOT_SUPPORTED)
     oc.logon(9.7)
     oa.poll(60.9)
-    notes = []
-    for tn in (88.4, 177.1, 262.6):
-        notes.append(udp_datagram(cap, s, 1320, a, 2600, ctx_a, tn))
-        oa.fetch(tn + 0.6)
+    notes = oa.notified((88.4, 177.1, 262.6), 1320, react_after=0.6)
     ob.poll_until(64.8, 310)
     oc.poll_until(70.3, 310)
     dns_noise(cap, a, 30.0)
@@ -237,10 +229,7 @@ def s_netmon():
     ctx = bytes.fromhex("1122334455667788")
     reg = o.register(t + 0.4, c.ip, 3344, ctx)
     o.poll(61.2)
-    notes = []
-    for tn in (90.5, 171.3):
-        notes.append(udp_datagram(cap, s, 1077, c, 3344, ctx, tn))
-        o.fetch(tn + 0.22)
+    notes = o.notified((90.5, 171.3), 1077, react_after=0.22)
     return expectation(
         cap, "client",
         "Network Monitor 2.1 file (GMBU, frame table, "
@@ -331,10 +320,7 @@ def s_alter_context():
     ctx = bytes.fromhex("c0ffee00c0ffee01")
     reg = o.register(t + 0.3, c.ip, 4100, ctx)
     o.poll(60.6)
-    notes = []
-    for tn in (77.7, 140.2, 205.9):
-        notes.append(udp_datagram(cap, s, 1199, c, 4100, ctx, tn))
-        o.fetch(tn + 0.15)
+    notes = o.notified((77.7, 140.2, 205.9), 1199, react_after=0.15)
     bulk_noise(cap, c, 100.0, segments=16)
     return expectation(
         cap, "client",
@@ -353,10 +339,7 @@ def s_vlan_ipv6():
     ctx = bytes.fromhex("0f1e2d3c4b5a69788796a5b4c3d2e1f0")
     reg = o.register(t + 0.4, c.ip, 5050, ctx)
     o.poll(60.3)
-    notes = []
-    for tn in (99.9, 222.2):
-        notes.append(udp_datagram(cap, s, 1400, c, 5050, ctx, tn))
-        o.fetch(tn + 0.5)
+    notes = o.notified((99.9, 222.2), 1400, react_after=0.5)
     return expectation(
         cap, "client",
         "802.1Q VLAN 20, IPv6 only: callback [2001:db8:1::25]:5050 as a "
@@ -370,10 +353,7 @@ def s_privacy_push():
     t = o.logon(0.1)
     reg = o.register(t + 0.4, c.ip, 2020, bytes.fromhex("13572468ace0bdf19876543210fedcba"))
     o.poll(61.4)
-    notes = []
-    for tn in (101.1, 178.8, 259.4):
-        notes.append(udp_datagram(cap, s, 1150, c, 2020, bytes.fromhex("13572468ace0bdf19876543210fedcba"), tn))
-        o.fetch(tn + 0.3)
+    notes = o.notified((101.1, 178.8, 259.4), 1150, react_after=0.3)
     return expectation(
         cap, "client",
         "packet privacy (NTLMSSP, auth level 6): every stub is encrypted, so "
@@ -413,10 +393,7 @@ def s_sealed_ntlmv2_push():
     ctx = bytes.fromhex("5ea1ed0a11ce0b0b")
     reg = o.register(t + 0.4, c.ip, 2040, ctx)
     o.poll(61.2)
-    notes = []
-    for tn in (97.4, 170.2, 244.8):
-        notes.append(udp_datagram(cap, s, 1160, c, 2040, ctx, tn))
-        o.fetch(tn + 0.3)
+    notes = o.notified((97.4, 170.2, 244.8), 1160, react_after=0.3)
     entry = dict(vantage="client", secrets=f"CONTOSO\\sam:{SEALED_PASSWORDS['sam']}",
                  description="packet privacy sealed with NTLMv2 (real keys; password in 'secrets'): without the "
                  "password push working is judged from behaviour (three datagrams each followed by calls); with "
@@ -503,10 +480,7 @@ def s_mid_session_notified():
     o.attach_mid_session()
     o.poll(2.5)
     epm_lookup(cap, c, s, 20.0)  # e.g. the address book asking the endpoint mapper again
-    notes = []
-    for tn in (45.3, 131.0, 219.8):
-        notes.append(udp_datagram(cap, s, 1061, c, 2345, bytes.fromhex("55aa55aa00112233"), tn))
-        o.fetch(tn + 0.4)
+    notes = o.notified((45.3, 131.0, 219.8), 1061, react_after=0.4, dport=2345, context=bytes.fromhex("55aa55aa00112233"))
     entry = dict(vantage="client", description="capture starts mid-session (no handshake, no bind, no logon on the "
                  "EMSMDB connection); an EPM ept_map in the capture names port 49155; three datagrams each "
                  "followed by a fetch within 0.4 s. Without a bind tshark cannot pair "
@@ -582,10 +556,7 @@ def s_mid_session_udp_ignored():
     ctx_b = bytes.fromhex("5a6f650000000001")
     reg_b = b.register(tb + 0.3, b_host.ip, 2650, ctx_b)
     b.poll(61.2)  # calls of one connection are generated in time order (TCP sequence numbers follow creation)
-    b_notes = []
-    for tn in (96.4, 187.9):
-        b_notes.append(udp_datagram(cap, s, 1203, b_host, 2650, ctx_b, tn))
-        b.fetch(tn + 0.3)
+    b_notes = b.notified((96.4, 187.9), 1203, react_after=0.3)
     a = Outlook(cap, a_host, s, "adam")
     a.attach_mid_session(sport=1467)
     polls = a.poll_times(8.0, 320)
@@ -713,10 +684,8 @@ def s_server_side_endpoints_learnt_late():
     for o, udp_port in ((a, 2701), (c, 2703)):  # notified, each datagram fetched within half a second
         o.attach_mid_session()
         ctx = bytes(o.cap.rng.randrange(256) for _ in range(8))
-        notes = []
-        for k, tn in enumerate((12.0 + udp_port % 7, 140.0 + udp_port % 5)):
-            notes.append(udp_datagram(cap, o.server, 1040 + k, o.client, udp_port, ctx, tn))
-            o.fetch(tn + 0.45)
+        notes = o.notified((12.0 + udp_port % 7, 140.0 + udp_port % 5), (1040, 1041), react_after=0.45,
+                           dport=udp_port, context=ctx)
         clients.append((o, notes))
     for o in (b, d):  # only polling (every 60 s): no evidence either way
         o.attach_mid_session()
@@ -755,10 +724,7 @@ def s_mid_session_stub_shape():
     o.poll(1.5)
     o.poll(62.0)
     ctx = bytes.fromhex("3c0f5aa500000001")
-    notes = []
-    for tn in (80.4, 151.9):
-        notes.append(udp_datagram(cap, s, 1077, c, 3110, ctx, tn))
-        o.fetch(tn + 0.3)
+    notes = o.notified((80.4, 151.9), 1077, react_after=0.3, dport=3110, context=ctx)
     o.poll(185.0)
     entry = dict(vantage="client", description="Outlook 2002 (EcDoRpc with the ROP buffers of the public mgove413 "
                  "capture) mid-session on 10.0.0.12:50001; no bind, no ept_map, no known port: EMSMDB recognised "
@@ -781,10 +747,7 @@ def s_lost_segment_after_bind():
     ctx = bytes.fromhex("77a0c3e1d2b4f596")
     reg = list(o.register(t + 0.4, c.ip, 2620, ctx))
     o.poll(61.0)
-    notes = []
-    for i, tn in enumerate((90.5, 170.2)):
-        notes.append(udp_datagram(cap, s, 1050 + i, c, 2620, ctx, tn))
-        o.fetch(tn + 0.35)
+    notes = o.notified((90.5, 170.2), (1050, 1051), react_after=0.35)
     o.poll(240.0)
     entry = dict(vantage="client", description="the segment right after the EMSMDB bind (the EcDoConnectEx request) "
                  "is missing from the capture; the server's answer acknowledges it (capture loss, not network "

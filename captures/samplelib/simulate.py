@@ -298,8 +298,22 @@ class Outlook:
         f = self.rpc.call(t, self.ctx, 4, req, resp, delay=0.002, fault=fault)
         self.frames["register"] = f
         self.callback = callback_text(cb_ip, cb_port)
+        self.callback_port = cb_port
         self.context = context
         return f
+
+    def notified(self, times, sport, react_after, dport=None, context=None, dst=None):
+        """The server's notification datagrams at ``times`` (from UDP port ``sport``, or ``sport[i]`` for the i-th),
+        to the registered callback port and context unless given, each followed by the client's fetch
+        ``react_after`` seconds later. Returns the datagram frames."""
+        frames = []
+        for i, t in enumerate(times):
+            port = sport if isinstance(sport, int) else sport[i]
+            frames.append(udp_datagram(self.cap, self.server, port, dst or self.client,
+                                       self.callback_port if dport is None else dport,
+                                       self.context if context is None else context, t))
+            self.fetch(t + react_after)
+        return frames
 
     # --- ROP traffic
     def _rop_call(self, t, req_payload, resp_payload, delay):
