@@ -40,6 +40,15 @@ def one_client(name, start_offset_s, seed, client_ip, user, **outlook):
     return cap, c, s, Outlook(cap, c, s, user, **outlook)
 
 
+
+def logon_register_poll(o, logon_at, register_after, cb_port, context, polls, status=0, fault=None):
+    """The middle of most one-client scenarios: log on, register the client's own address, then poll from
+    ``polls[0]`` until ``polls[1]``. Returns the register call's (request, answer) frames."""
+    t = o.logon(logon_at)
+    reg = o.register(t + register_after, o.client.ip, cb_port, context, status=status, fault=fault)
+    o.poll_until(*polls)
+    return reg
+
 def expectation(cap, vantage, description, clients, **fields):
     """What a scenario returns: the capture and its manifest fields (``clients``: :func:`client_entry` dicts;
     ``fields``: the optional manifest keys, e.g. ``format``, ``mid_session``, ``secrets``)."""
@@ -71,9 +80,8 @@ def s_push_working():
 def s_server_refused():
     """Outlook 2003 (EcDoConnectEx/EcDoRpcExt2) against Exchange 2010: opnum 4 -> 0x80040102, then polling."""
     cap, c, s, o = one_client("server_refused", 3600, 102, "10.1.20.45", "bob")
-    t = o.logon(0.1)
-    reg = o.register(t + 0.5, c.ip, 3087, bytes.fromhex("6f75746c6f6f6b00a1b2c3d4e5f60718"), status=EC_NOT_SUPPORTED)
-    o.poll_until(60.8, 330)
+    reg = logon_register_poll(o, 0.1, 0.5, 3087, bytes.fromhex("6f75746c6f6f6b00a1b2c3d4e5f60718"),
+                              (60.8, 330), status=EC_NOT_SUPPORTED)
     return expectation(
         cap, "client",
         "Outlook 2003 (EcDoConnectEx/EcDoRpcExt2) registers callback "
@@ -150,9 +158,8 @@ def s_udp_not_received():
 
 def s_icmp_unreachable():
     """Server-side: every datagram answered by ICMP 3/13 (administratively prohibited) from a router."""
-    cap = Capture("icmp_unreachable", 18000, 106)
-    c, s, router = Host("10.1.50.23"), Host(EXCHANGE), Host("10.0.0.1")
-    o = Outlook(cap, c, s, "frank")
+    cap, c, s, o = one_client("icmp_unreachable", 18000, 106, "10.1.50.23", "frank")
+    router = Host("10.0.0.1")
     t = o.logon(0.1)
     ctx = bytes.fromhex("41c8d2e9f00b1a2b3c4d5e6f70819203")
     reg = o.register(t + 0.3, c.ip, 1900, ctx)
@@ -171,10 +178,8 @@ def s_icmp_unreachable():
 
 def s_nat():
     """Server-side: the client registers its private address; the server sees it as a public NAT address."""
-    cap = Capture("callback_unreachable_nat", 21600, 107)
-    c, s = Host("203.0.113.45"), Host(EXCHANGE)
+    cap, c, s, o = one_client("callback_unreachable_nat", 21600, 107, "203.0.113.45", "grace")
     inside = Host("192.168.1.23")
-    o = Outlook(cap, c, s, "grace")
     t = o.logon(0.1)
     ctx = bytes.fromhex("5a5b5c5d5e5f60616263646566676869")
     reg = o.register(t + 0.5, inside.ip, 2890, ctx)
@@ -365,9 +370,7 @@ def s_privacy_push():
 
 def s_privacy_polling():
     cap, c, s, o = one_client("encrypted_no_evidence", 50400, 115, "10.1.26.6", "quinn", auth_level=AUTH_LEVEL_PRIVACY)
-    t = o.logon(0.1)
-    reg = o.register(t + 0.4, c.ip, 2021, bytes.fromhex("2468ace013579bdf2468ace013579bdf"))
-    o.poll_until(60.9, 320)
+    reg = logon_register_poll(o, 0.1, 0.4, 2021, bytes.fromhex("2468ace013579bdf2468ace013579bdf"), (60.9, 320))
     return expectation(
         cap, "client",
         "packet privacy: an (encrypted) EcRRegisterPushNotification and then "
@@ -413,9 +416,8 @@ def s_sealed_ntlmv1_refused():
     c, s = Host("10.1.28.8"), Host(EXCHANGE)
     sealer = NtlmSealer(cap.rng, "tina", "CONTOSO", SEALED_PASSWORDS["tina"], version="v1-ess")
     o = Outlook(cap, c, s, "tina", auth_level=AUTH_LEVEL_PRIVACY, sealer=sealer)
-    t = o.logon(0.1)
-    reg = o.register(t + 0.5, c.ip, 3041, bytes.fromhex("0b5e55ed0a11ce00"), status=EC_NOT_SUPPORTED)
-    o.poll_until(60.7, 320)
+    reg = logon_register_poll(o, 0.1, 0.5, 3041, bytes.fromhex("0b5e55ed0a11ce00"),
+                              (60.7, 320), status=EC_NOT_SUPPORTED)
     entry = dict(vantage="client", secrets=f"tina:{SEALED_PASSWORDS['tina']}",
                  description="packet privacy sealed with NTLMv1 with extended session security (real keys; "
                  "password in 'secrets'): the server answers 0x80040102 and the client polls; without the password "
@@ -432,9 +434,8 @@ SEALED_PASSWORDS = {"sam": "Summer-2026!", "tina": "Tina:pass 26"}
 
 def s_registration_fault():
     cap, c, s, o = one_client("registration_fault", 54000, 116, "10.1.27.200", "rachel")
-    t = o.logon(0.1)
-    reg = o.register(t + 0.4, c.ip, 3030, bytes.fromhex("99aabbccddeeff00"), fault=NCA_S_OP_RNG_ERROR)
-    o.poll_until(60.5, 300)
+    reg = logon_register_poll(o, 0.1, 0.4, 3030, bytes.fromhex("99aabbccddeeff00"),
+                              (60.5, 300), fault=NCA_S_OP_RNG_ERROR)
     return expectation(
         cap, "client",
         "EcRRegisterPushNotification answered by a DCE/RPC fault "
@@ -620,9 +621,7 @@ def s_capture_too_short():
 
 def s_registered_no_mail_seen():
     cap, c, s, o = one_client("registered_no_mail_seen", 72000, 121, "10.1.33.14", "wendy")
-    t = o.logon(0.1)
-    reg = o.register(t + 0.3, c.ip, 2468, bytes.fromhex("0a0b0c0d0e0f1011"))
-    o.poll_until(60.6, 310)
+    reg = logon_register_poll(o, 0.1, 0.3, 2468, bytes.fromhex("0a0b0c0d0e0f1011"), (60.6, 310))
     bulk_noise(cap, c, 42.0, segments=12)
     return expectation(
         cap, "client",
