@@ -53,7 +53,7 @@ def pdu(ptype: int, call_id: int, body: bytes, flags: int = 3, le: bool = True, 
         auth_len = len(verifier)
     frag_len = layouts.COMMON_HEADER.size + len(body) + len(trailer)
     drep = layouts.DREP_LITTLE_ENDIAN if le else layouts.DREP_BIG_ENDIAN
-    return layouts.COMMON_HEADER.pack(le, ptype=ptype, pfc_flags=flags, drep=drep, frag_length=frag_len,
+    return layouts.COMMON_HEADER.pack(le, ptype=ptype, pfc_flags=flags, drep_int_char=drep, frag_length=frag_len,
                                       auth_length=auth_len, call_id=call_id) + body + trailer
 
 

@@ -28,6 +28,7 @@ from analyzer.dissect.layouts import (
     CONTEXT_RESULT,
     FAULT_HEADER,
     FAULT_STATUS,
+    HEADER_LEADING,
     HEADER_LENGTHS,
     NO_FIXED_PART,
     OBJECT_UUID,
@@ -83,6 +84,7 @@ _MIN_FRAG = {ptype: HEADER_LEN + part.size for ptype, part in FIXED_PART.items()
 
 # Precompiled structs of the per-PDU path (the layouts compile them; binding them here keeps each parse one
 # global lookup and one unpack_from, as measured in benchmarks/results.md)
+_LEADING = HEADER_LEADING.le  # rpc_vers, minor, ptype, flags, drep bytes 0 and 1, reserved (any order: bytes, 0)
 _LE_HDR, _BE_HDR = HEADER_LENGTHS.le, HEADER_LENGTHS.be  # frag_len, auth_len, call_id
 _LENGTHS_AT = HEADER_LENGTHS.offset
 _LE_CALL, _BE_CALL = REQUEST_HEADER.le, REQUEST_HEADER.be  # alloc_hint, p_cont_id, opnum (response: cancel_count)
@@ -90,7 +92,6 @@ _CALL_AT, _STUB_AT = REQUEST_HEADER.offset, REQUEST_HEADER.end  # same offsets i
 _OBJECT_AT, _OBJECT_END = OBJECT_UUID.offset, OBJECT_UUID.end
 _SEC_TRAILER = SEC_TRAILER.le  # its fields are single bytes (and an ignored context id)
 _TRAILER_LEN = SEC_TRAILER.size
-_DREP_AT = COMMON_HEADER.offset_of("drep")
 
 
 @dataclass(slots=True)
@@ -123,13 +124,12 @@ def plausible_header(buf, off: int = 0) -> bool:
     frag_length at least the fixed size of that PTYPE, and an auth_length that fits inside the PDU."""
     if len(buf) - off < HEADER_LEN:
         return False
-    if buf[off] != 5 or buf[off + 1] > 1:
+    vers, ver_minor, ptype, _flags, d0, d1, reserved = _LEADING.unpack_from(buf, off)
+    if vers != 5 or ver_minor > 1:
         return False
-    ptype = buf[off + 2]
     if ptype not in _MIN_FRAG:
         return False
-    d0 = buf[off + 4]
-    if d0 & 0xEE or buf[off + 5] > 3 or buf[off + 6] or buf[off + 7]:
+    if d0 & 0xEE or d1 > 3 or reserved:
         return False
     frag_len, auth_len, _ = (_LE_HDR if d0 & 0x10 else _BE_HDR).unpack_from(buf, off + _LENGTHS_AT)
     if frag_len < _MIN_FRAG[ptype]:
@@ -141,9 +141,10 @@ def plausible_header(buf, off: int = 0) -> bool:
 
 def parse_header(buf, off: int = 0) -> Header:
     """Common header at ``off`` (caller checked :func:`plausible_header`)."""
-    le = bool(buf[off + _DREP_AT] & 0x10)
+    _vers, ver_minor, ptype, flags, d0, _d1, _reserved = _LEADING.unpack_from(buf, off)
+    le = bool(d0 & 0x10)
     frag_len, auth_len, call_id = (_LE_HDR if le else _BE_HDR).unpack_from(buf, off + _LENGTHS_AT)
-    return Header(buf[off + 1], buf[off + 2], buf[off + 3], le, frag_len, auth_len, call_id)
+    return Header(ver_minor, ptype, flags, le, frag_len, auth_len, call_id)
 
 
 def plausible_header_or_none(buf, off: int = 0) -> Header | None:
@@ -151,11 +152,11 @@ def plausible_header_or_none(buf, off: int = 0) -> Header | None:
     collector's per-PDU loop (the same checks, in the same order)."""
     if len(buf) - off < HEADER_LEN or buf[off] != 5:
         return None
-    ver_minor, ptype, flags, d0 = buf[off + 1], buf[off + 2], buf[off + 3], buf[off + 4]
+    _vers, ver_minor, ptype, flags, d0, d1, reserved = _LEADING.unpack_from(buf, off)
     if ver_minor > 1:
         return None
     min_frag = _MIN_FRAG.get(ptype)
-    if min_frag is None or d0 & 0xEE or buf[off + 5] > 3 or buf[off + 6] or buf[off + 7]:
+    if min_frag is None or d0 & 0xEE or d1 > 3 or reserved:
         return None
     le = bool(d0 & 0x10)
     frag_len, auth_len, call_id = (_LE_HDR if le else _BE_HDR).unpack_from(buf, off + _LENGTHS_AT)

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import struct
 
-DREP_LITTLE_ENDIAN = b"\x10\x00\x00\x00"  # integers little-endian, ASCII, IEEE floats
-DREP_BIG_ENDIAN = b"\x00\x00\x00\x00"
+# first byte of the data representation (drep): integer byte order in the high nibble, character set in the low
+DREP_LITTLE_ENDIAN = 0x10  # integers little-endian, ASCII (the float byte after it: IEEE)
+DREP_BIG_ENDIAN = 0x00
 
 
 class Layout:
@@ -63,6 +64,11 @@ class Layout:
         i = self.names.index(first)
         return Layout(name or f"{self.name}.{first}", self.fields[i:], self.offset_of(first), self._order())
 
+    def head(self, last: str, name: str | None = None) -> "Layout":
+        """The fields up to and including ``last``, as a layout at the record's offset."""
+        i = self.names.index(last)
+        return Layout(name or f"{self.name} to {last}", self.fields[: i + 1], self.offset, self._order())
+
     def field(self, field_name: str) -> "Layout":
         """One field as a layout at its own offset."""
         i = self.names.index(field_name)
@@ -96,12 +102,16 @@ COMMON_HEADER = Layout("common header", [
     ("rpc_vers_minor", "B", 0),
     ("ptype", "B"),
     ("pfc_flags", "B", 0x03),  # PFC_FIRST_FRAG | PFC_LAST_FRAG
-    ("drep", "4s", DREP_LITTLE_ENDIAN),
+    ("drep_int_char", "B", DREP_LITTLE_ENDIAN),  # the 4-byte drep: integer order | character set,
+    ("drep_float", "B", 0),  # float representation (0 IEEE, 1 VAX, 2 Cray, 3 IBM),
+    ("drep_reserved", "H", 0),  # two reserved bytes, zero
     ("frag_length", "H"),
     ("auth_length", "H"),
     ("call_id", "I"),
 ])
-# the drep-dependent part of the common header: what the per-PDU hot path unpacks
+# The per-PDU hot path reads the header in two unpacks: the bytes that do not depend on the drep (version, PTYPE,
+# flags, drep) and then, in the drep's byte order, the lengths and call id.
+HEADER_LEADING = COMMON_HEADER.head("drep_reserved", "common header up to the drep")
 HEADER_LENGTHS = COMMON_HEADER.tail("frag_length", "common header lengths")
 
 # PTYPE-specific fixed parts, right after the common header
