@@ -33,6 +33,12 @@ def client_entry(o: Outlook, verdict, cause, evidence, notifications=0, callback
 
 
 
+
+def push_working_entry(o, register_frames, datagrams):
+    """The expectation for a client whose registration succeeded and who reacts to every datagram."""
+    return client_entry(o, "registered", "push_working", list(register_frames) + datagrams,
+                        notifications=len(datagrams), status=0)
+
 def one_client(name, start_offset_s, seed, client_ip, user, **outlook):
     """The usual start of a scenario: a capture, one client host, the Exchange server and the client's Outlook."""
     cap = Capture(name, start_offset_s, seed)
@@ -41,12 +47,13 @@ def one_client(name, start_offset_s, seed, client_ip, user, **outlook):
 
 
 
-def logon_register_poll(o, logon_at, register_after, cb_port, context, polls, status=0, fault=None):
-    """The middle of most one-client scenarios: log on, register the client's own address, then poll from
-    ``polls[0]`` until ``polls[1]``. Returns the register call's (request, answer) frames."""
+def logon_and_register(o, logon_at, register_after, cb_port, context, polls=None, status=0, fault=None):
+    """The middle of most one-client scenarios: log on, register the client's own address, then (``polls``) poll
+    from ``polls[0]`` until ``polls[1]``. Returns the register call's (request, answer) frames."""
     t = o.logon(logon_at)
     reg = o.register(t + register_after, o.client.ip, cb_port, context, status=status, fault=fault)
-    o.poll_until(*polls)
+    if polls:
+        o.poll_until(*polls)
     return reg
 
 def expectation(cap, vantage, description, clients, **fields):
@@ -60,9 +67,8 @@ def s_push_working():
     c, s = Host("10.1.20.31"), Host(EXCHANGE)
     dns_noise(cap, c, 0.0)
     o = Outlook(cap, c, s, "alice", legacy=True)
-    t = o.logon(0.05)
     ctx = bytes.fromhex("0c5e2a9177d3f0b4")
-    reg = o.register(t + 0.4, c.ip, 2512, ctx)
+    reg = logon_and_register(o, 0.05, 0.4, 2512, ctx)
     ev = list(reg)
     # polls until the first datagram (MS-OXCNOTIF 3.2.5.4), then push only
     o.poll(61.3)
@@ -80,7 +86,7 @@ def s_push_working():
 def s_server_refused():
     """Outlook 2003 (EcDoConnectEx/EcDoRpcExt2) against Exchange 2010: opnum 4 -> 0x80040102, then polling."""
     cap, c, s, o = one_client("server_refused", 3600, 102, "10.1.20.45", "bob")
-    reg = logon_register_poll(o, 0.1, 0.5, 3087, bytes.fromhex("6f75746c6f6f6b00a1b2c3d4e5f60718"),
+    reg = logon_and_register(o, 0.1, 0.5, 3087, bytes.fromhex("6f75746c6f6f6b00a1b2c3d4e5f60718"),
                               (60.8, 330), status=EC_NOT_SUPPORTED)
     return expectation(
         cap, "client",
@@ -107,9 +113,8 @@ def s_client_did_not_register():
 def s_udp_not_delivered():
     """Server-side capture: registration OK, the server sends the datagram every ~60 s, no reaction, polls go on."""
     cap, c, s, o = one_client("udp_not_delivered", 10800, 104, "10.1.30.77", "dave")
-    t = o.logon(0.1)
     ctx = bytes.fromhex("d1c2b3a4958677685a4b3c2d1e0f0011")
-    reg = o.register(t + 0.3, c.ip, 1755, ctx)
+    reg = logon_and_register(o, 0.1, 0.3, 1755, ctx)
     polls = o.poll_times(60.5, 330)
     notes = []
     tn = 84.0
@@ -137,8 +142,7 @@ def s_udp_not_received():
     """Client-side capture: registered (status 0), polling; twice a poll answer carries RopNotify (mail arrived)
     and the client fetches at once, yet no datagram ever reaches the client."""
     cap, c, s, o = one_client("udp_not_received", 14400, 105, "10.1.31.8", "erin")
-    t = o.logon(0.1)
-    reg = o.register(t + 0.4, c.ip, 2231, bytes.fromhex("8e1f77a3c4d5e6f7"))
+    reg = logon_and_register(o, 0.1, 0.4, 2231, bytes.fromhex("8e1f77a3c4d5e6f7"))
     mail = []
     for i, tp in enumerate(o.poll_times(61.0, 330)):
         if i in (1, 3):
@@ -160,9 +164,8 @@ def s_icmp_unreachable():
     """Server-side: every datagram answered by ICMP 3/13 (administratively prohibited) from a router."""
     cap, c, s, o = one_client("icmp_unreachable", 18000, 106, "10.1.50.23", "frank")
     router = Host("10.0.0.1")
-    t = o.logon(0.1)
     ctx = bytes.fromhex("41c8d2e9f00b1a2b3c4d5e6f70819203")
-    reg = o.register(t + 0.3, c.ip, 1900, ctx)
+    reg = logon_and_register(o, 0.1, 0.3, 1900, ctx)
     ev = list(reg)
     o.poll_until(60.2, 300)
     for tn in (75.0, 135.0, 195.0):
@@ -221,7 +224,7 @@ def s_three_clients():
         "(legacy) registered and reacts to 3 datagrams; 10.1.40.12 refused 0x80040102 and polls; "
         "10.1.40.13 never registers and polls",
         [
-client_entry(oa, "registered", "push_working", list(reg_a) + notes, notifications=3, status=0),
+push_working_entry(oa, reg_a, notes),
 client_entry(ob, "not_registered", "server_refused", list(reg_b), status=EC_NOT_SUPPORTED),
 client_entry(oc, "not_registered", "client_did_not_register", list(oc.frames["connect"])),
 ])
@@ -230,9 +233,8 @@ client_entry(oc, "not_registered", "client_did_not_register", list(oc.frames["co
 def s_netmon():
     """The push_working story (modern client) written as a Network Monitor 2.1 file."""
     cap, c, s, o = one_client("push_working", 28800, 109, "10.1.22.60", "kate")
-    t = o.logon(0.1)
     ctx = bytes.fromhex("1122334455667788")
-    reg = o.register(t + 0.4, c.ip, 3344, ctx)
+    reg = logon_and_register(o, 0.1, 0.4, 3344, ctx)
     o.poll(61.2)
     notes = o.notified((90.5, 171.3), 1077, react_after=0.22)
     return expectation(
@@ -240,7 +242,7 @@ def s_netmon():
         "Network Monitor 2.1 file (GMBU, frame table, "
         "per-frame media type): Outlook 2003 registered 10.1.22.60:3344, two datagrams each followed by a "
         "fetch within 0.25 s",
-        [client_entry(o, "registered", "push_working", list(reg) + notes, notifications=2, status=0)],
+        [push_working_entry(o, reg, notes)],
         format="netmon2")
 
 
@@ -332,7 +334,7 @@ def s_alter_context():
         "pcapng: the EMSMDB connection is first bound to "
         "OXABREF (ctx 0) and EMSMDB is added by alter_context (ctx 1); registered, three datagrams each "
         "followed by a fetch; HTTPS noise",
-        [client_entry(o, "registered", "push_working", list(reg) + notes, notifications=3, status=0)],
+        [push_working_entry(o, reg, notes)],
         format="pcapng")
 
 
@@ -350,13 +352,12 @@ def s_vlan_ipv6():
         "802.1Q VLAN 20, IPv6 only: callback [2001:db8:1::25]:5050 as a "
         "28-byte SOCKADDR_IN6 (family 23); two datagrams each followed by a fetch (no EPM: the bind_ack "
         "names the port)",
-        [client_entry(o, "registered", "push_working", list(reg) + notes, notifications=2, status=0)])
+        [push_working_entry(o, reg, notes)])
 
 
 def s_privacy_push():
     cap, c, s, o = one_client("push_working", 46800, 114, "10.1.26.5", "paul", auth_level=AUTH_LEVEL_PRIVACY)
-    t = o.logon(0.1)
-    reg = o.register(t + 0.4, c.ip, 2020, bytes.fromhex("13572468ace0bdf19876543210fedcba"))
+    reg = logon_and_register(o, 0.1, 0.4, 2020, bytes.fromhex("13572468ace0bdf19876543210fedcba"))
     o.poll(61.4)
     notes = o.notified((101.1, 178.8, 259.4), 1150, react_after=0.3)
     return expectation(
@@ -370,7 +371,7 @@ def s_privacy_push():
 
 def s_privacy_polling():
     cap, c, s, o = one_client("encrypted_no_evidence", 50400, 115, "10.1.26.6", "quinn", auth_level=AUTH_LEVEL_PRIVACY)
-    reg = logon_register_poll(o, 0.1, 0.4, 2021, bytes.fromhex("2468ace013579bdf2468ace013579bdf"), (60.9, 320))
+    reg = logon_and_register(o, 0.1, 0.4, 2021, bytes.fromhex("2468ace013579bdf2468ace013579bdf"), (60.9, 320))
     return expectation(
         cap, "client",
         "packet privacy: an (encrypted) EcRRegisterPushNotification and then "
@@ -392,9 +393,8 @@ def s_sealed_ntlmv2_push():
     c, s = Host("10.1.28.7"), Host(EXCHANGE)
     sealer = NtlmSealer(cap.rng, "sam", "CONTOSO", SEALED_PASSWORDS["sam"], version="v2")
     o = Outlook(cap, c, s, "sam", auth_level=AUTH_LEVEL_PRIVACY, sealer=sealer)
-    t = o.logon(0.1)
     ctx = bytes.fromhex("5ea1ed0a11ce0b0b")
-    reg = o.register(t + 0.4, c.ip, 2040, ctx)
+    reg = logon_and_register(o, 0.1, 0.4, 2040, ctx)
     o.poll(61.2)
     notes = o.notified((97.4, 170.2, 244.8), 1160, react_after=0.3)
     entry = dict(vantage="client", secrets=f"CONTOSO\\sam:{SEALED_PASSWORDS['sam']}",
@@ -416,7 +416,7 @@ def s_sealed_ntlmv1_refused():
     c, s = Host("10.1.28.8"), Host(EXCHANGE)
     sealer = NtlmSealer(cap.rng, "tina", "CONTOSO", SEALED_PASSWORDS["tina"], version="v1-ess")
     o = Outlook(cap, c, s, "tina", auth_level=AUTH_LEVEL_PRIVACY, sealer=sealer)
-    reg = logon_register_poll(o, 0.1, 0.5, 3041, bytes.fromhex("0b5e55ed0a11ce00"),
+    reg = logon_and_register(o, 0.1, 0.5, 3041, bytes.fromhex("0b5e55ed0a11ce00"),
                               (60.7, 320), status=EC_NOT_SUPPORTED)
     entry = dict(vantage="client", secrets=f"tina:{SEALED_PASSWORDS['tina']}",
                  description="packet privacy sealed with NTLMv1 with extended session security (real keys; "
@@ -434,7 +434,7 @@ SEALED_PASSWORDS = {"sam": "Summer-2026!", "tina": "Tina:pass 26"}
 
 def s_registration_fault():
     cap, c, s, o = one_client("registration_fault", 54000, 116, "10.1.27.200", "rachel")
-    reg = logon_register_poll(o, 0.1, 0.4, 3030, bytes.fromhex("99aabbccddeeff00"),
+    reg = logon_and_register(o, 0.1, 0.4, 3030, bytes.fromhex("99aabbccddeeff00"),
                               (60.5, 300), fault=NCA_S_OP_RNG_ERROR)
     return expectation(
         cap, "client",
@@ -481,7 +481,8 @@ def s_mid_session_notified():
     o.attach_mid_session()
     o.poll(2.5)
     epm_lookup(cap, c, s, 20.0)  # e.g. the address book asking the endpoint mapper again
-    notes = o.notified((45.3, 131.0, 219.8), 1061, react_after=0.4, dport=2345, context=bytes.fromhex("55aa55aa00112233"))
+    notes = o.notified((45.3, 131.0, 219.8), 1061, react_after=0.4, dport=2345,
+                       context=bytes.fromhex("55aa55aa00112233"))
     entry = dict(vantage="client", description="capture starts mid-session (no handshake, no bind, no logon on the "
                  "EMSMDB connection); an EPM ept_map in the capture names port 49155; three datagrams each "
                  "followed by a fetch within 0.4 s. Without a bind tshark cannot pair "
@@ -509,8 +510,7 @@ def s_most_polls_carry_mail():
     """Client side: registered (status 0); the engineer sends a test message every minute, so four of five polls
     find mail (compressed answers: RopNotify unreadable) and the client fetches at once; no datagram arrives."""
     cap, c, s, o = one_client("udp_not_received", 82800, 124, "10.1.36.41", "yvonne")
-    t = o.logon(0.1)
-    reg = o.register(t + 0.4, c.ip, 2790, bytes.fromhex("3b9e51c07a24d816"))
+    reg = logon_and_register(o, 0.1, 0.4, 2790, bytes.fromhex("3b9e51c07a24d816"))
     mail = []
     for i, tp in enumerate(o.poll_times(60.7, 330)):
         if i == 2:
@@ -572,7 +572,7 @@ def s_mid_session_udp_ignored():
                  "reacts to both of its datagrams (push_working)")
     ea = client_entry(a, "udp_blocked", "udp_not_delivered", notes, notifications=3)
     ea["mailbox"] = None
-    eb = client_entry(b, "registered", "push_working", list(reg_b) + b_notes, notifications=2, status=0)
+    eb = push_working_entry(b, reg_b, b_notes)
     entry["clients"] = [eb, ea]  # sorted by IP as the analyzer lists them
     return cap, entry
 
@@ -621,7 +621,7 @@ def s_capture_too_short():
 
 def s_registered_no_mail_seen():
     cap, c, s, o = one_client("registered_no_mail_seen", 72000, 121, "10.1.33.14", "wendy")
-    reg = logon_register_poll(o, 0.1, 0.3, 2468, bytes.fromhex("0a0b0c0d0e0f1011"), (60.6, 310))
+    reg = logon_and_register(o, 0.1, 0.3, 2468, bytes.fromhex("0a0b0c0d0e0f1011"), (60.6, 310))
     bulk_noise(cap, c, 42.0, segments=12)
     return expectation(
         cap, "client",
@@ -633,8 +633,7 @@ def s_registered_no_mail_seen():
 def s_truncated():
     """The server_refused story, the file cut in the middle of a late poll's record."""
     cap, c, s, o = one_client("server_refused", 75600, 122, "10.1.34.50", "xavier")
-    t = o.logon(0.1)
-    reg = o.register(t + 0.5, c.ip, 3999, bytes.fromhex("feedfacecafebeef"), status=EC_NOT_SUPPORTED)
+    reg = logon_and_register(o, 0.1, 0.5, 3999, bytes.fromhex("feedfacecafebeef"), status=EC_NOT_SUPPORTED)
     cut = None
     for i, tp in enumerate(o.poll_times(60.3, 330)):
         f = o.poll(tp)
