@@ -87,7 +87,7 @@ def s_server_refused():
     """Outlook 2003 (EcDoConnectEx/EcDoRpcExt2) against Exchange 2010: opnum 4 -> 0x80040102, then polling."""
     cap, c, s, o = one_client("server_refused", 3600, 102, "10.1.20.45", "bob")
     reg = logon_and_register(o, 0.1, 0.5, 3087, bytes.fromhex("6f75746c6f6f6b00a1b2c3d4e5f60718"),
-                              (60.8, 330), status=EC_NOT_SUPPORTED)
+                             (60.8, 330), status=EC_NOT_SUPPORTED)
     return expectation(
         cap, "client",
         "Outlook 2003 (EcDoConnectEx/EcDoRpcExt2) registers callback "
@@ -370,7 +370,8 @@ def s_privacy_push():
 
 
 def s_privacy_polling():
-    cap, c, s, o = one_client("encrypted_no_evidence", 50400, 115, "10.1.26.6", "quinn", auth_level=AUTH_LEVEL_PRIVACY)
+    cap, c, s, o = one_client("encrypted_no_evidence", 50400, 115, "10.1.26.6", "quinn",
+                              auth_level=AUTH_LEVEL_PRIVACY)
     reg = logon_and_register(o, 0.1, 0.4, 2021, bytes.fromhex("2468ace013579bdf2468ace013579bdf"), (60.9, 320))
     return expectation(
         cap, "client",
@@ -417,7 +418,7 @@ def s_sealed_ntlmv1_refused():
     sealer = NtlmSealer(cap.rng, "tina", "CONTOSO", SEALED_PASSWORDS["tina"], version="v1-ess")
     o = Outlook(cap, c, s, "tina", auth_level=AUTH_LEVEL_PRIVACY, sealer=sealer)
     reg = logon_and_register(o, 0.1, 0.5, 3041, bytes.fromhex("0b5e55ed0a11ce00"),
-                              (60.7, 320), status=EC_NOT_SUPPORTED)
+                             (60.7, 320), status=EC_NOT_SUPPORTED)
     entry = dict(vantage="client", secrets=f"tina:{SEALED_PASSWORDS['tina']}",
                  description="packet privacy sealed with NTLMv1 with extended session security (real keys; "
                  "password in 'secrets'): the server answers 0x80040102 and the client polls; without the password "
@@ -435,7 +436,7 @@ SEALED_PASSWORDS = {"sam": "Summer-2026!", "tina": "Tina:pass 26"}
 def s_registration_fault():
     cap, c, s, o = one_client("registration_fault", 54000, 116, "10.1.27.200", "rachel")
     reg = logon_and_register(o, 0.1, 0.4, 3030, bytes.fromhex("99aabbccddeeff00"),
-                              (60.5, 300), fault=NCA_S_OP_RNG_ERROR)
+                             (60.5, 300), fault=NCA_S_OP_RNG_ERROR)
     return expectation(
         cap, "client",
         "EcRRegisterPushNotification answered by a DCE/RPC fault "
