@@ -13,6 +13,7 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Dot1Q, Ether
 
+from analyzer.dissect.layouts import AUTH3_HEADER
 from captures.samplelib.constants import (AUTH_LEVEL_PRIVACY, AUTH_NTLMSSP, BTFN_UUID, DN, EMSMDB, EPM, EPOCH_BASE,
     EXCHANGE, EXCHANGE_PORT, LISTED_KINDS, NDR_UUID, PT_ALTER, PT_ALTER_RESP, PT_AUTH3, PT_BIND, PT_BIND_ACK,
     PT_FAULT, PT_REQUEST, PT_RESPONSE)
@@ -188,7 +189,7 @@ class Rpc:
                              bind_ack_body(acks, "" if alter else sec_addr, 0x1234 + self.tcp.cport), auth=auth_ack),
                       "alter_context_resp" if alter else "bind_ack")
         if auth_req is not None:
-            auth3 = struct.pack("<I", 0)
+            auth3 = AUTH3_HEADER.pack()  # the 4 pad bytes of an auth3 body
             if self.sealer is not None:
                 token = self.sealer.authenticate()
             else:
