@@ -56,6 +56,7 @@ dist: $(STAMP)
 
 captures: $(STAMP)
 	$(BIN)/python captures/generate.py
+	$(BIN)/python captures/pairs.py
 
 # Speed and memory targets live here, never in timed unit tests (results: benchmarks/results*.md).
 bench: $(STAMP)

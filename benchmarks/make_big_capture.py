@@ -28,11 +28,11 @@ from __future__ import annotations
 
 import argparse
 import heapq
-import importlib.util
 import itertools
 import json
 import random
 import struct
+import sys
 import time
 from pathlib import Path
 
@@ -40,14 +40,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
 
-def _load_generator():
-    spec = importlib.util.spec_from_file_location("captures_generate", ROOT / "captures" / "generate.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-G = _load_generator()
+sys.path.insert(0, str(ROOT))
+from captures import samplelib as G  # noqa: E402  (the sample library: PDU and stub writers)
 
 EPOCH = 1772600000  # 2026-03-04 04:53:20 UTC
 SERVER_IP = bytes([10, 0, 0, 10])

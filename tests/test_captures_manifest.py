@@ -5,7 +5,6 @@ tshark's dissection, every verdict cause is covered, and the truncated file real
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import struct
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from analyzer.verdict.model import CAUSES, VERDICTS
+from captures import samplelib
 
 ROOT = Path(__file__).resolve().parent.parent
 CAPTURES = ROOT / "captures"
@@ -25,13 +25,6 @@ MANIFEST = CAPTURES / "manifest.json"
 # manifest covers it with a capture that holds no EMSMDB session and an empty clients list.
 CAUSES_WITHOUT_CLIENT = {"no_emsmdb_session"}
 TSHARK_KIND = {"0": "request", "2": "response", "11": "bind", "14": "alter_context"}
-
-
-def _load_generator():
-    spec = importlib.util.spec_from_file_location("captures_generate", CAPTURES / "generate.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +36,7 @@ def manifest():
 def regenerated(tmp_path_factory):
     out = tmp_path_factory.mktemp("captures")
     times: dict = {}
-    manifest = _load_generator().build(out, times=times)
+    manifest = samplelib.build(out, times=times)
     return out, manifest, times
 
 
@@ -125,7 +118,7 @@ def test_every_cause_is_covered(manifest):
 
 
 def test_register_push_stub_matches_protocol_vector():
-    gen = _load_generator()
+    gen = samplelib
     cxh = b"\x00" * 4 + bytes.fromhex("1a2b3c4d5e6f708192a3b4c5d6e7f809")
     stub = gen.register_push_request(cxh, bytes(range(16)), "10.0.0.5", 1234)
     assert len(stub) == 74 and stub.hex().startswith("000000001a2b3c4d")

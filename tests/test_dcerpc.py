@@ -1,8 +1,9 @@
 """DCE/RPC connection-oriented analysis (analyzer.dissect.dcerpc + analyzer.dissect.collector).
 
 PDUs are built here as bytes (the docs/protocol.md §1.10 vector verbatim, and builders that follow C706/MS-RPCE
-field by field) and fed to EventCollector through its PacketSink methods with a TcpConnection, in chunks cut
-at awkward places, the way the TCP transport delivers them.
+field by field with the shared layouts of analyzer/dissect/layouts.py; the vector, scapy and tshark are the
+independent checks of those layouts) and fed to EventCollector through its PacketSink methods with a
+TcpConnection, in chunks cut at awkward places, the way the TCP transport delivers them.
 """
 
 import random
@@ -10,7 +11,7 @@ import struct
 import uuid
 
 
-from analyzer.dissect import dcerpc
+from analyzer.dissect import dcerpc, layouts
 from analyzer.dissect.collector import EventCollector
 from analyzer.dissect.epm import parse_ept_map_response
 from analyzer.dissect.stream import TcpConnection
@@ -42,23 +43,23 @@ def guid_bytes(text: str, le: bool = True) -> bytes:
 
 def pdu(ptype: int, call_id: int, body: bytes, flags: int = 3, le: bool = True, auth=None) -> bytes:
     """Common header + body [+ auth padding + sec_trailer + verifier]. auth = (type, level, verifier)."""
-    e = "<" if le else ">"
     trailer = b""
     auth_len = 0
     if auth is not None:
         auth_type, level, verifier = auth
-        pad = (-(16 + len(body))) % 16  # MS-RPCE: sec_trailer 16-byte aligned
+        pad = (-(layouts.COMMON_HEADER.size + len(body))) % 16  # MS-RPCE: sec_trailer 16-byte aligned
         body = body + b"\xbb" * pad
-        trailer = bytes([auth_type, level, pad, 0]) + struct.pack(e + "I", 0) + verifier
+        trailer = layouts.SEC_TRAILER.pack(le, auth_type=auth_type, auth_level=level, auth_pad_length=pad) + verifier
         auth_len = len(verifier)
-    frag_len = 16 + len(body) + len(trailer)
-    drep = b"\x10\x00\x00\x00" if le else b"\x00\x00\x00\x00"
-    return bytes([5, 0, ptype, flags]) + drep + struct.pack(e + "HHI", frag_len, auth_len, call_id) + body + trailer
+    frag_len = layouts.COMMON_HEADER.size + len(body) + len(trailer)
+    drep = layouts.DREP_LITTLE_ENDIAN if le else layouts.DREP_BIG_ENDIAN
+    return layouts.COMMON_HEADER.pack(le, ptype=ptype, pfc_flags=flags, drep_int_char=drep, frag_length=frag_len,
+                                      auth_length=auth_len, call_id=call_id) + body + trailer
 
 
 def request(call_id, ctx, opnum, stub, flags=3, le=True, auth=None, alloc_hint=None, obj=None):
-    e = "<" if le else ">"
-    body = struct.pack(e + "IHH", len(stub) if alloc_hint is None else alloc_hint, ctx, opnum)
+    body = layouts.REQUEST_HEADER.pack(le, alloc_hint=len(stub) if alloc_hint is None else alloc_hint, p_cont_id=ctx,
+                                       opnum=opnum)
     if obj is not None:
         flags |= 0x80
         body += guid_bytes(obj, le)
@@ -66,36 +67,33 @@ def request(call_id, ctx, opnum, stub, flags=3, le=True, auth=None, alloc_hint=N
 
 
 def response(call_id, ctx, stub, flags=3, le=True, auth=None, alloc_hint=None):
-    e = "<" if le else ">"
-    body = struct.pack(e + "IHBB", len(stub) if alloc_hint is None else alloc_hint, ctx, 0, 0)
+    body = layouts.RESPONSE_HEADER.pack(le, alloc_hint=len(stub) if alloc_hint is None else alloc_hint, p_cont_id=ctx)
     return pdu(2, call_id, body + stub, flags, le, auth)
 
 
 def fault(call_id, ctx, status, le=True):
-    e = "<" if le else ">"
-    return pdu(3, call_id, struct.pack(e + "IHBBII", 32, ctx, 0, 0, status, 0), 3, le)
+    return pdu(3, call_id, layouts.FAULT_HEADER.pack(le, alloc_hint=32, p_cont_id=ctx, status=status), 3, le)
 
 
 def bind(call_id, contexts, ptype=11, le=True, auth=None):
     """contexts: [(ctx_id, if_uuid, major, minor, [transfer uuids])]."""
-    e = "<" if le else ">"
-    body = struct.pack(e + "HHIB3x", 5840, 5840, 0, len(contexts))
+    body = layouts.BIND_HEADER.pack(le, n_context_elem=len(contexts))
     for ctx_id, if_uuid, major, minor, transfers in contexts:
-        body += struct.pack(e + "HBx", ctx_id, len(transfers)) + guid_bytes(if_uuid, le)
-        body += struct.pack(e + "I", minor << 16 | major)
+        body += layouts.CONTEXT_ELEM.pack(le, p_cont_id=ctx_id, n_transfer_syn=len(transfers),
+                                          if_uuid=guid_bytes(if_uuid, le), if_version=minor << 16 | major)
         for ts in transfers:
-            body += guid_bytes(ts, le) + struct.pack(e + "I", 1 if ts == NDR64 else 2)
+            body += layouts.SYNTAX_ID.pack(le, if_uuid=guid_bytes(ts, le), if_version=1 if ts == NDR64 else 2)
     return pdu(ptype, call_id, body, 3, le, auth)
 
 
 def bind_ack(call_id, sec_addr: bytes, results, ptype=12, le=True):
     """results: [(result, reason, transfer uuid)]."""
-    e = "<" if le else ">"
-    body = struct.pack(e + "HHIH", 5840, 5840, 0x1234, len(sec_addr)) + sec_addr
-    body += bytes((-(16 + len(body))) % 4)
-    body += struct.pack(e + "B3x", len(results))
+    body = layouts.BIND_ACK_HEADER.pack(le, assoc_group_id=0x1234, sec_addr_length=len(sec_addr)) + sec_addr
+    body += bytes((-(layouts.COMMON_HEADER.size + len(body))) % 4)
+    body += layouts.RESULT_LIST_HEADER.pack(le, n_results=len(results))
     for result, reason, ts in results:
-        body += struct.pack(e + "HH", result, reason) + guid_bytes(ts, le) + struct.pack(e + "I", 2)
+        body += layouts.CONTEXT_RESULT.pack(le, result=result, reason=reason, transfer_uuid=guid_bytes(ts, le),
+                                            transfer_version=2)
     return pdu(ptype, call_id, body, 3, le)
 
 
@@ -114,16 +112,21 @@ def sockaddr_in(ip: str, port: int) -> bytes:
 
 def tower_tcp(if_uuid: str, major: int, minor: int, port: int, ip: str) -> bytes:
     """ncacn_ip_tcp tower, 5 floors (docs/protocol.md §4)."""
+    def uuid_floor(u, major, minor):
+        return (layouts.UUID_FLOOR_LHS.pack(uuid=guid_bytes(u), version_major=major),
+                layouts.FLOOR_MINOR_VERSION.pack(version_minor=minor))
+
     floors = [
-        (b"\x0d" + guid_bytes(if_uuid) + struct.pack("<H", major), struct.pack("<H", minor)),
-        (b"\x0d" + guid_bytes(NDR) + struct.pack("<H", 2), struct.pack("<H", 0)),
+        uuid_floor(if_uuid, major, minor),
+        uuid_floor(NDR, 2, 0),
         (b"\x0b", struct.pack("<H", 0)),
         (b"\x07", struct.pack(">H", port)),
         (b"\x09", bytes(int(x) for x in ip.split("."))),
     ]
-    out = struct.pack("<H", len(floors))
+    out = layouts.TOWER_FLOOR_COUNT.pack(floor_count=len(floors))
     for lhs, rhs in floors:
-        out += struct.pack("<H", len(lhs)) + lhs + struct.pack("<H", len(rhs)) + rhs
+        out += layouts.FLOOR_PART_LENGTH.pack(length=len(lhs)) + lhs + layouts.FLOOR_PART_LENGTH.pack(length=len(rhs))
+        out += rhs
     return out
 
 

@@ -1,7 +1,8 @@
 """EMSMDB / AsyncEMSMDB stub decoders and interface names (analyzer.dissect.emsmdb, analyzer.dissect.interfaces).
 
 Stubs are the docs/protocol.md §1.10 test vector verbatim, its IPv6 variant, and stubs built here field by field
-from the MS-OXCRPC IDL layouts (the builders are written independently of the decoders: plain struct.pack).
+from the MS-OXCRPC IDL: the fixed parts with the shared layouts of analyzer/dissect/layouts.py (checked
+independently by the §1.10 vector and by tshark on the samples), the NDR arrays with plain struct.pack.
 """
 
 import struct
@@ -9,6 +10,7 @@ import struct
 
 import pytest
 
+from analyzer.dissect import layouts
 from analyzer.dissect.emsmdb import decode_request_stub, decode_response_stub, sockaddr_text
 from analyzer.dissect.interfaces import interface_name, opname
 
@@ -54,8 +56,8 @@ def test_linux_af_inet6_10_is_not_taken_for_an_address():
 def _register_request(context: bytes, sockaddr: bytes, le: bool = True) -> bytes:
     """EcRRegisterPushNotification request built field by field (NDR20, aligned to the stub start)."""
     e = "<" if le else ">"
-    out = bytearray(PCXH)
-    out += struct.pack(e + "II", 0, len(context)) + context
+    out = bytearray(layouts.REGISTER_PUSH_REQUEST_HEAD.pack(le, cxh=PCXH, rpc=0))
+    out += struct.pack(e + "I", len(context)) + context
     out += bytes((-len(out)) % 2) + struct.pack(e + "H", len(context))
     out += bytes((-len(out)) % 4) + struct.pack(e + "II", 0xFFFFFFFF, len(sockaddr)) + sockaddr
     out += bytes((-len(out)) % 2) + struct.pack(e + "H", len(sockaddr))
@@ -76,7 +78,7 @@ def test_big_endian_drep_request_and_response():
     out = decode_request_stub("EMSMDB", 4, stub, little_endian=False)
     assert out["callback"] == "10.0.0.5:1234" and out["advise_bits"] == 0xFFFFFFFF
     assert out["context_hex"] == bytes(range(16)).hex() and "note" not in out
-    response = PCXH + struct.pack(">II", 7, 0x80040102)
+    response = layouts.REGISTER_PUSH_RESPONSE.pack(False, cxh=PCXH, hnotification=7, status=0x80040102)
     assert decode_response_stub("EMSMDB", 4, response, little_endian=False) == {"hnotification": 7,
                                                                                "status": 0x80040102}
 
@@ -151,7 +153,7 @@ def _ext2_response(rgb_out: bytes, status: int = 0) -> bytes:
 
 def _rpc_header_ext(payload: bytes, flags: int) -> bytes:
     body = bytes(x ^ 0xA5 for x in payload) if flags & 0x2 else payload
-    return struct.pack("<HHHH", 0, flags, len(body), len(body)) + body
+    return layouts.RPC_HEADER_EXT.pack(flags=flags, size=len(body), size_actual=len(body)) + body
 
 
 def test_ecdorpcext2_rop_ids():
@@ -178,10 +180,12 @@ def test_ecdorpc_legacy_buffer_is_xor_a5():
 
 
 def test_async_connect_and_wait():
-    assert decode_response_stub("EMSMDB", 14, PCXH + struct.pack("<I", 0x7EE)) == {"status": 0x7EE}
-    assert decode_response_stub("AsyncEMSMDB", 0, struct.pack("<II", 1, 0)) == {"async_flags": 1, "status": 0}
-    assert decode_response_stub("AsyncEMSMDB", 0, struct.pack(">II", 1, 0), little_endian=False) == {
-        "async_flags": 1, "status": 0}
+    connected = layouts.HANDLE_AND_STATUS.pack(cxh=PCXH, status=0x7EE)
+    assert decode_response_stub("EMSMDB", 14, connected) == {"status": 0x7EE}
+    woken = layouts.ASYNC_WAIT_RESPONSE.pack(async_flags=1, status=0)
+    assert decode_response_stub("AsyncEMSMDB", 0, woken) == {"async_flags": 1, "status": 0}
+    woken_be = layouts.ASYNC_WAIT_RESPONSE.pack(False, async_flags=1, status=0)
+    assert decode_response_stub("AsyncEMSMDB", 0, woken_be, little_endian=False) == {"async_flags": 1, "status": 0}
     assert decode_response_stub("EMSMDB", 0 + 100, b"") == {}
 
 

@@ -11,7 +11,6 @@ pair overlaps for 150 s only).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from analyzer.merge import DELIVERED, LOST_IN_TRANSIT, MERGED, NO_SHARED_PACKETS
 from analyzer.merge.clock import estimate_clock
 from analyzer.pipeline import merge_pair, propose_pairs, analyze
 from analyzer.verdict.model import CAUSES
+from captures.samplelib import pairs
 
 ROOT = Path(__file__).resolve().parent.parent
 PAIRS = ROOT / "captures" / "pairs"
@@ -54,10 +54,7 @@ def incidents():
 
 
 def test_pairs_regenerate_byte_for_byte(tmp_path):
-    spec = importlib.util.spec_from_file_location("captures_pairs", ROOT / "captures" / "pairs.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    mod.build(tmp_path)
+    pairs.build(tmp_path)
     for m in MANIFEST:
         for name in (m["client_file"], m["server_file"]):
             assert (tmp_path / name).read_bytes() == (PAIRS / name).read_bytes(), name

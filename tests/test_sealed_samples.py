@@ -1,10 +1,9 @@
-"""The generated sealed samples (captures/sealed_*.pcap, sealed for real by captures/sealed.py): tshark decrypts
+"""The generated sealed samples (captures/sealed_*.pcap, sealed for real by captures/samplelib/sealed.py): tshark decrypts
 them with the manifest's password to the same stubs as mailpush; with --secrets the verdict is that of a plain
 session (manifest 'clients_with_secrets') with the same confidence and a reason that says so; both engines agree;
 NTLMv1 without extended session security and 56/40-bit keys (which tshark 4.0 cannot check: see
 test_ntlmv1_without_ess) decrypt in memory; nothing of a secret reaches any output."""
 
-import importlib.util
 import json
 import os
 import random
@@ -20,21 +19,14 @@ from analyzer.dissect.collector import EventCollector
 from analyzer.dissect.engine import dissect_batches
 from analyzer.dissect.secrets import Secrets
 from analyzer.ingest import open_capture
+from captures import samplelib
+from captures.samplelib import sealed as samplelib_sealed
 
 from conftest import CAPTURES, require_tshark
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFEST = json.loads((CAPTURES / "manifest.json").read_text())
 SEALED = [e for e in MANIFEST if e.get("secrets")]
-
-
-def _load(name, file):
-    mod = sys.modules.get(name)
-    if mod is None:
-        spec = importlib.util.spec_from_file_location(name, CAPTURES / file)
-        mod = sys.modules[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-    return mod
 
 
 def test_samples_present():
@@ -139,8 +131,7 @@ def test_tshark_engine_wrong_password_warns():
 
 def _session(version, password="Pass-word 1", flags=None, calls=4):
     """(client/server PDUs of a sealed EMSMDB session built by the generator's sealer)."""
-    gen = _load("captures_generate", "generate.py")
-    sealed = gen._sealed()
+    gen, sealed = samplelib, samplelib_sealed
     rng = random.Random(7)
     s = sealed.NtlmSealer(rng, "ursula", "CONTOSO", password, version=version, flags=flags)
     pdus = [(True, gen.co_pdu(gen.PT_BIND, 1, gen.bind_body([(0, gen.EMSMDB, [(gen.NDR_UUID, 2)])]),
@@ -271,8 +262,7 @@ def test_spnego_wrapped_ntlm_with_mech_list_mic(reset):
     third leg is an alter_context, and each side sends a mechListMIC. Windows resets the RC4 states after it
     (reset=True); without the reset the first PDU of each direction starts 8 RC4 bytes and one sequence number
     later. Both decrypt."""
-    gen = _load("captures_generate", "generate.py")
-    sealed = gen._sealed()
+    gen, sealed = samplelib, samplelib_sealed
     rng = random.Random(11)
     s = sealed.NtlmSealer(rng, "vera", "CONTOSO", "Spnego-Pw1", version="v2")
     mech_types = _der(0x30, NTLM_OID)
@@ -325,8 +315,7 @@ def test_two_security_contexts_one_by_alter_context():
     """One connection, two NTLM security contexts (auth_context_id 0 from the bind, 1 from an alter_context
     after an unauthenticated bind leg), different accounts, PDUs interleaved: each decrypts with its own keys;
     a wrong password for one leaves the other alone."""
-    gen = _load("captures_generate", "generate.py")
-    sealed = gen._sealed()
+    gen, sealed = samplelib, samplelib_sealed
     rng = random.Random(5)
     a = sealed.NtlmSealer(rng, "wanda", "CONTOSO", "First-Pw1", version="v2")
     b = sealed.NtlmSealer(rng, "xavier", "CONTOSO", "Second-Pw2", version="v1-ess")

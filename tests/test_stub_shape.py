@@ -30,7 +30,7 @@ MGOVE = PUBLIC / "wiki-mgove413-outlook2002-egress-only.pcap"
 # is the same Outlook's EMSMDB session with a second server: EcDoRpc stubs with Outlook's 0x7fff sizes, four
 # context handles each used many times, XOR-0xA5 ROP buffers (read with Wireshark's mapi dissector)
 KNOWN_EMSMDB_WITHOUT_BIND = {("wiki-mgove413-outlook2002-egress-only.pcap", "146.243.20.165", 50001),
-                             # the sample built for this rule (captures/generate.py s_mid_session_stub_shape)
+                             # the sample built for this rule (captures/samplelib/scenarios.py s_mid_session_stub_shape)
                              ("mid_session_stub_shape.pcap", "10.0.0.12", 50001)}
 
 

@@ -14,11 +14,31 @@ GUIDs (data1..data3 of a GUID follow the integer byte order).
 
 from __future__ import annotations
 
-import struct
 import uuid as _uuid
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from analyzer.dissect.layouts import (
+    AUTH3_HEADER,
+    BIND_ACK_HEADER,
+    BIND_HEADER,
+    BIND_NAK_HEADER,
+    COMMON_HEADER,
+    CONTEXT_ELEM,
+    CONTEXT_RESULT,
+    FAULT_HEADER,
+    FAULT_STATUS,
+    HEADER_LEADING,
+    HEADER_LENGTHS,
+    NO_FIXED_PART,
+    OBJECT_UUID,
+    REQUEST_HEADER,
+    RESPONSE_HEADER,
+    RESULT_LIST_HEADER,
+    RTS_HEADER,
+    SEC_TRAILER,
+    SYNTAX_ID,
+)
 from analyzer.dissect.model import PTYPE_KIND
 
 PTYPE_REQUEST = 0
@@ -38,17 +58,40 @@ PFC_OBJECT_UUID = 0x80
 
 AUTH_LEVEL_PKT_PRIVACY = 6
 
-HEADER_LEN = 16
+HEADER_LEN = COMMON_HEADER.size
 # Upper bound for a plausible frag_length. The field is a u16 so 65535 is the hard limit; Windows negotiates
 # max_xmit_frag of 4280/5840 and never more than 65535, so any u16 is "sane" beyond the minimum per PTYPE.
 MAX_FRAG_LEN = 0xFFFF
+# The fixed part that follows the common header, per connection-oriented PTYPE (17 shutdown, 18 co_cancel,
+# 20 rts have no constant of their own here).
+FIXED_PART = {
+    PTYPE_REQUEST: REQUEST_HEADER,
+    PTYPE_RESPONSE: RESPONSE_HEADER,
+    PTYPE_FAULT: FAULT_HEADER,
+    PTYPE_BIND: BIND_HEADER,
+    PTYPE_BIND_ACK: BIND_ACK_HEADER,
+    PTYPE_BIND_NAK: BIND_NAK_HEADER,
+    PTYPE_ALTER_CONTEXT: BIND_HEADER,
+    PTYPE_ALTER_CONTEXT_RESP: BIND_ACK_HEADER,
+    PTYPE_AUTH3: AUTH3_HEADER,
+    17: NO_FIXED_PART,
+    18: NO_FIXED_PART,
+    PTYPE_ORPHANED: NO_FIXED_PART,
+    20: RTS_HEADER,
+}
 # Minimum frag_length per PTYPE (common header + fixed part), used by the plausibility check.
-_MIN_FRAG = {0: 24, 2: 24, 3: 32, 11: 28, 12: 26, 13: 18, 14: 28, 15: 26, 16: 20, 17: 16, 18: 16, 19: 16, 20: 20}
+_MIN_FRAG = {ptype: HEADER_LEN + part.size for ptype, part in FIXED_PART.items()}
 
-_LE_HDR = struct.Struct("<HHI")  # frag_len, auth_len, call_id at offset 8
-_BE_HDR = struct.Struct(">HHI")
-_LE_CALL = struct.Struct("<IHH")  # alloc_hint, p_cont_id, opnum at offset 16 of a request/response/fault
-_BE_CALL = struct.Struct(">IHH")
+# Precompiled structs of the per-PDU path (the layouts compile them; binding them here keeps each parse one
+# global lookup and one unpack_from, as measured in benchmarks/results.md)
+_LEADING = HEADER_LEADING.le  # rpc_vers, minor, ptype, flags, drep bytes 0 and 1, reserved (any order: bytes, 0)
+_LE_HDR, _BE_HDR = HEADER_LENGTHS.le, HEADER_LENGTHS.be  # frag_len, auth_len, call_id
+_LENGTHS_AT = HEADER_LENGTHS.offset
+_LE_CALL, _BE_CALL = REQUEST_HEADER.le, REQUEST_HEADER.be  # alloc_hint, p_cont_id, opnum (response: cancel_count)
+_CALL_AT, _STUB_AT = REQUEST_HEADER.offset, REQUEST_HEADER.end  # same offsets in response and fault
+_OBJECT_AT, _OBJECT_END = OBJECT_UUID.offset, OBJECT_UUID.end
+_SEC_TRAILER = SEC_TRAILER.le  # its fields are single bytes (and an ignored context id)
+_TRAILER_LEN = SEC_TRAILER.size
 
 
 @dataclass(slots=True)
@@ -81,27 +124,27 @@ def plausible_header(buf, off: int = 0) -> bool:
     frag_length at least the fixed size of that PTYPE, and an auth_length that fits inside the PDU."""
     if len(buf) - off < HEADER_LEN:
         return False
-    if buf[off] != 5 or buf[off + 1] > 1:
+    vers, ver_minor, ptype, _flags, d0, d1, reserved = _LEADING.unpack_from(buf, off)
+    if vers != 5 or ver_minor > 1:
         return False
-    ptype = buf[off + 2]
     if ptype not in _MIN_FRAG:
         return False
-    d0 = buf[off + 4]
-    if d0 & 0xEE or buf[off + 5] > 3 or buf[off + 6] or buf[off + 7]:
+    if d0 & 0xEE or d1 > 3 or reserved:
         return False
-    frag_len, auth_len, _ = (_LE_HDR if d0 & 0x10 else _BE_HDR).unpack_from(buf, off + 8)
+    frag_len, auth_len, _ = (_LE_HDR if d0 & 0x10 else _BE_HDR).unpack_from(buf, off + _LENGTHS_AT)
     if frag_len < _MIN_FRAG[ptype]:
         return False
-    if auth_len and auth_len + 8 + HEADER_LEN > frag_len:
+    if auth_len and auth_len + _TRAILER_LEN + HEADER_LEN > frag_len:
         return False
     return True
 
 
 def parse_header(buf, off: int = 0) -> Header:
     """Common header at ``off`` (caller checked :func:`plausible_header`)."""
-    le = bool(buf[off + 4] & 0x10)
-    frag_len, auth_len, call_id = (_LE_HDR if le else _BE_HDR).unpack_from(buf, off + 8)
-    return Header(buf[off + 1], buf[off + 2], buf[off + 3], le, frag_len, auth_len, call_id)
+    _vers, ver_minor, ptype, flags, d0, _d1, _reserved = _LEADING.unpack_from(buf, off)
+    le = bool(d0 & 0x10)
+    frag_len, auth_len, call_id = (_LE_HDR if le else _BE_HDR).unpack_from(buf, off + _LENGTHS_AT)
+    return Header(ver_minor, ptype, flags, le, frag_len, auth_len, call_id)
 
 
 def plausible_header_or_none(buf, off: int = 0) -> Header | None:
@@ -109,15 +152,15 @@ def plausible_header_or_none(buf, off: int = 0) -> Header | None:
     collector's per-PDU loop (the same checks, in the same order)."""
     if len(buf) - off < HEADER_LEN or buf[off] != 5:
         return None
-    ver_minor, ptype, flags, d0 = buf[off + 1], buf[off + 2], buf[off + 3], buf[off + 4]
+    _vers, ver_minor, ptype, flags, d0, d1, reserved = _LEADING.unpack_from(buf, off)
     if ver_minor > 1:
         return None
     min_frag = _MIN_FRAG.get(ptype)
-    if min_frag is None or d0 & 0xEE or buf[off + 5] > 3 or buf[off + 6] or buf[off + 7]:
+    if min_frag is None or d0 & 0xEE or d1 > 3 or reserved:
         return None
     le = bool(d0 & 0x10)
-    frag_len, auth_len, call_id = (_LE_HDR if le else _BE_HDR).unpack_from(buf, off + 8)
-    if frag_len < min_frag or auth_len and auth_len + 8 + HEADER_LEN > frag_len:
+    frag_len, auth_len, call_id = (_LE_HDR if le else _BE_HDR).unpack_from(buf, off + _LENGTHS_AT)
+    if frag_len < min_frag or auth_len and auth_len + _TRAILER_LEN + HEADER_LEN > frag_len:
         return None
     return Header(ver_minor, ptype, flags, le, frag_len, auth_len, call_id)
 
@@ -173,10 +216,10 @@ def split_auth(pdu, hdr: Header, body_start: int) -> Body:
     end = hdr.frag_len
     if not hdr.auth_len:
         return Body(bytes(pdu[body_start:end]))
-    trailer = end - hdr.auth_len - 8
+    trailer = end - hdr.auth_len - _TRAILER_LEN
     if trailer < body_start:
         return Body(bytes(pdu[body_start:end]), note="auth trailer overlaps the PDU header")
-    auth_type, auth_level, pad = pdu[trailer], pdu[trailer + 1], pdu[trailer + 2]
+    auth_type, auth_level, pad, _reserved, _context_id = _SEC_TRAILER.unpack_from(pdu, trailer)
     note = None
     if pad > trailer - body_start:
         note = f"auth_pad_length {pad} larger than the body"
@@ -202,20 +245,20 @@ def parse_call(pdu, hdr: Header) -> CallPdu:
     """Request (alloc_hint, p_cont_id, opnum, [object]), response (alloc_hint, p_cont_id, cancel_count) or fault
     (... status at 24). ``pdu`` holds exactly one PDU of ``hdr.frag_len`` bytes."""
     le = hdr.little_endian
-    alloc_hint, ctx_id, opnum = (_LE_CALL if le else _BE_CALL).unpack_from(pdu, 16)
+    alloc_hint, ctx_id, opnum = (_LE_CALL if le else _BE_CALL).unpack_from(pdu, _CALL_AT)
     obj = None
     status = None
-    body_start = 24
+    body_start = _STUB_AT
     if hdr.ptype == PTYPE_REQUEST:
-        if hdr.flags & PFC_OBJECT_UUID and hdr.frag_len >= 40:
-            obj = guid(pdu[24:40], hdr.little_endian)
-            body_start = 40
+        if hdr.flags & PFC_OBJECT_UUID and hdr.frag_len >= _OBJECT_END:
+            obj = guid(pdu[_OBJECT_AT:_OBJECT_END], hdr.little_endian)
+            body_start = _OBJECT_END
     else:
         opnum = None
-        if hdr.ptype == PTYPE_FAULT and hdr.frag_len >= 28:
-            (status,) = struct.unpack_from("<I" if le else ">I", pdu, 24)
+        if hdr.ptype == PTYPE_FAULT and hdr.frag_len >= FAULT_STATUS.end:
+            (status,) = FAULT_STATUS.struct(le).unpack_from(pdu, FAULT_STATUS.offset)
             # fault body: status u32, reserved u32, then optional extended error information
-            body_start = min(32, hdr.frag_len)
+            body_start = min(FAULT_HEADER.end, hdr.frag_len)
     return CallPdu(alloc_hint, ctx_id, opnum, obj, status, split_auth(pdu, hdr, body_start))
 
 
@@ -259,35 +302,31 @@ def parse_bind(pdu, hdr: Header) -> BindPdu:
     """bind / alter_context: max_xmit u16, max_recv u16, assoc_group u32, n_context_elem u8, 3 reserved, then
     p_cont_elem_t { p_cont_id u16, n_transfer_syn u8, reserved u8, abstract_syntax (GUID + u32 version
     <major u16, minor u16>), n x transfer_syntax (GUID + u32) }."""
-    e = "<" if hdr.little_endian else ">"
-    body = split_auth(pdu, hdr, 16)
-    b = body.stub  # here: the whole bind body from offset 16
+    le = hdr.little_endian
+    body = split_auth(pdu, hdr, BIND_HEADER.offset)
+    b = body.stub  # here: the whole bind body from the end of the common header
     contexts: list[ContextItem] = []
     note = None
-    if len(b) < 12:
+    if len(b) < BIND_HEADER.size:
         return BindPdu(contexts, body, "bind body too short")
-    n_ctx = b[8]
-    off = 12
+    n_ctx = BIND_HEADER.struct(le).unpack_from(b, 0)[3]
+    off = BIND_HEADER.size
+    context_elem, syntax_id = CONTEXT_ELEM.struct(le), SYNTAX_ID.struct(le)
     for _ in range(n_ctx):
-        if off + 24 > len(b):
+        if off + CONTEXT_ELEM.size > len(b):
             note = "bind context list truncated"
             break
-        ctx_id, n_ts = struct.unpack_from(e + "HB", b, off)
-        if_uuid = guid(b[off + 4 : off + 20], hdr.little_endian)
+        ctx_id, n_ts, _reserved, if_uuid, if_version = context_elem.unpack_from(b, off)
         # if_version is one u32 = minor << 16 | major: little-endian puts major first, big-endian minor first
-        if hdr.little_endian:
-            major, minor = struct.unpack_from("<HH", b, off + 20)
-        else:
-            minor, major = struct.unpack_from(">HH", b, off + 20)
-        off += 24
-        item = ContextItem(ctx_id, if_uuid, major, minor)
+        off += CONTEXT_ELEM.size
+        item = ContextItem(ctx_id, guid(if_uuid, le), if_version & 0xFFFF, if_version >> 16)
         for _ in range(n_ts):
-            if off + 20 > len(b):
+            if off + SYNTAX_ID.size > len(b):
                 note = "bind transfer syntax list truncated"
                 break
-            (ts_ver,) = struct.unpack_from(e + "I", b, off + 16)
-            item.transfer.append((guid(b[off : off + 16], hdr.little_endian), ts_ver))
-            off += 20
+            ts_uuid, ts_ver = syntax_id.unpack_from(b, off)
+            item.transfer.append((guid(ts_uuid, le), ts_ver))
+            off += SYNTAX_ID.size
         contexts.append(item)
         if note:
             break
@@ -298,31 +337,31 @@ def parse_bind_ack(pdu, hdr: Header) -> BindAckPdu:
     """bind_ack / alter_context_resp: max_xmit, max_recv, assoc_group, sec_addr (u16 length + ASCII port incl.
     NUL, possibly without the NUL), pad to 4 (relative to the PDU start), n_results u8 + 3 reserved, then per
     context in bind order: result u16, reason u16, transfer syntax (GUID + u32)."""
-    e = "<" if hdr.little_endian else ">"
-    body = split_auth(pdu, hdr, 16)
+    le = hdr.little_endian
+    body = split_auth(pdu, hdr, BIND_ACK_HEADER.offset)
     b = body.stub
     results: list[ContextResult] = []
-    if len(b) < 10:
+    if len(b) < BIND_ACK_HEADER.size:
         return BindAckPdu("", results, body, "bind_ack body too short")
-    (sec_len,) = struct.unpack_from(e + "H", b, 8)
-    sec_raw = bytes(b[10 : 10 + sec_len])
+    sec_len = BIND_ACK_HEADER.struct(le).unpack_from(b, 0)[3]
+    off = BIND_ACK_HEADER.size
+    sec_raw = bytes(b[off : off + sec_len])
     sec_addr = sec_raw.split(b"\x00", 1)[0].decode("latin-1")
-    off = 10 + sec_len
-    off += (-(off + 16)) % 4  # align relative to the PDU start (the body starts at PDU offset 16)
-    if off + 4 > len(b):
+    off += sec_len
+    off += (-(off + BIND_ACK_HEADER.offset)) % 4  # align relative to the PDU start, not the body
+    if off + RESULT_LIST_HEADER.size > len(b):
         return BindAckPdu(sec_addr, results, body, "bind_ack result list missing")
-    n_res = b[off]
-    off += 4
+    n_res = RESULT_LIST_HEADER.struct(le).unpack_from(b, off)[0]
+    off += RESULT_LIST_HEADER.size
     note = None
+    context_result = CONTEXT_RESULT.struct(le)
     for _ in range(n_res):
-        if off + 24 > len(b):
+        if off + CONTEXT_RESULT.size > len(b):
             note = "bind_ack result list truncated"
             break
-        result, reason = struct.unpack_from(e + "HH", b, off)
-        ts = guid(b[off + 4 : off + 20], hdr.little_endian)
-        (ts_ver,) = struct.unpack_from(e + "I", b, off + 20)
-        results.append(ContextResult(result, reason, ts, ts_ver))
-        off += 24
+        result, reason, ts, ts_ver = context_result.unpack_from(b, off)
+        results.append(ContextResult(result, reason, guid(ts, le), ts_ver))
+        off += CONTEXT_RESULT.size
     return BindAckPdu(sec_addr, results, body, note)
 
 

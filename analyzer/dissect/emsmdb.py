@@ -36,6 +36,15 @@ import ipaddress
 import struct
 
 from analyzer.dissect.interfaces import ASYNC_EMSMDB, EMSMDB
+from analyzer.dissect.layouts import (
+    ASYNC_WAIT_RESPONSE,
+    CONTEXT_HANDLE,
+    DUMMY_RPC_RESPONSE,
+    HANDLE_AND_STATUS,
+    REGISTER_PUSH_REQUEST_HEAD,
+    REGISTER_PUSH_RESPONSE,
+    RPC_HEADER_EXT,
+)
 
 AF_INET = 2
 AF_INET6_WINDOWS = 23  # Winsock's AF_INET6 (Linux uses 10)
@@ -157,7 +166,7 @@ def _join_notes(*notes) -> str | None:
 def _register_push_request(stub: bytes, le: bool) -> dict:
     out: dict = {}
     notes = []
-    r = _Reader(stub, le, 20)  # skip pcxh
+    r = _Reader(stub, le, REGISTER_PUSH_REQUEST_HEAD.offset_of("rpc"))  # skip pcxh
     try:
         r.u32()  # iRpc
         n = r.u32()
@@ -229,7 +238,7 @@ def _status_at_end(r: _Reader, stub: bytes, out: dict, what: str) -> None:
 
 def _connect_response(stub: bytes, le: bool, ex: bool) -> dict:
     out: dict = {}
-    r = _Reader(stub, le, 20)
+    r = _Reader(stub, le, CONTEXT_HANDLE.size)
     try:
         out["poll_max_ms"] = r.u32()
         r.u32()  # pcRetry
@@ -276,7 +285,7 @@ def rop_ids_text(rop_buffer: bytes) -> tuple[str | None, str | None]:
 
 
 def _ecdorpc_response(stub: bytes, le: bool) -> dict:
-    r = _Reader(stub, le, 20)
+    r = _Reader(stub, le, CONTEXT_HANDLE.size)
     try:
         data = r.varying_bytes()
     except _Short:
@@ -294,7 +303,7 @@ def _ecdorpc_response(stub: bytes, le: bool) -> dict:
 def _ecdorpcext2_response(stub: bytes, le: bool) -> dict:
     out: dict = {}
     rgb_out = None
-    r = _Reader(stub, le, 20)
+    r = _Reader(stub, le, CONTEXT_HANDLE.size)
     try:
         r.u32()  # pulFlags
         rgb_out = r.varying_bytes()
@@ -312,11 +321,11 @@ def _ecdorpcext2_response(stub: bytes, le: bool) -> dict:
     if len(rgb_out) == 0:
         out["rop_ids"] = ""
         return out
-    if len(rgb_out) < 8:
+    if len(rgb_out) < RPC_HEADER_EXT.size:
         out["note"] = _join_notes(out.get("note"), "rgbOut shorter than RPC_HEADER_EXT")
         return out
-    _version, flags, size, _size_actual = struct.unpack_from("<HHHH", rgb_out, 0)
-    payload = rgb_out[8 : 8 + size]
+    _version, flags, size, _size_actual = RPC_HEADER_EXT.le.unpack_from(rgb_out, 0)
+    payload = rgb_out[RPC_HEADER_EXT.size : RPC_HEADER_EXT.size + size]
     if flags & RPC_HEADER_EXT_COMPRESSED:
         out["note"] = _join_notes(out.get("note"), "rgbOut compressed: ROP ids not read")
         return out
@@ -329,16 +338,17 @@ def _ecdorpcext2_response(stub: bytes, le: bool) -> dict:
     return out
 
 
-def _u32_fields(stub: bytes, le: bool, names: tuple[str, ...], start: int, what: str) -> dict:
+def _u32_fields(stub: bytes, le: bool, layout, names: tuple[str, ...], what: str) -> dict:
+    """The u32 fields ``names`` of ``layout`` (in order, as event fields of the same names), as far as the stub
+    holds them."""
     e = "<" if le else ">"
     out: dict = {}
-    for i, name in enumerate(names):
-        off = start + 4 * i
+    for name in names:
+        off = layout.offset_of(name)
         if off + 4 > len(stub):
             out["note"] = f"{what} response stub of {len(stub)} bytes too short for {name}"
             break
-        if name:
-            out[name] = struct.unpack_from(e + "I", stub, off)[0]
+        out[name] = struct.unpack_from(e + "I", stub, off)[0]
     return out
 
 
@@ -350,9 +360,10 @@ def decode_response_stub(interface: str, opnum: int, stub: bytes, little_endian:
         le = little_endian
         if interface == EMSMDB:
             if opnum == 4:
-                out = _u32_fields(stub, le, ("hnotification", "status"), 20, "EcRRegisterPushNotification")
-                if "note" not in out and len(stub) != 28:
-                    out["note"] = f"response stub of {len(stub)} bytes (expected 28)"
+                out = _u32_fields(stub, le, REGISTER_PUSH_RESPONSE, ("hnotification", "status"),
+                                  "EcRRegisterPushNotification")
+                if "note" not in out and len(stub) != REGISTER_PUSH_RESPONSE.size:
+                    out["note"] = f"response stub of {len(stub)} bytes (expected {REGISTER_PUSH_RESPONSE.size})"
                 return out
             if opnum == 10:
                 return _connect_response(stub, le, ex=True)
@@ -363,11 +374,11 @@ def decode_response_stub(interface: str, opnum: int, stub: bytes, little_endian:
             if opnum == 11:
                 return _ecdorpcext2_response(stub, le)
             if opnum in (1, 14):
-                return _u32_fields(stub, le, ("status",), 20, "EMSMDB")
+                return _u32_fields(stub, le, HANDLE_AND_STATUS, ("status",), "EMSMDB")
             if opnum == 6:
-                return _u32_fields(stub, le, ("status",), 0, "EcDummyRpc")
+                return _u32_fields(stub, le, DUMMY_RPC_RESPONSE, ("status",), "EcDummyRpc")
         elif interface == ASYNC_EMSMDB and opnum == 0:
-            return _u32_fields(stub, le, ("async_flags", "status"), 0, "EcDoAsyncWaitEx")
+            return _u32_fields(stub, le, ASYNC_WAIT_RESPONSE, ("async_flags", "status"), "EcDoAsyncWaitEx")
         return {}
     except Exception as exc:  # defensive: a decoder bug must never stop the dissection of a capture
         return {"note": f"response stub not decoded ({type(exc).__name__}: {exc})"}

@@ -22,6 +22,19 @@ import uuid as _uuid
 from dataclasses import dataclass
 from functools import lru_cache
 
+from analyzer.dissect.layouts import (
+    EPT_MAP_RESPONSE_HEAD,
+    FLOOR_MINOR_VERSION,
+    FLOOR_PART_LENGTH,
+    TOWER_FLOOR_COUNT,
+    UUID_FLOOR_LHS,
+)
+
+_LENGTH = FLOOR_PART_LENGTH.le
+_UUID_FLOOR_DATA = UUID_FLOOR_LHS.tail("uuid")  # the lhs after its protocol byte
+_UUID_PROTOCOL = UUID_FLOOR_LHS.defaults["protocol"]
+_NUM_TOWERS = EPT_MAP_RESPONSE_HEAD.field("num_towers")
+
 EPT_S_NOT_REGISTERED = 0x16C9A0D6
 
 PROTO_TCP = 0x07
@@ -44,23 +57,24 @@ class Endpoint:
 def _floors(octets: bytes):
     """Tower octets -> [(protocol_id, lhs_data, rhs_data)]: floor_count u16 LE, then per floor lhs_len u16 LE,
     protocol_id u8 + lhs data (lhs_len bytes in all), rhs_len u16 LE, rhs data. None when malformed."""
-    if len(octets) < 2:
+    n = FLOOR_PART_LENGTH.size
+    if len(octets) < TOWER_FLOOR_COUNT.size:
         return None
-    count = int.from_bytes(octets[0:2], "little")
-    pos = 2
+    (count,) = TOWER_FLOOR_COUNT.le.unpack_from(octets, 0)
+    pos = TOWER_FLOOR_COUNT.size
     floors = []
     for _ in range(count):
-        if pos + 2 > len(octets):
+        if pos + n > len(octets):
             return None
-        lhs_len = int.from_bytes(octets[pos : pos + 2], "little")
-        pos += 2
-        if lhs_len < 1 or pos + lhs_len + 2 > len(octets):
+        (lhs_len,) = _LENGTH.unpack_from(octets, pos)
+        pos += n
+        if lhs_len < 1 or pos + lhs_len + n > len(octets):
             return None
         pid = octets[pos]
         lhs = octets[pos + 1 : pos + lhs_len]
         pos += lhs_len
-        rhs_len = int.from_bytes(octets[pos : pos + 2], "little")
-        pos += 2
+        (rhs_len,) = _LENGTH.unpack_from(octets, pos)
+        pos += n
         if pos + rhs_len > len(octets):
             return None
         floors.append((pid, lhs, octets[pos : pos + rhs_len]))
@@ -80,12 +94,13 @@ def parse_tower(octets: bytes) -> Endpoint | None:
     costs about 3 ms per tower plus 1.8 s to import ``scapy.layers.msrpce.ept`` (measured on this machine); the
     1,000-client benchmark capture has 1,000 ept_map responses. This walk costs about 20 µs."""
     floors = _floors(bytes(octets))
-    if not floors or floors[0][0] != 0x0D or len(floors[0][1]) < 18:
+    if not floors or floors[0][0] != _UUID_PROTOCOL or len(floors[0][1]) < _UUID_FLOOR_DATA.size:
         return None
     _pid, lhs, rhs = floors[0]
-    if_uuid = _guid_text(bytes(lhs[0:16]))
-    major = int.from_bytes(lhs[16:18], "little")
-    minor = int.from_bytes(rhs[0:2], "little") if len(rhs) >= 2 else 0  # little-endian as impacket and scapy
+    if_uuid_bytes, major = _UUID_FLOOR_DATA.le.unpack_from(lhs, 0)
+    if_uuid = _guid_text(bytes(if_uuid_bytes))
+    # little-endian as impacket and scapy
+    minor = FLOOR_MINOR_VERSION.le.unpack_from(rhs, 0)[0] if len(rhs) >= FLOOR_MINOR_VERSION.size else 0
     protocol, port, ip = "", None, None
     for pid, _lhs, rhs in floors[2:]:
         if pid in _PROTO_NAMES and len(rhs) >= 2:
@@ -111,8 +126,8 @@ def parse_ept_map_response(stub: bytes, little_endian: bool = True,
         return pos + (-pos) % n
 
     try:
-        (num_towers,) = struct.unpack_from(e + "I", stub, 20)
-        pos = align(24, size)
+        (num_towers,) = _NUM_TOWERS.struct(little_endian).unpack_from(stub, _NUM_TOWERS.offset)
+        pos = align(EPT_MAP_RESPONSE_HEAD.end, size)
         max_count, offset, actual = struct.unpack_from(e + 3 * code, stub, pos)
         pos += 3 * size
         if actual > 4096 or offset + actual > max_count:

@@ -20,6 +20,9 @@ import zlib
 from Crypto.Cipher import ARC4, DES
 from Crypto.Hash import HMAC, MD4, MD5
 
+from analyzer.dissect.layouts import HEADER_LENGTHS, REQUEST_HEADER, SEC_TRAILER
+
+
 # Windows 10 client / server flags, as in the public sealed captures (auth level 6)
 FLAGS_V2 = 0xE2888235  # 56 KEY_EXCH 128 VERSION TARGET_INFO ESS ALWAYS_SIGN NTLM SEAL SIGN REQUEST_TARGET UNICODE
 FLAGS_V1_ESS = 0xE2088235  # the same without TARGET_INFO
@@ -160,12 +163,12 @@ class NtlmSealer:
     def seal(self, pdu: bytes, from_client: bool) -> bytes:
         """``pdu``: a request/response built with the clear stub and a 16-byte placeholder verifier. Returns it
         sealed: stub and padding encrypted, verifier = the NTLM signature of the whole PDU (header signing)."""
-        frag_len, auth_len = struct.unpack_from("<HH", pdu, 8)
+        frag_len, auth_len, _call_id = HEADER_LENGTHS.le.unpack_from(pdu, HEADER_LENGTHS.offset)
         assert auth_len == 16 and frag_len == len(pdu)
-        trailer = frag_len - auth_len - 8
-        body_start = 24
+        trailer = frag_len - auth_len - SEC_TRAILER.size
+        body_start = REQUEST_HEADER.end  # the stub of a request or response
         clear = pdu[body_start:trailer]
-        signed = pdu[:trailer + 8]
+        signed = pdu[:trailer + SEC_TRAILER.size]
         rc4 = self._rc4[from_client]
         if self.flags & ESS:
             seq = self._seq[from_client]
@@ -180,4 +183,4 @@ class NtlmSealer:
             self._seq[0] += 1
             sealed = rc4.encrypt(clear)
             verifier = struct.pack("<I", 1) + rc4.encrypt(struct.pack("<III", 0, zlib.crc32(signed), seq))
-        return pdu[:body_start] + sealed + pdu[trailer:trailer + 8] + verifier
+        return pdu[:body_start] + sealed + pdu[trailer:trailer + SEC_TRAILER.size] + verifier
