@@ -3,7 +3,10 @@ process where it gets ``kill -9``, uvicorn in a thread otherwise), attacks it an
 
 Slow jobs are real captures: gzip members of zero-filled Ethernet frames repeated (4 GB of frames in 4 MB,
 analysed for tens of seconds once the ratio check is switched off); where the test must hold a job running it
-SIGSTOPs the analysis process it finds through the server's pid file."""
+SIGSTOPs the analysis process it finds through the server's pid file.
+
+Every test runs twice, on SQLite and on PostgreSQL (the ``database`` fixture), except those marked
+``sqlite_only`` whose mechanism belongs to SQLite (a database file on a full tmpfs, SQLite's max_page_count)."""
 
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from analyzer.web.auth import add_user
 from analyzer.web.db import Capture, Database, default_db_url
 from analyzer.web.jobs import process_start_time
 
+from conftest import DB_BACKENDS
 from test_web import XHR, LiveServer, upload, wait_finished
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,11 +87,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class ServerProcess:
-    """``mailpush serve`` in its own process (so that it can be killed with SIGKILL)."""
+def pytest_generate_tests(metafunc):
+    if "database" in metafunc.fixturenames and not metafunc.definition.get_closest_marker("sqlite_only"):
+        metafunc.parametrize("database", DB_BACKENDS, indirect=True)
 
-    def __init__(self, data: Path, *args: str):
+
+@pytest.fixture(autouse=True)
+def database(request, monkeypatch, tmp_path):
+    """URL of the database of the servers a test starts: None for the default SQLite file in the data directory,
+    else a fresh database on the session's throwaway PostgreSQL cluster. LiveServer picks it up too."""
+    url = request.getfixturevalue("postgres_url") if getattr(request, "param", "sqlite") == "postgresql" else None
+    monkeypatch.setattr(LiveServer, "database", url)
+    yield url
+    if url is not None:  # the PostgreSQL variant really ran there, not on a SQLite file beside the uploads
+        assert not list(tmp_path.rglob("*.db")), "a PostgreSQL test wrote a SQLite database"
+
+
+class ServerProcess:
+    """``mailpush serve`` in its own process (so that it can be killed with SIGKILL), on ``db`` (a database URL;
+    None: SQLite in the data directory)."""
+
+    def __init__(self, data: Path, *args: str, db: str | None = None):
         self.data = data
+        if db is not None:
+            args = ("--db", db, *args)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -125,17 +148,17 @@ class ServerProcess:
         self.log.close()
 
 
-def token_for(data: Path, name: str) -> str:
+def token_for(data: Path, name: str, db_url: str | None = None) -> str:
     data.mkdir(parents=True, exist_ok=True)
-    db = Database(default_db_url(data))
+    db = Database(db_url or default_db_url(data))
     try:
         return add_user(db, name)
     finally:
         db.dispose()
 
 
-def status_of(data: Path, capture_id: str) -> tuple[str, int]:
-    db = Database(default_db_url(data))
+def status_of(data: Path, capture_id: str, db_url: str | None = None) -> tuple[str, int]:
+    db = Database(db_url or default_db_url(data))
     try:
         with db.session() as s:
             row = s.get(Capture, capture_id)
@@ -155,10 +178,10 @@ NO_RATIO = ("--max-compression-ratio", "0", "--max-capture-gb", "100")
 # --- 4: job lifecycle ---------------------------------------------------------------------------------------------
 
 
-def test_delete_of_a_running_job_kills_it_and_removes_its_files_before_answering(tmp_path, bomb):
+def test_delete_of_a_running_job_kills_it_and_removes_its_files_before_answering(tmp_path, bomb, database):
     data = tmp_path / "data"
-    token = token_for(data, "alice")
-    srv = ServerProcess(data, "--workers", "1", *NO_RATIO).wait_ready()
+    token = token_for(data, "alice", database)
+    srv = ServerProcess(data, "--workers", "1", *NO_RATIO, db=database).wait_ready()
     try:
         with httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as c:
             capture_id = upload(c, bomb).json()["id"]
@@ -178,10 +201,10 @@ def test_delete_of_a_running_job_kills_it_and_removes_its_files_before_answering
         srv.stop()
 
 
-def test_kill_9_of_the_server_leaves_no_process_and_restart_runs_the_job_once(tmp_path, bomb):
+def test_kill_9_of_the_server_leaves_no_process_and_restart_runs_the_job_once(tmp_path, bomb, database):
     data = tmp_path / "data"
-    token = token_for(data, "alice")
-    srv = ServerProcess(data, "--workers", "1", *NO_RATIO).wait_ready()
+    token = token_for(data, "alice", database)
+    srv = ServerProcess(data, "--workers", "1", *NO_RATIO, db=database).wait_ready()
     with httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as c:
         capture_id = upload(c, bomb).json()["id"]
     pid = job_pid(data, capture_id)
@@ -192,22 +215,22 @@ def test_kill_9_of_the_server_leaves_no_process_and_restart_runs_the_job_once(tm
     # the fork server dies with the server, the analysis with the fork server
     wait_for(lambda: not alive(forkserver), 10, "the fork server to die with the server")
     wait_for(lambda: not alive(pid), 10, "the analysis to die with the fork server")
-    assert status_of(data, capture_id) == ("running", 1)
+    assert status_of(data, capture_id, database) == ("running", 1)
 
     # an orphan a previous server could not take with it (here: a process group a server of another version
     # left, recorded in the job's pid file) is killed at start, before the job is run again
     orphan = subprocess.Popen(["sleep", "600"], start_new_session=True)
     (data / "jobs" / f"{capture_id}.pid").write_text(f"{orphan.pid} {process_start_time(orphan.pid)}\n")
-    srv2 = ServerProcess(data, "--workers", "2", *NO_RATIO).wait_ready()
+    srv2 = ServerProcess(data, "--workers", "2", *NO_RATIO, db=database).wait_ready()
     try:
         assert orphan.wait(10) == -signal.SIGKILL
         new_pid = job_pid(data, capture_id)
         assert new_pid not in (pid, orphan.pid)
         time.sleep(1.0)
-        assert status_of(data, capture_id) == ("running", 2)  # taken once again, not twice
+        assert status_of(data, capture_id, database) == ("running", 2)  # taken once again, not twice
         assert [p.name for p in (data / "jobs").glob("*.pid")] == [f"{capture_id}.pid"]
         # a second server on the same data directory refuses to start instead of running the job again
-        third = ServerProcess(data, "--workers", "1")
+        third = ServerProcess(data, "--workers", "1", db=database)
         assert third.proc.wait(60) != 0
         assert "another mailpush server is using the data directory" in third.output()
         third.stop()
@@ -217,10 +240,10 @@ def test_kill_9_of_the_server_leaves_no_process_and_restart_runs_the_job_once(tm
     wait_for(lambda: not alive(new_pid), 10, "the analysis to end with a stopped server")
 
 
-def test_kill_9_mid_upload_leaves_a_part_file_that_the_next_start_removes(tmp_path, bomb):
+def test_kill_9_mid_upload_leaves_a_part_file_that_the_next_start_removes(tmp_path, bomb, database):
     data = tmp_path / "data"
-    token = token_for(data, "alice")
-    srv = ServerProcess(data, "--workers", "0").wait_ready()
+    token = token_for(data, "alice", database)
+    srv = ServerProcess(data, "--workers", "0", db=database).wait_ready()
     body_head = (b"--xx\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.pcap\"\r\n"
                  b"Content-Type: application/octet-stream\r\n\r\n")
     sock = socket.create_connection(("127.0.0.1", srv.port))
@@ -231,7 +254,7 @@ def test_kill_9_mid_upload_leaves_a_part_file_that_the_next_start_removes(tmp_pa
     srv.kill()
     sock.close()
     assert parts[0].exists()  # left behind by the killed server
-    srv2 = ServerProcess(data, "--workers", "0").wait_ready()
+    srv2 = ServerProcess(data, "--workers", "0", db=database).wait_ready()
     try:
         assert not list((data / "uploads").glob("*.part"))
     finally:
@@ -278,9 +301,9 @@ def test_workers_are_capped_and_idle_workers_do_not_spin(tmp_path):
         assert used < 0.3 * (time.monotonic() - wall0), f"idle server used {used:.2f} s of CPU in 3 s"
 
 
-def test_serve_warns_when_workers_are_capped(tmp_path):
+def test_serve_warns_when_workers_are_capped(tmp_path, database):
     data = tmp_path / "data"
-    srv = ServerProcess(data, "--workers", "1000").wait_ready()
+    srv = ServerProcess(data, "--workers", "1000", db=database).wait_ready()
     try:
         assert "capped at" in srv.output()
     finally:
@@ -311,6 +334,7 @@ def fill(disk: Path, leave_bytes: int) -> Path:
     return filler
 
 
+@pytest.mark.sqlite_only(reason="the login 507 is the SQLite file on the full tmpfs failing to store the session")
 def test_full_disk_gives_507_for_uploads_and_login_and_concurrent_uploads_reserve_room(small_disk, public_dir):
     small = public_dir / "wiki-ShortMAPI.pcapng"
     with LiveServer(small_disk / "data", workers=0, max_upload_mb=5) as srv:
@@ -365,6 +389,7 @@ def test_upload_that_hits_enospc_midway_gets_507_and_leaves_nothing(small_disk, 
             storage.DISK_MARGIN = saved
 
 
+@pytest.mark.sqlite_only(reason="the full database is SQLite's max_page_count")
 def test_result_that_cannot_be_saved_ends_failed_and_is_retried(tmp_path, captures_dir):
     """SQLite's own "database or disk is full" (its max_page_count reached) when the result is written."""
     from sqlalchemy import event, text
@@ -402,10 +427,10 @@ def test_result_that_cannot_be_saved_ends_failed_and_is_retried(tmp_path, captur
 # --- 9: cookies, CSRF, docs ---------------------------------------------------------------------------------------
 
 
-def test_cookie_is_secure_behind_a_trusted_tls_proxy_only(tmp_path):
+def test_cookie_is_secure_behind_a_trusted_tls_proxy_only(tmp_path, database):
     data = tmp_path / "data"
-    token = token_for(data, "alice")
-    srv = ServerProcess(data, "--workers", "0", "--forwarded-allow-ips", "127.0.0.1").wait_ready()
+    token = token_for(data, "alice", database)
+    srv = ServerProcess(data, "--workers", "0", "--forwarded-allow-ips", "127.0.0.1", db=database).wait_ready()
     try:
         login = {"token": token}
         via_tls = httpx.post(srv.url + "/login", data=login, follow_redirects=False,
@@ -417,7 +442,7 @@ def test_cookie_is_secure_behind_a_trusted_tls_proxy_only(tmp_path):
     finally:
         srv.stop()
     # without --forwarded-allow-ips the proxy header of anyone is ignored
-    srv = ServerProcess(data, "--workers", "0").wait_ready()
+    srv = ServerProcess(data, "--workers", "0", db=database).wait_ready()
     try:
         r = httpx.post(srv.url + "/login", data={"token": token}, follow_redirects=False,
                        headers={**XHR, "X-Forwarded-Proto": "https"})
@@ -498,17 +523,17 @@ def test_captures_page_paginates(tmp_path, public_dir):
 # --- 1, 2: decompression bombs uploaded to the server ---------------------------------------------------------
 
 
-def test_gzip_bombs_uploaded_to_the_server_fail_fast_naming_the_limit(tmp_path):
+def test_gzip_bombs_uploaded_to_the_server_fail_fast_naming_the_limit(tmp_path, database):
     from test_hostile_input import netmon_bomb, pcap_bomb
 
     data = tmp_path / "data"
-    token = token_for(data, "alice")
+    token = token_for(data, "alice", database)
     pcap = tmp_path / "zeros.pcap.gz"
     pcap_bomb(pcap, 300)  # 300 MB of zeros in ~300 KB
     netmon = tmp_path / "zeros.cap.gz"
     netmon_bomb(netmon, 300)
     # default ratio limit (200:1) with a small grace; a size limit of 0.1 GB for the ratio-free run
-    srv = ServerProcess(data, "--workers", "2").wait_ready()
+    srv = ServerProcess(data, "--workers", "2", db=database).wait_ready()
     try:
         with httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as c:
             t0 = time.monotonic()
@@ -520,7 +545,8 @@ def test_gzip_bombs_uploaded_to_the_server_fail_fast_naming_the_limit(tmp_path):
         assert not list((data / "tmp").iterdir())  # the NetMon spool lived there and is gone
     finally:
         srv.stop()
-    srv = ServerProcess(data, "--workers", "1", "--max-capture-gb", "0.1", "--max-compression-ratio", "0").wait_ready()
+    srv = ServerProcess(data, "--workers", "1", "--max-capture-gb", "0.1", "--max-compression-ratio", "0",
+                        db=database).wait_ready()
     try:
         with httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as c:
             doc = wait_finished(c, upload(c, netmon).json()["id"], timeout=60)
