@@ -15,6 +15,8 @@ interface UUIDs published in the Windows protocol specifications (MS-NRPC, MS-LS
 
 from __future__ import annotations
 
+from enum import IntEnum
+
 EMSMDB = "EMSMDB"
 ASYNC_EMSMDB = "AsyncEMSMDB"
 NSPI = "NSPI"
@@ -31,6 +33,22 @@ RFR_UUID = "1544f5e0-613c-11d1-93df-00c04fd7bd09"
 NDR_UUID = "8a885d04-1ceb-11c9-9fe8-08002b104860"
 NDR64_UUID = "71710533-beba-4937-8319-b5dbef9ccc36"
 BTFN_PREFIX = "6cb71c2c-9812-4540-"
+
+# The endpoint mapper's well-known TCP port (ncacn_ip_tcp, C706 / MS-RPCE 2.1.1.1)
+EPM_PORT = 135
+
+
+class EpmOp(IntEnum):
+    """Endpoint mapper operations (C706 / MS-RPCE)."""
+
+    EPT_INSERT = 0
+    EPT_DELETE = 1
+    EPT_LOOKUP = 2
+    EPT_MAP = 3
+    EPT_LOOKUP_HANDLE_FREE = 4
+    EPT_INQ_OBJECT = 5
+    EPT_MGMT_DELETE = 6
+
 
 _NAMES: dict[str, str] = {
     EMSMDB_UUID: EMSMDB,
