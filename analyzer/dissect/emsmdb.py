@@ -34,20 +34,48 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+from enum import IntEnum
+from typing import Callable, NamedTuple
 
-from analyzer.dissect.interfaces import ASYNC_EMSMDB, EMSMDB
+from analyzer.dissect.codes import RopId, RpcHeaderExtFlags, rop_id_text
+
+# The interfaces' names as the events table shows them (the interface table, analyzer.dissect.interfaces, gives
+# their UUIDs and versions)
+EMSMDB = "EMSMDB"
+ASYNC_EMSMDB = "AsyncEMSMDB"
+
+
+class EmsmdbOp(IntEnum):
+    """EMSMDB operations (MS-OXCRPC 3.1.4; 0 and 2 are Opnum0/2NotUsedOnWire there, named with their legacy names
+    as tshark prints them). Member names are the operation names the events' ``opname`` column shows."""
+
+    EcDoConnect = 0
+    EcDoDisconnect = 1
+    EcDoRpc = 2
+    EcGetMoreRpc = 3
+    EcRRegisterPushNotification = 4
+    EcRUnregisterPushNotification = 5
+    EcDummyRpc = 6
+    EcRGetDCName = 7
+    EcRNetGetDCName = 8
+    EcDoRpcExt = 9
+    EcDoConnectEx = 10
+    EcDoRpcExt2 = 11
+    EcDoAsyncConnectEx = 14
+
+
+class AsyncEmsmdbOp(IntEnum):
+    """AsyncEMSMDB operations (MS-OXCRPC 3.3.4)."""
+
+    EcDoAsyncWaitEx = 0
+
 
 AF_INET = 2
 AF_INET6_WINDOWS = 23  # Winsock's AF_INET6 (Linux uses 10)
 
-ROP_NOTIFY = 0x2A
-ROP_PENDING = 0x6E
 # ROP responses whose size is fixed, so the walk over the ROP list can continue past them. Everything else
 # (RopNotify's NotificationData in particular) has a variable layout: the walk stops there.
-_FIXED_ROP_RESPONSE_SIZE = {ROP_PENDING: 3}  # RopId u8 + SessionIndex u16 (MS-OXCROPS 2.2.14.3)
-
-RPC_HEADER_EXT_COMPRESSED = 0x1
-RPC_HEADER_EXT_XOR_MAGIC = 0x2
+_FIXED_ROP_RESPONSE_SIZE = {RopId.RopPending: 3}  # RopId u8 + SessionIndex u16 (MS-OXCROPS 2.2.14.3)
 
 
 class _Short(Exception):
@@ -201,14 +229,11 @@ def _connect_request(stub: bytes, le: bool) -> dict:
 def decode_request_stub(interface: str, opnum: int, stub: bytes, little_endian: bool = True) -> dict:
     """Decode an EMSMDB/AsyncEMSMDB request stub into Event fields (see module doc). Other interfaces and
     opnums give {}."""
-    try:
-        stub = bytes(stub)
-        if interface == EMSMDB:
-            if opnum == 4:
-                return _register_push_request(stub, little_endian)
-            if opnum in (0, 10):
-                return _connect_request(stub, little_endian)
+    decoder = _decoder(interface, opnum, 0)
+    if decoder is None:
         return {}
+    try:
+        return decoder(bytes(stub), little_endian)
     except Exception as exc:  # defensive: a decoder bug must never stop the dissection of a capture
         return {"note": f"request stub not decoded ({type(exc).__name__}: {exc})"}
 
@@ -267,7 +292,7 @@ def rop_ids_text(rop_buffer: bytes) -> tuple[str | None, str | None]:
     i = 0
     while i < len(rops):
         rop = rops[i]
-        ids.append(f"{rop:02x}")
+        ids.append(rop_id_text(rop))
         step = _FIXED_ROP_RESPONSE_SIZE.get(rop)
         if step is None:
             break
@@ -317,10 +342,10 @@ def _ecdorpcext2_response(stub: bytes, le: bool) -> dict:
         return out
     _version, flags, size, _size_actual = struct.unpack_from("<HHHH", rgb_out, 0)
     payload = rgb_out[8 : 8 + size]
-    if flags & RPC_HEADER_EXT_COMPRESSED:
+    if flags & RpcHeaderExtFlags.Compressed:
         out["note"] = _join_notes(out.get("note"), "rgbOut compressed: ROP ids not read")
         return out
-    if flags & RPC_HEADER_EXT_XOR_MAGIC:
+    if flags & RpcHeaderExtFlags.XorMagic:
         payload = bytes(payload).translate(_XOR_A5)
     ids, note = rop_ids_text(payload)
     out["rop_ids"] = ids
@@ -345,29 +370,60 @@ def _u32_fields(stub: bytes, le: bool, names: tuple[str, ...], start: int, what:
 def decode_response_stub(interface: str, opnum: int, stub: bytes, little_endian: bool = True) -> dict:
     """Decode an EMSMDB/AsyncEMSMDB response stub into Event fields (see module doc). Other interfaces and
     opnums give {}."""
-    try:
-        stub = bytes(stub)
-        le = little_endian
-        if interface == EMSMDB:
-            if opnum == 4:
-                out = _u32_fields(stub, le, ("hnotification", "status"), 20, "EcRRegisterPushNotification")
-                if "note" not in out and len(stub) != 28:
-                    out["note"] = f"response stub of {len(stub)} bytes (expected 28)"
-                return out
-            if opnum == 10:
-                return _connect_response(stub, le, ex=True)
-            if opnum == 0:
-                return _connect_response(stub, le, ex=False)
-            if opnum == 2:
-                return _ecdorpc_response(stub, le)
-            if opnum == 11:
-                return _ecdorpcext2_response(stub, le)
-            if opnum in (1, 14):
-                return _u32_fields(stub, le, ("status",), 20, "EMSMDB")
-            if opnum == 6:
-                return _u32_fields(stub, le, ("status",), 0, "EcDummyRpc")
-        elif interface == ASYNC_EMSMDB and opnum == 0:
-            return _u32_fields(stub, le, ("async_flags", "status"), 0, "EcDoAsyncWaitEx")
+    decoder = _decoder(interface, opnum, 1)
+    if decoder is None:
         return {}
+    try:
+        return decoder(bytes(stub), little_endian)
     except Exception as exc:  # defensive: a decoder bug must never stop the dissection of a capture
         return {"note": f"response stub not decoded ({type(exc).__name__}: {exc})"}
+
+
+def _register_push_response(stub: bytes, le: bool) -> dict:
+    out = _u32_fields(stub, le, ("hnotification", "status"), 20, "EcRRegisterPushNotification")
+    if "note" not in out and len(stub) != 28:
+        out["note"] = f"response stub of {len(stub)} bytes (expected 28)"
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the operation table: opnum -> (request decoder, response decoder). Adding a decoder is a function above and
+# one line here; analyzer.dissect.interfaces lists these operations with their interface.
+
+
+class Decoders(NamedTuple):
+    """How one operation's stubs are read: ``(stub, little_endian) -> {Event field: value}``, None: not read."""
+
+    request: Callable[[bytes, bool], dict] | None = None
+    response: Callable[[bytes, bool], dict] | None = None
+
+
+def _status_after_handle(stub: bytes, le: bool) -> dict:
+    return _u32_fields(stub, le, ("status",), 20, "EMSMDB")
+
+
+EMSMDB_DECODERS: dict[EmsmdbOp, Decoders] = {
+    EmsmdbOp.EcDoConnect: Decoders(_connect_request, lambda stub, le: _connect_response(stub, le, ex=False)),
+    EmsmdbOp.EcDoDisconnect: Decoders(None, _status_after_handle),
+    EmsmdbOp.EcDoRpc: Decoders(None, _ecdorpc_response),
+    EmsmdbOp.EcRRegisterPushNotification: Decoders(_register_push_request, _register_push_response),
+    EmsmdbOp.EcDummyRpc: Decoders(None, lambda stub, le: _u32_fields(stub, le, ("status",), 0, "EcDummyRpc")),
+    EmsmdbOp.EcDoConnectEx: Decoders(_connect_request, lambda stub, le: _connect_response(stub, le, ex=True)),
+    EmsmdbOp.EcDoRpcExt2: Decoders(None, _ecdorpcext2_response),
+    EmsmdbOp.EcDoAsyncConnectEx: Decoders(None, _status_after_handle),
+}
+
+ASYNC_EMSMDB_DECODERS: dict[AsyncEmsmdbOp, Decoders] = {
+    AsyncEmsmdbOp.EcDoAsyncWaitEx: Decoders(
+        None, lambda stub, le: _u32_fields(stub, le, ("async_flags", "status"), 0, "EcDoAsyncWaitEx")),
+}
+
+_DECODERS = {EMSMDB: EMSMDB_DECODERS, ASYNC_EMSMDB: ASYNC_EMSMDB_DECODERS}
+
+
+def _decoder(interface: str, opnum, direction: int):
+    ops = _DECODERS.get(interface)
+    if ops is None:
+        return None
+    decoders = ops.get(opnum)
+    return None if decoders is None else decoders[direction]

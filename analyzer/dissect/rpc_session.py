@@ -389,7 +389,7 @@ class RpcSessionAnalyser:
                 self._defer(st, ev, server, False, None, None, hdr.little_endian)
             return
         st.requests.pop(hdr.call_id, None)
-        if (ev.interface == EPM and ev.opnum == EpmOp.EPT_MAP and not ev.encrypted and call.damaged is None
+        if (ev.interface == EPM and ev.opnum == EpmOp.ept_map and not ev.encrypted and call.damaged is None
                 and stub is not None):
             self._learn_from_ept_map(ev, stub, hdr.little_endian, iface.ndr64, server[0])
         self._finish_stub(ev, hdr, stub, call, iface, decode_response_stub)

@@ -60,6 +60,7 @@ import tempfile
 import threading
 import warnings as warnings_module
 
+from analyzer.dissect.codes import AuthType
 from analyzer.dissect.dcerpc import (
     AUTH_LEVEL_PKT_PRIVACY,
     HEADER_LEN,
@@ -94,7 +95,6 @@ CALL_HEADER_LEN = 8
 FAULT_HEADER_LEN = 16
 OBJECT_UUID_LEN = 16
 SEC_TRAILER_LEN = 8
-AUTH_TYPE_KERBEROS = 16  # RPC_C_AUTHN_GSS_KERBEROS (MS-RPCE 2.2.1.1.7)
 
 # Layers tshark writes into the JSON (-J): everything else is not needed and only costs parse time.
 JSON_LAYERS = "frame ip ipv6 tcp udp icmp icmpv6 dcerpc"
@@ -360,7 +360,7 @@ class _EventBuilder:
                 auth.stub, record.clear = _hex_bytes(clear), True
             elif encrypted:
                 auth.stub = None
-                if _first(pdu, "spnego.krb5.tok_id") is not None or auth.auth_type == AUTH_TYPE_KERBEROS:
+                if _first(pdu, "spnego.krb5.tok_id") is not None or auth.auth_type == AuthType.GSS_KERBEROS:
                     self.kerberos_conns.add(stream_no)
             elif ptype != PTYPE_FAULT:
                 auth.stub = _stub_bytes(pdu, record.stub_len, loose)
