@@ -284,7 +284,7 @@ class EmsmdbShape:
                 return "status" in fields and handle is not None, handle, False
             if opnum == EmsmdbOp.EcDummyRpc:
                 return (len(stub) == 0) if request else (len(stub) == 4), None, False
-            if opnum == EmsmdbOp.EcDoDisconnect and not request:  # EcDoDisconnect answers with the handle closed (all zero)
+            if opnum == EmsmdbOp.EcDoDisconnect and not request:  # answered with the handle closed (all zero)
                 return len(stub) == 24 and stub[:20] == bytes(20), None, False
             handle = _handle(stub)
             if handle is None:
