@@ -1,9 +1,9 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """Which interface each DCE/RPC PDU belongs to, capture-wide: the post-pass both engines share.
 
-Both engines (native :mod:`analyzer.dissect.collector`, tshark :mod:`analyzer.dissect.tshark_engine`) label a
-request/response/fault themselves when its presentation context was negotiated on its own connection in the
-capture (``interface_source`` ``bind`` or ``alter_context``). Everything else goes through one
+The session analyser both engines feed (:class:`analyzer.dissect.rpc_session.RpcSessionAnalyser`) labels a
+request/response/fault itself when its presentation context was negotiated on its own connection in the capture
+(``interface_source`` ``bind`` or ``alter_context``). Everything else goes through its
 :class:`SessionLabeller`:
 
 * ``lookup`` labels a PDU at once when its server endpoint is already known;
@@ -16,7 +16,7 @@ capture (``interface_source`` ``bind`` or ``alter_context``). Everything else go
 So an endpoint learnt anywhere labels the whole capture. What labels a PDU, in order of trust (the
 ``interface_source`` column, see :mod:`analyzer.dissect.model`):
 
-1. ``bind`` / ``alter_context``: the context id was negotiated on this connection (engines);
+1. ``bind`` / ``alter_context``: the context id was negotiated on this connection (the session analyser);
 2. ``endpoint``: the same context id was bound to an interface later on this connection, or on another connection
    to the same server address and TCP port (bind, alter_context, or a bind_ack secondary address naming the port;
    context 0 for the latter), or the endpoint mapper's well-known port 135 (context 0);
