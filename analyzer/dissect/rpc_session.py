@@ -270,8 +270,8 @@ class RpcSessionAnalyser:
             return
         if rec.clear:  # the engine unsealed it: from here on as on a plain session
             ev.encrypted, ev.decrypted = False, True
-        elif self._decryptor is not None and rec.raw is not None and rec.hdr.ptype != PTYPE_FAULT:
-            self._unseal(rec, cp, ev)
+        elif self._decryptor is not None and rec.raw is not None:
+            self._unseal(rec, cp, ev)  # faults too: every sealed PDU advances the session's RC4 stream
 
     def _unseal(self, rec: PduRecord, cp: CallPdu, ev: Event) -> None:
         """Packet privacy with secrets: replace the sealed stub by the clear one (the row then reads as on a plain
