@@ -24,6 +24,7 @@ UDP datagrams (already filtered by the transport to ports >= 1024 and not connec
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Set
 from typing import TYPE_CHECKING, Callable
 
@@ -65,6 +66,8 @@ SMB_PORTS = (139, 445)
 # before the first PDU (MS-RPCH 2.1.2.1.1 "legacy server response"; C706 ncacn_http): skipped, not a gap.
 NCACN_HTTP_GREETING = b"ncacn_http/1.0"
 UDP_HEX_BYTES = 64
+# PduRecord from a tuple without the keyword handling of its constructor (once per PDU)
+_new_record = functools.partial(tuple.__new__, PduRecord)
 # Warnings about one direction of one connection that keeps failing to parse are capped at this many.
 MAX_WARNINGS_PER_DIRECTION = 3
 
@@ -313,5 +316,5 @@ class EventCollector:
             body, stub_len = dcerpc.parse_auth_only(pdu, hdr), 0
             if ptype == PTYPE_BIND_NAK and len(pdu) >= 18:
                 reason = int.from_bytes(pdu[16:18], "little" if hdr.little_endian else "big")
-        self.session.pdu(PduRecord(conn.index, from_client, frame, time, src, sport, dst, dport, hdr, body,
-                                   stub_len, pdu, False, None, reason))
+        self.session.pdu(_new_record((conn.index, from_client, frame, time, src, sport, dst, dport, hdr, body,
+                                      stub_len, pdu, False, None, reason)))

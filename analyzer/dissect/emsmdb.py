@@ -75,7 +75,12 @@ AF_INET6_WINDOWS = 23  # Winsock's AF_INET6 (Linux uses 10)
 
 # ROP responses whose size is fixed, so the walk over the ROP list can continue past them. Everything else
 # (RopNotify's NotificationData in particular) has a variable layout: the walk stops there.
-_FIXED_ROP_RESPONSE_SIZE = {RopId.RopPending: 3}  # RopId u8 + SessionIndex u16 (MS-OXCROPS 2.2.14.3)
+_FIXED_ROP_RESPONSE_SIZE = {int(RopId.RopPending): 3}  # RopId u8 + SessionIndex u16 (MS-OXCROPS 2.2.14.3)
+# Plain-int copies of the RPC_HEADER_EXT flags for the per-response test (an IntFlag & builds an enum member)
+_COMPRESSED = int(RpcHeaderExtFlags.Compressed)
+_XOR_MAGIC = int(RpcHeaderExtFlags.XorMagic)
+# ROP id -> its text in the rop_ids column, for every byte value
+_ROP_TEXT = tuple(rop_id_text(rop) for rop in range(256))
 
 
 class _Short(Exception):
@@ -229,7 +234,7 @@ def _connect_request(stub: bytes, le: bool) -> dict:
 def decode_request_stub(interface: str, opnum: int, stub: bytes, little_endian: bool = True) -> dict:
     """Decode an EMSMDB/AsyncEMSMDB request stub into Event fields (see module doc). Other interfaces and
     opnums give {}."""
-    decoder = _decoder(interface, opnum, 0)
+    decoder = _REQUEST_DECODERS.get((interface, opnum))
     if decoder is None:
         return {}
     try:
@@ -292,7 +297,7 @@ def rop_ids_text(rop_buffer: bytes) -> tuple[str | None, str | None]:
     i = 0
     while i < len(rops):
         rop = rops[i]
-        ids.append(rop_id_text(rop))
+        ids.append(_ROP_TEXT[rop])
         step = _FIXED_ROP_RESPONSE_SIZE.get(rop)
         if step is None:
             break
@@ -342,10 +347,10 @@ def _ecdorpcext2_response(stub: bytes, le: bool) -> dict:
         return out
     _version, flags, size, _size_actual = struct.unpack_from("<HHHH", rgb_out, 0)
     payload = rgb_out[8 : 8 + size]
-    if flags & RpcHeaderExtFlags.Compressed:
+    if flags & _COMPRESSED:
         out["note"] = _join_notes(out.get("note"), "rgbOut compressed: ROP ids not read")
         return out
-    if flags & RpcHeaderExtFlags.XorMagic:
+    if flags & _XOR_MAGIC:
         payload = bytes(payload).translate(_XOR_A5)
     ids, note = rop_ids_text(payload)
     out["rop_ids"] = ids
@@ -370,7 +375,7 @@ def _u32_fields(stub: bytes, le: bool, names: tuple[str, ...], start: int, what:
 def decode_response_stub(interface: str, opnum: int, stub: bytes, little_endian: bool = True) -> dict:
     """Decode an EMSMDB/AsyncEMSMDB response stub into Event fields (see module doc). Other interfaces and
     opnums give {}."""
-    decoder = _decoder(interface, opnum, 1)
+    decoder = _RESPONSE_DECODERS.get((interface, opnum))
     if decoder is None:
         return {}
     try:
@@ -418,12 +423,10 @@ ASYNC_EMSMDB_DECODERS: dict[AsyncEmsmdbOp, Decoders] = {
         None, lambda stub, le: _u32_fields(stub, le, ("async_flags", "status"), 0, "EcDoAsyncWaitEx")),
 }
 
-_DECODERS = {EMSMDB: EMSMDB_DECODERS, ASYNC_EMSMDB: ASYNC_EMSMDB_DECODERS}
-
-
-def _decoder(interface: str, opnum, direction: int):
-    ops = _DECODERS.get(interface)
-    if ops is None:
-        return None
-    decoders = ops.get(opnum)
-    return None if decoders is None else decoders[direction]
+# (interface, opnum) -> decoder, one dict per direction (one lookup per stub)
+_REQUEST_DECODERS = {(name, int(op)): d.request for name, table in ((EMSMDB, EMSMDB_DECODERS),
+                                                                     (ASYNC_EMSMDB, ASYNC_EMSMDB_DECODERS))
+                     for op, d in table.items() if d.request is not None}
+_RESPONSE_DECODERS = {(name, int(op)): d.response for name, table in ((EMSMDB, EMSMDB_DECODERS),
+                                                                       (ASYNC_EMSMDB, ASYNC_EMSMDB_DECODERS))
+                      for op, d in table.items() if d.response is not None}

@@ -24,9 +24,8 @@ interface UUIDs published in the Windows protocol specifications (MS-NRPC, MS-LS
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from analyzer.dissect.emsmdb import (  # noqa: F401  (re-exported: the interface names are part of the table)
     ASYNC_EMSMDB,
@@ -168,8 +167,7 @@ class DrsuapiOp(IntEnum):
     IDL_DRSAddEntry = 17
 
 
-@dataclass(frozen=True)
-class Operation:
+class Operation(NamedTuple):
     """One operation of an interface: its number, its name, and how its stubs are read (``(stub, little_endian)
     -> {Event field: value}``; None: not read)."""
 
@@ -179,12 +177,13 @@ class Operation:
     response: Callable[[bytes, bool], dict] | None = None
 
 
-@dataclass(frozen=True)
-class Interface:
+class Interface(NamedTuple):
+    """One interface: the name the events table shows, its UUID, its version (major, minor) and its operations."""
+
     name: str
     uuid: str
     version: tuple[int, int]
-    operations: dict[int, Operation] = field(default_factory=dict)
+    operations: dict[int, Operation]
 
 
 def _operations(ops: type[IntEnum], decoders: dict | None = None) -> dict[int, Operation]:

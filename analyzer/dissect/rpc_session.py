@@ -37,10 +37,13 @@ Everything after that is here, once, for both engines:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+import functools
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
 from analyzer.dissect.dcerpc import (
     AUTH_LEVEL_PKT_PRIVACY,
+    PFC_FIRST_FRAG,
+    PFC_LAST_FRAG,
     PTYPE_ALTER_CONTEXT,
     PTYPE_ALTER_CONTEXT_RESP,
     PTYPE_AUTH3,
@@ -82,7 +85,7 @@ _AUTH_LEG_PTYPES = frozenset((PTYPE_BIND, PTYPE_BIND_ACK, PTYPE_ALTER_CONTEXT, P
                               PTYPE_AUTH3))
 
 
-class PduRecord:
+class PduRecord(NamedTuple):
     """One connection-oriented PDU as an engine hands it over.
 
     ``conn``: the engine's connection number (native connection index, tshark ``tcp.stream``); ``from_client``:
@@ -90,18 +93,25 @@ class PduRecord:
     response / fault PDUs ``body.body.stub`` is this fragment's stub without the auth trailer, or None when the
     engine could not get it (``stub_missing`` says why); ``stub_len`` is this fragment's stub length either way.
     ``raw``: the PDU's bytes (native engine; NTLMSSP unsealing needs the whole PDU). ``clear``: the stub was
-    already unsealed by the engine (tshark with a keytab). ``reject_reason``: a bind_nak's reason, when read."""
+    already unsealed by the engine (tshark with a keytab). ``reject_reason``: a bind_nak's reason, when read.
 
-    __slots__ = ("conn", "from_client", "frame", "time", "src", "sport", "dst", "dport", "hdr", "body",
-                 "stub_len", "raw", "clear", "stub_missing", "reject_reason")
+    A tuple because one is built per PDU: about a quarter of the cost of a class instance."""
 
-    def __init__(self, conn: int, from_client: bool, frame: int, time: float, src: str, sport: int, dst: str,
-                 dport: int, hdr: Header, body, stub_len: int = 0, raw: bytes | None = None, clear: bool = False,
-                 stub_missing: str | None = None, reject_reason: int | None = None):
-        self.conn, self.from_client, self.frame, self.time = conn, from_client, frame, time
-        self.src, self.sport, self.dst, self.dport = src, sport, dst, dport
-        self.hdr, self.body, self.stub_len = hdr, body, stub_len
-        self.raw, self.clear, self.stub_missing, self.reject_reason = raw, clear, stub_missing, reject_reason
+    conn: int
+    from_client: bool
+    frame: int
+    time: float
+    src: str
+    sport: int
+    dst: str
+    dport: int
+    hdr: Header
+    body: object
+    stub_len: int = 0
+    raw: bytes | None = None
+    clear: bool = False
+    stub_missing: str | None = None
+    reject_reason: int | None = None
 
 
 class _Call:
@@ -148,6 +158,12 @@ def _join(a: str | None, b: str | None) -> str | None:
     if a and b:
         return f"{a}; {b}"
     return a or b
+
+
+@functools.lru_cache(maxsize=1024)
+def _label(uuid: str, major: int, minor: int, ndr64: bool = False) -> Label:
+    """The shared Label of an interface: every bind of a capture names the same few (a Label is never changed)."""
+    return Label(uuid, major, minor, ndr64)
 
 
 def _offers_only_ndr64(item) -> bool:
@@ -248,7 +264,7 @@ class RpcSessionAnalyser:
         for offered, source in st.pending_binds.values():
             for item in offered:
                 if item.ctx_id == ctx_id:
-                    return Label(item.if_uuid, item.if_major, item.if_minor, _offers_only_ndr64(item)), \
+                    return _label(item.if_uuid, item.if_major, item.if_minor, _offers_only_ndr64(item)), \
                         NOTE_UNACKED, source
         if not st.bind_seen:
             label, source = self.labels.lookup(server_ip, server_port, ctx_id)
@@ -262,18 +278,20 @@ class RpcSessionAnalyser:
 
     # ------------------------------------------------------------------------------------------------ calls
 
-    def _open(self, rec: PduRecord, cp: CallPdu, ev: Event) -> None:
-        """Auth level, encryption, and the engine's or our decryption of a sealed stub."""
+    def _open(self, rec: PduRecord, cp: CallPdu, ev: Event) -> int:
+        """A sealed stub (packet privacy): the engine's or our decryption. Returns this fragment's stub length
+        (the clear one once unsealed here)."""
         ev.auth_level = cp.body.auth_level
-        ev.encrypted = ev.auth_level == AUTH_LEVEL_PKT_PRIVACY
-        if not ev.encrypted:
-            return
+        ev.encrypted = True
         if rec.clear:  # the engine unsealed it: from here on as on a plain session
             ev.encrypted, ev.decrypted = False, True
         elif self._decryptor is not None and rec.raw is not None:
-            self._unseal(rec, cp, ev)  # faults too: every sealed PDU advances the session's RC4 stream
+            # faults too: every sealed PDU advances the session's RC4 stream
+            if self._unseal(rec, cp, ev):
+                return len(cp.body.stub)
+        return rec.stub_len
 
-    def _unseal(self, rec: PduRecord, cp: CallPdu, ev: Event) -> None:
+    def _unseal(self, rec: PduRecord, cp: CallPdu, ev: Event) -> bool:
         """Packet privacy with secrets: replace the sealed stub by the clear one (the row then reads as on a plain
         session, with ``decrypted`` set), or note why it stays encrypted."""
         hdr = rec.hdr
@@ -285,42 +303,46 @@ class RpcSessionAnalyser:
                                         hdr.little_endian, body_start, flow)
         if getattr(result, "stub", None) is not None:  # ntlmssp.Unsealed (else a SealFailure)
             cp.body.stub = result.stub
-            rec.stub_len = len(result.stub)
             ev.encrypted, ev.decrypted = False, True
-        else:  # the body's note reaches the row with the other decode notes
-            cp.body.note = _join(cp.body.note, f"not decrypted: {result.reason}")
+            return True
+        # the body's note reaches the row with the other decode notes
+        cp.body.note = _join(cp.body.note, f"not decrypted: {result.reason}")
+        return False
 
-    def _fragment(self, st: _Connection, rec: PduRecord, cp: CallPdu, ev: Event) -> tuple[bytes | None, _Call | None]:
+    def _fragment(self, st: _Connection, rec: PduRecord, cp: CallPdu, ev: Event,
+                  stub_len: int) -> tuple[bytes | None, _Call | None]:
         """Fragment bookkeeping. Returns (complete stub, call) at the LAST fragment, (None, None) before it."""
         hdr = rec.hdr
         stub = cp.body.stub
         missing = None if stub is not None or ev.encrypted else (rec.stub_missing or "stub bytes not available")
-        if hdr.first and hdr.last:
+        flags = hdr.flags  # read as an int once (Header.first / .last are properties: twice the cost per PDU)
+        first = flags & PFC_FIRST_FRAG
+        if first and flags & PFC_LAST_FRAG:
             call = _Call(cp.alloc_hint, missing)
-            call.size, call.count = rec.stub_len, 1
+            call.size, call.count = stub_len, 1
             return stub, call
         key = (rec.from_client, hdr.call_id)
         call = st.calls.get(key)
-        if hdr.first or call is None:
+        if first or call is None:
             if call is not None:
                 ev.note = _join(ev.note, "new FIRST fragment before the previous call's LAST: previous fragments "
                                          "dropped")
             if len(st.calls) >= MAX_OUTSTANDING_CALLS:
                 del st.calls[next(iter(st.calls))]
-            call = st.calls[key] = _Call(cp.alloc_hint, None if hdr.first else "first fragment(s) not in the capture")
+            call = st.calls[key] = _Call(cp.alloc_hint, None if first else "first fragment(s) not in the capture")
         call.count += 1
         if call.damaged is None:
             if missing is not None:
                 call.damaged = missing
                 call.parts = []
-            elif call.size + rec.stub_len > MAX_CALL_BYTES:
+            elif call.size + stub_len > MAX_CALL_BYTES:
                 call.damaged = f"call larger than {MAX_CALL_BYTES} bytes"
                 call.parts = []
             else:
                 call.parts.append(stub if stub is not None else b"")
-        call.size += rec.stub_len
-        if not hdr.last:
-            ev.stub_len = rec.stub_len
+        call.size += stub_len
+        if not flags & PFC_LAST_FRAG:
+            ev.stub_len = stub_len
             ev.note = _join(ev.note, f"fragment {call.count} of call {hdr.call_id} (reassembled at its LAST fragment)")
             return None, None
         del st.calls[key]
@@ -338,12 +360,15 @@ class RpcSessionAnalyser:
         hdr = rec.hdr
         server = (ev.dst, ev.dport)
         ev.ctx_id, ev.opnum = cp.ctx_id, cp.opnum
-        self._open(rec, cp, ev)
+        if cp.body.auth_level == AUTH_LEVEL_PKT_PRIVACY:
+            stub_len = self._open(rec, cp, ev)
+        else:
+            ev.auth_level, stub_len = cp.body.auth_level, rec.stub_len
         iface, note, source = self._ctx_iface(st, cp.ctx_id, *server)
         self._set_iface(ev, iface, source)
         ev.opname = opname(ev.interface, ev.opnum)
         ev.note = _join(note, cp.body.note)
-        stub, call = self._fragment(st, rec, cp, ev)
+        stub, call = self._fragment(st, rec, cp, ev, stub_len)
         if call is None:
             if iface is None:
                 self._defer(st, ev, server, True, None, None, hdr.little_endian)
@@ -360,7 +385,10 @@ class RpcSessionAnalyser:
         hdr = rec.hdr
         server = (ev.src, ev.sport)
         ev.ctx_id = cp.ctx_id
-        self._open(rec, cp, ev)
+        if cp.body.auth_level == AUTH_LEVEL_PKT_PRIVACY:
+            stub_len = self._open(rec, cp, ev)
+        else:
+            ev.auth_level, stub_len = cp.body.auth_level, rec.stub_len
         req = st.requests.get(hdr.call_id)
         if req is not None and req.iface is not None:
             iface, note, source = req.iface, None, req.source
@@ -377,13 +405,13 @@ class RpcSessionAnalyser:
         ev.note = _join(note, cp.body.note)
         if hdr.ptype == PTYPE_FAULT:
             ev.status = cp.status
-            ev.stub_len = rec.stub_len
+            ev.stub_len = stub_len
             st.requests.pop(hdr.call_id, None)
             st.calls.pop((rec.from_client, hdr.call_id), None)
             if iface is None:
                 self._defer(st, ev, server, False, None, None, hdr.little_endian)
             return
-        stub, call = self._fragment(st, rec, cp, ev)
+        stub, call = self._fragment(st, rec, cp, ev, stub_len)
         if call is None:
             if iface is None:
                 self._defer(st, ev, server, False, None, None, hdr.little_endian)
@@ -430,7 +458,7 @@ class RpcSessionAnalyser:
             if ep.protocol != "tcp" or ep.port is None:
                 continue
             ip = ep.ip if ep.ip and ep.ip != "0.0.0.0" else epm_server_ip
-            self.labels.learn_ept_map(ip, ep.port, Label(ep.if_uuid, ep.if_major, ep.if_minor))
+            self.labels.learn_ept_map(ip, ep.port, _label(ep.if_uuid, ep.if_major, ep.if_minor))
             self._port(ep.port)
 
     # ------------------------------------------------------------------------------------------------ binds
@@ -448,11 +476,11 @@ class RpcSessionAnalyser:
         st.pending_binds[rec.hdr.call_id] = (bp.contexts, source)
         for item in bp.contexts:  # offered: teaches the endpoint until an ack says otherwise
             self.labels.learn_context(ev.conn, ev.dst, ev.dport, item.ctx_id,
-                                      Label(item.if_uuid, item.if_major, item.if_minor, _offers_only_ndr64(item)))
+                                      _label(item.if_uuid, item.if_major, item.if_minor, _offers_only_ndr64(item)))
         if bp.contexts:
             first = bp.contexts[0]
             ev.ctx_id = first.ctx_id
-            self._set_iface(ev, Label(first.if_uuid, first.if_major, first.if_minor), source)
+            self._set_iface(ev, _label(first.if_uuid, first.if_major, first.if_minor), source)
 
     @staticmethod
     def _take_pending(st: _Connection, call_id: int):
@@ -473,7 +501,7 @@ class RpcSessionAnalyser:
             return
         first_accepted = None
         for item, res in zip(offered, ap.results):
-            iface = Label(item.if_uuid, item.if_major, item.if_minor, res.transfer_uuid == NDR64_UUID)
+            iface = _label(item.if_uuid, item.if_major, item.if_minor, res.transfer_uuid == NDR64_UUID)
             if res.result != 0:
                 self.labels.forget_context(ev.conn, ev.src, ev.sport, item.ctx_id, iface)
                 continue
@@ -487,7 +515,7 @@ class RpcSessionAnalyser:
         if first_accepted is None:
             ev.note = _join(ev.note, "no presentation context accepted")
             if offered:
-                self._set_iface(ev, Label(offered[0].if_uuid, offered[0].if_major, offered[0].if_minor), source)
+                self._set_iface(ev, _label(offered[0].if_uuid, offered[0].if_major, offered[0].if_minor), source)
                 ev.ctx_id = offered[0].ctx_id
             return
         ev.ctx_id, iface = first_accepted
@@ -502,9 +530,9 @@ class RpcSessionAnalyser:
         offered, source = self._take_pending(st, rec.hdr.call_id)
         for item in offered or ():
             self.labels.forget_context(ev.conn, ev.src, ev.sport, item.ctx_id,
-                                       Label(item.if_uuid, item.if_major, item.if_minor))
+                                       _label(item.if_uuid, item.if_major, item.if_minor))
         if offered:
             ev.ctx_id = offered[0].ctx_id
-            self._set_iface(ev, Label(offered[0].if_uuid, offered[0].if_major, offered[0].if_minor), source)
+            self._set_iface(ev, _label(offered[0].if_uuid, offered[0].if_major, offered[0].if_minor), source)
         if rec.reject_reason is not None:
             ev.note = f"bind rejected, reason {rec.reject_reason}"

@@ -66,6 +66,7 @@ _SHAPED_OPS = frozenset({EmsmdbOp.EcDoConnect, EmsmdbOp.EcDoDisconnect, EmsmdbOp
                          EmsmdbOp.EcDoRpcExt2, EmsmdbOp.EcDoAsyncConnectEx})
 _CONNECT_OPS = (EmsmdbOp.EcDoConnect, EmsmdbOp.EcDoConnectEx)
 _HEADER_EXT_FLAGS = int(RpcHeaderExtFlags.Compressed | RpcHeaderExtFlags.XorMagic | RpcHeaderExtFlags.Last)
+_COMPRESSED = int(RpcHeaderExtFlags.Compressed)  # an int: an IntFlag & builds an enum member per test
 
 
 class Label:
@@ -129,7 +130,7 @@ def _rpc_header_ext(data: bytes) -> bool:
     version, flags, size, size_actual = struct.unpack_from("<HHHH", data, 0)
     if version != 0 or flags & ~_HEADER_EXT_FLAGS or not flags or size + 8 > len(data):
         return False
-    return size_actual >= size if flags & RpcHeaderExtFlags.Compressed else size_actual == size
+    return size_actual >= size if flags & _COMPRESSED else size_actual == size
 
 
 def _ecdorpc_request(stub: bytes, le: bool) -> bool | None:

@@ -351,31 +351,32 @@ class _EventBuilder:
         little_endian = _int(_first(pdu, "dcerpc.drep.byteorder")) != 0
         hdr = Header(0, ptype, flags, little_endian, frag_len, auth_len, _int(pdu.get("dcerpc.cn_call_id")))
         auth = Body(b"", _int(_first(pdu, "dcerpc.auth_type")) or 0, _int(_first(pdu, "dcerpc.auth_level")) or 0)
-        record = PduRecord(stream_no, from_client, frame, time, src, sport, dst, dport, hdr, auth)
+        body, stub_len, clear, stub_missing, reason = auth, 0, False, None, None
         if ptype in (PTYPE_REQUEST, PTYPE_RESPONSE, PTYPE_FAULT):
-            record.stub_len = _own_stub_len(pdu, ptype, flags, frag_len, auth_len)
+            stub_len = _own_stub_len(pdu, ptype, flags, frag_len, auth_len)
             encrypted = auth.auth_level == AUTH_LEVEL_PKT_PRIVACY
-            clear = _first(pdu, "dcerpc.decrypted_stub_data") if encrypted and ptype != PTYPE_FAULT else None
-            if clear is not None:  # tshark unsealed it with --secrets
-                auth.stub, record.clear = _hex_bytes(clear), True
+            clear_stub = _first(pdu, "dcerpc.decrypted_stub_data") if encrypted and ptype != PTYPE_FAULT else None
+            if clear_stub is not None:  # tshark unsealed it with --secrets
+                auth.stub, clear = _hex_bytes(clear_stub), True
             elif encrypted:
                 auth.stub = None
                 if _first(pdu, "spnego.krb5.tok_id") is not None or auth.auth_type == AuthType.GSS_KERBEROS:
                     self.kerberos_conns.add(stream_no)
             elif ptype != PTYPE_FAULT:
-                auth.stub = _stub_bytes(pdu, record.stub_len, loose)
-                record.stub_missing = STUB_NOT_FROM_TSHARK
+                auth.stub = _stub_bytes(pdu, stub_len, loose)
+                stub_missing = STUB_NOT_FROM_TSHARK
             # a response's opnum is tshark's own match, used only when the analyser saw no request
-            record.body = CallPdu(_int(pdu.get("dcerpc.cn_alloc_hint")) or 0, _int(pdu.get("dcerpc.cn_ctx_id")),
-                                  _int(pdu.get("dcerpc.opnum")), None,
-                                  _int(pdu.get("dcerpc.cn_status")) if ptype == PTYPE_FAULT else None, auth)
+            body = CallPdu(_int(pdu.get("dcerpc.cn_alloc_hint")) or 0, _int(pdu.get("dcerpc.cn_ctx_id")),
+                           _int(pdu.get("dcerpc.opnum")), None,
+                           _int(pdu.get("dcerpc.cn_status")) if ptype == PTYPE_FAULT else None, auth)
         elif ptype in (PTYPE_BIND, PTYPE_ALTER_CONTEXT):
-            record.body = BindPdu(_context_items(pdu), auth)
+            body = BindPdu(_context_items(pdu), auth)
         elif ptype in (PTYPE_BIND_ACK, PTYPE_ALTER_CONTEXT_RESP):
-            record.body = BindAckPdu(str(pdu.get("dcerpc.cn_sec_addr") or ""), _context_results(pdu), auth)
+            body = BindAckPdu(str(pdu.get("dcerpc.cn_sec_addr") or ""), _context_results(pdu), auth)
         elif ptype == PTYPE_BIND_NAK:
-            record.reject_reason = _int(_first(pdu, "dcerpc.cn_reject_reason"))
-        return record
+            reason = _int(_first(pdu, "dcerpc.cn_reject_reason"))
+        return PduRecord(stream_no, from_client, frame, time, src, sport, dst, dport, hdr, body, stub_len, None,
+                         clear, stub_missing, reason)
 
     def finish(self) -> list[Event]:
         self.session.finish()
