@@ -13,18 +13,18 @@ from collections import Counter, defaultdict
 
 from analyzer.correlate.model import (
     ASYNC_EMSMDB,
-    ASYNC_OP_WAIT,
+    ASYNC_FLAG_NOTIFICATION_PENDING,
     BURST_GAP_S,
     CONNECT_OPNUMS,
     EMSMDB,
     INTERFACE_SOURCES,
     MAX_CONTEXT_BYTES,
-    OP_ASYNC_CONNECT_EX,
-    OP_REGISTER_PUSH,
-    OP_RPC,
-    OP_RPC_EXT2,
     PROMPT_WINDOW_S,
     ROP_NOTIFY_PENDING,
+    ROP_NOTIFY_PENDING_NAMES,
+    ROP_OPNUMS,
+    AsyncEmsmdbOp,
+    EmsmdbOp,
     AsyncWait,
     ClientActivity,
     Connection,
@@ -52,8 +52,6 @@ POLL_REQUEST_SLACK = 16
 # A call within the prompt window of a datagram "falls on the poll schedule" when it comes this close (as a
 # fraction of the client's polling period) to where the next poll was due.
 POLL_SCHEDULE_TOLERANCE = 0.25
-# The ROP transport calls: what a client fetching a message makes after a poll found it.
-ROP_OPNUMS = (OP_RPC, OP_RPC_EXT2)
 
 
 def split_endpoint(text: str | None) -> tuple[str | None, int | None]:
@@ -192,7 +190,7 @@ def _build_client(ip: str, evs: list, all_events) -> ClientActivity:
                 logon_time = e.time if logon_time is None else min(logon_time, e.time)
                 if e.user_dn and not mailbox:
                     mailbox = e.user_dn
-            if e.interface == EMSMDB and e.opnum == OP_REGISTER_PUSH:
+            if e.interface == EMSMDB and e.opnum == EmsmdbOp.EcRRegisterPushNotification:
                 cb_ip, cb_port = split_endpoint(e.callback)
                 reg = Registration(frame=e.frame, time=e.time, server=server, conn=e.conn, call_id=e.call_id,
                                    callback=e.callback, callback_ip=cb_ip, callback_port=cb_port,
@@ -236,7 +234,7 @@ def _build_client(ip: str, evs: list, all_events) -> ClientActivity:
         registrations=registrations,
         calls=calls,
         connect_calls=[c for c in emsmdb_calls if c.opnum in CONNECT_OPNUMS],
-        async_connect_calls=[c for c in emsmdb_calls if c.opnum == OP_ASYNC_CONNECT_EX],
+        async_connect_calls=[c for c in emsmdb_calls if c.opnum == EmsmdbOp.EcDoAsyncConnectEx],
         poll_max_ms=poll_max,
         session_start_captured=session_start,
         logon_time=logon_time,
@@ -249,7 +247,7 @@ def _build_client(ip: str, evs: list, all_events) -> ClientActivity:
     activity.async_waits = [
         AsyncWait(frame=c.frame, time=c.time, completion_frame=c.response_frame, completion_time=c.response_time,
                   flags=async_flags.get(id(c)), status=c.status)
-        for c in calls if c.interface == ASYNC_EMSMDB and c.opnum == ASYNC_OP_WAIT
+        for c in calls if c.interface == ASYNC_EMSMDB and c.opnum == AsyncEmsmdbOp.EcDoAsyncWaitEx
     ]
     return activity
 
@@ -502,7 +500,7 @@ def _mail_evidence(a: ClientActivity) -> None:
     for idx, c in enumerate(emsmdb):
         rops = {r.strip().lower() for r in (c.rop_ids or "").split(",") if r.strip()}
         if c.response_frame is not None and rops & ROP_NOTIFY_PENDING:
-            names = " and ".join(n for r, n in (("2a", "RopNotify"), ("6e", "RopPending")) if r in rops)
+            names = " and ".join(n for r, n in ROP_NOTIFY_PENDING_NAMES.items() if r in rops)
             found[c.response_frame] = MailEvidence(c.response_frame, c.response_time,
                                                    f"{names} in the answer to {c.opname or 'the call'}"
                                                    f" (frame {c.frame}): the server has events queued")
@@ -536,7 +534,7 @@ def _mail_evidence(a: ClientActivity) -> None:
         frame = c.response_frame if c.response_frame is not None else c.frame
         found[frame] = MailEvidence(frame, c.response_time if c.response_frame is not None else c.time, what)
     for w in a.async_waits:
-        if w.flags is not None and w.flags & 1 and w.completion_frame is not None:
+        if w.flags is not None and w.flags & ASYNC_FLAG_NOTIFICATION_PENDING and w.completion_frame is not None:
             found[w.completion_frame] = MailEvidence(w.completion_frame, w.completion_time,
                                                      "EcDoAsyncWaitEx completed with NotificationPending")
     a.mail_evidence = sorted(found.values(), key=lambda m: m.frame)

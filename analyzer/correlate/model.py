@@ -10,29 +10,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# Interface names as the dissector emits them (analyzer.dissect.interfaces).
-EMSMDB = "EMSMDB"
-ASYNC_EMSMDB = "AsyncEMSMDB"
+from analyzer.dissect.codes import AsyncFlags, RopId, Status, rop_id_text
+from analyzer.dissect.emsmdb import ASYNC_EMSMDB, EMSMDB, AsyncEmsmdbOp, EmsmdbOp  # noqa: F401  (re-exported)
 
-# EMSMDB opnums (MS-OXCRPC IDL; legacy names for 0 and 2).
-OP_CONNECT = 0  # EcDoConnect (legacy)
-OP_DISCONNECT = 1
-OP_RPC = 2  # EcDoRpc (legacy ROP transport)
-OP_REGISTER_PUSH = 4  # EcRRegisterPushNotification
-OP_DUMMY = 6  # EcDummyRpc
-OP_CONNECT_EX = 10  # EcDoConnectEx (returns pcmsPollsMax)
-OP_RPC_EXT2 = 11  # EcDoRpcExt2
-OP_ASYNC_CONNECT_EX = 14  # EcDoAsyncConnectEx
-ASYNC_OP_WAIT = 0  # AsyncEMSMDB EcDoAsyncWaitEx
-
-CONNECT_OPNUMS = (OP_CONNECT, OP_CONNECT_EX)
+# Interface names, operations and codes come from the dissector's protocol tables (analyzer.dissect.interfaces,
+# analyzer.dissect.emsmdb, analyzer.dissect.codes): the numbers are written once, there.
+CONNECT_OPNUMS = (EmsmdbOp.EcDoConnect, EmsmdbOp.EcDoConnectEx)
 # The calls a polling client makes: an (empty) ROP transport call, or the keep-alive EcDummyRpc.
-POLL_OPNUMS = (OP_RPC, OP_RPC_EXT2, OP_DUMMY)
+POLL_OPNUMS = (EmsmdbOp.EcDoRpc, EmsmdbOp.EcDoRpcExt2, EmsmdbOp.EcDummyRpc)
+# The calls that carry ROPs (a poll's fetches)
+ROP_OPNUMS = (EmsmdbOp.EcDoRpc, EmsmdbOp.EcDoRpcExt2)
 
-ASYNC_FLAG_NOTIFICATION_PENDING = 0x1
-# RopNotify (0x2A) and RopPending (0x6E) as they appear in the events' rop_ids column (lower-case hex).
-ROP_NOTIFY_PENDING = frozenset({"2a", "6e"})
-EC_REJECTED = 0x7EE  # EcDoAsyncConnectEx answer of Exchange 2007 meaning "poll or use push instead"
+ASYNC_FLAG_NOTIFICATION_PENDING = AsyncFlags.NotificationPending
+# RopNotify and RopPending as they appear in the events' rop_ids column (lower-case hex) -> their names
+ROP_NOTIFY_PENDING_NAMES = {rop_id_text(rop): rop.name for rop in (RopId.RopNotify, RopId.RopPending)}
+ROP_NOTIFY_PENDING = frozenset(ROP_NOTIFY_PENDING_NAMES)
+EC_REJECTED = Status.ecRejected  # EcDoAsyncConnectEx answer of Exchange 2007 meaning "poll or use push instead"
 
 # A datagram or async completion "prompts" the client's calls that start within this many seconds (issue 3).
 PROMPT_WINDOW_S = 2.0

@@ -34,8 +34,41 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+from enum import IntEnum
+from typing import Callable, NamedTuple
 
-from analyzer.dissect.interfaces import ASYNC_EMSMDB, EMSMDB
+from analyzer.dissect.codes import RopId, RpcHeaderExtFlags, rop_id_text
+
+# The interfaces' names as the events table shows them (the interface table, analyzer.dissect.interfaces, gives
+# their UUIDs and versions)
+EMSMDB = "EMSMDB"
+ASYNC_EMSMDB = "AsyncEMSMDB"
+
+
+class EmsmdbOp(IntEnum):
+    """EMSMDB operations (MS-OXCRPC 3.1.4; 0 and 2 are Opnum0/2NotUsedOnWire there, named with their legacy names
+    as tshark prints them). Member names are the operation names the events' ``opname`` column shows."""
+
+    EcDoConnect = 0
+    EcDoDisconnect = 1
+    EcDoRpc = 2
+    EcGetMoreRpc = 3
+    EcRRegisterPushNotification = 4
+    EcRUnregisterPushNotification = 5
+    EcDummyRpc = 6
+    EcRGetDCName = 7
+    EcRNetGetDCName = 8
+    EcDoRpcExt = 9
+    EcDoConnectEx = 10
+    EcDoRpcExt2 = 11
+    EcDoAsyncConnectEx = 14
+
+
+class AsyncEmsmdbOp(IntEnum):
+    """AsyncEMSMDB operations (MS-OXCRPC 3.3.4)."""
+
+    EcDoAsyncWaitEx = 0
+
 from analyzer.dissect.layouts import (
     ASYNC_WAIT_RESPONSE,
     CONTEXT_HANDLE,
@@ -49,14 +82,14 @@ from analyzer.dissect.layouts import (
 AF_INET = 2
 AF_INET6_WINDOWS = 23  # Winsock's AF_INET6 (Linux uses 10)
 
-ROP_NOTIFY = 0x2A
-ROP_PENDING = 0x6E
 # ROP responses whose size is fixed, so the walk over the ROP list can continue past them. Everything else
 # (RopNotify's NotificationData in particular) has a variable layout: the walk stops there.
-_FIXED_ROP_RESPONSE_SIZE = {ROP_PENDING: 3}  # RopId u8 + SessionIndex u16 (MS-OXCROPS 2.2.14.3)
-
-RPC_HEADER_EXT_COMPRESSED = 0x1
-RPC_HEADER_EXT_XOR_MAGIC = 0x2
+_FIXED_ROP_RESPONSE_SIZE = {int(RopId.RopPending): 3}  # RopId u8 + SessionIndex u16 (MS-OXCROPS 2.2.14.3)
+# Plain-int copies of the RPC_HEADER_EXT flags for the per-response test (an IntFlag & builds an enum member)
+_COMPRESSED = int(RpcHeaderExtFlags.Compressed)
+_XOR_MAGIC = int(RpcHeaderExtFlags.XorMagic)
+# ROP id -> its text in the rop_ids column, for every byte value
+_ROP_TEXT = tuple(rop_id_text(rop) for rop in range(256))
 
 
 class _Short(Exception):
@@ -210,14 +243,11 @@ def _connect_request(stub: bytes, le: bool) -> dict:
 def decode_request_stub(interface: str, opnum: int, stub: bytes, little_endian: bool = True) -> dict:
     """Decode an EMSMDB/AsyncEMSMDB request stub into Event fields (see module doc). Other interfaces and
     opnums give {}."""
-    try:
-        stub = bytes(stub)
-        if interface == EMSMDB:
-            if opnum == 4:
-                return _register_push_request(stub, little_endian)
-            if opnum in (0, 10):
-                return _connect_request(stub, little_endian)
+    decoder = _REQUEST_DECODERS.get((interface, opnum))
+    if decoder is None:
         return {}
+    try:
+        return decoder(bytes(stub), little_endian)
     except Exception as exc:  # defensive: a decoder bug must never stop the dissection of a capture
         return {"note": f"request stub not decoded ({type(exc).__name__}: {exc})"}
 
@@ -276,7 +306,7 @@ def rop_ids_text(rop_buffer: bytes) -> tuple[str | None, str | None]:
     i = 0
     while i < len(rops):
         rop = rops[i]
-        ids.append(f"{rop:02x}")
+        ids.append(_ROP_TEXT[rop])
         step = _FIXED_ROP_RESPONSE_SIZE.get(rop)
         if step is None:
             break
@@ -326,10 +356,10 @@ def _ecdorpcext2_response(stub: bytes, le: bool) -> dict:
         return out
     _version, flags, size, _size_actual = RPC_HEADER_EXT.le.unpack_from(rgb_out, 0)
     payload = rgb_out[RPC_HEADER_EXT.size : RPC_HEADER_EXT.size + size]
-    if flags & RPC_HEADER_EXT_COMPRESSED:
+    if flags & _COMPRESSED:
         out["note"] = _join_notes(out.get("note"), "rgbOut compressed: ROP ids not read")
         return out
-    if flags & RPC_HEADER_EXT_XOR_MAGIC:
+    if flags & _XOR_MAGIC:
         payload = bytes(payload).translate(_XOR_A5)
     ids, note = rop_ids_text(payload)
     out["rop_ids"] = ids
@@ -355,30 +385,60 @@ def _u32_fields(stub: bytes, le: bool, layout, names: tuple[str, ...], what: str
 def decode_response_stub(interface: str, opnum: int, stub: bytes, little_endian: bool = True) -> dict:
     """Decode an EMSMDB/AsyncEMSMDB response stub into Event fields (see module doc). Other interfaces and
     opnums give {}."""
-    try:
-        stub = bytes(stub)
-        le = little_endian
-        if interface == EMSMDB:
-            if opnum == 4:
-                out = _u32_fields(stub, le, REGISTER_PUSH_RESPONSE, ("hnotification", "status"),
-                                  "EcRRegisterPushNotification")
-                if "note" not in out and len(stub) != REGISTER_PUSH_RESPONSE.size:
-                    out["note"] = f"response stub of {len(stub)} bytes (expected {REGISTER_PUSH_RESPONSE.size})"
-                return out
-            if opnum == 10:
-                return _connect_response(stub, le, ex=True)
-            if opnum == 0:
-                return _connect_response(stub, le, ex=False)
-            if opnum == 2:
-                return _ecdorpc_response(stub, le)
-            if opnum == 11:
-                return _ecdorpcext2_response(stub, le)
-            if opnum in (1, 14):
-                return _u32_fields(stub, le, HANDLE_AND_STATUS, ("status",), "EMSMDB")
-            if opnum == 6:
-                return _u32_fields(stub, le, DUMMY_RPC_RESPONSE, ("status",), "EcDummyRpc")
-        elif interface == ASYNC_EMSMDB and opnum == 0:
-            return _u32_fields(stub, le, ASYNC_WAIT_RESPONSE, ("async_flags", "status"), "EcDoAsyncWaitEx")
+    decoder = _RESPONSE_DECODERS.get((interface, opnum))
+    if decoder is None:
         return {}
+    try:
+        return decoder(bytes(stub), little_endian)
     except Exception as exc:  # defensive: a decoder bug must never stop the dissection of a capture
         return {"note": f"response stub not decoded ({type(exc).__name__}: {exc})"}
+
+
+def _register_push_response(stub: bytes, le: bool) -> dict:
+    out = _u32_fields(stub, le, REGISTER_PUSH_RESPONSE, ("hnotification", "status"), "EcRRegisterPushNotification")
+    if "note" not in out and len(stub) != REGISTER_PUSH_RESPONSE.size:
+        out["note"] = f"response stub of {len(stub)} bytes (expected {REGISTER_PUSH_RESPONSE.size})"
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the operation table: opnum -> (request decoder, response decoder). Adding a decoder is a function above and
+# one line here; analyzer.dissect.interfaces lists these operations with their interface.
+
+
+class Decoders(NamedTuple):
+    """How one operation's stubs are read: ``(stub, little_endian) -> {Event field: value}``, None: not read."""
+
+    request: Callable[[bytes, bool], dict] | None = None
+    response: Callable[[bytes, bool], dict] | None = None
+
+
+def _status_after_handle(stub: bytes, le: bool) -> dict:
+    return _u32_fields(stub, le, HANDLE_AND_STATUS, ("status",), "EMSMDB")
+
+
+EMSMDB_DECODERS: dict[EmsmdbOp, Decoders] = {
+    EmsmdbOp.EcDoConnect: Decoders(_connect_request, lambda stub, le: _connect_response(stub, le, ex=False)),
+    EmsmdbOp.EcDoDisconnect: Decoders(None, _status_after_handle),
+    EmsmdbOp.EcDoRpc: Decoders(None, _ecdorpc_response),
+    EmsmdbOp.EcRRegisterPushNotification: Decoders(_register_push_request, _register_push_response),
+    EmsmdbOp.EcDummyRpc: Decoders(
+        None, lambda stub, le: _u32_fields(stub, le, DUMMY_RPC_RESPONSE, ("status",), "EcDummyRpc")),
+    EmsmdbOp.EcDoConnectEx: Decoders(_connect_request, lambda stub, le: _connect_response(stub, le, ex=True)),
+    EmsmdbOp.EcDoRpcExt2: Decoders(None, _ecdorpcext2_response),
+    EmsmdbOp.EcDoAsyncConnectEx: Decoders(None, _status_after_handle),
+}
+
+ASYNC_EMSMDB_DECODERS: dict[AsyncEmsmdbOp, Decoders] = {
+    AsyncEmsmdbOp.EcDoAsyncWaitEx: Decoders(
+        None, lambda stub, le: _u32_fields(stub, le, ASYNC_WAIT_RESPONSE, ("async_flags", "status"),
+                                     "EcDoAsyncWaitEx")),
+}
+
+# (interface, opnum) -> decoder, one dict per direction (one lookup per stub)
+_REQUEST_DECODERS = {(name, int(op)): d.request for name, table in ((EMSMDB, EMSMDB_DECODERS),
+                                                                     (ASYNC_EMSMDB, ASYNC_EMSMDB_DECODERS))
+                     for op, d in table.items() if d.request is not None}
+_RESPONSE_DECODERS = {(name, int(op)): d.response for name, table in ((EMSMDB, EMSMDB_DECODERS),
+                                                                       (ASYNC_EMSMDB, ASYNC_EMSMDB_DECODERS))
+                      for op, d in table.items() if d.response is not None}

@@ -1,8 +1,17 @@
-"""DCE/RPC interface and operation names.
+"""The interface table: each DCE/RPC interface the analyzer knows (UUID, version, name) with its operations (opnum
+-> name, request decoder, response decoder). Protocol facts as data, written once (docs/architecture.md, "Add an
+opnum decoder").
 
-``interface_name(uuid, ver_major, ver_minor)`` gives the short name the events table uses (``EMSMDB``,
-``AsyncEMSMDB``, ``NSPI``, ``EPM`` ... ; the lower-case UUID text when unknown). ``opname(interface, opnum)`` names
-an operation of a named interface, or returns None.
+``INTERFACES`` is the table; ``interface_name(uuid, ver_major, ver_minor)`` gives the short name the events table
+uses (``EMSMDB``, ``AsyncEMSMDB``, ``NSPI``, ``EPM`` ... ; the lower-case UUID text when unknown);
+``opname(interface, opnum)`` names an operation of a named interface, or returns None; ``operation(interface,
+opnum)`` gives the whole :class:`Operation`.
+
+Operation numbers and names are ``IntEnum`` classes whose member names are the specification's operation names
+(what the ``opname`` column shows): :class:`~analyzer.dissect.emsmdb.EmsmdbOp` and
+:class:`~analyzer.dissect.emsmdb.AsyncEmsmdbOp` live with their stub decoders in :mod:`analyzer.dissect.emsmdb`
+(adding an EMSMDB decoder touches that file only), the others (no stub decoders) here. Code tests opnums through
+these enums (``EmsmdbOp.EcRRegisterPushNotification``), never as bare numbers.
 
 Names are keyed by UUID only: the version is reported separately (``interface_ver``) and the interfaces the
 analyzer cares about exist in one version each. The one trap is the EMSMDB look-alike
@@ -15,8 +24,18 @@ interface UUIDs published in the Windows protocol specifications (MS-NRPC, MS-LS
 
 from __future__ import annotations
 
-EMSMDB = "EMSMDB"
-ASYNC_EMSMDB = "AsyncEMSMDB"
+from enum import IntEnum
+from typing import Callable, NamedTuple
+
+from analyzer.dissect.emsmdb import (  # noqa: F401  (re-exported: the interface names are part of the table)
+    ASYNC_EMSMDB,
+    ASYNC_EMSMDB_DECODERS,
+    EMSMDB,
+    EMSMDB_DECODERS,
+    AsyncEmsmdbOp,
+    EmsmdbOp,
+)
+
 NSPI = "NSPI"
 EPM = "EPM"
 RFR = "RFR"
@@ -32,18 +51,28 @@ NDR_UUID = "8a885d04-1ceb-11c9-9fe8-08002b104860"
 NDR64_UUID = "71710533-beba-4937-8319-b5dbef9ccc36"
 BTFN_PREFIX = "6cb71c2c-9812-4540-"
 
+# The endpoint mapper's well-known TCP port (ncacn_ip_tcp, C706 / MS-RPCE 2.1.1.1)
+EPM_PORT = 135
+
+
+class EpmOp(IntEnum):
+    """Endpoint mapper operations (C706 Appendix O / MS-RPCE; the IDL's lower-case names)."""
+
+    ept_insert = 0
+    ept_delete = 1
+    ept_lookup = 2
+    ept_map = 3
+    ept_lookup_handle_free = 4
+    ept_inq_object = 5
+    ept_mgmt_delete = 6
+
+
+# Interfaces known by name only (no operations named): the public captures' other traffic
 _NAMES: dict[str, str] = {
-    EMSMDB_UUID: EMSMDB,
-    ASYNC_EMSMDB_UUID: ASYNC_EMSMDB,
-    NSPI_UUID: NSPI,
-    EPM_UUID: EPM,
-    RFR_UUID: RFR,
     "a4f1db00-ca47-1067-b31e-00dd010662da": "exchange_store_admin1",  # look-alike of EMSMDB, never EMSMDB
     "12345778-1234-abcd-ef00-0123456789ab": "LSARPC",
     "12345778-1234-abcd-ef00-0123456789ac": "SAMR",
-    "12345678-1234-abcd-ef00-01234567cffb": "NETLOGON",
     "12345678-1234-abcd-ef00-0123456789ab": "SPOOLSS",
-    "e3514235-4b06-11d1-ab04-00c04fc2dcd2": "DRSUAPI",
     "3919286a-b10c-11d0-9ba8-00c04fd92ef5": "DSSETUP",
     "4b324fc8-1670-01d3-1278-5a47bf6ee188": "SRVSVC",
     "6bffd098-a112-3610-9833-46c3f87e345a": "WKSSVC",
@@ -72,103 +101,110 @@ _NAMES: dict[str, str] = {
     "f5cc59b4-4264-101a-8c59-08002b2f8426": "FRSRPC",
 }
 
-_EMSMDB_OPS = {
-    0: "EcDoConnect",  # MS-OXCRPC: Opnum0NotUsedOnWire; legacy name as tshark prints it
-    1: "EcDoDisconnect",
-    2: "EcDoRpc",  # MS-OXCRPC: Opnum2NotUsedOnWire
-    3: "EcGetMoreRpc",
-    4: "EcRRegisterPushNotification",
-    5: "EcRUnregisterPushNotification",
-    6: "EcDummyRpc",
-    7: "EcRGetDCName",
-    8: "EcRNetGetDCName",
-    9: "EcDoRpcExt",
-    10: "EcDoConnectEx",
-    11: "EcDoRpcExt2",
-    14: "EcDoAsyncConnectEx",
-}
+class NspiOp(IntEnum):
+    """MS-OXNSPI 3.1.4"""
 
-_ASYNC_OPS = {0: "EcDoAsyncWaitEx"}
+    NspiBind = 0
+    NspiUnbind = 1
+    NspiUpdateStat = 2
+    NspiQueryRows = 3
+    NspiSeekEntries = 4
+    NspiGetMatches = 5
+    NspiResortRestriction = 6
+    NspiDNToMId = 7
+    NspiGetPropList = 8
+    NspiGetProps = 9
+    NspiCompareMIds = 10
+    NspiModProps = 11
+    NspiGetSpecialTable = 12
+    NspiGetTemplateInfo = 13
+    NspiModLinkAtt = 14
+    NspiDeleteEntries = 15
+    NspiQueryColumns = 16
+    NspiGetNamesFromIDs = 17
+    NspiGetIDsFromNames = 18
+    NspiResolveNames = 19
+    NspiResolveNamesW = 20
 
-# MS-OXNSPI 3.1.4
-_NSPI_OPS = {
-    0: "NspiBind",
-    1: "NspiUnbind",
-    2: "NspiUpdateStat",
-    3: "NspiQueryRows",
-    4: "NspiSeekEntries",
-    5: "NspiGetMatches",
-    6: "NspiResortRestriction",
-    7: "NspiDNToMId",
-    8: "NspiGetPropList",
-    9: "NspiGetProps",
-    10: "NspiCompareMIds",
-    11: "NspiModProps",
-    12: "NspiGetSpecialTable",
-    13: "NspiGetTemplateInfo",
-    14: "NspiModLinkAtt",
-    15: "NspiDeleteEntries",
-    16: "NspiQueryColumns",
-    17: "NspiGetNamesFromIDs",
-    18: "NspiGetIDsFromNames",
-    19: "NspiResolveNames",
-    20: "NspiResolveNamesW",
-}
 
-# C706 / MS-RPCE endpoint mapper
-_EPM_OPS = {
-    0: "ept_insert",
-    1: "ept_delete",
-    2: "ept_lookup",
-    3: "ept_map",
-    4: "ept_lookup_handle_free",
-    5: "ept_inq_object",
-    6: "ept_mgmt_delete",
-}
+class RfrOp(IntEnum):
+    """MS-OXABREF"""
 
-# MS-OXABREF
-_RFR_OPS = {0: "RfrGetNewDSA", 1: "RfrGetFQDNFromServerDN"}
+    RfrGetNewDSA = 0
+    RfrGetFQDNFromServerDN = 1
 
-# MS-NRPC, a few for readability of the public captures
-_NETLOGON_OPS = {
-    2: "NetrLogonSamLogon",
-    3: "NetrLogonSamLogoff",
-    4: "NetrServerReqChallenge",
-    5: "NetrServerAuthenticate",
-    6: "NetrServerPasswordSet",
-    15: "NetrServerAuthenticate2",
-    21: "NetrLogonGetCapabilities",
-    26: "NetrServerAuthenticate3",
-    29: "NetrLogonGetDomainInfo",
-    30: "NetrServerPasswordSet2",
-    34: "DsrGetDcNameEx2",
-    39: "NetrLogonSamLogonEx",
-    40: "DsrEnumerateDomainTrusts",
-    45: "NetrLogonSamLogonWithFlags",
-}
 
-# MS-DRSR
-_DRSUAPI_OPS = {
-    0: "IDL_DRSBind",
-    1: "IDL_DRSUnbind",
-    2: "IDL_DRSReplicaSync",
-    3: "IDL_DRSGetNCChanges",
-    4: "IDL_DRSUpdateRefs",
-    12: "IDL_DRSCrackNames",
-    13: "IDL_DRSWriteSPN",
-    16: "IDL_DRSDomainControllerInfo",
-    17: "IDL_DRSAddEntry",
-}
+class NetlogonOp(IntEnum):
+    """MS-NRPC, a few for readability of the public captures"""
 
-_OPS: dict[str, dict[int, str]] = {
-    EMSMDB: _EMSMDB_OPS,
-    ASYNC_EMSMDB: _ASYNC_OPS,
-    NSPI: _NSPI_OPS,
-    EPM: _EPM_OPS,
-    RFR: _RFR_OPS,
-    "NETLOGON": _NETLOGON_OPS,
-    "DRSUAPI": _DRSUAPI_OPS,
-}
+    NetrLogonSamLogon = 2
+    NetrLogonSamLogoff = 3
+    NetrServerReqChallenge = 4
+    NetrServerAuthenticate = 5
+    NetrServerPasswordSet = 6
+    NetrServerAuthenticate2 = 15
+    NetrLogonGetCapabilities = 21
+    NetrServerAuthenticate3 = 26
+    NetrLogonGetDomainInfo = 29
+    NetrServerPasswordSet2 = 30
+    DsrGetDcNameEx2 = 34
+    NetrLogonSamLogonEx = 39
+    DsrEnumerateDomainTrusts = 40
+    NetrLogonSamLogonWithFlags = 45
+
+
+class DrsuapiOp(IntEnum):
+    """MS-DRSR"""
+
+    IDL_DRSBind = 0
+    IDL_DRSUnbind = 1
+    IDL_DRSReplicaSync = 2
+    IDL_DRSGetNCChanges = 3
+    IDL_DRSUpdateRefs = 4
+    IDL_DRSCrackNames = 12
+    IDL_DRSWriteSPN = 13
+    IDL_DRSDomainControllerInfo = 16
+    IDL_DRSAddEntry = 17
+
+
+class Operation(NamedTuple):
+    """One operation of an interface: its number, its name, and how its stubs are read (``(stub, little_endian)
+    -> {Event field: value}``; None: not read)."""
+
+    opnum: int
+    name: str
+    request: Callable[[bytes, bool], dict] | None = None
+    response: Callable[[bytes, bool], dict] | None = None
+
+
+class Interface(NamedTuple):
+    """One interface: the name the events table shows, its UUID, its version (major, minor) and its operations."""
+
+    name: str
+    uuid: str
+    version: tuple[int, int]
+    operations: dict[int, Operation]
+
+
+def _operations(ops: type[IntEnum], decoders: dict | None = None) -> dict[int, Operation]:
+    decoders = decoders or {}
+    return {op.value: Operation(op.value, op.name, *decoders.get(op, (None, None))) for op in ops}
+
+
+INTERFACES: tuple[Interface, ...] = (
+    Interface(EMSMDB, EMSMDB_UUID, (0, 81), _operations(EmsmdbOp, EMSMDB_DECODERS)),
+    Interface(ASYNC_EMSMDB, ASYNC_EMSMDB_UUID, (0, 1), _operations(AsyncEmsmdbOp, ASYNC_EMSMDB_DECODERS)),
+    Interface(NSPI, NSPI_UUID, (56, 0), _operations(NspiOp)),
+    Interface(EPM, EPM_UUID, (3, 0), _operations(EpmOp)),
+    Interface(RFR, RFR_UUID, (1, 0), _operations(RfrOp)),
+    Interface("NETLOGON", "12345678-1234-abcd-ef00-01234567cffb", (1, 0), _operations(NetlogonOp)),
+    Interface("DRSUAPI", "e3514235-4b06-11d1-ab04-00c04fc2dcd2", (4, 0), _operations(DrsuapiOp)),
+)
+
+_NAMES.update({i.uuid: i.name for i in INTERFACES})
+_BY_NAME: dict[str, Interface] = {i.name: i for i in INTERFACES}
+# name -> opnum -> operation name (opname is called once per PDU)
+_OPS: dict[str, dict[int, str]] = {i.name: {n: op.name for n, op in i.operations.items()} for i in INTERFACES}
 
 
 def interface_name(uuid: str, ver_major: int, ver_minor: int) -> str:
@@ -187,6 +223,12 @@ def opname(interface: str, opnum: int) -> str | None:
     if ops is None:
         return None
     return ops.get(int(opnum))
+
+
+def operation(interface: str, opnum: int) -> Operation | None:
+    """The :class:`Operation` ``opnum`` of the interface called ``interface``, or None when unknown."""
+    known = _BY_NAME.get(interface)
+    return None if known is None or opnum is None else known.operations.get(int(opnum))
 
 
 def is_transfer_syntax(uuid: str) -> bool:

@@ -59,6 +59,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from analyzer.dissect.codes import PType
+
 EVENT_KINDS = (
     "bind",
     "bind_ack",
@@ -81,21 +83,7 @@ EVENT_KINDS = (
 INTERFACE_SOURCES = ("bind", "alter_context", "endpoint", "epm", "stub_shape")
 
 # DCE/RPC connection-oriented PTYPE -> event kind
-PTYPE_KIND = {
-    0: "request",
-    2: "response",
-    3: "fault",
-    11: "bind",
-    12: "bind_ack",
-    13: "bind_nak",
-    14: "alter_context",
-    15: "alter_context_resp",
-    16: "auth3",
-    17: "shutdown",
-    18: "co_cancel",
-    19: "orphaned",
-    20: "rts",
-}
+PTYPE_KIND = {ptype.value: ptype.name for ptype in PType}
 
 
 @dataclass(slots=True)

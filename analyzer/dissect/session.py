@@ -1,9 +1,9 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """Which interface each DCE/RPC PDU belongs to, capture-wide: the post-pass both engines share.
 
-Both engines (native :mod:`analyzer.dissect.collector`, tshark :mod:`analyzer.dissect.tshark_engine`) label a
-request/response/fault themselves when its presentation context was negotiated on its own connection in the
-capture (``interface_source`` ``bind`` or ``alter_context``). Everything else goes through one
+The session analyser both engines feed (:class:`analyzer.dissect.rpc_session.RpcSessionAnalyser`) labels a
+request/response/fault itself when its presentation context was negotiated on its own connection in the capture
+(``interface_source`` ``bind`` or ``alter_context``). Everything else goes through its
 :class:`SessionLabeller`:
 
 * ``lookup`` labels a PDU at once when its server endpoint is already known;
@@ -16,7 +16,7 @@ capture (``interface_source`` ``bind`` or ``alter_context``). Everything else go
 So an endpoint learnt anywhere labels the whole capture. What labels a PDU, in order of trust (the
 ``interface_source`` column, see :mod:`analyzer.dissect.model`):
 
-1. ``bind`` / ``alter_context``: the context id was negotiated on this connection (engines);
+1. ``bind`` / ``alter_context``: the context id was negotiated on this connection (the session analyser);
 2. ``endpoint``: the same context id was bound to an interface later on this connection, or on another connection
    to the same server address and TCP port (bind, alter_context, or a bind_ack secondary address naming the port;
    context 0 for the latter), or the endpoint mapper's well-known port 135 (context 0);
@@ -39,22 +39,18 @@ from __future__ import annotations
 import struct
 from typing import Callable
 
-from analyzer.dissect.emsmdb import (
-    RPC_HEADER_EXT_COMPRESSED,
-    RPC_HEADER_EXT_XOR_MAGIC,
-    decode_request_stub,
-    decode_response_stub,
-)
+from analyzer.dissect.codes import RpcHeaderExtFlags
+from analyzer.dissect.emsmdb import AsyncEmsmdbOp, EmsmdbOp, decode_request_stub, decode_response_stub
 from analyzer.dissect.interfaces import (
     ASYNC_EMSMDB,
     EMSMDB,
     EMSMDB_UUID,
+    EPM_PORT,
     EPM_UUID,
     interface_name,
     opname,
 )
 from analyzer.dissect.model import INTERFACE_SOURCES, Event  # noqa: F401  (the column's values)
-EPM_PORT = 135
 # Deferred PDUs that keep decoded fields until the end of the capture (a few hundred bytes each)
 MAX_DEFERRED = 200_000
 # Distinct context handles remembered per (connection, context) for the stub-shape rule
@@ -64,7 +60,13 @@ NOTE_ENDPOINT = "bind not in the capture: interface learned from the endpoint ma
 NOTE_STUB_SHAPE = "bind not in the capture: EMSMDB recognised by the shape of its stubs"
 
 _SPECULATIVE = (EMSMDB, ASYNC_EMSMDB)
-_EMSMDB_OPNUMS = frozenset({0, 1, 2, 4, 6, 10, 11, 14})
+# The EMSMDB calls whose stub layout the shape rule checks
+_SHAPED_OPS = frozenset({EmsmdbOp.EcDoConnect, EmsmdbOp.EcDoDisconnect, EmsmdbOp.EcDoRpc,
+                         EmsmdbOp.EcRRegisterPushNotification, EmsmdbOp.EcDummyRpc, EmsmdbOp.EcDoConnectEx,
+                         EmsmdbOp.EcDoRpcExt2, EmsmdbOp.EcDoAsyncConnectEx})
+_CONNECT_OPS = (EmsmdbOp.EcDoConnect, EmsmdbOp.EcDoConnectEx)
+_HEADER_EXT_FLAGS = int(RpcHeaderExtFlags.Compressed | RpcHeaderExtFlags.XorMagic | RpcHeaderExtFlags.Last)
+_COMPRESSED = int(RpcHeaderExtFlags.Compressed)  # an int: an IntFlag & builds an enum member per test
 
 
 class Label:
@@ -126,9 +128,9 @@ def _rpc_header_ext(data: bytes) -> bool:
     if len(data) < 8:
         return False
     version, flags, size, size_actual = struct.unpack_from("<HHHH", data, 0)
-    if version != 0 or flags & ~0x7 or not flags or size + 8 > len(data):
+    if version != 0 or flags & ~_HEADER_EXT_FLAGS or not flags or size + 8 > len(data):
         return False
-    return size_actual >= size if flags & RPC_HEADER_EXT_COMPRESSED else size_actual == size
+    return size_actual >= size if flags & _COMPRESSED else size_actual == size
 
 
 def _ecdorpc_request(stub: bytes, le: bool) -> bool | None:
@@ -196,6 +198,12 @@ def _connect_request(stub: bytes, le: bool) -> bool | None:
     if offset != 0 or not 1 <= actual <= max_count or 12 + actual > len(stub) or stub[11 + actual] != 0:
         return None
     return stub[12:13] == b"/" or None
+
+
+# The ROP transports' layout checks: (opnum, request) -> check
+_ROP_TRANSPORT_CHECKS = {(EmsmdbOp.EcDoRpc, True): _ecdorpc_request, (EmsmdbOp.EcDoRpc, False): _ecdorpc_response,
+                         (EmsmdbOp.EcDoRpcExt2, True): _ecdorpcext2_request,
+                         (EmsmdbOp.EcDoRpcExt2, False): _ecdorpcext2_response}
 
 
 class EmsmdbShape:
@@ -266,31 +274,30 @@ class EmsmdbShape:
     @staticmethod
     def _check(request: bool, opnum, stub: bytes, le: bool) -> tuple[bool, bytes | None, bool]:
         """(layout matches, context handle, ROP buffer obfuscated)."""
-        if opnum not in _EMSMDB_OPNUMS:
+        if opnum not in _SHAPED_OPS:
             return False, None, False
         try:
-            if opnum in (0, 10):
+            if opnum in _CONNECT_OPS:
                 if request:
                     return bool(_connect_request(stub, le)), None, False
                 fields = decode_response_stub(EMSMDB, opnum, stub, le)
                 handle = _handle(stub)
                 return "status" in fields and handle is not None, handle, False
-            if opnum == 6:
+            if opnum == EmsmdbOp.EcDummyRpc:
                 return (len(stub) == 0) if request else (len(stub) == 4), None, False
-            if opnum == 1 and not request:  # EcDoDisconnect answers with the handle closed (all zero)
+            if opnum == EmsmdbOp.EcDoDisconnect and not request:  # answered with the handle closed (all zero)
                 return len(stub) == 24 and stub[:20] == bytes(20), None, False
             handle = _handle(stub)
             if handle is None:
                 return False, None, False
-            if opnum in (1, 14):
+            if opnum in (EmsmdbOp.EcDoDisconnect, EmsmdbOp.EcDoAsyncConnectEx):
                 return (len(stub) == 20) if request else (len(stub) == 24), handle, False
-            if opnum == 4:
+            if opnum == EmsmdbOp.EcRRegisterPushNotification:
                 if request:
-                    fields = decode_request_stub(EMSMDB, 4, stub, le)
+                    fields = decode_request_stub(EMSMDB, opnum, stub, le)
                     return bool(fields.get("callback")) and "note" not in fields, handle, False
                 return len(stub) == 28, handle, False
-            check = {(2, True): _ecdorpc_request, (2, False): _ecdorpc_response,
-                     (11, True): _ecdorpcext2_request, (11, False): _ecdorpcext2_response}[(opnum, request)]
+            check = _ROP_TRANSPORT_CHECKS[(opnum, request)]
             obfuscated = check(stub, le)
             return obfuscated is not None, handle, bool(obfuscated)
         except (struct.error, IndexError, ValueError):
@@ -420,7 +427,7 @@ class SessionLabeller:
         names = {label.name: label for label in labels}
         if EMSMDB in names and key in emsmdb_contexts:
             return names[EMSMDB]
-        if ASYNC_EMSMDB in names and self._opnums.get(key) == {0}:
+        if ASYNC_EMSMDB in names and self._opnums.get(key) == {AsyncEmsmdbOp.EcDoAsyncWaitEx}:
             return names[ASYNC_EMSMDB]
         return None
 

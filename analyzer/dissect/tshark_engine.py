@@ -13,16 +13,20 @@ What tshark gives and what is done here (docs/protocol.md §3):
 * ``--disable-protocol mapi``: tshark 4.0's EMSMDB dissector mis-reads the opnum 4 request. With it (and epm,
   nspi) off, the stub stays in ``dcerpc.stub_data`` and is decoded by the shared decoders
   (``analyzer.dissect.emsmdb``, ``analyzer.dissect.epm``), exactly as the native engine does.
-* DCE/RPC fragment reassembly is switched OFF (``dcerpc.reassemble_dcerpc:FALSE``) and fragments are joined here,
-  per (TCP stream, direction, call_id): with tshark's reassembly on, the reassembled stub of a call whose LAST
-  fragment shares a frame with another PDU is emitted outside the PDU's JSON object (at the top of the frame's
-  layers), so which PDU it belongs to is ambiguous. With reassembly off, each fragment's own stub is either in its
-  PDU dict or (same JSON quirk) at the frame's top level; a stub is attributed to a PDU only when its length equals
-  the length the PDU header implies (frag_len - headers - auth trailer), so a misplaced stub is never misassigned.
-* Interfaces: from bind / alter_context items and the bind_ack / alter_context_resp results per TCP stream (a
-  rejected context is not used), from ept_map responses and the bind_ack secondary address (the endpoint mapper
-  teaches port -> interface, which tshark itself does not do), and port 135 = EPM. Responses get the opnum of
-  their request matched by call_id on the same stream.
+* Each PDU becomes a :class:`analyzer.dissect.rpc_session.PduRecord` (header fields, the parsed bind / ack
+  contexts, the stub) for the session analyser the native engine uses too
+  (:class:`analyzer.dissect.rpc_session.RpcSessionAnalyser`): contexts, interface learning (ept_map answers and
+  bind_ack secondary addresses teach port -> interface, which tshark itself does not do; port 135 = EPM),
+  fragments, call matching, memory bounds and the events are the same code for both engines.
+* DCE/RPC fragment reassembly is switched OFF (``dcerpc.reassemble_dcerpc:FALSE``) and fragments are joined by the
+  analyser, per (TCP stream, direction, call_id): with tshark's reassembly on, the reassembled stub of a call whose
+  LAST fragment shares a frame with another PDU is emitted outside the PDU's JSON object (at the top of the
+  frame's layers), so which PDU it belongs to is ambiguous. With reassembly off, each fragment's own stub is either
+  in its PDU dict or (same JSON quirk) at the frame's top level; a stub is attributed to a PDU only when its length
+  equals the length the PDU header implies (frag_len - headers - auth trailer), so a misplaced stub is never
+  misassigned. A stub found nowhere is handed over as missing, and the call's fields are not decoded.
+* With ``--secrets`` tshark unseals NTLMSSP stubs itself (keytab, ``dcerpc.decrypted_stub_data``): the record
+  carries the clear stub.
 * UDP rows: both ports >= 1024 and not connectionless DCE/RPC (the native rule: version 4, PTYPE <= 10, >= 80
   bytes), payload from ``udp.payload``.
   ICMP/ICMPv6 destination-unreachable quoting a UDP datagram: tshark nests the quoted IP and UDP headers inside the
@@ -56,19 +60,41 @@ import tempfile
 import threading
 import warnings as warnings_module
 
-from analyzer.dissect.emsmdb import decode_request_stub, decode_response_stub
-from analyzer.dissect.epm import parse_ept_map_response
-from analyzer.dissect.interfaces import EPM, EPM_UUID, NDR64_UUID, interface_name, opname
+from analyzer.dissect.codes import AuthType
+from analyzer.dissect.dcerpc import (
+    AUTH_LEVEL_PKT_PRIVACY,
+    HEADER_LEN,
+    PFC_OBJECT_UUID,
+    PTYPE_ALTER_CONTEXT,
+    PTYPE_ALTER_CONTEXT_RESP,
+    PTYPE_BIND,
+    PTYPE_BIND_ACK,
+    PTYPE_BIND_NAK,
+    PTYPE_FAULT,
+    PTYPE_REQUEST,
+    PTYPE_RESPONSE,
+    BindAckPdu,
+    BindPdu,
+    Body,
+    CallPdu,
+    ContextItem,
+    ContextResult,
+    Header,
+)
 from analyzer.dissect.model import PTYPE_KIND, Event
-from analyzer.dissect.session import NOTE_ENDPOINT, SessionLabeller
+from analyzer.dissect.rpc_session import PduRecord, RpcSessionAnalyser
 from analyzer.dissect.transport import DCERPC_CL_HEADER_LEN, DCERPC_CL_MAX_PTYPE, DCERPC_CL_VERSION
 from analyzer.dissect.tshark_secrets import tshark_secrets_env, undecrypted_warnings
 from analyzer.ingest import CaptureError, CaptureInfo
 
 TSHARK_NOT_FOUND = "tshark not found: install the Debian package tshark, or use --engine native"
-EPM_PORT = 135
 UDP_HEX_BYTES = 64  # as the native engine: udp rows keep the first 64 payload bytes as hex
-AUTH_LEVEL_PKT_PRIVACY = 6
+# Sizes tshark does not give per PDU (C706 12.6): the request/response header after the common one (alloc_hint,
+# p_cont_id, opnum or cancel_count), the fault's (+ status, reserved), the object UUID, the sec_trailer.
+CALL_HEADER_LEN = 8
+FAULT_HEADER_LEN = 16
+OBJECT_UUID_LEN = 16
+SEC_TRAILER_LEN = 8
 
 # Layers tshark writes into the JSON (-J): everything else is not needed and only costs parse time.
 JSON_LAYERS = "frame ip ipv6 tcp udp icmp icmpv6 dcerpc"
@@ -170,52 +196,70 @@ def _as_list(value) -> list:
     return value if isinstance(value, list) else [value]
 
 
-# ---------------------------------------------------------------------------------------------- state
+# ---------------------------------------------------------------------------------------------- PDU records
 
 
-class _Iface:
-    __slots__ = ("name", "uuid", "ver", "ndr64")
-
-    def __init__(self, uuid: str, major: int, minor: int, ndr64: bool = False):
-        self.uuid = str(uuid).lower()
-        self.ver = f"{major}.{minor}"
-        self.name = interface_name(self.uuid, major, minor)
-        self.ndr64 = ndr64
-
-
+def _own_stub_len(pdu: dict, ptype: int, flags: int, frag_len: int, auth_len: int) -> int:
+    """Stub bytes of this one fragment, from the header: frag_len - common header - request/response/fault header
+    (object UUID included) - auth trailer (padding + sec_trailer + verifier)."""
+    header = HEADER_LEN + (FAULT_HEADER_LEN if ptype == PTYPE_FAULT else CALL_HEADER_LEN)
+    if ptype == PTYPE_REQUEST and flags & PFC_OBJECT_UUID:
+        header += OBJECT_UUID_LEN
+    trailer = auth_len + SEC_TRAILER_LEN + (_int(_first(pdu, "dcerpc.auth_pad_len")) or 0) if auth_len else 0
+    return max(0, frag_len - header - trailer)
 
 
-class _Stream:
-    """Per tcp.stream: negotiated contexts, binds awaiting their ack, requests awaiting their response, and
-    fragments of calls in progress."""
+def _stub_bytes(pdu: dict, size: int, loose: list[bytes]) -> bytes | None:
+    for value in _as_list(pdu.get("dcerpc.stub_data")):
+        data = _hex_bytes(value)
+        if len(data) == size:
+            return data
+    for value in _as_list(pdu.get("dcerpc.stub_data")):
+        # inside the PDU's own dict the stub is this PDU's; tshark 4.0 runs it on over the auth trailer when
+        # no binding is known and the level is connect (2) (the wiki mgove413 capture): the header's size wins
+        data = _hex_bytes(value)
+        if len(data) > size:
+            return data[:size]
+    for i, data in enumerate(loose):
+        if len(data) == size:
+            return loose.pop(i)
+    return b"" if size == 0 else None
 
-    __slots__ = ("contexts", "context_source", "pending_binds", "requests", "calls", "bind_seen")
 
-    def __init__(self):
-        self.contexts: dict[int, _Iface] = {}
-        self.context_source: dict[int, str] = {}  # ctx_id -> "bind" / "alter_context"
-        # call_id -> ([(ctx_id, interface)...], "bind" / "alter_context")
-        self.pending_binds: dict[int, tuple[list[tuple[int, _Iface]], str]] = {}
-        self.bind_seen = False  # the stream's own bind is in the capture (as in the native engine)
-        self.requests: dict[int, tuple[int | None, int | None, int, _Iface | None]] = {}
-        self.calls: dict[tuple[str, int, int], list] = {}  # (src, sport, call_id) -> [parts|None, size, alloc_hint, count]
+def _context_items(pdu: dict) -> list[ContextItem]:
+    offered = []
+    for item in _as_list(pdu.get("dcerpc.cn_ctx_item")):
+        uuid = _first(item, "dcerpc.cn_bind_to_uuid")
+        if uuid is None:
+            continue
+        transfers = [(str(t).lower(), 0) for t in _collect(item, "dcerpc.cn_bind_trans_id")]
+        offered.append(ContextItem(_int(item.get("dcerpc.cn_ctx_id")), str(uuid).lower(),
+                                   _int(_first(item, "dcerpc.cn_bind_if_ver")) or 0,
+                                   _int(_first(item, "dcerpc.cn_bind_if_ver_minor")) or 0, transfers))
+    return offered
 
 
-def _join(a: str | None, b: str | None) -> str | None:
-    if a and b:
-        return f"{a}; {b}"
-    return a or b
+def _context_results(pdu: dict) -> list[ContextResult]:
+    results = [_int(r) for r in _collect(pdu, "dcerpc.cn_ack_result")]
+    transfers = [str(t).lower() for t in _collect(pdu, "dcerpc.cn_ack_trans_id")]
+    return [ContextResult(result, 0, transfers[i] if i < len(transfers) else "", 0)
+            for i, result in enumerate(results)]
+
+
+STUB_NOT_FROM_TSHARK = ("stub bytes not available from tshark (first fragment(s) not in the capture, or taken by "
+                        "a tshark sub-dissector)")
 
 
 class _EventBuilder:
-    """Turns pyshark JSON packets into Events (one per PDU / datagram / ICMP error)."""
+    """Turns pyshark JSON packets into Events: UDP and ICMP rows here, DCE/RPC PDUs as records for the shared
+    session analyser (:mod:`analyzer.dissect.rpc_session`)."""
 
     def __init__(self):
         self.events: list[Event] = []
-        self.streams: dict[int, _Stream] = {}
-        self.warnings: list[str] = []  # the labeller's (the same texts as the native engine's)
-        # capture-wide interface knowledge, the same rules as the native engine
-        self.labels = SessionLabeller(warn=self.warnings.append)
+        self.warnings: list[str] = []  # the analyser's (the same texts as the native engine's)
+        self.session = RpcSessionAnalyser(self.events, self.warnings.append)
+        self.labels = self.session.labels
+        self.ends: dict[int, tuple[str, int]] = {}  # tcp.stream -> the client end (sender of its first PDU)
         self.frames = 0
         self.stop = threading.Event()  # set by the caller's thread to end the run early (KeyboardInterrupt)
         self.first_time: float | None = None
@@ -287,262 +331,61 @@ class _EventBuilder:
         sport, dport = _int(tcp.get("tcp.srcport")), _int(tcp.get("tcp.dstport"))
         # stubs tshark put at the frame's top level instead of inside their PDU (see module doc)
         loose_stubs = [_hex_bytes(v) for v in layers.get("dcerpc.stub_data", []) if isinstance(v, str)]
-        stream = self.streams.get(stream_no)
         for pdu in layers["dcerpc"]:
             if not isinstance(pdu, dict) or "dcerpc.cn_call_id" not in pdu:
                 continue  # not a connection-oriented PDU
             ptype = _int(pdu.get("dcerpc.pkt_type"))
-            kind = PTYPE_KIND.get(ptype)
-            if kind is None:
+            if PTYPE_KIND.get(ptype) is None:
                 continue
-            if stream is None:
-                stream = self.streams[stream_no] = _Stream()
-            ev = Event(frame=frame, time=time, src=src, dst=dst, sport=sport, dport=dport, kind=kind,
-                       conn=stream_no, call_id=_int(pdu.get("dcerpc.cn_call_id")))
-            ev.auth_level = _int(_first(pdu, "dcerpc.auth_level")) or 0
-            little_endian = _int(_first(pdu, "dcerpc.drep.byteorder")) != 0
-            if kind in ("request", "response", "fault"):
-                self._call(stream, pdu, ev, little_endian, loose_stubs)
-            elif kind in ("bind", "alter_context"):
-                self._bind(stream, pdu, ev)
-            elif kind in ("bind_ack", "alter_context_resp"):
-                self._bind_ack(stream, pdu, ev)
-            elif kind == "bind_nak":
-                offered, source = stream.pending_binds.pop(ev.call_id, None) or (None, None)
-                for ctx_id, iface in offered or ():
-                    self.labels.forget_context(stream_no, ev.src, ev.sport, ctx_id, iface)
-                if offered:
-                    ev.ctx_id = offered[0][0]
-                    self._set_iface(ev, offered[0][1], source)
-                ev.note = f"bind rejected, reason {_int(_first(pdu, 'dcerpc.cn_reject_reason'))}"
-            elif kind == "orphaned":
-                stream.calls.pop((src, sport, ev.call_id), None)
-                stream.requests.pop(ev.call_id, None)
-            self.events.append(ev)
+            record = self._record(pdu, ptype, stream_no, frame, time, src, sport, dst, dport, loose_stubs)
+            self.session.pdu(record)
 
-    @staticmethod
-    def _set_iface(ev: Event, iface: _Iface | None, source: str | None = None) -> None:
-        if iface is not None:
-            ev.interface, ev.interface_uuid, ev.interface_ver = iface.name, iface.uuid, iface.ver
-            ev.interface_source = source
-
-    def _ctx_iface(self, stream: _Stream, ctx_id, server_ip,
-                   server_port) -> tuple[_Iface | None, str | None, str | None]:
-        """(interface, note, interface_source) of ``ctx_id`` on this stream as known now."""
-        iface = stream.contexts.get(ctx_id)
-        if iface is not None:
-            return iface, None, stream.context_source.get(ctx_id, "bind")
-        for offered, source in stream.pending_binds.values():
-            for offered_ctx, offered_iface in offered:
-                if offered_ctx == ctx_id:
-                    return offered_iface, "context not acknowledged in the capture (bind_ack missing): " \
-                                          "offered interface assumed", source
-        if not stream.bind_seen:
-            label, source = self.labels.lookup(server_ip, server_port, ctx_id)
-            if label is not None:
-                return label, NOTE_ENDPOINT, source
-        return None, None, None
-
-    def _own_stub_len(self, pdu: dict, kind: str) -> int:
-        """Stub bytes of this one fragment, from the header: frag_len - common header (16) - request/response
-        header (8, + 16 object UUID) - auth trailer (padding + 8-byte sec_trailer + verifier)."""
+    def _record(self, pdu: dict, ptype: int, stream_no: int, frame, time, src, sport, dst, dport,
+                loose: list[bytes]) -> PduRecord:
+        """The PDU as the session analyser takes it: header fields, the parsed body and the stub."""
+        client = self.ends.setdefault(stream_no, (src, sport) if ptype not in _SERVER_PTYPES else (dst, dport))
+        from_client = (src, sport) == client
+        flags = _int(pdu.get("dcerpc.cn_flags")) or 0
         frag_len = _int(pdu.get("dcerpc.cn_frag_len")) or 0
         auth_len = _int(pdu.get("dcerpc.cn_auth_len")) or 0
-        header = 16 + (16 if kind == "fault" else 8)
-        if kind == "request" and (_int(pdu.get("dcerpc.cn_flags")) or 0) & 0x80:
-            header += 16
-        trailer = auth_len + 8 + (_int(_first(pdu, "dcerpc.auth_pad_len")) or 0) if auth_len else 0
-        return max(0, frag_len - header - trailer)
-
-    def _stub_bytes(self, pdu: dict, size: int, loose: list[bytes]) -> bytes | None:
-        for value in _as_list(pdu.get("dcerpc.stub_data")):
-            data = _hex_bytes(value)
-            if len(data) == size:
-                return data
-        for value in _as_list(pdu.get("dcerpc.stub_data")):
-            # inside the PDU's own dict the stub is this PDU's; tshark 4.0 runs it on over the auth trailer when
-            # no binding is known and the level is connect (2) (the wiki mgove413 capture): the header's size wins
-            data = _hex_bytes(value)
-            if len(data) > size:
-                return data[:size]
-        for i, data in enumerate(loose):
-            if len(data) == size:
-                return loose.pop(i)
-        return b"" if size == 0 else None
-
-    def _call(self, stream: _Stream, pdu: dict, ev: Event, little_endian: bool, loose: list[bytes]) -> None:
-        kind = ev.kind
-        flags = _int(pdu.get("dcerpc.cn_flags")) or 0
-        first, last = bool(flags & 0x01), bool(flags & 0x02)
-        ev.ctx_id = _int(pdu.get("dcerpc.cn_ctx_id"))
-        ev.encrypted = ev.auth_level == AUTH_LEVEL_PKT_PRIVACY
-        alloc_hint = _int(pdu.get("dcerpc.cn_alloc_hint")) or 0
-        if kind == "request":
-            ev.opnum = _int(pdu.get("dcerpc.opnum"))
-            server = (ev.dst, ev.dport)
-            iface, note, source = self._ctx_iface(stream, ev.ctx_id, *server)
-        else:
-            server = (ev.src, ev.sport)
-            req = stream.requests.get(ev.call_id)
-            if req is not None and req[3] is not None:
-                ev.opnum, _ctx, ev.request_frame, iface, source = req
-                note = None
-            elif req is not None:  # the request waits for its interface: its answer is labelled with it, at the end
-                iface, note, source = None, None, None
-                ev.opnum, _ctx, ev.request_frame, _iface, _source = req
-            else:
-                iface, note, source = self._ctx_iface(stream, ev.ctx_id, *server)
-                note = _join(note, "request not in the capture")
-                ev.opnum = _int(pdu.get("dcerpc.opnum"))  # tshark's own match, when it has one
-        self._set_iface(ev, iface, source)
-        ev.opname = opname(ev.interface, ev.opnum)
-        ev.note = note
-        own_len = self._own_stub_len(pdu, kind)
-        if kind == "fault":
-            ev.status = _int(pdu.get("dcerpc.cn_status"))
-            ev.stub_len = own_len
-            stream.requests.pop(ev.call_id, None)
-            stream.calls.pop((ev.src, ev.sport, ev.call_id), None)
-            if iface is None:
-                self.labels.defer(ev, server, False, None, little_endian, endpoint_ok=not stream.bind_seen)
-            return
-        clear = _first(pdu, "dcerpc.decrypted_stub_data") if ev.encrypted else None
-        if clear is not None:  # tshark unsealed it with --secrets: from here on as on a plain session
-            ev.encrypted, ev.decrypted = False, True
-            stub = _hex_bytes(clear)
-        else:
-            stub = None if ev.encrypted else self._stub_bytes(pdu, own_len, loose)
-            if ev.encrypted and (_first(pdu, "spnego.krb5.tok_id") is not None
-                                 or _int(_first(pdu, "dcerpc.auth_type")) == 16):
-                self.kerberos_conns.add(ev.conn)
-        # fragments: [parts or None when a piece is missing, size, alloc_hint of the first, count]
-        key = (ev.src, ev.sport, ev.call_id)
-        if first and last:
-            call = [[stub] if stub is not None else None, own_len, alloc_hint, 1]
-        else:
-            call = stream.calls.get(key)
-            if first or call is None:
-                if call is not None:
-                    ev.note = _join(ev.note, "new FIRST fragment before the previous call's LAST: "
-                                             "previous fragments dropped")
-                call = stream.calls[key] = [[] if first else None, 0, alloc_hint, 0]
-            call[3] += 1
-            call[1] += own_len
-            if call[0] is not None:
-                if stub is None:
-                    call[0] = None
-                else:
-                    call[0].append(stub)
-            if not last:
-                ev.stub_len = own_len
-                ev.note = _join(ev.note, f"fragment {call[3]} of call {ev.call_id} (reassembled at its LAST fragment)")
-                if iface is None:
-                    self.labels.defer(ev, server, kind == "request", None, little_endian,
-                                      endpoint_ok=not stream.bind_seen)
-                return
-            del stream.calls[key]
-        if kind == "request":
-            stream.requests[ev.call_id] = (ev.opnum, ev.ctx_id, ev.frame, iface, source)
-        else:
-            stream.requests.pop(ev.call_id, None)
-        parts, size, first_alloc_hint, _count = call
-        whole = b"".join(parts) if parts is not None and not ev.encrypted else None
-        if iface is None:
-            self.labels.defer(ev, server, kind == "request", whole, little_endian, endpoint_ok=not stream.bind_seen)
-        if ev.encrypted:
-            ev.stub_len = first_alloc_hint or size
-            return
-        ev.stub_len = size
-        if parts is None:
-            ev.note = _join(ev.note, "stub not decoded: stub bytes not available from tshark (first fragment(s) "
-                                     "not in the capture, or taken by a tshark sub-dissector)")
-            return
-        if iface is None or ev.opnum is None:
-            return
-        if kind == "response" and iface.name == EPM and ev.opnum == 3:
-            self._learn_from_ept_map(ev, whole, little_endian, iface.ndr64)
-        if iface.ndr64:
-            if iface.name != EPM:
-                ev.note = _join(ev.note, "NDR64 transfer syntax: stub not decoded")
-            return
-        decoder = decode_request_stub if kind == "request" else decode_response_stub
-        for name, value in decoder(iface.name, ev.opnum, whole, little_endian).items():
-            if name == "note":
-                ev.note = _join(ev.note, value)
-            else:
-                setattr(ev, name, value)
-
-    def _learn_from_ept_map(self, ev: Event, stub: bytes, little_endian: bool, ndr64: bool) -> None:
-        endpoints, _status, note = parse_ept_map_response(stub, little_endian, ndr64)
-        if note:
-            ev.note = _join(ev.note, note)
-        for ep in endpoints:
-            if ep.protocol != "tcp" or ep.port is None or not (0 < ep.port < 65536):
-                continue
-            ip = ep.ip if ep.ip and ep.ip != "0.0.0.0" else ev.src
-            self.labels.learn_ept_map(ip, ep.port, _Iface(ep.if_uuid, ep.if_major, ep.if_minor))
-
-    def _bind(self, stream: _Stream, pdu: dict, ev: Event) -> None:
-        offered = []
-        for item in _as_list(pdu.get("dcerpc.cn_ctx_item")):
-            uuid = _first(item, "dcerpc.cn_bind_to_uuid")
-            if uuid is None:
-                continue
-            transfers = [str(t).lower() for t in _collect(item, "dcerpc.cn_bind_trans_id")]
-            iface = _Iface(uuid, _int(_first(item, "dcerpc.cn_bind_if_ver")) or 0,
-                           _int(_first(item, "dcerpc.cn_bind_if_ver_minor")) or 0,
-                           ndr64=bool(transfers) and all(t == NDR64_UUID for t in transfers))
-            offered.append((_int(item.get("dcerpc.cn_ctx_id")), iface))
-        source = "bind" if ev.kind == "bind" else "alter_context"
-        if ev.kind == "bind":
-            stream.bind_seen = True
-        stream.pending_binds[ev.call_id] = (offered, source)
-        for ctx_id, iface in offered:  # offered: teaches the endpoint until an ack says otherwise
-            self.labels.learn_context(ev.conn, ev.dst, ev.dport, ctx_id, iface)
-        if offered:
-            ev.ctx_id = offered[0][0]
-            self._set_iface(ev, _Iface(offered[0][1].uuid, *map(int, offered[0][1].ver.split("."))), source)
-
-    def _bind_ack(self, stream: _Stream, pdu: dict, ev: Event) -> None:
-        pending = stream.pending_binds.pop(ev.call_id, None)
-        if pending is None and stream.pending_binds:
-            pending = stream.pending_binds.pop(next(iter(stream.pending_binds)))
-        if pending is None:
-            ev.note = "bind not in the capture: contexts unknown"
-            return
-        offered, source = pending
-        results = [_int(r) for r in _collect(pdu, "dcerpc.cn_ack_result")]
-        transfers = [str(t).lower() for t in _collect(pdu, "dcerpc.cn_ack_trans_id")]
-        first_accepted = None
-        for i, ((ctx_id, iface), result) in enumerate(zip(offered, results)):
-            if result != 0:
-                self.labels.forget_context(ev.conn, ev.src, ev.sport, ctx_id, iface)
-                continue
-            ndr64 = i < len(transfers) and transfers[i] == NDR64_UUID
-            accepted = _Iface(iface.uuid, *map(int, iface.ver.split(".")), ndr64=ndr64)
-            stream.contexts[ctx_id] = accepted
-            stream.context_source[ctx_id] = source
-            self.labels.learn_context(ev.conn, ev.src, ev.sport, ctx_id, accepted)
-            if first_accepted is None:
-                first_accepted = (ctx_id, accepted)
-        if len(results) != len(offered):
-            ev.note = f"{len(results)} results for {len(offered)} offered contexts"
-        if first_accepted is None:
-            ev.note = _join(ev.note, "no presentation context accepted")
-            if offered:
-                ev.ctx_id = offered[0][0]
-                self._set_iface(ev, offered[0][1], source)
-            return
-        ev.ctx_id, iface = first_accepted
-        self._set_iface(ev, iface, source)
-        sec_addr = str(pdu.get("dcerpc.cn_sec_addr") or "")
-        if sec_addr.isdigit() and int(sec_addr) != EPM_PORT and 0 < int(sec_addr) < 65536:
-            self.labels.learn_sec_addr(ev.src, int(sec_addr), iface)
+        little_endian = _int(_first(pdu, "dcerpc.drep.byteorder")) != 0
+        hdr = Header(0, ptype, flags, little_endian, frag_len, auth_len, _int(pdu.get("dcerpc.cn_call_id")))
+        auth = Body(b"", _int(_first(pdu, "dcerpc.auth_type")) or 0, _int(_first(pdu, "dcerpc.auth_level")) or 0)
+        body, stub_len, clear, stub_missing, reason = auth, 0, False, None, None
+        if ptype in (PTYPE_REQUEST, PTYPE_RESPONSE, PTYPE_FAULT):
+            stub_len = _own_stub_len(pdu, ptype, flags, frag_len, auth_len)
+            encrypted = auth.auth_level == AUTH_LEVEL_PKT_PRIVACY
+            clear_stub = _first(pdu, "dcerpc.decrypted_stub_data") if encrypted and ptype != PTYPE_FAULT else None
+            if clear_stub is not None:  # tshark unsealed it with --secrets
+                auth.stub, clear = _hex_bytes(clear_stub), True
+            elif encrypted:
+                auth.stub = None
+                if _first(pdu, "spnego.krb5.tok_id") is not None or auth.auth_type == AuthType.GSS_KERBEROS:
+                    self.kerberos_conns.add(stream_no)
+            elif ptype != PTYPE_FAULT:
+                auth.stub = _stub_bytes(pdu, stub_len, loose)
+                stub_missing = STUB_NOT_FROM_TSHARK
+            # a response's opnum is tshark's own match, used only when the analyser saw no request
+            body = CallPdu(_int(pdu.get("dcerpc.cn_alloc_hint")) or 0, _int(pdu.get("dcerpc.cn_ctx_id")),
+                           _int(pdu.get("dcerpc.opnum")), None,
+                           _int(pdu.get("dcerpc.cn_status")) if ptype == PTYPE_FAULT else None, auth)
+        elif ptype in (PTYPE_BIND, PTYPE_ALTER_CONTEXT):
+            body = BindPdu(_context_items(pdu), auth)
+        elif ptype in (PTYPE_BIND_ACK, PTYPE_ALTER_CONTEXT_RESP):
+            body = BindAckPdu(str(pdu.get("dcerpc.cn_sec_addr") or ""), _context_results(pdu), auth)
+        elif ptype == PTYPE_BIND_NAK:
+            reason = _int(_first(pdu, "dcerpc.cn_reject_reason"))
+        return PduRecord(stream_no, from_client, frame, time, src, sport, dst, dport, hdr, body, stub_len, None,
+                         clear, stub_missing, reason)
 
     def finish(self) -> list[Event]:
-        self.labels.finish()
+        self.session.finish()
         self.events.sort(key=lambda e: e.frame)  # stable: wire order within a frame is kept
         return self.events
+
+
+# PTYPEs a server sends: a stream whose first PDU in the capture is one of these was joined after its start
+_SERVER_PTYPES = frozenset((PTYPE_RESPONSE, PTYPE_FAULT, PTYPE_BIND_ACK, PTYPE_BIND_NAK, PTYPE_ALTER_CONTEXT_RESP))
 
 
 # ---------------------------------------------------------------------------------------------- running pyshark

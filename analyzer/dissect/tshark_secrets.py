@@ -22,11 +22,13 @@ import struct
 import tempfile
 from typing import TYPE_CHECKING
 
+from analyzer.dissect.interfaces import ASYNC_EMSMDB, EMSMDB, EPM, NSPI, RFR
+
 if TYPE_CHECKING:
     from analyzer.dissect.secrets import Secrets
 
 # interfaces whose stubs tshark leaves to the engine (their dissectors are disabled or do not exist in tshark)
-STUB_INTERFACES = frozenset(("EMSMDB", "AsyncEMSMDB", "NSPI", "RFR", "EPM"))
+STUB_INTERFACES = frozenset((EMSMDB, ASYNC_EMSMDB, NSPI, RFR, EPM))
 CONFIG_DIR_ENV = "WIRESHARK_CONFIG_DIR"
 KEYTAB_VERSION = 0x0502  # MIT keytab format version 2 (big-endian fields)
 ENCTYPE_RC4_HMAC = 23

@@ -64,6 +64,7 @@ from analyzer.correlate.model import (
     Registration,
     RpcCall,
 )
+from analyzer.dissect.codes import STATUS_NAMES, AsyncFlags
 from analyzer.verdict.causes import remedy_for
 from analyzer.verdict.model import (
     CAUSES,
@@ -93,22 +94,6 @@ INTERFACE_SOURCE_PHRASES = {
 }
 INTERFACE_SOURCE_PENALTY = {"bind": 0.0, "alter_context": 0.0, "epm": 0.05, "endpoint": 0.05, "stub_shape": 0.2,
                             None: 0.1}
-
-STATUS_NAMES = {
-    0x00000000: "success",
-    0x80040102: "ecNotSupported",
-    0x80070057: "ecInvalidParam",
-    0x80040305: "ecTooBig",
-    0x80040115: "ecRpcFailed",
-    0x000007EE: "ecRejected",
-    0x000003ED: "ecExiting",
-    0x00000970: "ecNotEncrypted",
-    0x000004B6: "ecRpcFormat",
-    0x1C010002: "nca_s_op_rng_error",
-    0x1C00001A: "nca_s_fault_context_mismatch",
-    0x000006F7: "RPC_X_BAD_STUB_DATA",
-    0x00000005: "access denied",
-}
 
 
 def status_text(status: int | None) -> str:
@@ -348,7 +333,8 @@ def uses_async_wait(s: Situation) -> Finding | None:
     for w in a.async_waits[:MAX_CITED]:
         ev.add(w.frame, w.time, "EcDoAsyncWaitEx request (waits for server events)")
         if w.completion_frame is not None:
-            flags = "NotificationPending" if (w.flags or 0) & 1 else f"flags {w.flags}"
+            pending = (w.flags or 0) & AsyncFlags.NotificationPending
+            flags = "NotificationPending" if pending else f"flags {w.flags}"
             ev.add(w.completion_frame, w.completion_time, f"EcDoAsyncWaitEx completes: {flags}")
     for m in a.mail_evidence:
         ev.add(m.frame, m.time, m.what)
@@ -736,7 +722,8 @@ def _timeline(a: ClientActivity) -> list[TimelineMark]:
             continue  # logon/disconnect calls are not polling: the unprompted lane must match the poll count
         marks.append(TimelineMark(c.time, "prompted" if c.prompted else "unprompted", c.frame, _name(c)))
     for w in a.async_waits:
-        flags = "" if w.flags is None else ("NotificationPending" if w.flags & 1 else f"flags {w.flags}")
+        flags = "" if w.flags is None else ("NotificationPending" if w.flags & AsyncFlags.NotificationPending
+                                            else f"flags {w.flags}")
         marks.append(TimelineMark(w.time, "async_wait", w.frame, f"EcDoAsyncWaitEx {flags}".strip(),
                                   end=w.completion_time))
     for m in a.mail_evidence:
