@@ -84,7 +84,7 @@ def _all_captures():
 
 
 def test_no_false_positive_and_measured_false_negatives_on_every_capture(public_dir):
-    """The figures the README quotes: false positives 0; false negatives only on connections with fewer than 3
+    """The figures docs/output.md quotes: false positives 0; false negatives only on connections with fewer than 3
     readable EMSMDB calls (one EcDoConnect, one opnum 4...), which the rule leaves alone by design."""
     fp, fn, tp, tn, fn_small, tn_big = [], [], 0, 0, 0, 0
     for path in _all_captures():

@@ -51,7 +51,7 @@ CSRF_HEADER_HELP = ("requests that log in, log out or change data with a session
 
 
 # One line per cause, shown as a tooltip on the report page (the verdict stage's reason says what was seen).
-# One line per cause, shared with the README and the reports (a single wording, kept in the verdict stage).
+# One line per cause, shared with the docs (docs/verdicts.md) and the reports (a single wording, kept in the verdict stage).
 CAUSE_HELP = MEANINGS
 
 
