@@ -73,3 +73,21 @@ def db_url(request, tmp_path):
     if request.param == "sqlite":
         return "sqlite:///" + str(tmp_path / "mailpush-test.db")
     return request.getfixturevalue("postgres_url")
+
+
+def wait_until_healthy(proc, url: str, timeout: float = 30) -> None:
+    """Wait until a `mailpush serve` started as ``proc`` answers /healthz at ``url``; fail if it exits or takes
+    longer than ``timeout`` seconds."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(url + "/healthz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert proc.poll() is None and time.monotonic() < deadline, "mailpush serve did not come up"
+        time.sleep(0.2)

@@ -19,12 +19,12 @@ import subprocess
 import sys
 import sysconfig
 import tarfile
-import time
 import zipfile
 from pathlib import Path
 
 import httpx
 import pytest
+from conftest import wait_until_healthy
 
 from analyzer import __version__
 
@@ -132,15 +132,7 @@ def test_installed_wheel_creates_its_schema_and_serves_pages_and_static_files(fr
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(url + "/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "mailpush serve did not come up"
-            time.sleep(0.2)
+        wait_until_healthy(proc, url, timeout=60)
         login = httpx.get(url + "/login")
         assert login.status_code == 200 and 'name="token"' in login.text  # a Jinja2 template of the wheel
         css = httpx.get(url + "/static/style.css")

@@ -23,7 +23,7 @@ from sqlalchemy import update
 from analyzer.web import create_app
 from analyzer.web.auth import add_user
 from analyzer.web.db import RUNNING, Capture
-from conftest import DB_BACKENDS
+from conftest import DB_BACKENDS, wait_until_healthy
 
 ROOT = Path(__file__).resolve().parent.parent
 TERMINAL = ("done", "failed")
@@ -514,15 +514,7 @@ def test_cli_user_add_and_serve_subprocess(tmp_path, shortmapi):
                             stderr=subprocess.STDOUT, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(url + "/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "mailpush serve did not come up"
-            time.sleep(0.2)
+        wait_until_healthy(proc, url, timeout=30)
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as c:
             assert c.get("/healthz").json()["workers"] == 0
             r = upload(c, shortmapi)

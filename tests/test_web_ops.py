@@ -9,11 +9,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
+from conftest import wait_until_healthy
 from prometheus_client.parser import text_string_to_metric_families
 
 from test_web import ROOT, LiveServer, upload, wait_finished
@@ -121,15 +121,7 @@ def _serve(tmp_path: Path, db: str, *extra: str) -> tuple[subprocess.Popen, str,
                                         "--lazy-plots", *extra], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(url + "/healthz").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert proc.poll() is None and time.monotonic() < deadline, "mailpush serve did not come up"
-        time.sleep(0.2)
+    wait_until_healthy(proc, url, timeout=30)
     return proc, url, r.stdout.strip()
 
 
