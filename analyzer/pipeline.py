@@ -87,15 +87,11 @@ def analyze_capture_detailed(path: str, engine: str = "native", vantage: str = "
         return build_capture_result(info, correlation, verdicts), correlation
 
 
-# Interfaces of the MAPI traffic the analysis is about (issue 9 item 7: warnings about other connections are
-# only counted in the text report)
-MAPI_INTERFACES = frozenset({"EMSMDB", "AsyncEMSMDB", "NSPI"})
-
-
 def mark_mapi_warnings(warnings: list, events) -> None:
     """Annotate the dissection's per-connection warnings (``ConnectionWarning``): ``mapi`` True when the
     connection carries EMSMDB/AsyncEMSMDB/NSPI PDUs, else False, and ``affects`` = that connection's client
     address. Only the events table is used (which interface each connection carried), never a verdict."""
+    from analyzer.dissect.interfaces import MAPI_INTERFACES
     from analyzer.dissect.model import ConnectionWarning
 
     concerned = [w for w in warnings if isinstance(w, ConnectionWarning)]

@@ -17,6 +17,7 @@ from sqlalchemy import create_engine, inspect, text
 
 from analyzer.web import auth
 from analyzer.web.db import Base, Capture, Database
+from analyzer.web.scheduler import claim_next_fair
 from analyzer.web.schema import BASELINE, alembic_config, current_revision, head_revision, upgrade
 
 BASELINE_SQL = Path(__file__).parent / "data" / "schema-0.1.0"
@@ -86,7 +87,7 @@ def test_previous_release_schema_is_upgraded_and_keeps_its_data(db_url):
         with db.session() as s:
             done = s.get(Capture, "00000000000000a1")
             assert done.verdict_counts() == {"push_ok": 1} and done.uploaded_at == uploaded
-        assert db.claim_next_job() == "00000000000000a2"
+        assert claim_next_fair(db) == "00000000000000a2"
     finally:
         db.dispose()
     assert schema_differences(db_url) == []

@@ -40,6 +40,10 @@ NSPI = "NSPI"
 EPM = "EPM"
 RFR = "RFR"
 
+# The interfaces of Outlook's MAPI traffic (the store, its async notifications, the address book): a connection
+# carrying one of them is what the analysis is about (warnings about other connections are only counted)
+MAPI_INTERFACES = frozenset({EMSMDB, ASYNC_EMSMDB, NSPI})
+
 EMSMDB_UUID = "a4f1db00-ca47-1067-b31f-00dd010662da"
 ASYNC_EMSMDB_UUID = "5261574a-4572-206e-b268-6b199213b4e4"
 NSPI_UUID = "f5cc5a18-4264-101a-8c59-08002b2f8426"

@@ -77,7 +77,7 @@ def create_app(
     pool = WorkerPool(db, store, workers, job_timeout_s, plots_in_job,
                       limits=_job_limits(store, max_capture_gb, max_compression_ratio))
     metrics = pool.metrics = ServiceMetrics(db)
-    incident_worker = incident_jobs.IncidentWorker(db, store, job_timeout_s)
+    incident_worker = incident_jobs.IncidentWorker(db, store, job_timeout_s, limits=pool.limits)
     max_bytes = int(max_upload_mb * 1024 * 1024)
 
     @asynccontextmanager

@@ -22,7 +22,6 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
-    select,
     update,
 )
 from sqlalchemy.engine import Engine
@@ -147,29 +146,6 @@ class Database:
                 update(Capture).where(Capture.status == RUNNING).values(status=QUEUED, started_at=None)
             ).rowcount
         return requeued, gave_up
-
-    def claim_next_job(self) -> str | None:
-        """Atomically move the oldest queued capture to ``running``; None when the queue is empty.
-
-        The conditional UPDATE (``WHERE status = 'queued'``) is what makes two workers never take the same job,
-        whether they are threads here or other processes sharing a PostgreSQL database.
-        """
-        while True:
-            with self.session.begin() as s:
-                job_id = s.scalar(
-                    select(Capture.id).where(Capture.status == QUEUED).order_by(Capture.uploaded_at, Capture.id)
-                    .limit(1)
-                )
-                if job_id is None:
-                    return None
-                claimed = s.execute(
-                    update(Capture)
-                    .where(Capture.id == job_id, Capture.status == QUEUED)
-                    .values(status=RUNNING, started_at=utcnow(), attempts=Capture.attempts + 1)
-                ).rowcount
-            if claimed == 1:
-                return job_id
-            # another worker took it between the SELECT and the UPDATE: try the next one
 
     def finish_job(self, capture_id: str, *, result: dict | None, error: str | None) -> None:
         with self.session.begin() as s:

@@ -59,8 +59,9 @@ class Incident(Base):
 class IncidentWorker:
     """One thread taking queued incidents; each merge runs in a child process (see analyzer.web.worker)."""
 
-    def __init__(self, db, store, job_timeout_s: float):
+    def __init__(self, db, store, job_timeout_s: float, limits: dict | None = None):
         self.db, self.store, self.job_timeout_s = db, store, job_timeout_s
+        self.limits = limits  # the server's decompression limits, applied in every merge's process as in analyses
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -118,7 +119,8 @@ class IncidentWorker:
         paths = [str(self.store.capture_path(r.id)) for r in rows]
         names = [r.filename for r in rows]
         receiver, sender = _MP.Pipe(duplex=False)
-        child = _MP.Process(target=merge_in_child, args=(paths, names, sender), name=f"mailpush-merge-{incident_id}")
+        child = _MP.Process(target=merge_in_child, args=(paths, names, sender, self.limits),
+                            name=f"mailpush-merge-{incident_id}")
         deadline = time.monotonic() + self.job_timeout_s
         child.start()
         sender.close()
@@ -147,10 +149,16 @@ class IncidentWorker:
         return json.loads(outcome[1]), None
 
 
-def merge_in_child(paths: list[str], names: list[str], conn) -> None:
+def merge_in_child(paths: list[str], names: list[str], conn, limits: dict | None = None) -> None:
     """Child process: merge the two stored captures; the report names them by their upload names, never by
-    the server's storage paths."""
+    the server's storage paths. Like an analysis (``analyse_in_child``) it leads its own process group, dies with
+    the server and reads under the server's decompression limits."""
+    from analyzer.web.jobs import enter_job_process
+    from analyzer.web.worker import apply_job_limits
+
+    enter_job_process()
     try:
+        apply_job_limits(limits)
         from analyzer.pipeline import merge_pair
 
         incident = merge_pair(paths[0], paths[1])

@@ -24,7 +24,10 @@ NOT_SAVED = "the result could not be saved"
 
 
 def claim_next_fair(db: Database) -> str | None:
-    """Atomically move the next queued capture (fair order) to ``running``; None when the queue is empty."""
+    """Atomically move the next queued capture (fair order) to ``running``; None when the queue is empty.
+
+    The conditional UPDATE (``WHERE status = 'queued'``) is what makes two workers never take the same job,
+    whether they are threads here or other processes sharing a PostgreSQL database."""
     for _ in range(50):
         with db.session.begin() as s:
             waiting = s.execute(

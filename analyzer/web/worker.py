@@ -309,6 +309,15 @@ def _short_reason(exc: BaseException) -> str:
     return str(orig or exc).splitlines()[0][:200] or type(exc).__name__
 
 
+def apply_job_limits(limits: dict | None) -> None:
+    """In a job's child process: the server's decompression limits (--max-capture-gb, --max-compression-ratio,
+    its temporary directory), as ``analyzer.ingest.limits.Limits`` fields."""
+    if limits is not None:
+        from analyzer.ingest.limits import Limits, configure
+
+        configure(Limits(**limits))
+
+
 def analyse_in_child(path: str, display_name: str, plot_dir: str | None, conn, limits: dict | None = None,
                      secrets=None) -> None:
     """Body of a job's child process: run the pipeline, draw the plots, send the outcome back over ``conn``:
@@ -318,10 +327,7 @@ def analyse_in_child(path: str, display_name: str, plot_dir: str | None, conn, l
     a deleted job's whole group is killed, and nothing survives the fork server (nor, through it, the server)."""
     enter_job_process()
     try:
-        if limits is not None:
-            from analyzer.ingest.limits import Limits, configure
-
-            configure(Limits(**limits))
+        apply_job_limits(limits)
         last = [-1.0]
 
         def progress(done: int, total: int) -> None:
