@@ -30,21 +30,6 @@ TERMINAL = ("done", "failed")
 XHR = {"X-Requested-With": "XMLHttpRequest"}  # the anti-CSRF proof of cookie routes, login and logout
 
 
-def pipeline_ready() -> bool:
-    """The stages under the web service are written in parallel; until they import, analyses cannot finish
-    `done` and the tests that need verdicts are skipped (the rest of the service is still tested)."""
-    try:
-        from analyzer.correlate import correlate  # noqa: F401
-        from analyzer.dissect import dissect_capture  # noqa: F401
-        from analyzer.verdict import build_capture_result, judge_clients  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-needs_pipeline = pytest.mark.skipif(not pipeline_ready(), reason="analysis pipeline not importable yet")
-
-
 class LiveServer:
     """The real app under uvicorn in a thread, on a socket bound to 127.0.0.1:0 (no port race)."""
 
@@ -186,7 +171,6 @@ def test_upload_returns_202_and_capture_has_the_contract_keys(server, shortmapi)
     assert stored.read_bytes() == shortmapi.read_bytes()
 
 
-@needs_pipeline
 def test_real_capture_analysed_done_with_capture_object_and_reports(tmp_path, shortmapi):
     with LiveServer(tmp_path / "data") as server, server.client(server.add_user("alice")) as c:
         cid = upload(c, shortmapi).json()["id"]
@@ -350,7 +334,6 @@ def test_bad_multipart_is_400(server):
     assert list(server.app.state.store.uploads.iterdir()) == []
 
 
-@needs_pipeline
 def test_bad_uploads_fail_with_the_core_message_and_workers_survive(server, shortmapi, tmp_path):
     token = server.add_user("alice")
     text = tmp_path / "notes.txt"
@@ -421,10 +404,7 @@ def test_restart_resumes_queued_and_interrupted_jobs(tmp_path, shortmapi, public
             docs = [wait_finished(c, cid) for cid in ids]
             listing = c.get("/api/captures").json()["captures"]
     assert sorted(x["id"] for x in listing) == sorted(ids)  # nothing lost, nothing duplicated
-    if pipeline_ready():
-        assert [d["status"] for d in docs] == ["done"] * 3, [d["error"] for d in docs]
-    else:
-        assert all(d["status"] in TERMINAL for d in docs)
+    assert [d["status"] for d in docs] == ["done"] * 3, [d["error"] for d in docs]
     with srv.db.session() as s:
         attempts = {cid: s.get(Capture, cid).attempts for cid in ids}
     assert attempts == {ids[0]: 2, ids[1]: 1, ids[2]: 1}  # each analysed once after the restart
@@ -453,8 +433,7 @@ def test_twenty_concurrent_uploads_all_finish_once(tmp_path):
             listing = c.get("/api/captures").json()["captures"]
             # lazy plots: named in the capture, drawn on the first request
             with_plots = [d for d in docs if d["plots"]]
-            if pipeline_ready():
-                assert with_plots
+            assert with_plots
             for d in with_plots[:1]:
                 assert not srv.app.state.store.plot_dir(d["id"]).exists()
                 # all plots of the report asked for at once, as a browser does: none may see a half-drawn set
@@ -468,9 +447,6 @@ def test_twenty_concurrent_uploads_all_finish_once(tmp_path):
     assert attempts == [1] * 20  # no job taken twice
     for (path, expected), doc in zip(payloads, docs):
         assert doc["filename"] == path.name
-        if not pipeline_ready():
-            assert doc["status"] == "failed" and doc["error"]
-            continue
         assert doc["status"] == "done", (path.name, doc["error"])
         assert doc["result"]["file"] == path.name
         if expected is not None:
@@ -527,8 +503,7 @@ def test_cli_user_add_and_serve_subprocess(tmp_path, shortmapi):
         out, _ = proc.communicate(timeout=20)
     assert proc.returncode == 0, out
     assert "Exception in ASGI application" not in out  # uvicorn's mark of a request that crashed
-    if pipeline_ready():  # (until then the worker logs the pipeline's ImportError, by design)
-        assert "Traceback" not in out, out
+    assert "Traceback" not in out, out
 
 
 @pytest.mark.single_database

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from test_web import LiveServer, needs_pipeline, wait_finished
+from test_web import LiveServer, wait_finished
 
 from analyzer.dissect.secrets import Secrets
 
@@ -27,7 +27,6 @@ def _all_bytes(folder: Path) -> bytes:
     return b"".join(p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file())
 
 
-@needs_pipeline
 def test_upload_with_secrets_decrypts_and_stores_nothing(tmp_path):
     password = ENTRY["secrets"].split(":", 1)[1]
     nt = Secrets.parse(ENTRY["secrets"]).entries[0].nt_hash
