@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from analyzer.batch import BATCH_COLUMNS, ResultsStore, expand_paths, score
+from analyzer.batch import BATCH_COLUMNS, ResultsStore, expand_paths, local_cluster, score
 from analyzer.pipeline import RESULT_COLUMNS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,6 +123,22 @@ def test_dask_cluster_table_equals_local_pool_table(local_table, inputs, cluster
     _, client = cluster
     dask_table = score(inputs, client=client)
     pd.testing.assert_frame_equal(dask_table, local_table)
+
+
+def test_local_cluster_sets_the_worker_malloc_threshold_and_gives_the_same_table(local_table, inputs):
+    """analyzer.batch.local_cluster: real worker processes started with the batch's malloc setting (runner.py says
+    why), one thread each; same table as the local pool."""
+    import distributed
+
+    from analyzer.batch.runner import WORKER_ENVIRONMENT
+
+    with local_cluster(2) as cluster, distributed.Client(cluster) as client:
+        environ = client.run(lambda: {k: os.environ.get(k) for k in WORKER_ENVIRONMENT})
+        threads = client.nthreads()
+        table = score(inputs, client=client)
+    assert len(environ) == 2 and all(e == WORKER_ENVIRONMENT for e in environ.values())
+    assert sorted(threads.values()) == [1, 1]
+    pd.testing.assert_frame_equal(table, local_table)
 
 
 def test_cli_on_dask_scheduler_address_writes_same_rows(local_table, inputs, cluster, tmp_path):
