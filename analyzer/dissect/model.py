@@ -194,11 +194,66 @@ class ConnectionWarning(str):
                 self.__dict__)
 
 
+# The Python types a column may hold for the fast table writers (event_columns); anything else (a str subclass, a
+# numpy scalar, an int in a float column) sends the caller to the pandas conversion, which decides what it means.
+_COLUMN_TYPES = {
+    "int64": frozenset({int}),
+    "Int64": frozenset({int, type(None)}),
+    "float64": frozenset({float}),
+    "string": frozenset({str, type(None)}),
+    "bool": frozenset({bool}),
+}
+
+
+def event_columns(events) -> dict[str, list] | None:
+    """The events table as plain Python columns: ``EVENT_COLUMNS`` in order, rows sorted by (frame, original
+    order), None where the table has <NA>. None when a cell holds a type other than its column's plain Python
+    type (then only the pandas conversion of :func:`events_to_dataframe` says what the cell becomes).
+
+    The CSV and parquet writers of ``mailpush events`` build on this instead of a DataFrame: on big.pcap (25,977
+    events) importing pandas and building the DataFrame took 0.5-0.6 s, these columns ~0.05 s."""
+    from operator import attrgetter, itemgetter
+
+    names = list(EVENT_COLUMNS)
+    rows = list(map(attrgetter(*names), events))
+    frames = [row[0] for row in rows]
+    if any(a > b for a, b in zip(frames, frames[1:])):
+        rows.sort(key=itemgetter(0))  # stable, like sort_values(kind="stable")
+    columns = dict(zip(names, map(list, zip(*rows)))) if rows else {n: [] for n in names}
+    for name, dtype in EVENT_COLUMNS.items():
+        if not set(map(type, columns[name])) <= _COLUMN_TYPES[dtype]:
+            return None
+    return columns
+
+
+def event_arrow_arrays(columns: dict[str, list]) -> list:
+    """pyarrow arrays of :func:`event_columns` in ``EVENT_COLUMNS`` order, typed as pandas stores the documented
+    dtypes (int64, double, large_string for ``string``, bool)."""
+    import pyarrow as pa
+
+    types = {"int64": pa.int64(), "Int64": pa.int64(), "float64": pa.float64(), "string": pa.large_string(),
+             "bool": pa.bool_()}
+    # from_pandas: NaN becomes null, as in Table.from_pandas (to_parquet writes a NaN time as null)
+    return [pa.array(columns[name], type=types[dtype], from_pandas=True) for name, dtype in EVENT_COLUMNS.items()]
+
+
 def events_to_dataframe(events):
     """List of :class:`Event` -> DataFrame with exactly ``EVENT_COLUMNS`` (in that order and with those dtypes),
     sorted by (frame, original order)."""
     import pandas as pd
 
+    columns = event_columns(events)
+    if columns is not None:
+        # typed columns through pyarrow into their dtypes (the conversion pandas itself uses for Int64 and string
+        # columns read from arrow): 0.04-0.08 s on big.pcap, against 0.20-0.35 s for from_records of 25,977
+        # object tuples then astype, and 0.14-0.22 s for pd.array per column
+        data = {}
+        for (name, dtype), array in zip(EVENT_COLUMNS.items(), event_arrow_arrays(columns)):
+            if dtype in ("Int64", "string"):
+                data[name] = pd.api.types.pandas_dtype(dtype).__from_arrow__(array)
+            else:
+                data[name] = array.to_numpy(zero_copy_only=False)
+        return pd.DataFrame(data)
     names = list(EVENT_COLUMNS)
     rows = [tuple(getattr(e, n) for n in names) for e in events]
     df = pd.DataFrame.from_records(rows, columns=names)
