@@ -12,7 +12,7 @@ import pytest
 
 from analyzer.cli.events import csv_text, write_parquet
 from analyzer.dissect import dissect_capture
-from analyzer.dissect.model import EVENT_COLUMNS, Event, event_columns, events_to_dataframe
+from analyzer.dissect.model import EVENT_COLUMNS, Event, event_arrow_arrays, event_columns, events_to_dataframe
 from analyzer.report.safe_text import neutralise_frame
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -124,3 +124,19 @@ def test_events_cli_profile_reports_stages_and_leaves_the_output_unchanged():
     stages = {line.split()[0] for line in profiled.stderr.splitlines()[1:] if line.strip()}
     assert {"ingest", "TCP", "DCE/RPC", "output", "total"} <= stages, profiled.stderr
     assert "frames/s" in profiled.stderr and "time per stage" not in plain.stderr
+
+
+def test_values_arrow_cannot_hold_go_through_pandas():
+    """Text that is not valid Unicode (a lone surrogate) or an integer beyond 64 bits: no arrow arrays, and the
+    table conversion does what the pandas conversion does with them."""
+    base = awkward_events()[0]
+    for odd in (replace(base, note="bad \udcff byte"), replace(base, stub_len=2**64)):
+        events = [base, odd]
+        assert event_columns(events) is not None and event_arrow_arrays(event_columns(events)) is None
+        try:
+            expected = pandas_table(events)
+        except Exception as exc:
+            with pytest.raises(type(exc)):
+                events_to_dataframe(events)
+        else:
+            pd.testing.assert_frame_equal(events_to_dataframe(events), expected, check_exact=True)

@@ -112,9 +112,7 @@ def _write(args, events) -> int:
     columns = event_columns(events) if args.format in ("csv", "parquet") else None
     try:
         if args.format == "parquet":
-            if columns is not None:
-                write_parquet(columns, args.output)
-            else:
+            if columns is None or not write_parquet(columns, args.output):
                 from analyzer.dissect import events_to_dataframe
 
                 events_to_dataframe(events).to_parquet(args.output, index=False)
@@ -174,10 +172,11 @@ def csv_text(columns: dict[str, list]) -> str:
     return buf.getvalue()
 
 
-def write_parquet(columns: dict[str, list], path: str) -> None:
+def write_parquet(columns: dict[str, list], path: str) -> bool:
     """The events table as parquet, written by pyarrow from the columns, without pandas: the same file
     ``events_to_dataframe(events).to_parquet(path, index=False)`` writes (schema, the pandas metadata that makes
-    ``pandas.read_parquet`` restore the documented dtypes, snappy compression)."""
+    ``pandas.read_parquet`` restore the documented dtypes, snappy compression). False, and nothing written, when a
+    value does not fit its arrow type (``event_arrow_arrays``)."""
     import json
     from importlib.metadata import version
 
@@ -198,6 +197,10 @@ def write_parquet(columns: dict[str, list], path: str) -> None:
         "creator": {"library": "pyarrow", "version": pa.__version__},
         "pandas_version": version("pandas"),
     }
-    table = pa.Table.from_arrays(event_arrow_arrays(columns), names=list(EVENT_COLUMNS))
+    arrays = event_arrow_arrays(columns)
+    if arrays is None:
+        return False
+    table = pa.Table.from_arrays(arrays, names=list(EVENT_COLUMNS))
     table = table.replace_schema_metadata({b"pandas": json.dumps(pandas_metadata).encode("utf-8")})
     pq.write_table(table, path, compression="snappy")
+    return True
