@@ -144,31 +144,52 @@ def _write(args, events) -> int:
 
 def csv_text(columns: dict[str, list]) -> str:
     """The events CSV from :func:`~analyzer.dissect.model.event_columns`, byte for byte what
-    ``neutralise_frame(events_to_dataframe(events)).to_csv(index=False)`` gives: the same ``csv`` writer pandas
-    uses (minimal quoting, "\\n" line ends), <NA> as an empty cell, floats formatted by numpy as pandas does,
-    text cells neutralised against formula injection (analyzer.report.safe_text)."""
-    import csv
-    import io
+    ``neutralise_frame(events_to_dataframe(events)).to_csv(index=False)`` gives: <NA> as an empty cell, floats
+    formatted by numpy as pandas does, text cells neutralised against formula injection
+    (analyzer.report.safe_text), minimal quoting.
 
+    When no text cell holds a character that needs quoting (comma, double quote, CR, LF), each line is the cells
+    joined by commas, which is all the ``csv`` writer pandas uses would do with them; otherwise that writer
+    writes the table. On big.pcap: 0.20-0.25 s with the ``csv`` writer, ~0.1 s joined."""
     from analyzer.dissect.model import EVENT_COLUMNS
     from analyzer.report.safe_text import FORMULA_STARTS
 
+    # "\0" separates the cells of a column joined into one string, so that substring searches over the column find
+    # a cell that starts like a formula or needs quoting (a "\0" inside a cell can only send the column down the
+    # slower path for nothing, never give a wrong cell)
+    formula_starts = tuple("\0" + c for c in FORMULA_STARTS)
     cells = []
+    plain = True
     for name, dtype in EVENT_COLUMNS.items():
         column = columns[name]
         if dtype == "string":
-            column = [v if v is None or not v.startswith(FORMULA_STARTS) else "'" + v for v in column]
+            column = [v or "" for v in column]  # None -> ""
+            joined = "\0".join(column)
+            if joined.startswith(FORMULA_STARTS) or any(f in joined for f in formula_starts):
+                column = ["'" + v if v.startswith(FORMULA_STARTS) else v for v in column]
+                joined = "\0".join(column)
+            plain = plain and not any(c in joined for c in ',"\r\n')
         elif dtype == "float64":
             import numpy as np
 
             # pandas writes float columns as numpy's str() of each value, NaN as an empty cell
             text = np.array(column, dtype=np.float64).astype(str).tolist()
             column = ["" if v != v else t for v, t in zip(column, text)]
+        elif dtype == "bool":
+            column = ["True" if v else "False" for v in column]
+        elif column:
+            # ints and None only (event_columns checked): "None" can come from nothing but a None
+            column = "\0".join(map(str, column)).replace("None", "").split("\0")
         cells.append(column)
+    header = ",".join(EVENT_COLUMNS) + "\n"
+    if plain:
+        return header + "".join(map("%s\n".__mod__, map(",".join, zip(*cells))))
+    import csv
+    import io
+
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(EVENT_COLUMNS)
-    writer.writerows(zip(*cells))
+    buf.write(header)
+    csv.writer(buf, lineterminator="\n").writerows(zip(*cells))
     return buf.getvalue()
 
 
