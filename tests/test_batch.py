@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from analyzer.batch import BATCH_COLUMNS, ResultsStore, expand_paths, local_cluster, score
+from analyzer.batch import BATCH_COLUMNS, BatchReport, ResultsStore, expand_paths, local_cluster, score
 from analyzer.pipeline import RESULT_COLUMNS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -143,6 +143,25 @@ def test_local_cluster_sets_the_worker_malloc_threshold_and_gives_the_same_table
     assert all(c == WORKER_CONFIG for c in config.values())
     assert sorted(threads.values()) == [1, 1]
     pd.testing.assert_frame_equal(table, local_table)
+
+
+@pytest.mark.parametrize("executor", ["pool", "dask"])
+def test_resume_hashes_each_capture_once_and_the_rows_carry_the_right_hash(local_table, inputs, cluster, tmp_path,
+                                                                          executor):
+    """--resume hashes the captures to find the done ones; the workers reuse those hashes (not a second read).
+    Half the captures in RESULTS, the rest scored: the table equals a fresh run's, hashes included."""
+    readable = local_table.dropna(subset=["sha256"])
+    first = sorted(set(readable["file"]))[: len(set(readable["file"])) // 2]
+    out = tmp_path / "results.csv"
+    score(first, jobs=1, output=str(out))
+    client = cluster[1] if executor == "dask" else None
+    report = BatchReport()
+    table = score(inputs, jobs=None if client else 2, client=client, output=str(out), resume=True, report=report)
+    assert report.resumed == len(first) and report.scored == len(inputs) - len(first)
+    got = table.sort_values(["file", "client"], kind="stable").reset_index(drop=True)
+    want = local_table.sort_values(["file", "client"], kind="stable").reset_index(drop=True)
+    assert list(got["sha256"].fillna("")) == list(want["sha256"].fillna(""))
+    assert list(got["verdict"].fillna("")) == list(want["verdict"].fillna(""))
 
 
 def test_cli_on_dask_scheduler_address_writes_same_rows(local_table, inputs, cluster, tmp_path):
