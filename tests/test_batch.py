@@ -132,15 +132,15 @@ def test_local_cluster_sets_the_worker_malloc_threshold_and_gives_the_same_table
 
     import dask
 
-    from analyzer.batch.runner import WORKER_CONFIG, WORKER_ENVIRONMENT
+    from analyzer.batch.runner import CLUSTER_CONFIG, WORKER_ENVIRONMENT
 
     with local_cluster(2) as cluster, distributed.Client(cluster) as client:
         environ = client.run(lambda: {k: os.environ.get(k) for k in WORKER_ENVIRONMENT})
-        config = client.run(lambda: {k: dask.config.get(k) for k in WORKER_CONFIG})
+        config = client.run(lambda: {k: dask.config.get(k) for k in CLUSTER_CONFIG})
         threads = client.nthreads()
         table = score(inputs, client=client)
     assert len(environ) == 2 and all(e == WORKER_ENVIRONMENT for e in environ.values())
-    assert all(c == WORKER_CONFIG for c in config.values())
+    assert all(c == CLUSTER_CONFIG for c in config.values())
     assert sorted(threads.values()) == [1, 1]
     pd.testing.assert_frame_equal(table, local_table)
 

@@ -195,23 +195,31 @@ def run_local(paths: list[str], jobs: int, secrets=None, hashes: dict[str, str] 
 # whatever trim threshold a cluster uses, and dask's trimming still gives freed memory back.
 WORKER_ENVIRONMENT = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20)}
 
-# dask configuration for the workers of local_cluster. The statistical profiler samples the task thread's stack
-# every 10 ms for the dashboard's profile page, which local_cluster does not serve; measured with it on and off,
-# alternated, 8 x 100,000-frame captures on 2 workers: 2.98-3.38 against 2.68-3.00 CPU s in the workers (-11 %;
-# 2026-12-01, load 3.9-4.6, so indicative only).
-WORKER_CONFIG = {"distributed.worker.profile.enabled": False}
+# dask configuration for local_cluster, measured on 2 single-thread workers (2026-12-01, 2 shared cores):
+# * the statistical profiler samples the task thread's stack every 10 ms for the dashboard's profile page, which
+#   local_cluster does not serve: with it on and off, alternated, 8 x 100,000-frame captures took 2.98-3.38
+#   against 2.68-3.00 CPU s in the workers (-11 %; load 3.9-4.6, so indicative only);
+# * the event loops' 20 ms tick (it only detects a blocked loop, for a warning) and the 100 ms memory monitor kept
+#   the idle cluster (scheduler, nannies, workers) at 0.09 cores; with a 1 s tick 0.037, and a 1 s memory monitor
+#   (a worker over its memory limit is still stopped, within a second) 0.019. Busy, each tick also takes the GIL
+#   from the analysis.
+CLUSTER_CONFIG = {
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.tick.interval": "1s",
+    "distributed.worker.memory.monitor-interval": "1s",
+}
 
 
 def local_cluster(n_workers: int = 2, **kwargs):
     """A ``distributed.LocalCluster`` suited to batch scoring: ``n_workers`` processes of one thread each (the
-    analysis is CPU-bound Python: threads would share one GIL), no dashboard and no statistical profiler in the
-    workers (``WORKER_CONFIG``), and their malloc mmap threshold at 32 MiB (``WORKER_ENVIRONMENT``). Keyword arguments
-    go to ``LocalCluster``.
+    analysis is CPU-bound Python: threads would share one GIL), no dashboard, no statistical profiler and slower
+    housekeeping timers (``CLUSTER_CONFIG``), and the workers' malloc mmap threshold at 32 MiB
+    (``WORKER_ENVIRONMENT``). Keyword arguments go to ``LocalCluster``.
 
     Use it as ``with local_cluster(2) as cluster, distributed.Client(cluster) as client: score(paths,
     client=client)``. Workers started by ``dask worker`` get the same settings from that command's environment:
     ``MALLOC_MMAP_THRESHOLD_=33554432 DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False dask worker ...``
-    (docs/batch.md)."""
+    (docs/batch.md, with the timers)."""
     import dask
     from distributed import LocalCluster
 
@@ -219,7 +227,7 @@ def local_cluster(n_workers: int = 2, **kwargs):
     options.update(kwargs)
     # the nannies copy the configuration when they are created, and keep it for restarts
     environ = {f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in WORKER_ENVIRONMENT.items()}
-    with dask.config.set({**environ, **WORKER_CONFIG}):
+    with dask.config.set({**environ, **CLUSTER_CONFIG}):
         return LocalCluster(**options)
 
 
