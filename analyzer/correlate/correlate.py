@@ -7,6 +7,7 @@ reads packet bytes: the events table (analyzer.dissect.model) is the only input 
 from __future__ import annotations
 
 import bisect
+import functools
 import ipaddress
 import statistics
 from collections import Counter, defaultdict
@@ -68,7 +69,10 @@ def split_endpoint(text: str | None) -> tuple[str | None, int | None]:
         return None, None
 
 
+@functools.lru_cache(maxsize=65536)
 def _ip_key(ip: str):
+    # cached: the same server addresses are sorted once per client (2,865 parses for 1,000 clients on the
+    # benchmark capture, each a few microseconds in ipaddress)
     try:
         a = ipaddress.ip_address(ip)
         return (a.version, int(a))
