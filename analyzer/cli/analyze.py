@@ -254,18 +254,21 @@ def _run(args, clock=None) -> int:
 
 
 def _write_report(args, results, incidents, named_proposals) -> int:
+    from analyzer.gcpause import paused_gc
     from analyzer.report.formats import render_csv, render_json, render_text
 
-    if args.format == "json":
-        text = render_json(results, incidents=incidents, proposals=named_proposals)
-    elif args.format == "csv":
-        text = render_csv(results)
-    elif args.format == "html":
-        from analyzer.report.html import render_html
+    with paused_gc():  # the report documents are large trees of fresh dicts and lists, and hold no cycles
+        if args.format == "json":
+            text = render_json(results, incidents=incidents, proposals=named_proposals)
+        elif args.format == "csv":
+            text = render_csv(results)
+        elif args.format == "html":
+            from analyzer.report.html import render_html
 
-        text = render_html(results, incidents=incidents)
-    else:  # problems went to stderr already; a report file keeps them so it stands on its own
-        text = render_text(results, include_problems=bool(args.output), verbose=args.verbose, incidents=incidents)
+            text = render_html(results, incidents=incidents)
+        else:  # problems went to stderr already; a report file keeps them so it stands on its own
+            text = render_text(results, include_problems=bool(args.output), verbose=args.verbose,
+                               incidents=incidents)
 
     if args.output:
         try:
