@@ -72,14 +72,14 @@ def split_refusal(path, jobs: int, secrets=None) -> str | None:
     be worth a split (no notice), None when it is split."""
     if jobs <= 1:
         return ""
-    if secrets:
-        return "--secrets: NTLMSSP decryption keeps capture-wide state, so the capture is read on one core"
     try:
         size = os.path.getsize(path)
     except OSError:
         return ""  # the reader names the problem
     if size < int(os.environ.get("MAILPUSH_SPLIT_MIN_BYTES") or MIN_SPLIT_BYTES):
         return ""
+    if secrets:
+        return "--secrets: NTLMSSP decryption keeps capture-wide state, so the capture is read on one core"
     try:
         with open(path, "rb") as fh:
             if fh.read(2) == b"\x1f\x8b":

@@ -1,0 +1,212 @@
+"""`mailpush analyze --jobs N`: one capture split over N worker processes gives what one core gives.
+
+Real captures only: every sample in captures/, every public capture, and generated ones where a fact learnt in one
+share (an ept_map answer naming the EMSMDB port) changes what another share's connections do, at the frame where
+it is learnt. The split is forced on these small files with MAILPUSH_SPLIT_MIN_BYTES=0 (below the size threshold
+the CLI reads on one core)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import astuple
+from pathlib import Path
+
+import psutil
+import pytest
+
+from analyzer.dissect import dissect_capture
+from analyzer.dissect.parallel import SplitError, dissect_split, split_refusal
+from analyzer.dissect.share import share_of
+from analyzer.pipeline import analyze_capture
+from analyzer.report.formats import render_csv, render_json, render_text
+from captures import samplelib as g
+from tests.conftest import CAPTURES, PUBLIC, ROOT
+
+SAMPLES = sorted(p for p in CAPTURES.iterdir() if p.suffix in (".pcap", ".pcapng", ".cap", ".gz"))
+PUBLICS = sorted(p for p in PUBLIC.iterdir() if p.name != "README.md") if PUBLIC.is_dir() else []
+SPLITS = (2, 3)
+
+
+def _dissected(events, info):
+    """Everything the later stages read from the dissection, comparable with ==."""
+    warnings = [(str(w), type(w).__name__, getattr(w, "conn", None), getattr(w, "client", None),
+                 getattr(w, "server", None), getattr(w, "capture_loss", None)) for w in info.warnings]
+    return [astuple(e) for e in events], warnings, info.frames, info.start, info.end, info.truncated, \
+        dict(info.linktypes)
+
+
+@pytest.mark.parametrize("path", SAMPLES + PUBLICS, ids=lambda p: p.name)
+def test_split_dissection_identical(path):
+    one = _dissected(*dissect_capture(path))
+    for jobs in SPLITS:
+        notices = []
+        assert _dissected(*dissect_split(path, jobs, notice=notices.append)) == one, jobs
+        assert notices == [], notices  # exact without falling back to one core
+
+
+@pytest.mark.parametrize("path", SAMPLES + PUBLICS, ids=lambda p: p.name)
+def test_split_reports_identical(path, monkeypatch):
+    monkeypatch.setenv("MAILPUSH_SPLIT_MIN_BYTES", "0")
+    one = analyze_capture(str(path))
+    expected = (render_json([one]), render_text([one], verbose=True), render_csv([one]))
+    for jobs in SPLITS:
+        split = analyze_capture(str(path), jobs=jobs)
+        assert (render_json([split]), render_text([split], verbose=True), render_csv([split])) == expected, jobs
+
+
+def _cross_share_capture(path: Path) -> Path:
+    """Client 10.3.1.11 is mid-session with 10.0.0.10 on the EMSMDB port (no bind), and opens two more connections
+    to that port whose first bytes are not DCE/RPC: one before and one after 10.3.1.15's ept_map answer names the
+    port (t=20 s). One core follows the second from its SYN (the port is known by then) and warns that its bytes
+    do not start at a PDU boundary; the first is never followed. The two clients are in different shares."""
+    cap = g.Capture("jobs_cross_share", 3600, 4242)
+    server, b_host, teacher = g.Host(g.EXCHANGE), g.Host("10.3.1.11"), g.Host("10.3.1.15")
+    b = g.Outlook(cap, b_host, server, "amy")
+    b.attach_mid_session()
+    b.poll(5.0)  # before the port is known: labelled at the end (epm)
+    before = g.Tcp(cap, b_host, server, g.EXCHANGE_PORT)
+    before.handshake(8.0)
+    before.send(8.01, True, b"not dce/rpc " * 20)
+    g.epm_lookup(cap, teacher, server, 20.0)
+    b.poll(40.0)  # after: labelled at once
+    after = g.Tcp(cap, b_host, server, g.EXCHANGE_PORT)
+    after.handshake(30.0)
+    after.send(30.01, True, b"not dce/rpc " * 20)
+    g.udp_datagram(cap, server, 1040, b_host, 2701, bytes(range(32)), 50.0)
+    g.udp_datagram(cap, server, 1040, teacher, 2702, bytes(range(32)), 51.0)
+    cap.finish()
+    path.write_bytes(g.write_pcap(cap.sorted_frames))
+    return path
+
+
+def test_fact_of_one_share_changes_another(tmp_path):
+    path = _cross_share_capture(tmp_path / "cross.pcap")
+    for jobs in SPLITS:
+        assert share_of("10.3.1.11", g.EXCHANGE, jobs) != share_of("10.3.1.15", g.EXCHANGE, jobs)
+    events, info = dissect_capture(path)
+    # The fact matters on one core: the connection opened after the ept_map answer is followed from its SYN
+    boundary = [w for w in info.warnings if "does not start at a DCE/RPC PDU boundary" in w]
+    assert len(boundary) == 1 and f":{g.EXCHANGE_PORT})" in boundary[0]
+    assert {e.interface_source for e in events if e.src == "10.3.1.11" and e.kind == "request"} == {"epm"}
+    one = _dissected(events, info)
+    for jobs in SPLITS:
+        notices = []
+        assert _dissected(*dissect_split(path, jobs, notice=notices.append)) == one, jobs
+        assert notices == []
+
+
+def _warnings_capture(path: Path) -> Path:
+    """Warnings of connections of every share, interleaved in time: bytes that do not start at a PDU boundary
+    (while reading), PDUs cut by the end of the capture (while closing at the end), and a record cut in half (the
+    reader's warning), so that the merged list must interleave the workers' warnings exactly as one core does."""
+    cap = g.Capture("jobs_warnings", 5400, 777)
+    server = g.Host(g.EXCHANGE)
+    request = g.co_pdu(0, 7, g.request_body(0, 2, bytes(300)))
+    conns = []
+    for i in range(8):
+        tcp = g.Tcp(cap, g.Host(f"10.3.1.{11 + i}"), server, 135)  # the endpoint mapper: followed from the SYN
+        tcp.handshake(1.0 + i)
+        conns.append(tcp)
+    for rnd in range(3):
+        for i, tcp in enumerate(conns):
+            tcp.send(10.0 + rnd * 10 + i * 0.5 + (i % 3) * 0.01, True, b"garbage!" * (10 + i))
+    for i, tcp in enumerate(conns[::-1]):
+        tcp.send(50.0 + i, True, request[: 40 + i])  # a PDU the capture ends inside
+    cap.finish()
+    data, _keep = g.truncate(g.write_pcap(cap.sorted_frames), cap.sorted_frames, len(cap.sorted_frames) - 1)
+    path.write_bytes(data)
+    return path
+
+
+def test_warnings_of_all_shares_in_one_core_order(tmp_path):
+    path = _warnings_capture(tmp_path / "warnings.pcap")
+    events, info = dissect_capture(path)
+    kinds = [("boundary" if "PDU boundary" in w else "incomplete" if "incomplete" in w else "reader")
+             for w in info.warnings]
+    # the reader walks a whole batch before the transport sees it: its warning about the cut record comes first
+    assert kinds.count("boundary") == 8 and kinds.count("incomplete") == 7 and kinds[0] == "reader", kinds
+    one = _dissected(events, info)
+    for jobs in SPLITS:
+        got = _dissected(*dissect_split(path, jobs))
+        assert got[1] == one[1], jobs
+        assert got == one
+
+
+def test_cli_jobs_identical_outputs(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MAILPUSH_SPLIT_MIN_BYTES": "0"}
+    path = _cross_share_capture(tmp_path / "cross.pcap")
+    for fmt in ("json", "text", "csv", "html"):
+        outputs = []
+        for jobs in ("1", "2", "3"):
+            out = tmp_path / f"{jobs}.{fmt}"
+            proc = subprocess.run([sys.executable, "-m", "analyzer", "analyze", str(path), str(CAPTURES /
+                                   "three_clients.pcap"), "--format", fmt, "-o", str(out), "--jobs", jobs],
+                                  env=env, capture_output=True, text=True, timeout=120)
+            assert proc.returncode == 0, proc.stderr
+            outputs.append((out.read_bytes(), proc.stderr))
+        assert outputs[1] == outputs[0] and outputs[2] == outputs[0], fmt
+
+
+def test_cli_notices_and_usage(tmp_path, monkeypatch):
+    monkeypatch.setenv("MAILPUSH_SPLIT_MIN_BYTES", "0")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MAILPUSH_SPLIT_MIN_BYTES": "0"}
+    gz = CAPTURES / "icmp_unreachable.pcap.gz"
+    proc = subprocess.run([sys.executable, "-m", "analyzer", "analyze", str(gz), "--jobs", "2", "--format", "json"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "gzip input is read on one core" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "analyzer", "analyze", str(gz), "--jobs", "0"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--jobs" in proc.stderr
+    sample = CAPTURES / "push_working.pcap"
+    assert split_refusal(sample, 1) == ""
+    assert "--secrets" in split_refusal(sample, 2, secrets=["an account"])
+
+
+def test_small_captures_are_not_split(monkeypatch):
+    monkeypatch.delenv("MAILPUSH_SPLIT_MIN_BYTES", raising=False)
+    assert split_refusal(CAPTURES / "push_working.pcap", 2) == ""  # one core, and no notice
+
+
+def test_worker_death_is_an_error_not_a_hang(tmp_path):
+    """A worker killed mid-way (as the OOM killer would) makes the split raise SplitError naming it, and leaves
+    no worker behind."""
+    frames = []
+    source = g.Capture("jobs_kill", 7200, 99)
+    o = g.Outlook(source, g.Host("10.3.1.11"), g.Host(g.EXCHANGE), "amy")
+    o.logon(1.0)
+    for i in range(40):
+        o.poll(2.0 + i)
+    source.finish()
+    for rep in range(800):  # ~100k frames: the workers run long enough to be killed
+        frames.extend((ts + rep * 1_000_000_000, data) for ts, data in source.sorted_frames)
+    path = tmp_path / "long.pcap"
+    path.write_bytes(g.write_pcap(frames))
+    me = psutil.Process()
+    killed = []
+
+    def kill_a_worker():
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not killed:
+            for child in me.children():
+                try:
+                    os.kill(child.pid, signal.SIGKILL)
+                    killed.append(child.pid)
+                except ProcessLookupError:
+                    continue
+                return
+            time.sleep(0.002)
+
+    killer = threading.Thread(target=kill_a_worker)
+    killer.start()
+    try:
+        with pytest.raises(SplitError, match=r"worker \d of 2 died"):
+            dissect_split(path, 2)
+    finally:
+        killer.join()
+    assert killed
+    assert me.children() == []
