@@ -208,8 +208,9 @@ def run(args) -> int:
     print(clock.report(frames=clock.frames), file=sys.stderr)
     workers = getattr(clock, "workers", None)
     if workers is not None:  # --jobs: the split dissection's stages, summed over the worker processes
-        print(f"{PROG}: the workers' stages (--jobs: wall and CPU seconds summed over the worker processes; the "
-              f"split took {workers.elapsed:.3f} s of wall time)", file=sys.stderr)
+        print(f"{PROG}: the forked workers' stages (--jobs: shares 2..N, seconds summed over the workers; the table "
+              f"above is share 1, read in this process, and 'workers' the wait for the others; the split took "
+              f"{workers.elapsed:.3f} s of wall time)", file=sys.stderr)
         print(workers.report(frames=None, startup=False), file=sys.stderr)
     return status
 

@@ -2,9 +2,11 @@
 """One capture split over worker processes (``mailpush analyze --jobs N``), with the events and warnings one core
 produces.
 
-Each of N forked workers reads the whole capture (an mmap: the pages are shared) through the same transport as one
-core, and keeps one share of the address pairs (:mod:`analyzer.dissect.share` says why the transport, the ports
-and the endpoints learnt stay identical in every worker). The parent merges:
+The calling process analyses share 0 itself and N-1 forked workers the other shares. Each reads the whole capture
+(an mmap: the pages are shared) through the same transport as one core and keeps one share of the address pairs
+(:mod:`analyzer.dissect.share` says why the transport, the ports and the endpoints learnt stay identical in every
+worker). The progress bar and ``--profile``'s stage clock follow share 0, in the calling process; the workers'
+stage times are summed into ``clock.workers``. The parent then merges:
 
 * **events**: every event comes from exactly one worker; all events of one frame come from one connection (one
   frame is one segment, and buffered segments keep their own frame numbers), so a stable sort by frame of the
@@ -46,8 +48,6 @@ from analyzer.stagetimes import active as active_clock
 # split saves (measured in benchmarks/results.md). MAILPUSH_SPLIT_MIN_BYTES overrides it (tests split the small
 # sample captures with it).
 MIN_SPLIT_BYTES = 64 * 1024 * 1024
-# Progress messages from worker 0 at most this often (seconds)
-PROGRESS_EVERY = 0.2
 
 
 class SplitError(RuntimeError):
@@ -112,56 +112,26 @@ def dissect_split(path, jobs: int, progress: Callable[[int, int], None] | None =
 
 
 def _run_workers(path, jobs: int, progress) -> list[dict]:
+    """The outcomes of shares 0..jobs-1: share 0 is this process's own (it would only wait otherwise, and its
+    events need no pickling), shares 1.. are forked workers'."""
     ctx = multiprocessing.get_context("fork")
     clock = active_clock()
     parent = os.getpid()
     procs, pipes = [], []
     try:
-        for share in range(jobs):
+        for share in range(1, jobs):
             reader, writer = ctx.Pipe(duplex=False)
-            proc = ctx.Process(target=_worker_main, args=(path, share, jobs, writer, parent, clock is not None,
-                                                           progress is not None and share == 0),
+            proc = ctx.Process(target=_worker_main, args=(path, share, jobs, writer, parent, clock is not None),
                                name=f"mailpush-share-{share}", daemon=True)
             proc.start()
             writer.close()
             procs.append(proc)
             pipes.append(reader)
-        outcomes: list = [None] * jobs
-        waiting = {pipes[i]: i for i in range(jobs)}
-        sentinels = {procs[i].sentinel: i for i in range(jobs)}
         started = time.perf_counter()
+        outcomes: list = [_dissect_share_timed(path, 0, jobs, progress, clock)]
+        outcomes += _collect(procs, pipes, jobs, clock)
         if clock is not None:
-            clock.enter(f"dissect x{jobs}")
-        try:
-            while waiting:
-                for ready in wait(list(waiting) + [s for s, i in sentinels.items() if outcomes[i] is None]):
-                    i = waiting.get(ready)
-                    if i is None:  # a sentinel: the process ended; its pipe may still hold the result
-                        i = sentinels[ready]
-                        pipe = pipes[i]
-                        if pipe in waiting and not pipe.poll():
-                            raise SplitError(f"worker {i + 1} of {jobs} died (exit status {procs[i].exitcode}; "
-                                             "out of memory or killed?) while reading the capture")
-                        continue
-                    try:
-                        message = pickle.loads(ready.recv_bytes())
-                    except (EOFError, OSError):
-                        raise SplitError(f"worker {i + 1} of {jobs} died (exit status {procs[i].exitcode}) "
-                                         "before it sent its result") from None
-                    kind = message[0]
-                    if kind == "progress":
-                        if progress is not None:
-                            progress(message[1], message[2])
-                        continue
-                    del waiting[ready]
-                    if kind == "error":
-                        _raise_worker_error(i, jobs, message)
-                    outcomes[i] = message[1]
-        finally:
-            if clock is not None:
-                clock.leave()
-        if clock is not None:
-            clock.workers = _worker_clock([o["profile"] for o in outcomes], time.perf_counter() - started)
+            clock.workers = _worker_clock([o["profile"] for o in outcomes[1:]], time.perf_counter() - started)
         return outcomes
     finally:
         for proc in procs:
@@ -172,14 +142,47 @@ def _run_workers(path, jobs: int, progress) -> list[dict]:
             pipe.close()
 
 
-def _raise_worker_error(i: int, jobs: int, message) -> None:
+def _collect(procs, pipes, jobs: int, clock) -> list[dict]:
+    """The workers' outcomes, waiting on their pipes and process sentinels (a dead worker is an error, never a
+    hang)."""
+    outcomes: list = [None] * len(procs)
+    waiting = {pipe: i for i, pipe in enumerate(pipes)}
+    sentinels = {proc.sentinel: i for i, proc in enumerate(procs)}
+    if clock is not None:
+        clock.enter("workers")  # waiting for the forked workers, after share 0
+    try:
+        while waiting:
+            for ready in wait(list(waiting) + [s for s, i in sentinels.items() if outcomes[i] is None]):
+                i = waiting.get(ready)
+                if i is None:  # a sentinel: the process ended; its pipe may still hold the result
+                    i = sentinels[ready]
+                    if pipes[i] in waiting and not pipes[i].poll():
+                        raise SplitError(f"worker {i + 2} of {jobs} died (exit status {procs[i].exitcode}; out of "
+                                         "memory or killed?) while reading the capture")
+                    continue
+                try:
+                    message = pickle.loads(ready.recv_bytes())
+                except (EOFError, OSError):
+                    raise SplitError(f"worker {i + 2} of {jobs} died (exit status {procs[i].exitcode}) before it "
+                                     "sent its result") from None
+                del waiting[ready]
+                if message[0] == "error":
+                    _raise_worker_error(i + 1, jobs, message)
+                outcomes[i] = message[1]
+    finally:
+        if clock is not None:
+            clock.leave()
+    return outcomes
+
+
+def _raise_worker_error(share: int, jobs: int, message) -> None:
     _kind, exc_type, text, exc = message
     if exc is not None and isinstance(exc, (CaptureError, OSError)):
         raise exc
-    raise SplitError(f"worker {i + 1} of {jobs} failed: {exc_type}: {text}")
+    raise SplitError(f"worker {share + 1} of {jobs} failed: {exc_type}: {text}")
 
 
-def _worker_main(path, share: int, shares: int, pipe, parent: int, profile: bool, report_progress: bool) -> None:
+def _worker_main(path, share: int, shares: int, pipe, parent: int, profile: bool) -> None:
     from analyzer.lifetime import set_parent_death_signal
 
     set_parent_death_signal()
@@ -188,15 +191,7 @@ def _worker_main(path, share: int, shares: int, pipe, parent: int, profile: bool
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it kills the workers
     status = 0
     try:
-        last = [0.0]
-
-        def send_progress(done: int, total: int) -> None:
-            now = time.monotonic()
-            if now - last[0] >= PROGRESS_EVERY or done >= total:
-                last[0] = now
-                pipe.send_bytes(pickle.dumps(("progress", done, total)))
-
-        outcome = _dissect_share(path, share, shares, send_progress if report_progress else None, profile)
+        outcome = _dissect_share(path, share, shares, profile)
         pipe.send_bytes(pickle.dumps(("result", outcome), protocol=pickle.HIGHEST_PROTOCOL))
     except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent, which decides
         status = 1
@@ -210,11 +205,12 @@ def _worker_main(path, share: int, shares: int, pipe, parent: int, profile: bool
         os._exit(status)  # no atexit handlers or inherited buffers of the parent run twice
 
 
-def _dissect_share(path, share: int, shares: int, progress, profile: bool) -> dict:
+def _dissect_share(path, share: int, shares: int, profile: bool) -> dict:
+    """A worker's share, with its own stage clock for --profile (the parent's clock is not this process's)."""
     if not profile:
-        return _dissect_share_timed(path, share, shares, progress, None)
+        return _dissect_share_timed(path, share, shares, None, None)
     with profiling() as clock:
-        outcome = _dissect_share_timed(path, share, shares, progress, clock)
+        outcome = _dissect_share_timed(path, share, shares, None, clock)
     outcome["profile"] = (clock.seconds, clock.cpu)
     return outcome
 
