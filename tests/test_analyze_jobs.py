@@ -137,16 +137,19 @@ def test_warnings_of_all_shares_in_one_core_order(tmp_path):
         assert got == one
 
 
-def test_cli_jobs_identical_outputs(tmp_path):
+@pytest.mark.parametrize("several", [False, True], ids=["one capture split", "several captures at once"])
+def test_cli_jobs_identical_outputs(tmp_path, several):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MAILPUSH_SPLIT_MIN_BYTES": "0"}
-    path = _cross_share_capture(tmp_path / "cross.pcap")
+    paths = [str(_cross_share_capture(tmp_path / "cross.pcap"))]
+    if several:
+        paths += [str(CAPTURES / "three_clients.pcap"), str(CAPTURES / "lost_segment_after_bind.pcap"),
+                  str(tmp_path / "missing.pcap")]
     for fmt in ("json", "text", "csv", "html"):
         outputs = []
         for jobs in ("1", "2", "3"):
             out = tmp_path / f"{jobs}.{fmt}"
-            proc = subprocess.run([sys.executable, "-m", "analyzer", "analyze", str(path), str(CAPTURES /
-                                   "three_clients.pcap"), "--format", fmt, "-o", str(out), "--jobs", jobs],
-                                  env=env, capture_output=True, text=True, timeout=120)
+            proc = subprocess.run([sys.executable, "-m", "analyzer", "analyze", *paths, "--format", fmt, "-o",
+                                   str(out), "--jobs", jobs], env=env, capture_output=True, text=True, timeout=120)
             assert proc.returncode == 0, proc.stderr
             outputs.append((out.read_bytes(), proc.stderr))
         assert outputs[1] == outputs[0] and outputs[2] == outputs[0], fmt

@@ -91,13 +91,13 @@ def _jobs(text: str) -> int:
 class _Progress:
     """tqdm bar on stderr, only for long files and only when stderr is a terminal (never in logs or pipes)."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, enabled: bool = True):
         self.bar = None
         try:
             size = os.path.getsize(path)
         except OSError:
             size = 0
-        self.enabled = size >= PROGRESS_MIN_BYTES and sys.stderr.isatty()
+        self.enabled = enabled and size >= PROGRESS_MIN_BYTES and sys.stderr.isatty()
         self.name = Path(path).name
 
     def __call__(self, done: int, total: int) -> None:
@@ -123,12 +123,12 @@ def printable_path(path: str) -> str:
 
 
 def _analyze_one(path: str, engine: str, vantage: str, secrets=None, keep_correlation: bool = False,
-                 jobs: int = 1):
+                 jobs: int = 1, progress: bool = True):
     """CaptureResult, or (CaptureResult, CorrelationResult or None) with ``keep_correlation`` (for --merge)."""
     from analyzer.pipeline import analyze_capture_detailed
     from analyzer.verdict.model import CaptureResult
 
-    progress = _Progress(path)
+    progress = _Progress(path, enabled=progress)
 
     def notice(text: str) -> None:
         print(f"{PROG}: {printable_path(path)}: {text}", file=sys.stderr)
@@ -146,6 +146,67 @@ def _analyze_one(path: str, engine: str, vantage: str, secrets=None, keep_correl
     finally:
         progress.close()
     return (result, correlation) if keep_correlation else result
+
+
+def _analyze_several(args, secrets, jobs: int, clock):
+    """(CaptureResult, CorrelationResult or None) per capture, in the order given, from a pool of ``jobs`` forked
+    processes that die with this one. Each capture is read on one core (splitting one capture pays less than
+    analysing two at once). What a worker prints (notices) is printed here, in capture order; a worker that dies
+    turns its capture into an error result."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    from analyzer.verdict.model import CaptureResult
+
+    context = multiprocessing.get_context("fork")
+    keep = bool(args.merge)
+    with ProcessPoolExecutor(max_workers=min(jobs, len(args.captures)), mp_context=context,
+                             initializer=_pool_worker_start) as pool:
+        futures = [pool.submit(_analyze_in_worker, path, args.engine, args.vantage, secrets, keep,
+                               clock is not None) for path in args.captures]
+        for path, future in zip(args.captures, futures):
+            if clock is not None:
+                clock.enter("workers")  # waiting for the pool
+            try:
+                result, correlation, notices, profile = future.result()
+            except BrokenProcessPool:
+                result, correlation, notices, profile = CaptureResult(
+                    file=printable_path(path), error="analysis failed: the worker process died (crash or out of "
+                    "memory)"), None, [], None
+            finally:
+                if clock is not None:
+                    clock.leave()
+            for line in notices:
+                print(line, file=sys.stderr)
+            if clock is not None and profile is not None:
+                from analyzer.dissect.parallel import add_profile
+
+                add_profile(clock, profile)
+            yield result, correlation
+
+
+def _pool_worker_start() -> None:
+    from analyzer.lifetime import set_parent_death_signal
+
+    set_parent_death_signal()
+    if os.getppid() == 1:
+        os._exit(1)  # the parent died before the signal was armed
+
+
+def _analyze_in_worker(path: str, engine: str, vantage: str, secrets, keep_correlation: bool, profile: bool):
+    """One capture in a pool worker: (result, correlation or None, notices, stage times or None)."""
+    import contextlib
+    import io
+
+    from analyzer.stagetimes import profiling
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), (profiling() if profile else contextlib.nullcontext()) as clock:
+        result, correlation = _analyze_one(path, engine, vantage, secrets, keep_correlation=True, progress=False)
+    notices = [line for line in err.getvalue().splitlines() if line]
+    return result, correlation if keep_correlation else None, notices, \
+        (clock.seconds, clock.cpu) if clock is not None else None
 
 
 def _merge(args, paths, results, correlations, proposals) -> list:
@@ -207,10 +268,10 @@ def run(args) -> int:
           file=sys.stderr)
     print(clock.report(frames=clock.frames), file=sys.stderr)
     workers = getattr(clock, "workers", None)
-    if workers is not None:  # --jobs: the split dissection's stages, summed over the worker processes
-        print(f"{PROG}: the forked workers' stages (--jobs: shares 2..N, seconds summed over the workers; the table "
-              f"above is share 1, read in this process, and 'workers' the wait for the others; the split took "
-              f"{workers.elapsed:.3f} s of wall time)", file=sys.stderr)
+    if workers is not None:  # --jobs: what the forked workers spent, summed over them
+        print(f"{PROG}: the forked workers' stages (--jobs; seconds summed over the workers: with one capture, "
+              "shares 2..N of it, the table above being share 1, read in this process; with several, every "
+              "capture)", file=sys.stderr)
         print(workers.report(frames=None, startup=False), file=sys.stderr)
     return status
 
@@ -244,10 +305,14 @@ def _run(args, clock=None) -> int:
         return EXIT_USAGE
 
     several = len(args.captures) > 1
+    jobs = getattr(args, "jobs", 1)
     results, correlations = [], []
-    for path in args.captures:
-        result, correlation = _analyze_one(path, args.engine, args.vantage, secrets, keep_correlation=True,
-                                           jobs=getattr(args, "jobs", 1))
+    if several and jobs > 1:  # several captures: up to `jobs` of them at once, each on one core
+        analysed = _analyze_several(args, secrets, jobs, clock)
+    else:  # one capture is split over `jobs` cores (analyzer.dissect.parallel)
+        analysed = (_analyze_one(path, args.engine, args.vantage, secrets, keep_correlation=True, jobs=jobs)
+                    for path in args.captures)
+    for result, correlation in analysed:
         results.append(result)
         # the correlations are kept only for a merge; proposals need the results alone
         correlations.append(correlation if args.merge else None)

@@ -36,7 +36,6 @@ import multiprocessing
 import os
 import pickle
 import signal
-import time
 from multiprocessing.connection import wait
 from typing import Callable
 
@@ -127,11 +126,11 @@ def _run_workers(path, jobs: int, progress) -> list[dict]:
             writer.close()
             procs.append(proc)
             pipes.append(reader)
-        started = time.perf_counter()
         outcomes: list = [_dissect_share_timed(path, 0, jobs, progress, clock)]
         outcomes += _collect(procs, pipes, jobs, clock)
         if clock is not None:
-            clock.workers = _worker_clock([o["profile"] for o in outcomes[1:]], time.perf_counter() - started)
+            for outcome in outcomes[1:]:
+                add_profile(clock, outcome["profile"])
         return outcomes
     finally:
         for proc in procs:
@@ -321,16 +320,16 @@ def _merge(outcomes: list[dict]):
     return (events, info), None
 
 
-def _worker_clock(profiles: list, elapsed: float) -> StageClock:
-    """The workers' stage times summed (wall and CPU), for --profile."""
-    clock = StageClock()
-    for profile in profiles:
-        if profile is None:
-            continue
-        seconds, cpu = profile
-        for name, value in seconds.items():
-            clock.seconds[name] = clock.seconds.get(name, 0.0) + value
-        for name, value in cpu.items():
-            clock.cpu[name] = clock.cpu.get(name, 0.0) + value
-    clock.elapsed = elapsed
-    return clock
+def add_profile(clock: StageClock, profile) -> None:
+    """Add a worker's stage times (``(seconds, cpu)`` dicts) to ``clock.workers``, the summed clock --profile
+    prints below the calling process's own."""
+    if profile is None:
+        return
+    workers = getattr(clock, "workers", None)
+    if workers is None:
+        workers = clock.workers = StageClock()
+    seconds, cpu = profile
+    for name, value in seconds.items():
+        workers.seconds[name] = workers.seconds.get(name, 0.0) + value
+    for name, value in cpu.items():
+        workers.cpu[name] = workers.cpu.get(name, 0.0) + value
