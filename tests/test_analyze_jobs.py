@@ -7,6 +7,8 @@ the CLI reads on one core)."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -175,9 +177,8 @@ def test_small_captures_are_not_split(monkeypatch):
     assert split_refusal(CAPTURES / "push_working.pcap", 2) == ""  # one core, and no notice
 
 
-def test_worker_death_is_an_error_not_a_hang(tmp_path):
-    """A worker killed mid-way (as the OOM killer would) makes the split raise SplitError naming it, and leaves
-    no worker behind."""
+def _long_capture(path: Path) -> Path:
+    """~100k frames: long enough for a worker to be killed while it reads."""
     frames = []
     source = g.Capture("jobs_kill", 7200, 99)
     o = g.Outlook(source, g.Host("10.3.1.11"), g.Host(g.EXCHANGE), "amy")
@@ -185,10 +186,49 @@ def test_worker_death_is_an_error_not_a_hang(tmp_path):
     for i in range(40):
         o.poll(2.0 + i)
     source.finish()
-    for rep in range(800):  # ~100k frames: the workers run long enough to be killed
+    for rep in range(800):
         frames.extend((ts + rep * 1_000_000_000, data) for ts, data in source.sorted_frames)
-    path = tmp_path / "long.pcap"
     path.write_bytes(g.write_pcap(frames))
+    return path
+
+
+def test_pool_worker_death_is_an_error_result(tmp_path):
+    """Several captures with --jobs 2: a pool worker killed mid-way turns its capture into an error result naming
+    the cause; the command ends (no hang) and leaves no process behind."""
+    long = _long_capture(tmp_path / "long.pcap")
+    out = tmp_path / "out.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "analyzer", "analyze", str(long), str(long), str(long),
+                             "--jobs", "2", "--format", "json", "-o", str(out)], env=env, stderr=subprocess.PIPE,
+                            text=True)
+    command = psutil.Process(proc.pid)
+    killed, seen = False, set()
+    deadline = time.monotonic() + 60
+    while not killed and time.monotonic() < deadline and proc.poll() is None:
+        for child in command.children():
+            seen.add(child)
+            try:
+                child.kill()
+                killed = True
+                break
+            except psutil.NoSuchProcess:
+                continue
+        time.sleep(0.002)
+    with contextlib.suppress(psutil.NoSuchProcess):
+        seen.update(command.children())
+    _out, err = proc.communicate(timeout=120)
+    assert killed
+    assert proc.returncode in (0, 3), err
+    errors = [c["error"] for c in json.loads(out.read_text())["captures"] if c.get("error")]
+    assert errors and all("the worker process died" in e for e in errors), errors
+    time.sleep(0.5)
+    assert not [p for p in seen if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_worker_death_is_an_error_not_a_hang(tmp_path):
+    """A worker killed mid-way (as the OOM killer would) makes the split raise SplitError naming it, and leaves
+    no worker behind."""
+    path = _long_capture(tmp_path / "long.pcap")
     me = psutil.Process()
     killed = []
 
