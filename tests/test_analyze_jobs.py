@@ -193,8 +193,9 @@ def _long_capture(path: Path) -> Path:
 
 
 def test_pool_worker_death_is_an_error_result(tmp_path):
-    """Several captures with --jobs 2: a pool worker killed mid-way turns its capture into an error result naming
-    the cause; the command ends (no hang) and leaves no process behind."""
+    """Several captures with --jobs 2: a pool worker killed mid-way turns the captures being analysed into error
+    results naming the cause, the queued one is analysed by a new pool; the command ends (no hang) and leaves no
+    process behind."""
     long = _long_capture(tmp_path / "long.pcap")
     out = tmp_path / "out.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -219,8 +220,10 @@ def test_pool_worker_death_is_an_error_result(tmp_path):
     _out, err = proc.communicate(timeout=120)
     assert killed
     assert proc.returncode in (0, 3), err
-    errors = [c["error"] for c in json.loads(out.read_text())["captures"] if c.get("error")]
+    captures = json.loads(out.read_text())["captures"]
+    errors = [c["error"] for c in captures if c.get("error")]
     assert errors and all("the worker process died" in e for e in errors), errors
+    assert not captures[2].get("error")  # queued when the pool broke: analysed by a new pool
     time.sleep(0.5)
     assert not [p for p in seen if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
 

@@ -151,39 +151,61 @@ def _analyze_one(path: str, engine: str, vantage: str, secrets=None, keep_correl
 def _analyze_several(args, secrets, jobs: int, clock):
     """(CaptureResult, CorrelationResult or None) per capture, in the order given, from a pool of ``jobs`` forked
     processes that die with this one. Each capture is read on one core (splitting one capture pays less than
-    analysing two at once). What a worker prints (notices) is printed here, in capture order; a worker that dies
-    turns its capture into an error result."""
+    analysing two at once). What a worker prints (notices) is printed here, in capture order. A worker that dies
+    turns the captures being analysed into error results (which one killed it cannot be told), and the rest go to
+    a new pool, as ``mailpush batch`` does."""
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
 
     from analyzer.verdict.model import CaptureResult
 
     context = multiprocessing.get_context("fork")
-    keep = bool(args.merge)
-    with ProcessPoolExecutor(max_workers=min(jobs, len(args.captures)), mp_context=context,
-                             initializer=_pool_worker_start) as pool:
-        futures = [pool.submit(_analyze_in_worker, path, args.engine, args.vantage, secrets, keep,
-                               clock is not None) for path in args.captures]
-        for path, future in zip(args.captures, futures):
-            if clock is not None:
-                clock.enter("workers")  # waiting for the pool
-            try:
-                result, correlation, notices, profile = future.result()
-            except BrokenProcessPool:
-                result, correlation, notices, profile = CaptureResult(
-                    file=printable_path(path), error="analysis failed: the worker process died (crash or out of "
-                    "memory)"), None, [], None
-            finally:
+    paths = list(args.captures)
+    done: dict[int, tuple] = {}
+    queue = list(range(len(paths)))[::-1]
+    shown = 0
+    died = "analysis failed: the worker process died (crash or out of memory)"
+    while queue or shown < len(paths):
+        with ProcessPoolExecutor(max_workers=min(jobs, len(queue) or 1), mp_context=context,
+                                 initializer=_pool_worker_start) as pool:
+            running: dict = {}
+            while queue or running:
+                while queue and len(running) < jobs:  # no more than running: a broken pool costs only those
+                    i = queue.pop()
+                    running[pool.submit(_analyze_in_worker, paths[i], args.engine, args.vantage, secrets,
+                                        bool(args.merge), clock is not None)] = i
                 if clock is not None:
-                    clock.leave()
-            for line in notices:
-                print(line, file=sys.stderr)
-            if clock is not None and profile is not None:
-                from analyzer.dissect.parallel import add_profile
+                    clock.enter("workers")  # waiting for the pool
+                try:
+                    finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                finally:
+                    if clock is not None:
+                        clock.leave()
+                broken = False
+                for future in finished:
+                    i = running.pop(future)
+                    try:
+                        done[i] = future.result()
+                    except BrokenProcessPool:
+                        broken = True
+                        done[i] = (CaptureResult(file=printable_path(paths[i]), error=died), None, [], None)
+                if broken:
+                    for i in running.values():
+                        done[i] = (CaptureResult(file=printable_path(paths[i]), error=died), None, [], None)
+                    running.clear()
+                while shown in done:
+                    result, correlation, notices, profile = done.pop(shown)
+                    shown += 1
+                    for line in notices:
+                        print(line, file=sys.stderr)
+                    if clock is not None and profile is not None:
+                        from analyzer.dissect.parallel import add_profile
 
-                add_profile(clock, profile)
-            yield result, correlation
+                        add_profile(clock, profile)
+                    yield result, correlation
+                if broken:
+                    break
 
 
 def _pool_worker_start() -> None:
