@@ -256,3 +256,78 @@ def test_worker_death_is_an_error_not_a_hang(tmp_path):
         killer.join()
     assert killed
     assert me.children() == []
+
+
+def _pcap_records(data: bytes):
+    pos, out = 24, []
+    while pos + 16 <= len(data):
+        incl = int.from_bytes(data[pos + 8 : pos + 12], "little")
+        out.append((data[pos : pos + 16], data[pos + 16 : pos + 16 + incl]))
+        pos += 16 + incl
+    return data[:24], out
+
+
+def _damaged_mix(seed: int, path: Path) -> Path:
+    """Two samples interleaved by time, with frames dropped, duplicated, swapped, cut and bytes flipped: gaps,
+    resynchronisation, malformed frames and warnings of several shares."""
+    import random
+    import struct
+
+    rng = random.Random(seed)
+    plain = [p for p in SAMPLES if p.suffix == ".pcap" and p.read_bytes()[:4] == b"\xd4\xc3\xb2\xa1"]
+    header, records = _pcap_records(rng.choice(plain).read_bytes())
+    records += _pcap_records(rng.choice(plain).read_bytes())[1]
+    records.sort(key=lambda r: struct.unpack_from("<II", r[0], 0))
+    out = bytearray(header)
+    kept = []
+    for head, data in records:
+        x = rng.random()
+        if x < 0.05:
+            continue
+        data = bytearray(data)
+        if x < 0.12 and len(data) > 60:
+            for _ in range(rng.randint(1, 4)):
+                data[rng.randrange(14, len(data))] = rng.randrange(256)
+        if x > 0.97 and len(data) > 60:
+            data = data[: rng.randrange(14, len(data))]
+        kept.append((head, bytes(data)))
+        if rng.random() < 0.03:
+            kept.append((head, bytes(data)))
+    for _ in range(len(kept) // 20):
+        i = rng.randrange(len(kept) - 1)
+        kept[i], kept[i + 1] = kept[i + 1], kept[i]
+    for head, data in kept:
+        out += head[:8] + struct.pack("<II", len(data), len(data)) + data
+    path.write_bytes(bytes(out))
+    return path
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_damaged_mixes_split_identically(tmp_path, seed):
+    path = _damaged_mix(seed, tmp_path / f"mix{seed}.pcap")
+    one = _dissected(*dissect_capture(path))
+    for jobs in SPLITS:
+        notices = []
+        assert _dissected(*dissect_split(path, jobs, notice=notices.append)) == one, jobs
+        assert notices == []
+
+
+@pytest.mark.parametrize("captures", [1, 2], ids=["split workers", "pool workers"])
+def test_workers_die_with_the_command(tmp_path, captures):
+    """kill -9 of `mailpush analyze --jobs 2` takes its workers with it (parent-death signal)."""
+    long = _long_capture(tmp_path / "long.pcap")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MAILPUSH_SPLIT_MIN_BYTES": "0"}
+    proc = subprocess.Popen([sys.executable, "-m", "analyzer", "analyze", *[str(long)] * captures, "--jobs", "2",
+                             "--format", "json", "-o", str(tmp_path / "out.json")], env=env,
+                            stderr=subprocess.DEVNULL)
+    command = psutil.Process(proc.pid)
+    workers = []
+    deadline = time.monotonic() + 60
+    while not workers and time.monotonic() < deadline and proc.poll() is None:
+        workers = command.children()
+        time.sleep(0.002)
+    assert workers, "no worker seen"
+    proc.kill()
+    proc.wait(timeout=30)
+    gone, alive = psutil.wait_procs(workers, timeout=10)
+    assert not alive
