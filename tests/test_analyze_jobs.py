@@ -331,3 +331,26 @@ def test_workers_die_with_the_command(tmp_path, captures):
     proc.wait(timeout=30)
     gone, alive = psutil.wait_procs(workers, timeout=10)
     assert not alive
+
+
+def test_unsplittable_capture_falls_back_to_one_core(tmp_path):
+    """A connection that binds the endpoint mapper and EMSMDB and calls both: a worker of the other share skips
+    the EMSMDB call and would then decide an ept_map answer from incomplete call tables, so it says the split is
+    not exact, and the capture is analysed on one core (same result, with a notice)."""
+    cap = g.Capture("jobs_unsplittable", 9000, 31)
+    client, server = g.Host("10.3.1.11"), g.Host(g.EXCHANGE)
+    tcp = g.Tcp(cap, client, server, 135)
+    tcp.handshake(1.0)
+    rpc = g.Rpc(tcp)
+    rpc.bind(1.01, [(0, g.EPM), (1, g.EMSMDB)], "135")
+    cxh = g.handle(cap.rng)
+    rpc.call(1.1, 1, 10, g.connect_request(g.DN % "amy", True), g.connect_response(cxh, 60000, True, "Amy"))
+    rpc.call(1.2, 0, 3, g.ept_map_request(g.EMSMDB), g.ept_map_response(g.EMSMDB, g.EXCHANGE_PORT, server.ip))
+    tcp.close(1.3)
+    cap.finish()
+    path = tmp_path / "mixed.pcap"
+    path.write_bytes(g.write_pcap(cap.sorted_frames))
+    one = _dissected(*dissect_capture(path))
+    notices = []
+    assert _dissected(*dissect_split(path, 2, notice=notices.append)) == one
+    assert len(notices) == 1 and "mixes endpoint-mapper calls with other calls" in notices[0], notices

@@ -43,8 +43,10 @@ from analyzer.ingest import CaptureError, CaptureInfo, open_capture
 from analyzer.stagetimes import StageClock, profiling
 from analyzer.stagetimes import active as active_clock
 
-# Captures smaller than this are read on one core whatever --jobs says: forking and merging cost more than the
-# split saves (measured in benchmarks/results.md). MAILPUSH_SPLIT_MIN_BYTES overrides it (tests split the small
+# Captures smaller than this are read on one core whatever --jobs says. The split did not pay on any capture
+# measured (big.pcap, 920 MB: --jobs 2 at 1.0-2.0x the wall time of --jobs 1, load 2.5-2.8 on 2 cores;
+# benchmarks/results.md), and on a sample capture forking and merging alone take ~0.1 s, more than its whole
+# analysis: so small files never pay for a fork. MAILPUSH_SPLIT_MIN_BYTES overrides it (the tests split the small
 # sample captures with it).
 MIN_SPLIT_BYTES = 64 * 1024 * 1024
 
@@ -104,7 +106,7 @@ def dissect_split(path, jobs: int, progress: Callable[[int, int], None] | None =
         return merged
     if notice is not None:
         notice(f"--jobs {jobs}: the split would not be exact ({reason}); analysed on one core")
-    return dissect_capture(path)
+    return dissect_capture(path, progress=progress)
 
 
 # ---------------------------------------------------------------------------------------------- workers
