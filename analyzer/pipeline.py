@@ -98,12 +98,11 @@ def _dissect(path, engine: str, progress, secrets, jobs: int, notice):
     from analyzer.dissect import dissect_capture
 
     if jobs > 1:
-        if engine != "native":
-            refusal = f"--engine {engine} reads the capture on one core"
-        else:
-            from analyzer.dissect.parallel import split_refusal
+        from analyzer.dissect.parallel import split_refusal
 
-            refusal = split_refusal(path, jobs, secrets)
+        refusal = split_refusal(path, jobs, secrets)
+        if refusal is None and engine != "native":
+            refusal = f"--engine {engine} reads the capture on one core"
         if refusal is None:
             from analyzer.dissect.parallel import dissect_split
 
