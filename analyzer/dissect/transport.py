@@ -63,6 +63,11 @@ from analyzer.dissect.stream import PacketSink
 from analyzer.dissect.tcp import TcpTable
 from analyzer.ingest.model import FrameBatch
 
+try:  # the pre-filter compiled (setup.py builds it); without it the numpy pre-filter below, same results
+    from analyzer.dissect import _prefilter as _compiled
+except ImportError:  # pragma: no cover - exercised only where the build failed (a warning says so)
+    _compiled = None
+
 # A connectionless (UDP) DCE/RPC PDU: version byte 4, PTYPE 0..10, and at least its 80-byte header. Such datagrams
 # are RPC, never a push notification. (Version byte alone would drop one notification in 256: the context blob the
 # client registers is opaque and may start with 4; the cost showed in the benchmark, 30 of 5000 datagrams.)
@@ -136,9 +141,16 @@ def _in_sorted(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
 class Transport:
     """Feeds a :class:`PacketSink` from FrameBatches. Call :meth:`feed` per batch, then :meth:`finish` once."""
 
-    def __init__(self, sink: PacketSink, use_prefilter: bool = True):
+    def __init__(self, sink: PacketSink, use_prefilter: bool = True, compiled: bool | None = None):
+        """``compiled``: pre-filter with the C extension (None: when it is built; False: the numpy reference)."""
         self.sink = sink
         self.use_prefilter = use_prefilter
+        if compiled is None:
+            compiled = _compiled is not None
+        elif compiled and _compiled is None:
+            raise RuntimeError("the compiled pre-filter (analyzer.dissect._prefilter) is not built")
+        # the C pre-filter's flow sets (the numpy one keeps the sorted arrays below)
+        self._flows = _compiled.FlowState(_MAX_REMEMBERED_FLOWS) if compiled else None
         # the collector's set of ports known to carry DCE/RPC (135, 593, learned ones); it grows while we read
         self.known_ports = getattr(sink, "known_ports", None)
         self.tcp = TcpTable(sink, self.known_ports if self.known_ports is not None else set())
@@ -176,6 +188,38 @@ class Transport:
         self._run(batch, selected, tcp_rows, (tcp_hash, tcp_wanted), fast)
 
     def _prefilter(self, batch: FrameBatch, raw: np.ndarray):
+        """Which rows of the batch the per-frame path must see -> (selected rows, TCP rows, their flow hashes,
+        their 'wanted' flags, {row: parsed TCP header fields}); see the module docstring for the rules."""
+        if self._flows is None:
+            return self._prefilter_numpy(batch, raw)
+        n = len(batch.offset)
+        if len(raw) < _HEADER_SPAN:  # a buffer shorter than one header: nothing to pre-filter
+            return np.arange(n), None, None, None, {}
+        ports = None
+        if self.known_ports:
+            ports = np.zeros(65536, dtype=np.uint8)
+            ports[np.fromiter(self.known_ports, dtype=np.int64, count=len(self.known_ports))] = 1
+        selected = np.empty(n, dtype=np.int64)
+        rows = np.empty(n, dtype=np.int64)
+        hashes = np.empty(n, dtype=np.uint64)
+        wanted = np.empty(n, dtype=np.bool_)
+        fields = np.empty((n, 10), dtype=np.int64)
+        n_selected, n_tcp, n_fast = _compiled.classify(
+            raw, np.ascontiguousarray(batch.offset, dtype=np.int64), np.ascontiguousarray(batch.caplen, dtype=np.int64),
+            np.ascontiguousarray(batch.linktype, dtype=np.int32), ports, self._flows,
+            selected, rows, hashes, wanted, fields)
+        fast = {}
+        if n_fast:
+            row, start, length, src, sport, dst, dport, seq, flags, ack = fields[:n_fast].T.tolist()
+            times = batch.time[fields[:n_fast, 0]].tolist()
+            fast = dict(zip(row, zip(start, length, times, src, sport, dst, dport, seq, flags, ack)))
+        if not n_tcp:
+            return selected[:n_selected], rows[:0], None, None, fast
+        return selected[:n_selected], rows[:n_tcp], hashes[:n_tcp], wanted[:n_tcp], fast
+
+    def _prefilter_numpy(self, batch: FrameBatch, raw: np.ndarray):
+        """:meth:`_prefilter` with numpy over the whole batch: the reference for the compiled pre-filter
+        (analyzer/dissect/_prefilter.c), and the fallback when it is not built."""
         offset, caplen, linktype = batch.offset, batch.caplen, batch.linktype
         if len(raw) < 8:
             return np.arange(len(offset)), None, None, None, {}
@@ -386,7 +430,10 @@ class Transport:
                         if row > i and tcp_wanted[k]:
                             heapq.heappush(extra, row)
         if followed:
-            self._followed_hashes = np.union1d(self._followed_hashes, np.array(followed, dtype=np.uint64))
+            if self._flows is not None:
+                self._flows.follow(np.array(followed, dtype=np.uint64))
+            else:
+                self._followed_hashes = np.union1d(self._followed_hashes, np.array(followed, dtype=np.uint64))
 
     def _ipv4_text(self, value: int) -> str:
         text = self._addresses.get(value)

@@ -35,11 +35,18 @@ from analyzer.ingest.walk import (
     warn_truncated,
 )
 
+try:  # the record walk compiled (setup.py builds it); without it the Python walk below, same results
+    from analyzer.ingest import _recordwalk
+except ImportError:  # pragma: no cover - exercised only where the build failed (a warning says so)
+    _recordwalk = None
+
 FILE_HEADER = 24
+_FULL, _LEFTOVER, _ABSURD = 0, 1, 2  # _recordwalk.walk_pcap outcomes
 
 
 class PcapWalker:
     format = "pcap"
+    compiled = True  # use the compiled walk when it is built (tests set False to compare with the Python one)
 
     def __init__(self, head: bytes, info: CaptureInfo):
         if len(head) < FILE_HEADER:
@@ -78,6 +85,45 @@ class PcapWalker:
 
         ``buf`` holds bytes ``[base, base + len(buf))`` of the file; ``final`` says no more bytes follow it.
         """
+        if _recordwalk is None or not self.compiled:
+            return self._next_batch_python(buf, pos, final, base, limit, first_number)
+        end = len(buf)
+        # No more records than headers fit in the rest of the buffer: bounds the arrays whatever ``limit`` is.
+        room = min(limit, max(1, (end - pos) // self.record_header + 1))
+        offset = np.empty(room, dtype=np.int64)
+        caplen = np.empty(room, dtype=np.int64)
+        origlen = np.empty(room, dtype=np.int64)
+        time = np.empty(room, dtype=np.float64)
+        count, p, outcome, at, value = _recordwalk.walk_pcap(
+            buf, pos, room, self.record_header, self.order == ">", self.max_caplen, self.units,
+            offset, caplen, origlen, time)
+        batch = None
+        if count:
+            if count < room:  # a short last batch: do not keep the whole allocation alive
+                offset, caplen, origlen, time = offset[:count].copy(), caplen[:count].copy(), \
+                    origlen[:count].copy(), time[:count].copy()
+            batch = FrameBatch(first_number=first_number, buf=buf, offset=offset, caplen=caplen, origlen=origlen,
+                               time=time, linktype=np.full(count, self.linktype, dtype=np.int32))
+        if outcome == _FULL:  # (``room`` < ``limit`` never ends so: ``room`` records do not fit in the rest)
+            return batch, p, MORE
+        if outcome == _ABSURD:
+            warn_damaged(self.info, base + at, f"record length {value} bytes exceeds the maximum of {self.max_caplen}")
+            return batch, end, STOP
+        return self._ending(batch, buf, at, value or self.record_header, final, base)
+
+    def _ending(self, batch, buf, leftover: int, wanted: int, final: bool, base: int):
+        """Status once the walk met bytes at ``leftover`` that do not form a complete record."""
+        end = len(buf)
+        if leftover >= end:
+            return batch, end, DONE if final else NEED_DATA
+        if not final:
+            return batch, leftover, NEED_DATA
+        warn_truncated(self.info, base + leftover, wanted, end - leftover)
+        return batch, end, STOP
+
+    def _next_batch_python(self, buf, pos: int, final: bool, base: int, limit: int, first_number: int):
+        """:meth:`next_batch` in Python and numpy: the reference for the compiled walk, and the fallback when
+        the extension is not built."""
         end = len(buf)
         length_at = self._length_at
         hs = self.record_header
