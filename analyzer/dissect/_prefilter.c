@@ -247,7 +247,8 @@ static int get_out(PyObject *obj, Py_buffer *view, Py_ssize_t need, const char *
  * ``max`` it is replaced by the fresh flows alone. The fresh flows are in ``s`` already (added on the way). */
 static int remember(hset *s, size_t before, const uint64_t *fresh, size_t nfresh, Py_ssize_t max)
 {
-    if (before + nfresh <= (size_t)max)
+    if (!nfresh || before + nfresh <= (size_t)max) /* no fresh flow: numpy leaves the set as it is, even when a
+                                                     * previous batch alone left it over ``max`` */
         return 0;
     hset_clear(s);
     for (size_t i = 0; i < nfresh; i++)
