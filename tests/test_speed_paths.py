@@ -152,9 +152,9 @@ def test_compiled_pcap_walk_equals_the_python_walk_at_every_cut_and_on_damage(or
     length word cut, data cut, exact end; final or not), limits 1/2/3/64, an absurd record length, a zero-length
     record and a length past the end of the buffer: same batches, positions, statuses and warnings."""
     rng = random.Random(14)
+    sizes = [60, 0, 1, 14, 200, 61, 0, 60, 1, 0, 14, 0]  # zero-length records in the middle and at the very end
     records = [(1_700_000_000 + i, rng.randrange(10**9 if kind == "nsec" else 10**6),
-                bytes(rng.randrange(256) for _ in range(rng.choice((0, 1, 14, 60, 61, 200)))), 1500)
-               for i in range(12)]
+                bytes(rng.randrange(256) for _ in range(size)), 1500) for i, size in enumerate(sizes)]
     data = _pcap_bytes(records, order, nsec=kind == "nsec", modified=kind == "modified", snaplen=256)
     head = data[:24]
     seen = set()
@@ -168,7 +168,7 @@ def test_compiled_pcap_walk_equals_the_python_walk_at_every_cut_and_on_damage(or
     hs = 24 if kind == "modified" else 16
     damaged = bytearray(data)
     at = 24 + sum(hs + len(r[2]) for r in records[:5])
-    for value in (600, 65537, 262145, 0xFFFFFFFF, 0):
+    for value in (600, 65536, 65537, 262145, 0xFFFFFFFF, 0):  # (the maximum here: max(2 * snaplen, 65536))
         damaged[at + 8:at + 12] = struct.pack(order + "I", value)
         for limit in (3, 64):
             steps, warnings, _ = _both_walks(monkeypatch, pcap_walk.PcapWalker, head, bytes(damaged), True, limit)
