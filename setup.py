@@ -2,7 +2,7 @@
 
 The extensions are optional: without a C compiler and Python's headers the package still installs and runs on
 the Python/numpy paths they replace (same results, slower), and the build says so loudly. ``make test`` installs
-the compiler first and tests/test_compiled_paths.py fails when the extensions are missing.
+the compiler first and tests/test_speed_paths.py::test_the_c_extensions_are_built fails when they are missing.
 """
 
 import sys
