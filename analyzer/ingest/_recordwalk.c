@@ -183,6 +183,10 @@ static PyObject *epb_run(PyObject *self, PyObject *args)
 
     Py_BEGIN_ALLOW_THREADS
     while (count < limit && p + 8 <= end) {
+#if defined(__GNUC__)
+        if (p + WALK_PREFETCH < end)
+            __builtin_prefetch(b + p + WALK_PREFETCH);
+#endif
         uint32_t btype = rd32(b + p, big), blen = rd32(b + p + 4, big);
         if (btype != 6 || blen < 12 || (blen & 3) || (long long)blen > max_block || p + (long long)blen > end)
             break;
