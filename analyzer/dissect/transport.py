@@ -3,40 +3,37 @@
 
 Two paths over each batch:
 
-* a numpy pre-filter over the batch's columns (``np.frombuffer`` over the batch buffer: zero-copy over the mmap)
-  for the common frame, Ethernet / IPv4 without options or fragmentation / TCP or UDP. It computes ports, TCP
-  flags, payload offset and length and a direction-independent flow hash, and keeps only the frames that can
-  matter: segments of flows the sink follows (with payload or SYN/FIN/RST), SYN/FIN/RST of any flow (connection
-  numbering and ISNs), the first frame of every new flow, segments whose payload starts like a connection-oriented
-  DCE/RPC header or that use a DCE/RPC port the sink knows, and UDP datagrams between ports >= 1024 that are not
-  connectionless DCE/RPC. Ethernet frames that are not IP, and IPv4 protocols other than TCP/UDP/ICMP, are dropped
-  there too.
+* a pre-filter over the batch's columns for the common frame, Ethernet (+ one 802.1Q tag) or Linux cooked
+  capture v1 / IPv4 without options or fragmentation / TCP or UDP. It computes ports, TCP flags, payload offset
+  and length and a direction-independent flow hash, and keeps only the frames that can matter: segments of flows
+  the sink follows (with payload or SYN/FIN/RST), SYN/FIN/RST of any flow (connection numbering and ISNs), the
+  first frame of every new flow, the first segment with payload of every flow, segments whose payload starts like
+  a connection-oriented DCE/RPC header or that use a DCE/RPC port the sink knows, and UDP datagrams between ports
+  >= 1024 that are not connectionless DCE/RPC. Ethernet frames that are not IP, and IPv4 protocols other than
+  TCP/UDP/ICMP/IP-in-IP, are dropped there too. It is compiled (analyzer/dissect/_prefilter.c: one C loop over
+  the frames, the flow sets in hash tables, the GIL released); :meth:`Transport._prefilter_numpy` computes the same
+  answers with numpy over the whole batch and is the fallback when the extension is not built and the reference
+  the tests compare it with, batch by batch (tests/test_transport.py).
 * a per-frame Python path (:mod:`link`, :mod:`net`, :mod:`tcp`) for the selected frames and for everything the
-  pre-filter does not classify (VLAN/QinQ, IPv6, SLL/SLL2, NULL/LOOP, raw IP, IP options, fragments, ICMP,
-  truncated frames). It is complete on its own; the pre-filter only decides what it may skip.
+  pre-filter does not classify (QinQ, IPv6, SLL2, NULL/LOOP, raw IP, IP options, fragments, ICMP, truncated
+  frames). It is complete on its own; the pre-filter only decides what it may skip.
 
-Bulk flows therefore cost a few numpy operations per frame and no Python at all.
+Bulk flows therefore cost a few tens of nanoseconds of C per frame and no Python at all.
 
-Measured 2026-11-25, 2-core VM shared with ~8 engineers' jobs (load average 1.4-3: process CPU time, not wall
-time, is the meaningful figure, and even that varies by +-30 % from run to run), on ``benchmarks/data/big.pcap`` from
-``benchmarks/make_big_capture.py`` (1,000,000 frames, 919 MB, server side, 1,000 Outlook clients among bulk TCP
-and DNS):
+Measured 2026-12-01 on ``benchmarks/data/big.pcap`` from ``benchmarks/make_big_capture.py`` (1,000,000 frames,
+920 MB, server side, 1,000 Outlook clients among bulk TCP and DNS; 32,097 frames kept), 2-core VM shared with
+other sessions (load average 1.7-2.8; CPU seconds):
 
-* ingest reader alone: 0.73-0.86 s (the Python record walk is 0.33-0.45 s of it);
-* this module's pre-filter: 0.25-0.45 s (about 0.3 us/frame; bound by cache misses on the header bytes, which
-  the record walk touched a whole batch earlier: the record gather and the payload's first bytes take ~0.18 s);
-* + per-frame path for the 32,097 frames (3.2 %) the pre-filter keeps, TCP reassembly included, null sink:
-  ~0.3 s;
-* whole ``dissect_capture`` with the EventCollector (25,977 events): 1.75-2.3 s CPU (435,000-570,000 frames/s),
-  against 2.0-2.7 s before the pre-filter's per-row field takes, one-byte payload gathers, table lookups and the
-  unstable-sort flow grouping (same events; interleaved runs of both trees). Peak anonymous memory ~50 MB
-  (RssAnon sampled every 20 ms; the mmap'ed file pages are not anonymous). tshark on the same file: 37 s CPU
-  (benchmarks/results.md).
+* the compiled pre-filter: 0.045-0.06 s for its C loop, 0.07-0.09 s with the Python around it (port table, output
+  arrays, the dict of parsed fields for the kept segments); the ``pre-filter`` stage of ``analyze --profile``
+  0.07 s, against 0.25-0.30 s for the numpy pre-filter. The loop is bound by the misses on the frame headers
+  spread over the capture: a prefetch of the frame 8 rows ahead took it from ~0.10 to ~0.045 s, after reading the
+  header words with one load + byte swap instead of a byte loop had taken ~0.03 s off. Batch sizes from 4,096 to
+  65,536 frames made no measurable difference once the prefetch was in (the default stays 65,536);
+* + the per-frame path for the kept frames, TCP reassembly included: ~0.25 s.
 
-On a heavier mix (1,000 clients each making 25 calls: 56,000 PDUs in 1M frames, 6.4 % of frames kept) the whole
-run took 3.6 s CPU (~280,000 frames/s), 72 MB (before the changes above). With every frame through the per-frame
-path (use_prefilter=False, null sink) reader + transport took 14.1 s CPU. The 1,000,000 frames/s target is not met:
-reader + pre-filter take ~1 s, and the application layer costs ~15-25 us per PDU.
+With every frame through the per-frame path (use_prefilter=False, null sink) reader + transport took 14.1 s CPU
+(2026-11-25).
 """
 
 from __future__ import annotations
