@@ -272,7 +272,16 @@ class PcapngWalker:
         data = np.zeros(n, dtype=np.int64)
         blen = np.zeros(n, dtype=np.int64)
 
+        # A packet block shorter than its fixed header (28 bytes) at the very end of the buffer: its header cannot
+        # be read (elsewhere the next block's bytes are read as its fields and the length check below fails it)
+        cut = np.zeros(n, dtype=bool)
         epb = np.flatnonzero(k == 0)
+        if epb.size and int(o[epb[-1]]) + 28 > len(arr):
+            fits = o[epb] + 28 <= len(arr)
+            for i in epb[~fits].tolist():
+                cut[i] = True
+                (blen[i],) = struct.unpack_from(self.order + "I", buf, int(o[i]) + 4)
+            epb = epb[fits]
         if epb.size:
             # EPB: type, length, interface, ts high, ts low, caplen, origlen, data
             w = gather_words(arr, o[epb], 28, self.words).astype(np.int64)
@@ -294,6 +303,9 @@ class PcapngWalker:
                     if snap0:
                         cap = min(cap, snap0)
                     blen[i], iface[i], caplen[i], origlen[i], data[i], header[i] = bl, 0, cap, orig, p + 12, 16
+                elif kind == 2 and p + 28 > len(arr):
+                    cut[i] = True
+                    (blen[i],) = struct.unpack_from(order + "I", buf, p + 4)
                 elif kind == 2:  # OPB: interface u16, drops u16, ts high, ts low, caplen, origlen, data
                     bl, ifc, _drops, hi, lo, cap, orig = struct.unpack_from(order + "4xIHHIIII", buf, p)
                     blen[i], iface[i], caplen[i], origlen[i], data[i] = bl, ifc, cap, orig, p + 28
@@ -305,11 +317,13 @@ class PcapngWalker:
                     blen[i], iface[i], caplen[i], origlen[i], data[i], header[i] = bl, -1, cap, cap, p + skip, 12
 
         # Validation, in file order: the first bad block ends the batch (and the walk).
-        bad = (caplen > blen - header) | (iface >= len(self.interfaces)) | (caplen < 0)
+        bad = (caplen > blen - header) | (iface >= len(self.interfaces)) | (caplen < 0) | cut
         bad_at = None
         if bad.any():
             j = int(np.flatnonzero(bad)[0])
-            if int(iface[j]) >= len(self.interfaces):
+            if cut[j]:
+                what = f"packet block of {int(blen[j])} bytes is shorter than its header"
+            elif int(iface[j]) >= len(self.interfaces):
                 what = f"packet on interface {int(iface[j])}, but the section declares {len(self.interfaces)}"
             else:
                 what = f"packet length {int(caplen[j])} exceeds its block of {int(blen[j])} bytes"
