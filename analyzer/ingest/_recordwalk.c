@@ -151,20 +151,22 @@ static PyObject *walk_pcap(PyObject *self, PyObject *args)
 }
 
 PyDoc_STRVAR(epb_run_doc,
-"epb_run(buf, pos, limit, big_endian, max_block, offsets) -> (count, pos)\n\n"
+"epb_run(buf, pos, limit, big_endian, max_block, offsets, fields) -> (count, pos)\n\n"
 "The pcapng walk's fast run: consecutive Enhanced Packet Blocks (type 6) from ``buf[pos:]`` whose length is\n"
-"valid (>= 12, a multiple of 4, <= max_block) and that lie wholly inside the buffer, up to ``limit`` of them;\n"
-"their block offsets go to ``offsets`` (int64). Stops, without consuming it, at the first block that is\n"
-"anything else, so that the general checks see it.");
+"valid (>= 32: the fixed header and the trailing length; a multiple of 4; <= max_block) and that lie wholly\n"
+"inside the buffer, up to ``limit`` of them. Their block offsets go to ``offsets`` (int64) and their header\n"
+"fields to ``fields`` (int64, 6 per block: block length, interface, timestamp high word, low word, captured\n"
+"length, original length). Stops, without consuming it, at the first block that is anything else, so that the\n"
+"general checks see it.");
 
 static PyObject *epb_run(PyObject *self, PyObject *args)
 {
-    Py_buffer in, v_off;
+    Py_buffer in, v_off, v_fields;
     Py_ssize_t pos, limit;
     int big;
     long long max_block;
-    PyObject *o_off;
-    if (!PyArg_ParseTuple(args, "y*nnpLO", &in, &pos, &limit, &big, &max_block, &o_off))
+    PyObject *o_off, *o_fields;
+    if (!PyArg_ParseTuple(args, "y*nnpLOO", &in, &pos, &limit, &big, &max_block, &o_off, &o_fields))
         return NULL;
     if (limit < 0 || pos < 0) {
         PyBuffer_Release(&in);
@@ -175,9 +177,14 @@ static PyObject *epb_run(PyObject *self, PyObject *args)
         PyBuffer_Release(&in);
         return NULL;
     }
+    if (get_out(o_fields, &v_fields, limit * 8 * 6, "fields") < 0) {
+        PyBuffer_Release(&in);
+        PyBuffer_Release(&v_off);
+        return NULL;
+    }
     const unsigned char *b = (const unsigned char *)in.buf;
     const long long end = (long long)in.len;
-    int64_t *off = (int64_t *)v_off.buf;
+    int64_t *off = (int64_t *)v_off.buf, *f = (int64_t *)v_fields.buf;
     long long p = pos;
     Py_ssize_t count = 0;
 
@@ -187,16 +194,23 @@ static PyObject *epb_run(PyObject *self, PyObject *args)
         if (p + WALK_PREFETCH < end)
             __builtin_prefetch(b + p + WALK_PREFETCH);
 #endif
-        uint32_t btype = rd32(b + p, big), blen = rd32(b + p + 4, big);
-        if (btype != 6 || blen < 12 || (blen & 3) || (long long)blen > max_block || p + (long long)blen > end)
+        const unsigned char *r = b + p;
+        uint32_t btype = rd32(r, big), blen = rd32(r + 4, big);
+        if (btype != 6 || blen < 32 || (blen & 3) || (long long)blen > max_block || p + (long long)blen > end)
             break;
-        off[count++] = p;
+        off[count] = p;
+        int64_t *row = f + 6 * count;
+        row[0] = blen;
+        for (int w = 1; w < 6; w++) /* interface, ts high, ts low, caplen, origlen: words 2..6 of the block */
+            row[w] = rd32(r + 4 + 4 * w, big);
+        count++;
         p += blen;
     }
     Py_END_ALLOW_THREADS
 
     PyBuffer_Release(&in);
     PyBuffer_Release(&v_off);
+    PyBuffer_Release(&v_fields);
     return Py_BuildValue("nL", count, p);
 }
 

@@ -74,22 +74,31 @@ class _Interface:
         self.tsoffset = tsoffset
 
 
-def _merge_runs(runs, packets: list[int], kinds: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Block offsets and kinds in file order from the compiled EPB runs and the blocks the general loop added."""
-    o_parts, k_parts, done = [], [], 0
-    for at, run in runs:
+def _merge_runs(runs, packets: list[int], kinds: list[int]):
+    """Block offsets, kinds and EPB header fields (6 int64 per row, see ``_recordwalk.epb_run``; rows not from a
+    compiled run: zeros, and ``known`` False) in file order, from the compiled EPB runs and the blocks the general
+    loop added."""
+    o_parts, k_parts, f_parts, known_parts, done = [], [], [], [], 0
+
+    def general(lo, hi):
+        o_parts.append(np.array(packets[lo:hi], dtype=np.int64))
+        k_parts.append(np.array(kinds[lo:hi], dtype=np.int8))
+        f_parts.append(np.zeros((hi - lo, 6), dtype=np.int64))
+        known_parts.append(np.zeros(hi - lo, dtype=bool))
+
+    for at, offsets, fields in runs:
         if at > done:
-            o_parts.append(np.array(packets[done:at], dtype=np.int64))
-            k_parts.append(np.array(kinds[done:at], dtype=np.int8))
+            general(done, at)
             done = at
-        o_parts.append(run)
-        k_parts.append(np.zeros(len(run), dtype=np.int8))
+        o_parts.append(offsets)
+        k_parts.append(np.zeros(len(offsets), dtype=np.int8))
+        f_parts.append(fields)
+        known_parts.append(np.ones(len(offsets), dtype=bool))
     if done < len(packets):
-        o_parts.append(np.array(packets[done:], dtype=np.int64))
-        k_parts.append(np.array(kinds[done:], dtype=np.int8))
+        general(done, len(packets))
     if len(o_parts) == 1:
-        return o_parts[0], k_parts[0]
-    return np.concatenate(o_parts), np.concatenate(k_parts)
+        return o_parts[0], k_parts[0], f_parts[0], known_parts[0]
+    return np.concatenate(o_parts), np.concatenate(k_parts), np.concatenate(f_parts), np.concatenate(known_parts)
 
 
 class PcapngWalker:
@@ -131,7 +140,7 @@ class PcapngWalker:
         packets: list[int] = []  # block offsets of packet blocks
         kinds: list[int] = []  # their block types
         add_packet, add_kind = packets.append, kinds.append
-        runs: list[tuple[int, np.ndarray]] = []  # compiled EPB runs: (index in ``packets`` they go before, offsets)
+        runs: list = []  # compiled EPB runs: (index in ``packets`` they go before, offsets, header fields)
         in_runs = 0
         compiled = _recordwalk is not None and self.compiled
         p = pos
@@ -145,10 +154,11 @@ class PcapngWalker:
             room = limit - len(packets) - in_runs
             if compiled:
                 if room > 0:
-                    run = np.empty(min(room, (end - p) // 12 + 1), dtype=np.int64)
-                    count, p = _recordwalk.epb_run(buf, p, len(run), self.order == ">", MAX_BLOCK, run)
+                    size = min(room, (end - p) // 32 + 1)
+                    run, fields = np.empty(size, dtype=np.int64), np.empty((size, 6), dtype=np.int64)
+                    count, p = _recordwalk.epb_run(buf, p, size, self.order == ">", MAX_BLOCK, run, fields)
                     if count:
-                        runs.append((len(packets), run[:count]))
+                        runs.append((len(packets), run[:count], fields[:count]))
                         in_runs += count
             else:
                 try:
@@ -208,10 +218,11 @@ class PcapngWalker:
             p += blen
 
         batch = None
+        parsed = None
         if runs:
-            packets, kinds = _merge_runs(runs, packets, kinds)
+            packets, kinds, *parsed = _merge_runs(runs, packets, kinds)
         if len(packets):
-            batch, bad_at = self._build(buf, packets, kinds, base, first_number)
+            batch, bad_at = self._build(buf, packets, kinds, base, first_number, parsed)
             if bad_at is not None:
                 return batch, end, STOP
         if status == MORE and p >= end:
@@ -259,8 +270,11 @@ class PcapngWalker:
 
     # -- turning block offsets into columns --------------------------------------------------------------------
 
-    def _build(self, buf, packets, kinds, base, first_number):
-        """Columns for the packet blocks at ``packets``. Returns (batch, offset of a damaged block or None)."""
+    def _build(self, buf, packets, kinds, base, first_number, parsed=None):
+        """Columns for the packet blocks at ``packets``. Returns (batch, offset of a damaged block or None).
+
+        ``parsed``: (fields, known) from the compiled EPB runs: the header words of the EPB rows where ``known``
+        is set, so that only the other EPB rows are gathered here."""
         n = len(packets)
         o = np.array(packets, dtype=np.int64)
         k = np.array(kinds, dtype=np.int8)
@@ -282,6 +296,14 @@ class PcapngWalker:
                 cut[i] = True
                 (blen[i],) = struct.unpack_from(self.order + "I", buf, int(o[i]) + 4)
             epb = epb[fits]
+        if parsed is not None:
+            fields, known = parsed
+            rows = slice(None) if known.all() else np.flatnonzero(known)  # (a slice: no copies, the usual case)
+            f = fields[rows]
+            blen[rows], iface[rows], caplen[rows], origlen[rows] = f[:, 0], f[:, 1], f[:, 4], f[:, 5]
+            ts[rows] = (f[:, 2].astype(np.uint64) << np.uint64(32)) | f[:, 3].astype(np.uint64)
+            data[rows] = o[rows] + 28
+            epb = epb[~known[epb]]
         if epb.size:
             # EPB: type, length, interface, ts high, ts low, caplen, origlen, data
             w = gather_words(arr, o[epb], 28, self.words).astype(np.int64)
