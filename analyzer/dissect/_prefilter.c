@@ -130,6 +130,7 @@ typedef struct {
     hset seen_data; /* flows whose first payload was offered */
     hset followed;  /* flows the sink follows */
     Py_ssize_t max_remembered;
+    int busy; /* a classify() runs on these sets without the GIL: no other call may touch them meanwhile */
 } FlowState;
 
 static int FlowState_init(FlowState *self, PyObject *args, PyObject *kwds)
@@ -142,6 +143,7 @@ static int FlowState_init(FlowState *self, PyObject *args, PyObject *kwds)
     hset_clear(&self->seen_data);
     hset_clear(&self->followed);
     self->max_remembered = max_remembered;
+    self->busy = 0;
     return 0;
 }
 
@@ -153,9 +155,20 @@ static void FlowState_dealloc(FlowState *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+static int check_idle(FlowState *st)
+{
+    if (st->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "FlowState in use by another thread's classify()");
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *FlowState_follow(FlowState *self, PyObject *arg)
 {
     Py_buffer v;
+    if (check_idle(self) < 0)
+        return NULL;
     if (PyObject_GetBuffer(arg, &v, PyBUF_C_CONTIGUOUS) < 0)
         return NULL;
     const uint64_t *h = (const uint64_t *)v.buf;
@@ -274,6 +287,8 @@ static PyObject *classify(PyObject *self, PyObject *args)
                           &o_sel, &o_rows, &o_hash, &o_wanted, &o_fast))
         return NULL;
     FlowState *st = (FlowState *)o_state;
+    if (check_idle(st) < 0)
+        return NULL;
     Py_buffer raw, voff, vcap, vlt, vports, vsel, vrows, vhash, vwanted, vfast;
     Py_buffer *held[10];
     int nheld = 0;
@@ -329,6 +344,7 @@ static PyObject *classify(PyObject *self, PyObject *args)
     const size_t seen_before = st->seen.n, data_before = st->seen_data.n;
     int oom = 0;
 
+    st->busy = 1;
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t i = 0; i < n; i++) {
 #if defined(__GNUC__)
@@ -349,6 +365,8 @@ static PyObject *classify(PyObject *self, PyObject *args)
             sel[nsel++] = i;
             continue;
         }
+        if (off > len) /* never from a walker either; reads clamp the same, and no sum below can overflow */
+            off = len;
         const unsigned char *r = b + 12 + (off < top ? off : top);
         const uint64_t outer_type = ((uint64_t)r[0] << 8) | r[1];
         const int vlan = lt == 1 && outer_type == 0x8100 && cap >= 18;
@@ -449,6 +467,7 @@ static PyObject *classify(PyObject *self, PyObject *args)
                  remember(&st->seen_data, data_before, fresh_data, nfresh_data, st->max_remembered) < 0))
         oom = 1;
     Py_END_ALLOW_THREADS
+    st->busy = 0;
 
     if (oom)
         PyErr_NoMemory();
