@@ -478,11 +478,11 @@ def test_prefilter_gives_the_same_calls_as_the_per_frame_path(tmp_path, link, li
     assert fast.calls == slow.calls
     assert len(fast.stream(4, True)) == 384  # the followed connection (bulk flows are 0..3)
     assert fast.of("udp") and fast.of("close")
-    # 110 frames: of 40 bulk segments only each bulk flow's first (4) is looked at, of 40 DNS datagrams none;
-    # then SYN and SYN/ACK (not the bare ACK), 24 data and 2 FIN frames of the followed connection and the
-    # notification
+    # 110 frames: of 40 bulk segments only each bulk flow's first (4) is looked at, of 40 DNS datagrams only the
+    # last (a frame of under 50 bytes at the buffer's end, whose header the pre-filter cannot read in place); then
+    # SYN and SYN/ACK (not the bare ACK), 24 data and 2 FIN frames of the followed connection and the notification
     assert transport.frames_seen == len(packets) == 110
-    assert transport.frames_parsed == 4 + 2 + 24 + 2 + 1
+    assert transport.frames_parsed == 4 + 1 + 2 + 24 + 2 + 1
 
 
 def test_flow_joined_mid_pdu_is_offered_its_first_payload(tmp_path):
@@ -769,3 +769,30 @@ def test_compiled_prefilter_on_random_bytes(tmp_path):
     path = _write_records(tmp_path / "random.pcap", frames, 1, lambda i, d: len(d))
     for batch_size in (65536, 7):
         _assert_same_prefilter(path, batch_size)
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "numpy"])
+@pytest.mark.parametrize("compress", [False, True], ids=["pcap", "gzip"])
+def test_short_datagram_at_the_end_of_the_buffer_reaches_the_per_frame_path(tmp_path, compiled, compress):
+    """A 48-byte UDP datagram (6 payload bytes) as the last frame: the pre-filter's 38 header bytes do not fit
+    between its start and the buffer's end, so both pre-filters read another frame's bytes in its place and
+    dropped it (until 2026-12-01). It must reach the sink as the per-frame path sees it."""
+    import gzip
+
+    packets = [Ether(**MAC) / IP(src="10.1.0.1", dst="10.1.0.2") / TCP(sport=443, dport=40000, flags="PA")
+               / Raw(b"x" * 100) for _ in range(3)]
+    packets.append(Ether(**MAC) / IP(src=SERVER, dst=CLIENT) / UDP(sport=3000, dport=2000) / Raw(b"\x01" * 6))
+    assert len(bytes(packets[-1])) == 48
+    path = write(tmp_path / "tail.pcap", packets)
+    if compress:
+        gz = tmp_path / "tail.pcap.gz"
+        gz.write_bytes(gzip.compress(path.read_bytes()))
+        path = gz
+    fast, slow = RecordingSink(), RecordingSink()
+    transport = Transport(fast, compiled=compiled)
+    with open_capture(str(path)) as cap:
+        for batch in cap.batches():
+            transport.feed(batch)
+        transport.finish()
+    run(path, slow, use_prefilter=False)
+    assert fast.of("udp") == slow.of("udp") == [("udp", 4, SERVER, 3000, CLIENT, 2000, b"\x01" * 6)]

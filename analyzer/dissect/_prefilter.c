@@ -12,7 +12,8 @@
  * The header bytes are read exactly where numpy reads them: 38 bytes from frame offset + 12, the offset clamped
  * to the last position where 38 bytes fit (numpy's ``np.minimum(offset, top)``); the payload's first three
  * bytes at a position clamped to the last one with three bytes after it. So no read leaves the buffer whatever
- * the offsets and lengths, and the answers are numpy's, bit for bit. The GIL is released inside the loop.
+ * the offsets and lengths, and the answers are numpy's, bit for bit; a frame whose header bytes do not all fit
+ * goes to the per-frame path. The GIL is released inside the loop.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -377,6 +378,13 @@ static PyObject *classify(PyObject *self, PyObject *args)
             off += shift;
             cap -= shift;
             r = b + 12 + (off < top ? off : top);
+        }
+        if (off > top) {
+            /* Fewer than 38 header bytes left in the buffer (a short frame at the end of the file or of a gzip
+             * window): the clamped read above saw another frame's bytes, so only the per-frame path can tell
+             * what this one is (as numpy's ``framed &= offset <= top``). */
+            sel[nsel++] = i;
+            continue;
         }
         const uint64_t w12 = be64(r), w20 = be64(r + 8);
         const uint64_t ethertype = w12 >> 48;

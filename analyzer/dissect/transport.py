@@ -245,6 +245,10 @@ class Transport:
             offset, caplen = offset + shift, caplen - shift
             moved = np.flatnonzero(shift)
             head_bytes[moved] = records[np.minimum(offset[moved], top)]
+        # A short frame within the buffer's last 50 bytes (end of the file or of a gzip window) was read at the
+        # clamped position, i.e. from another frame's bytes: the per-frame path classifies it (a 48-byte UDP
+        # datagram there was dropped before).
+        framed &= offset <= top
         head = head_bytes.view(_HEADER_DTYPE)
         w12 = head["w12"].astype(np.uint64)  # ethertype, IPv4 version/IHL, TOS, total length, id
         w20 = head["w20"].astype(np.uint64)  # flags/fragment offset, TTL, protocol, checksum, 2 bytes of source
