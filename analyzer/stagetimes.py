@@ -78,14 +78,15 @@ class StageClock:
                 self.leave()
             yield item
 
-    def report(self, frames: int | None = None) -> str:
+    def report(self, frames: int | None = None, startup: bool = True) -> str:
+        """The table; ``startup``: add this process's start-up line (off for clocks summed over workers)."""
         total = sum(self.seconds.values())
         names = [s for s in STAGES if s in self.seconds] + sorted(set(self.seconds) - set(STAGES))
         lines = [f"{'stage':<12} {'wall s':>8} {'share':>6} {'CPU s':>8}"]
         for name in names:
             sec = self.seconds[name]
             lines.append(f"{name:<12} {sec:8.3f} {100 * sec / total if total else 0:5.1f}% {self.cpu.get(name, 0):8.3f}")
-        elapsed = since_process_start()
+        elapsed = since_process_start() if startup else None
         if elapsed is not None and elapsed > total:
             rest = elapsed - total
             lines.append(f"{'(start-up)':<12} {rest:8.3f}         {'':8}  interpreter start, imports, argument checks "

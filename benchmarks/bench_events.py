@@ -3,7 +3,7 @@
 """Benchmark (not a test): `mailpush events` (native engine) against tshark on the same big capture.
 
     .venv/bin/python benchmarks/bench_events.py [CAPTURE] [--frames 1000000] [--tshark-limit N] [--no-tshark]
-                                                [--analyze] [--results benchmarks/results.md]
+                                                [--analyze] [--jobs N[,N...]] [--results benchmarks/results.md]
 
 Without CAPTURE it generates benchmarks/data/big.pcap (git-ignored) with make_big_capture.py first, unless it
 is already there with the requested frame count. For each tool it runs one child process and reports:
@@ -11,7 +11,12 @@ is already there with the requested frame count. For each tool it runs one child
 * wall time and CPU time (user + sys of the child, from wait4), and frames/s on each;
 * peak RSS (ru_maxrss from wait4: includes file pages the child mapped or touched);
 * peak anonymous memory: the largest RssAnon seen in /proc/PID/status, sampled every 20 ms while it runs
-  (heap and other private memory; mmap'ed file pages don't count). Sampling can miss a spike shorter than 20 ms.
+  (heap and other private memory; mmap'ed file pages don't count), summed over the child and its own children
+  (the workers of ``analyze --jobs``). Sampling can miss a spike shorter than 20 ms.
+
+``--jobs 2,3`` (with ``--analyze``) adds a row per N for ``mailpush analyze --format json --jobs N`` (one capture
+split over N processes, analyzer/dissect/parallel.py); its CPU time includes the workers' (wait4 counts the
+children the command waited for), and the report is checked byte-identical to the one-core report.
 
 tshark runs as `tshark -r F -o tcp.reassemble_out_of_order:TRUE -Y dcerpc -T fields -e frame.number` (the PDU
 frames the events table must reproduce). tshark needs minutes on a million frames; --tshark-limit N makes it read
@@ -66,6 +71,14 @@ def _status_kb(pid: int, field: str) -> int | None:
     return None
 
 
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as fh:
+            return [int(x) for x in fh.read().split()]
+    except (FileNotFoundError, ProcessLookupError, PermissionError, ValueError):
+        return []
+
+
 def run_measured(cmd: list[str], stdout_path: str) -> dict:
     """Run cmd as a child; wall/CPU time, ru_maxrss and sampled peak RssAnon."""
     load = os.getloadavg()[0]
@@ -80,6 +93,7 @@ def run_measured(cmd: list[str], stdout_path: str) -> dict:
             while not done.is_set():
                 kb = _status_kb(proc.pid, "RssAnon")
                 if kb is not None:
+                    kb += sum(_status_kb(child, "RssAnon") or 0 for child in _children(proc.pid))
                     peak_anon = max(peak_anon, kb)
                 done.wait(0.02)
 
@@ -143,8 +157,12 @@ def main(argv=None):
     ap.add_argument("--analyze", action="store_true",
                     help="also time `mailpush analyze --format json` and check its verdicts against the "
                          "generator's CAPTURE.expected.json")
+    ap.add_argument("--jobs", default="",
+                    help="with --analyze: also time `mailpush analyze --jobs N` for each N of this comma-separated "
+                         "list and check its report against the one-core report")
     ap.add_argument("--results", type=Path, default=HERE / "results.md")
     args = ap.parse_args(argv)
+    jobs = [int(n) for n in args.jobs.split(",") if n.strip()]
 
     path = args.capture or DEFAULT_CAPTURE
     if args.capture is None:
@@ -190,6 +208,16 @@ def main(argv=None):
             res["output"] = verdict_agreement(path, report) if res["rc"] == 0 else "failed"
             rows.append(("mailpush analyze --format json", res))
             print(_line(rows[-1]))
+            for n in jobs:
+                split = os.path.join(tmp, f"analyze-{n}.json")
+                res = run_measured([mailpush, "analyze", str(path), "--format", "json", "-o", split, "--jobs", str(n)],
+                                   os.devnull)
+                res["frames"] = frames
+                same = res["rc"] == 0 and Path(split).read_bytes() == Path(report).read_bytes()
+                res["output"] = (("report identical to one core" if same else "REPORT DIFFERS FROM ONE CORE")
+                                 if res["rc"] == 0 else "failed")
+                rows.append((f"mailpush analyze --format json --jobs {n}", res))
+                print(_line(rows[-1]))
             # the same run with --profile: where the time goes (the stage table is kept for the results file)
             res = run_measured([mailpush, "analyze", str(path), "--format", "json", "-o", report, "--profile"],
                                os.devnull)

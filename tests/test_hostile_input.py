@@ -341,3 +341,23 @@ def test_streamed_gzip_netmon_across_many_windows_equals_the_plain_file(tmp_path
     a, wa, _ = read(plain)
     b, wb, spool = read(packed)
     assert spool is not None and a == b and len(a) > 1000
+
+
+@pytest.mark.parametrize("block_type,length", [(6, 12), (6, 16), (6, 24), (2, 12), (2, 24)])
+def test_pcapng_packet_block_shorter_than_its_header_at_the_end_is_damage_not_a_crash(tmp_path, captures_dir,
+                                                                                      block_type, length):
+    """An Enhanced (6) or Obsolete (2) Packet Block whose length is valid but below its 28-byte fixed header, as the
+    last block of the file: the frames before it are read and a warning names it (the header gather used to read
+    past the buffer and raise IndexError / struct.error)."""
+    data = (captures_dir / "alter_context.pcapng").read_bytes()
+    tail = struct.pack("<II", block_type, length) + bytes(length - 12) + struct.pack("<I", length)
+    path = tmp_path / "short-block.pcapng"
+    path.write_bytes(data + tail)
+    with open_capture(captures_dir / "alter_context.pcapng") as clean:
+        expected = sum(len(b) for b in clean.batches())
+    with open_capture(path) as cap:
+        assert sum(len(b) for b in cap.batches()) == expected
+        assert cap.info.warnings == [f"damaged record at byte {len(data)}: packet block of {length} bytes is shorter "
+                                     "than its header; frames after it are not read"]
+    result = analyze_capture(str(path))  # the whole pipeline too
+    assert result.error is None and any("shorter than its header" in w for w in result.warnings)

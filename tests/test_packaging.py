@@ -29,15 +29,19 @@ from conftest import wait_until_healthy
 from analyzer import __version__
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCE_FILES = ("setup.cfg", "pyproject.toml", "README.md", "COPYING")
+SOURCE_FILES = ("setup.cfg", "setup.py", "pyproject.toml", "README.md", "COPYING")
+# The C extensions: sources in the sdist, compiled modules in the (platform-specific) wheel
+EXTENSION_SOURCES = {"analyzer/ingest/_recordwalk.c", "analyzer/dissect/_prefilter.c"}
+EXTENSION_MODULES = ("analyzer.ingest._recordwalk", "analyzer.dissect._prefilter")
 
 pytestmark = pytest.mark.slow
 
 
 def package_files() -> set[str]:
-    """Every file of the analyzer package in the source tree (what the wheel must hold)."""
+    """Every source file of the analyzer package in the source tree (an editable install or ``build_ext
+    --inplace`` leaves the compiled extensions there too: build outputs, not sources)."""
     return {str(p.relative_to(ROOT)) for p in (ROOT / "analyzer").rglob("*")
-            if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"}
+            if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".so", ".pyd")}
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +49,8 @@ def dist(tmp_path_factory) -> Path:
     """sdist and wheel built from a copy of the sources (the checkout gets no build/ or egg-info)."""
     work = tmp_path_factory.mktemp("build")
     src = work / "src"
-    shutil.copytree(ROOT / "analyzer", src / "analyzer", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(ROOT / "analyzer", src / "analyzer",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.so", "*.pyd"))
     for name in SOURCE_FILES:
         shutil.copy(ROOT / name, src / name)
     # --no-isolation: the build backend (setuptools, wheel) from this environment, no download
@@ -84,17 +89,23 @@ def _run(venv: Path, *args: str, cwd: Path, timeout: float = 300) -> subprocess.
 def test_build_makes_sdist_and_wheel_holding_every_package_file(dist):
     sdists, wheels = list(dist.glob("mailpush-*.tar.gz")), list(dist.glob("mailpush-*.whl"))
     assert [p.name for p in sdists] == [f"mailpush-{__version__}.tar.gz"]
-    assert [p.name for p in wheels] == [f"mailpush-{__version__}-py3-none-any.whl"]
+    # the compiled extensions make the wheel CPython- and platform-specific
+    assert len(wheels) == 1 and wheels[0].name.startswith(f"mailpush-{__version__}-cp3"), wheels
+    assert not wheels[0].name.endswith("-none-any.whl")
     expected = package_files()
     assert {"analyzer/web/templates/base.html", "analyzer/web/static/style.css",
             "analyzer/web/migrations/env.py", "analyzer/web/migrations/script.py.mako",
-            "analyzer/web/migrations/versions/0001_baseline.py"} <= expected
+            "analyzer/web/migrations/versions/0001_baseline.py"} | EXTENSION_SOURCES <= expected
     in_wheel = set(zipfile.ZipFile(wheels[0]).namelist())
-    assert expected - in_wheel == set()
+    assert expected - EXTENSION_SOURCES - in_wheel == set()
+    for module in EXTENSION_MODULES:
+        stem = module.replace(".", "/") + "."
+        assert [n for n in in_wheel if n.startswith(stem) and n.endswith(".so")], (module, sorted(in_wheel))
     with tarfile.open(sdists[0]) as tar:
         prefix = f"mailpush-{__version__}/"
         in_sdist = {n.removeprefix(prefix) for n in tar.getnames()}
-    assert expected - in_sdist == set() and {"setup.cfg", "pyproject.toml", "README.md", "COPYING"} <= in_sdist
+    assert expected - in_sdist == set() and set(SOURCE_FILES) <= in_sdist
+    assert not [n for n in in_sdist if n.endswith((".so", ".pyd"))]
     metadata = zipfile.ZipFile(wheels[0]).read(f"mailpush-{__version__}.dist-info/METADATA").decode()
     assert "Requires-Dist: alembic" in metadata and "extra == \"postgres\"" in metadata and "psycopg" in metadata
 
@@ -102,6 +113,10 @@ def test_build_makes_sdist_and_wheel_holding_every_package_file(dist):
 def test_installed_wheel_runs_version_and_analyze_on_a_sample(fresh_venv, tmp_path, captures_dir):
     where = _run(fresh_venv, "python", "-c", "import analyzer; print(analyzer.__file__)", cwd=tmp_path)
     assert where.returncode == 0 and where.stdout.startswith(str(fresh_venv)), where.stdout + where.stderr
+    compiled = _run(fresh_venv, "python", "-c", "import importlib; print(' '.join(importlib.import_module(m).__file__ "
+                    f"for m in {EXTENSION_MODULES!r}))", cwd=tmp_path)
+    assert compiled.returncode == 0, compiled.stderr
+    assert all(f.startswith(str(fresh_venv)) and f.endswith(".so") for f in compiled.stdout.split()), compiled.stdout
     version = _run(fresh_venv, "mailpush", "--version", cwd=tmp_path)
     assert version.returncode == 0 and version.stdout.strip() == f"mailpush {__version__}"
 

@@ -1,18 +1,27 @@
-"""The speed work's code paths give the same results as the plain ones (issue 14): the orjson writer of the JSON
-report, ISA-L's inflate for gzip input and the `--profile` stage clock. Speed itself is measured in benchmarks/,
-never here."""
+"""The speed work's code paths give the same results as the plain ones (issue 14): the compiled record walks
+(analyzer/ingest/_recordwalk.c) against the Python walks they replace, the orjson writer of the JSON report, ISA-L's
+inflate for gzip input and the `--profile` stage clock. (The compiled pre-filter is compared with the numpy one in
+tests/test_transport.py.) Speed itself is measured in benchmarks/, never here."""
 
+import gzip
 import json
+import random
+import struct
 import subprocess
 import sys
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from analyzer import stagetimes
 from analyzer.ingest import open_capture
+from analyzer.ingest import pcap as pcap_walk
+from analyzer.ingest import pcapng as pcapng_walk
 from analyzer.ingest import reader
+from analyzer.ingest.model import CaptureInfo
+from analyzer.ingest.walk import MORE
 from analyzer.pipeline import analyze_capture, results_document
 from analyzer.report.formats import dump_json, render_json
 
@@ -53,6 +62,170 @@ def test_json_report_is_byte_for_byte_what_the_standard_encoder_writes(sample_re
 ])
 def test_json_writer_falls_back_to_the_standard_encoder_where_orjson_refuses(doc):
     assert dump_json(doc) == json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+
+
+PUBLIC = sorted(p for p in (ROOT.parent / "shared" / "captures" / "public").glob("*")
+                if p.suffix in (".pcap", ".pcapng", ".gz")) if (ROOT.parent / "shared").is_dir() else []
+
+
+def test_the_c_extensions_are_built():
+    """make test builds them (setup.py; the Makefile installs gcc and the Python headers first). Without them
+    mailpush runs on the slower Python/numpy paths, and this test says so."""
+    from analyzer.dissect import transport
+
+    assert pcap_walk._recordwalk is not None, "analyzer.ingest._recordwalk not built: see the pip install output"
+    assert pcapng_walk._recordwalk is pcap_walk._recordwalk
+    assert transport._compiled is not None, "analyzer.dissect._prefilter not built: see the pip install output"
+
+
+def _columns(path, compiled, monkeypatch, batch_size=65536):
+    """Every batch's columns and bytes, and what the reader learned, with the compiled or the Python walk."""
+    monkeypatch.setattr(pcap_walk.PcapWalker, "compiled", compiled)
+    monkeypatch.setattr(pcapng_walk.PcapngWalker, "compiled", compiled)
+    out = []
+    with open_capture(path) as cap:
+        for batch in cap.batches(batch_size):
+            assert batch.offset.dtype == np.int64 and batch.time.dtype == np.float64
+            frames = [bytes(batch.buf[o:o + c]) for o, c in zip(batch.offset.tolist(), batch.caplen.tolist())]
+            out.append((batch.first_number, batch.caplen.tolist(), batch.origlen.tolist(),
+                        batch.time.view(np.uint64).tolist(), batch.linktype.tolist(), frames))
+        info = cap.info
+        return out, (info.frames, info.start, info.end, info.linktypes, info.warnings, info.truncated)
+
+
+@pytest.mark.parametrize("path", [p for p in SAMPLES + PUBLIC if ".cap" not in p.suffixes],
+                         ids=lambda p: p.name)
+def test_compiled_record_walk_reads_what_the_python_walk_reads(path, monkeypatch):
+    """Same batches (times bit for bit), frames and reader state on every pcap/pcapng sample and public capture,
+    with the usual batch size and with tiny batches (every batch boundary, gzip windows)."""
+    for batch_size in (65536, 7):
+        compiled = _columns(path, True, monkeypatch, batch_size)
+        assert compiled[0], path.name
+        assert compiled == _columns(path, False, monkeypatch, batch_size)
+
+
+def _pcap_bytes(records, order="<", nsec=False, modified=False, snaplen=65535, linktype=1):
+    """A pcap file from (seconds, fraction, data, origlen) records, in either byte order, usec or nsec, or
+    Kuznetzov's modified format (24-byte record headers)."""
+    magic = 0xA1B2CD34 if modified else 0xA1B23C4D if nsec else 0xA1B2C3D4
+    out = [struct.pack(order + "IHHiIII", magic, 2, 4, 0, 0, snaplen, linktype)]
+    for sec, frac, data, orig in records:
+        out.append(struct.pack(order + "IIII", sec, frac, len(data), orig))
+        if modified:
+            out.append(struct.pack(order + "IHBB", 7, 2, 1, 0))
+        out.append(data)
+    return b"".join(out)
+
+
+def _walk_steps(walker_class, head, buf, final, limit, base=1000):
+    """Every next_batch call over one window until it stops, as comparable values."""
+    info = CaptureInfo(path="x", format="pcap", compressed=base != 0)
+    walker = walker_class(head, info)
+    walker.reset()
+    pos, number, steps = walker.start(), 1, []
+    for _ in range(10_000):
+        batch, pos, status = walker.next_batch(buf, pos, final, base, limit, number)
+        cols = None
+        if batch is not None and len(batch):  # (the Python walk returns an empty batch before an absurd record)
+            cols = (batch.first_number, batch.offset.tolist(), batch.caplen.tolist(), batch.origlen.tolist(),
+                    batch.time.view(np.uint64).tolist(), batch.linktype.tolist())
+            number += len(batch)
+        steps.append((cols, pos, status))
+        if status != MORE:
+            break
+    return steps, info.warnings, info.truncated
+
+
+def _both_walks(monkeypatch, walker_class, head, buf, final, limit):
+    monkeypatch.setattr(walker_class, "compiled", True)
+    compiled = _walk_steps(walker_class, head, buf, final, limit)
+    monkeypatch.setattr(walker_class, "compiled", False)
+    python = _walk_steps(walker_class, head, buf, final, limit)
+    assert compiled == python, (len(buf), final, limit)
+    return compiled
+
+
+@pytest.mark.parametrize("order", ["<", ">"])
+@pytest.mark.parametrize("kind", ["usec", "nsec", "modified"])
+def test_compiled_pcap_walk_equals_the_python_walk_at_every_cut_and_on_damage(order, kind, monkeypatch):
+    """Both byte orders, usec/nsec/modified pcap, the window cut at every byte of the last records (header cut,
+    length word cut, data cut, exact end; final or not), limits 1/2/3/64, an absurd record length, a zero-length
+    record and a length past the end of the buffer: same batches, positions, statuses and warnings."""
+    rng = random.Random(14)
+    sizes = [60, 0, 1, 14, 200, 61, 0, 60, 1, 0, 14, 0]  # zero-length records in the middle and at the very end
+    records = [(1_700_000_000 + i, rng.randrange(10**9 if kind == "nsec" else 10**6),
+                bytes(rng.randrange(256) for _ in range(size)), 1500) for i, size in enumerate(sizes)]
+    data = _pcap_bytes(records, order, nsec=kind == "nsec", modified=kind == "modified", snaplen=256)
+    head = data[:24]
+    seen = set()
+    for cut in list(range(24, 120)) + list(range(len(data) - 300, len(data) + 1)):
+        for final in (True, False):
+            for limit in (1, 2, 3, 64):
+                steps, warnings, _ = _both_walks(monkeypatch, pcap_walk.PcapWalker, head, data[:cut], final, limit)
+                seen.add(steps[-1][2])
+                seen.update(w.split(" at ")[0] for w in warnings)
+    assert seen >= {"done", "need_data", "stop", "file truncated"}
+    hs = 24 if kind == "modified" else 16
+    damaged = bytearray(data)
+    at = 24 + sum(hs + len(r[2]) for r in records[:5])
+    for value in (600, 65536, 65537, 262145, 0xFFFFFFFF, 0):  # (the maximum here: max(2 * snaplen, 65536))
+        damaged[at + 8:at + 12] = struct.pack(order + "I", value)
+        for limit in (3, 64):
+            steps, warnings, _ = _both_walks(monkeypatch, pcap_walk.PcapWalker, head, bytes(damaged), True, limit)
+            if value > 65536:
+                assert any("exceeds the maximum" in w for w in warnings)
+
+
+def test_compiled_walks_read_generated_files_of_every_pcap_kind_as_the_python_walks(tmp_path, monkeypatch):
+    """Whole files through open_capture, plain and gzip (1 MiB windows: records cut by window ends), cut short."""
+    rng = random.Random(5)
+    records = [(1_700_000_000 + i // 10, rng.randrange(10**6), bytes(rng.randrange(256) for _ in range(
+        rng.randrange(0, 1600))), 1600) for i in range(3000)]
+    for n, (order, kind) in enumerate([("<", "usec"), (">", "nsec"), ("<", "modified"), (">", "modified")]):
+        data = _pcap_bytes(records, order, nsec=kind == "nsec", modified=kind == "modified")
+        for cut in (len(data), len(data) - 7, len(data) // 2 + 3):
+            plain = tmp_path / f"f{n}-{cut}.pcap"
+            plain.write_bytes(data[:cut])
+            packed = tmp_path / f"f{n}-{cut}.pcap.gz"
+            packed.write_bytes(gzip.compress(data[:cut], compresslevel=1))
+            for path in (plain, packed):
+                compiled = _columns(path, True, monkeypatch)
+                assert compiled == _columns(path, False, monkeypatch)
+                assert sum(len(b[1]) for b in compiled[0]) >= 1400
+
+
+def test_compiled_pcapng_run_equals_the_python_run_at_every_cut_and_on_damage(monkeypatch):
+    """The pcapng walk with the compiled Enhanced Packet Block run: every cut of the last blocks, a damaged
+    block length, a second section and blocks of other kinds between the EPBs."""
+    sample = next(p for p in SAMPLES if p.suffix == ".pcapng")
+    data = sample.read_bytes()
+    head = data[:64]
+    assert len(data) > 600
+    for cut in list(range(0, 200, 3)) + list(range(len(data) - 400, len(data) + 1)):
+        for final in (True, False):
+            for limit in (1, 3, 64):
+                _both_walks(monkeypatch, pcapng_walk.PcapngWalker, head, data[:cut], final, limit)
+    # the file twice (two sections), then damage at a block length inside the first section's packets
+    twice = data + data
+    for limit in (2, 5, 65536):
+        _both_walks(monkeypatch, pcapng_walk.PcapngWalker, head, twice, True, limit)
+    first_epb = _first_block(data, 6)
+    for value in (8, 13, 1 << 25, 0xFFFFFFF0):
+        damaged = bytearray(twice)
+        damaged[first_epb + 4:first_epb + 8] = struct.pack("<I", value)
+        steps, warnings, _ = _both_walks(monkeypatch, pcapng_walk.PcapngWalker, head, bytes(damaged), True, 64)
+        assert warnings
+
+
+def _first_block(data, wanted):
+    """Offset of the first pcapng block of type ``wanted`` (little-endian file)."""
+    p = 0
+    while p + 8 <= len(data):
+        btype, blen = struct.unpack_from("<II", data, p)
+        if btype == wanted:
+            return p
+        p += blen
+    raise AssertionError(f"no block of type {wanted}")
 
 
 def _frames(path):

@@ -1,6 +1,6 @@
 """`mailpush analyze CAPTURE... [--format text|json|csv|html] [-o FILE] [--plots DIR] [--vantage auto|client|server]
 [--engine native|tshark] [--fail-on VERDICT[,VERDICT]] [--verbose] [--secrets FILE] [--merge] [--max-capture-gb GB]
-[--max-compression-ratio R] [--tmp-dir DIR] [--profile]`.
+[--max-compression-ratio R] [--tmp-dir DIR] [--profile] [--jobs N|auto]`.
 
 ``--merge`` merges a client-side and a server-side capture of one incident: the two captures given, or, with more,
 every pair that shares a MAPI session. Without it, such pairs are only proposed (on stderr and in the JSON).
@@ -72,19 +72,32 @@ def register(sub) -> None:
     p.add_argument("--profile", action="store_true",
                    help="print the wall time per stage (ingest, pre-filter, TCP, DCE/RPC, correlate, verdict, "
                    "output) on standard error when done")
+    p.add_argument("--jobs", metavar="N", type=_jobs, default=1,
+                   help="split each large capture over N worker processes (auto: one per core); the result is "
+                   "identical to one core. Captures under 64 MB, gzip input, --secrets and --engine tshark are "
+                   "read on one core (default 1)")
     p.set_defaults(func=run)
+
+
+def _jobs(text: str) -> int:
+    from analyzer.dissect.parallel import jobs_count
+
+    try:
+        return jobs_count(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: a number of 1 or more, or auto") from None
 
 
 class _Progress:
     """tqdm bar on stderr, only for long files and only when stderr is a terminal (never in logs or pipes)."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, enabled: bool = True):
         self.bar = None
         try:
             size = os.path.getsize(path)
         except OSError:
             size = 0
-        self.enabled = size >= PROGRESS_MIN_BYTES and sys.stderr.isatty()
+        self.enabled = enabled and size >= PROGRESS_MIN_BYTES and sys.stderr.isatty()
         self.name = Path(path).name
 
     def __call__(self, done: int, total: int) -> None:
@@ -109,15 +122,20 @@ def printable_path(path: str) -> str:
     return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def _analyze_one(path: str, engine: str, vantage: str, secrets=None, keep_correlation: bool = False):
+def _analyze_one(path: str, engine: str, vantage: str, secrets=None, keep_correlation: bool = False,
+                 jobs: int = 1, progress: bool = True):
     """CaptureResult, or (CaptureResult, CorrelationResult or None) with ``keep_correlation`` (for --merge)."""
     from analyzer.pipeline import analyze_capture_detailed
     from analyzer.verdict.model import CaptureResult
 
-    progress = _Progress(path)
+    progress = _Progress(path, enabled=progress)
+
+    def notice(text: str) -> None:
+        print(f"{PROG}: {printable_path(path)}: {text}", file=sys.stderr)
+
     try:
         result, correlation = analyze_capture_detailed(path, engine=engine, vantage=vantage, progress=progress,
-                                                       secrets=secrets)
+                                                       secrets=secrets, jobs=jobs, notice=notice)
         result.file = printable_path(result.file)
     except Exception as exc:  # a bug below must not cost the other captures' results
         if os.environ.get("MAILPUSH_DEBUG"):
@@ -128,6 +146,89 @@ def _analyze_one(path: str, engine: str, vantage: str, secrets=None, keep_correl
     finally:
         progress.close()
     return (result, correlation) if keep_correlation else result
+
+
+def _analyze_several(args, secrets, jobs: int, clock):
+    """(CaptureResult, CorrelationResult or None) per capture, in the order given, from a pool of ``jobs`` forked
+    processes that die with this one. Each capture is read on one core (splitting one capture pays less than
+    analysing two at once). What a worker prints (notices) is printed here, in capture order. A worker that dies
+    turns the captures being analysed into error results (which one killed it cannot be told), and the rest go to
+    a new pool, as ``mailpush batch`` does."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    from analyzer.verdict.model import CaptureResult
+
+    context = multiprocessing.get_context("fork")
+    paths = list(args.captures)
+    done: dict[int, tuple] = {}
+    queue = list(range(len(paths)))[::-1]
+    shown = 0
+    died = "analysis failed: the worker process died (crash or out of memory)"
+    while queue or shown < len(paths):
+        with ProcessPoolExecutor(max_workers=min(jobs, len(queue) or 1), mp_context=context,
+                                 initializer=_pool_worker_start) as pool:
+            running: dict = {}
+            while queue or running:
+                while queue and len(running) < jobs:  # no more than running: a broken pool costs only those
+                    i = queue.pop()
+                    running[pool.submit(_analyze_in_worker, paths[i], args.engine, args.vantage, secrets,
+                                        bool(args.merge), clock is not None)] = i
+                if clock is not None:
+                    clock.enter("workers")  # waiting for the pool
+                try:
+                    finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                finally:
+                    if clock is not None:
+                        clock.leave()
+                broken = False
+                for future in finished:
+                    i = running.pop(future)
+                    try:
+                        done[i] = future.result()
+                    except BrokenProcessPool:
+                        broken = True
+                        done[i] = (CaptureResult(file=printable_path(paths[i]), error=died), None, [], None)
+                if broken:
+                    for i in running.values():
+                        done[i] = (CaptureResult(file=printable_path(paths[i]), error=died), None, [], None)
+                    running.clear()
+                while shown in done:
+                    result, correlation, notices, profile = done.pop(shown)
+                    shown += 1
+                    for line in notices:
+                        print(line, file=sys.stderr)
+                    if clock is not None and profile is not None:
+                        from analyzer.dissect.parallel import add_profile
+
+                        add_profile(clock, profile)
+                    yield result, correlation
+                if broken:
+                    break
+
+
+def _pool_worker_start() -> None:
+    from analyzer.lifetime import set_parent_death_signal
+
+    set_parent_death_signal()
+    if os.getppid() == 1:
+        os._exit(1)  # the parent died before the signal was armed
+
+
+def _analyze_in_worker(path: str, engine: str, vantage: str, secrets, keep_correlation: bool, profile: bool):
+    """One capture in a pool worker: (result, correlation or None, notices, stage times or None)."""
+    import contextlib
+    import io
+
+    from analyzer.stagetimes import profiling
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), (profiling() if profile else contextlib.nullcontext()) as clock:
+        result, correlation = _analyze_one(path, engine, vantage, secrets, keep_correlation=True, progress=False)
+    notices = [line for line in err.getvalue().splitlines() if line]
+    return result, correlation if keep_correlation else None, notices, \
+        (clock.seconds, clock.cpu) if clock is not None else None
 
 
 def _merge(args, paths, results, correlations, proposals) -> list:
@@ -188,6 +289,12 @@ def run(args) -> int:
     print(f"{PROG}: time per stage (--profile; exclusive: a stage's time excludes the stages it calls)",
           file=sys.stderr)
     print(clock.report(frames=clock.frames), file=sys.stderr)
+    workers = getattr(clock, "workers", None)
+    if workers is not None:  # --jobs: what the forked workers spent, summed over them
+        print(f"{PROG}: the forked workers' stages (--jobs; seconds summed over the workers: with one capture, "
+              "shares 2..N of it, the table above being share 1, read in this process; with several, every "
+              "capture)", file=sys.stderr)
+        print(workers.report(frames=None, startup=False), file=sys.stderr)
     return status
 
 
@@ -220,9 +327,14 @@ def _run(args, clock=None) -> int:
         return EXIT_USAGE
 
     several = len(args.captures) > 1
+    jobs = getattr(args, "jobs", 1)
     results, correlations = [], []
-    for path in args.captures:
-        result, correlation = _analyze_one(path, args.engine, args.vantage, secrets, keep_correlation=True)
+    if several and jobs > 1:  # several captures: up to `jobs` of them at once, each on one core
+        analysed = _analyze_several(args, secrets, jobs, clock)
+    else:  # one capture is split over `jobs` cores (analyzer.dissect.parallel)
+        analysed = (_analyze_one(path, args.engine, args.vantage, secrets, keep_correlation=True, jobs=jobs)
+                    for path in args.captures)
+    for result, correlation in analysed:
         results.append(result)
         # the correlations are kept only for a merge; proposals need the results alone
         correlations.append(correlation if args.merge else None)
@@ -254,18 +366,21 @@ def _run(args, clock=None) -> int:
 
 
 def _write_report(args, results, incidents, named_proposals) -> int:
+    from analyzer.gcpause import paused_gc
     from analyzer.report.formats import render_csv, render_json, render_text
 
-    if args.format == "json":
-        text = render_json(results, incidents=incidents, proposals=named_proposals)
-    elif args.format == "csv":
-        text = render_csv(results)
-    elif args.format == "html":
-        from analyzer.report.html import render_html
+    with paused_gc():  # the report documents are large trees of fresh dicts and lists, and hold no cycles
+        if args.format == "json":
+            text = render_json(results, incidents=incidents, proposals=named_proposals)
+        elif args.format == "csv":
+            text = render_csv(results)
+        elif args.format == "html":
+            from analyzer.report.html import render_html
 
-        text = render_html(results, incidents=incidents)
-    else:  # problems went to stderr already; a report file keeps them so it stands on its own
-        text = render_text(results, include_problems=bool(args.output), verbose=args.verbose, incidents=incidents)
+            text = render_html(results, incidents=incidents)
+        else:  # problems went to stderr already; a report file keeps them so it stands on its own
+            text = render_text(results, include_problems=bool(args.output), verbose=args.verbose,
+                               incidents=incidents)
 
     if args.output:
         try:

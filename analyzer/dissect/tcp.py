@@ -73,7 +73,7 @@ class TcpFlow:
     """One TCP connection as the transport sees it. Endpoint A is the lower (address, port) of the 4-tuple."""
 
     __slots__ = ("index", "a", "b", "dirs", "interesting", "conn", "syn_from_a", "first_from_a", "closed",
-                 "rst")
+                 "rst", "client_side")
 
     def __init__(self, index: int, a: tuple[str, int], b: tuple[str, int], first_from_a: bool):
         self.index = index
@@ -85,6 +85,9 @@ class TcpFlow:
         self.first_from_a = first_from_a
         self.closed = False
         self.rst = False
+        # (A is the client, B is the client) once followed: the direction test per segment without building
+        # tuples (both True for a connection from an endpoint to itself, as the tuple comparison said)
+        self.client_side = (False, False)
 
 
 class TcpTable:
@@ -209,6 +212,7 @@ class TcpTable:
         flow.conn = TcpConnection(index=flow.index, client_ip=client[0], client_port=client[1],
                                   server_ip=server[0], server_port=server[1],
                                   started_in_capture=flow.syn_from_a is not None)
+        flow.client_side = (flow.a == client, flow.b == client)
         flow.interesting = True
         self.newly_interesting.append(flow)
         for i, d in enumerate(flow.dirs):
@@ -226,13 +230,13 @@ class TcpTable:
     def _data(self, flow: TcpFlow, from_a: bool, d: _Direction, seq: int, payload: bytes, frame: int,
               time: float) -> None:
         conn = flow.conn
-        from_client = (flow.a if from_a else flow.b) == (conn.client_ip, conn.client_port)
-        if d.next is None:  # first bytes of a direction whose start was not captured
-            d.next = seq
-            self.sink.tcp_gap(conn, from_client, 0, frame, time)
-        start = d.unwrap(seq)
-        end = start + len(payload)
+        from_client = flow.client_side[0 if from_a else 1]
         nxt = d.next
+        if nxt is None:  # first bytes of a direction whose start was not captured
+            d.next = nxt = seq
+            self.sink.tcp_gap(conn, from_client, 0, frame, time)
+        start = nxt + ((seq - nxt + HALF) & SEQ_MASK) - HALF  # d.unwrap(seq), inlined: once per segment
+        end = start + len(payload)
         if d.skipped:
             d.skipped = False
             if start > nxt:  # this direction's bytes before the flow was followed were never looked at
@@ -271,7 +275,7 @@ class TcpTable:
         """Give up the hole(s) of direction ``d`` that the peer acknowledged (``ack``) or that are older than
         HOLE_WINDOW."""
         conn = flow.conn
-        from_client = (flow.a if from_a else flow.b) == (conn.client_ip, conn.client_port)
+        from_client = flow.client_side[0 if from_a else 1]
         if ack is not None:
             acked = d.unwrap(ack)
             while d.ooo and acked > d.next:
@@ -328,7 +332,7 @@ class TcpTable:
         conn = flow.conn
         for i, d in enumerate(flow.dirs):
             if d.ooo:
-                from_client = (flow.a if i == 0 else flow.b) == (conn.client_ip, conn.client_port)
+                from_client = flow.client_side[i]
                 while d.ooo:
                     self._skip_hole(conn, d, from_client, frame, time)
         flow.closed = True

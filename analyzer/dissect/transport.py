@@ -3,40 +3,37 @@
 
 Two paths over each batch:
 
-* a numpy pre-filter over the batch's columns (``np.frombuffer`` over the batch buffer: zero-copy over the mmap)
-  for the common frame, Ethernet / IPv4 without options or fragmentation / TCP or UDP. It computes ports, TCP
-  flags, payload offset and length and a direction-independent flow hash, and keeps only the frames that can
-  matter: segments of flows the sink follows (with payload or SYN/FIN/RST), SYN/FIN/RST of any flow (connection
-  numbering and ISNs), the first frame of every new flow, segments whose payload starts like a connection-oriented
-  DCE/RPC header or that use a DCE/RPC port the sink knows, and UDP datagrams between ports >= 1024 that are not
-  connectionless DCE/RPC. Ethernet frames that are not IP, and IPv4 protocols other than TCP/UDP/ICMP, are dropped
-  there too.
+* a pre-filter over the batch's columns for the common frame, Ethernet (+ one 802.1Q tag) or Linux cooked
+  capture v1 / IPv4 without options or fragmentation / TCP or UDP. It computes ports, TCP flags, payload offset
+  and length and a direction-independent flow hash, and keeps only the frames that can matter: segments of flows
+  the sink follows (with payload or SYN/FIN/RST), SYN/FIN/RST of any flow (connection numbering and ISNs), the
+  first frame of every new flow, the first segment with payload of every flow, segments whose payload starts like
+  a connection-oriented DCE/RPC header or that use a DCE/RPC port the sink knows, and UDP datagrams between ports
+  >= 1024 that are not connectionless DCE/RPC. Ethernet frames that are not IP, and IPv4 protocols other than
+  TCP/UDP/ICMP/IP-in-IP, are dropped there too. It is compiled (analyzer/dissect/_prefilter.c: one C loop over
+  the frames, the flow sets in hash tables, the GIL released); :meth:`Transport._prefilter_numpy` computes the same
+  answers with numpy over the whole batch and is the fallback when the extension is not built and the reference
+  the tests compare it with, batch by batch (tests/test_transport.py).
 * a per-frame Python path (:mod:`link`, :mod:`net`, :mod:`tcp`) for the selected frames and for everything the
-  pre-filter does not classify (VLAN/QinQ, IPv6, SLL/SLL2, NULL/LOOP, raw IP, IP options, fragments, ICMP,
-  truncated frames). It is complete on its own; the pre-filter only decides what it may skip.
+  pre-filter does not classify (QinQ, IPv6, SLL2, NULL/LOOP, raw IP, IP options, fragments, ICMP, truncated
+  frames). It is complete on its own; the pre-filter only decides what it may skip.
 
-Bulk flows therefore cost a few numpy operations per frame and no Python at all.
+Bulk flows therefore cost a few tens of nanoseconds of C per frame and no Python at all.
 
-Measured 2026-11-25, 2-core VM shared with ~8 engineers' jobs (load average 1.4-3: process CPU time, not wall
-time, is the meaningful figure, and even that varies by +-30 % from run to run), on ``benchmarks/data/big.pcap`` from
-``benchmarks/make_big_capture.py`` (1,000,000 frames, 919 MB, server side, 1,000 Outlook clients among bulk TCP
-and DNS):
+Measured 2026-12-01 on ``benchmarks/data/big.pcap`` from ``benchmarks/make_big_capture.py`` (1,000,000 frames,
+920 MB, server side, 1,000 Outlook clients among bulk TCP and DNS; 32,097 frames kept), 2-core VM shared with
+other sessions (load average 1.7-2.8; CPU seconds):
 
-* ingest reader alone: 0.73-0.86 s (the Python record walk is 0.33-0.45 s of it);
-* this module's pre-filter: 0.25-0.45 s (about 0.3 us/frame; bound by cache misses on the header bytes, which
-  the record walk touched a whole batch earlier: the record gather and the payload's first bytes take ~0.18 s);
-* + per-frame path for the 32,097 frames (3.2 %) the pre-filter keeps, TCP reassembly included, null sink:
-  ~0.3 s;
-* whole ``dissect_capture`` with the EventCollector (25,977 events): 1.75-2.3 s CPU (435,000-570,000 frames/s),
-  against 2.0-2.7 s before the pre-filter's per-row field takes, one-byte payload gathers, table lookups and the
-  unstable-sort flow grouping (same events; interleaved runs of both trees). Peak anonymous memory ~50 MB
-  (RssAnon sampled every 20 ms; the mmap'ed file pages are not anonymous). tshark on the same file: 37 s CPU
-  (benchmarks/results.md).
+* the compiled pre-filter: 0.045-0.06 s for its C loop, 0.07-0.09 s with the Python around it (port table, output
+  arrays, the dict of parsed fields for the kept segments); the ``pre-filter`` stage of ``analyze --profile``
+  0.07 s, against 0.25-0.30 s for the numpy pre-filter. The loop is bound by the misses on the frame headers
+  spread over the capture: a prefetch of the frame 8 rows ahead took it from ~0.10 to ~0.045 s, after reading the
+  header words with one load + byte swap instead of a byte loop had taken ~0.03 s off. Batch sizes from 4,096 to
+  65,536 frames made no measurable difference once the prefetch was in (the default stays 65,536);
+* + the per-frame path for the kept frames, TCP reassembly included: ~0.25 s.
 
-On a heavier mix (1,000 clients each making 25 calls: 56,000 PDUs in 1M frames, 6.4 % of frames kept) the whole
-run took 3.6 s CPU (~280,000 frames/s), 72 MB (before the changes above). With every frame through the per-frame
-path (use_prefilter=False, null sink) reader + transport took 14.1 s CPU. The 1,000,000 frames/s target is not met:
-reader + pre-filter take ~1 s, and the application layer costs ~15-25 us per PDU.
+With every frame through the per-frame path (use_prefilter=False, null sink) reader + transport took 14.1 s CPU
+(2026-11-25).
 """
 
 from __future__ import annotations
@@ -62,6 +59,11 @@ from analyzer.dissect.net import (
 from analyzer.dissect.stream import PacketSink
 from analyzer.dissect.tcp import TcpTable
 from analyzer.ingest.model import FrameBatch
+
+try:  # the pre-filter compiled (setup.py builds it); without it the numpy pre-filter below, same results
+    from analyzer.dissect import _prefilter as _compiled
+except ImportError:  # pragma: no cover - exercised only where the build failed (a warning says so)
+    _compiled = None
 
 # A connectionless (UDP) DCE/RPC PDU: version byte 4, PTYPE 0..10, and at least its 80-byte header. Such datagrams
 # are RPC, never a push notification. (Version byte alone would drop one notification in 256: the context blob the
@@ -136,9 +138,16 @@ def _in_sorted(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
 class Transport:
     """Feeds a :class:`PacketSink` from FrameBatches. Call :meth:`feed` per batch, then :meth:`finish` once."""
 
-    def __init__(self, sink: PacketSink, use_prefilter: bool = True):
+    def __init__(self, sink: PacketSink, use_prefilter: bool = True, compiled: bool | None = None):
+        """``compiled``: pre-filter with the C extension (None: when it is built; False: the numpy reference)."""
         self.sink = sink
         self.use_prefilter = use_prefilter
+        if compiled is None:
+            compiled = _compiled is not None
+        elif compiled and _compiled is None:
+            raise RuntimeError("the compiled pre-filter (analyzer.dissect._prefilter) is not built")
+        # the C pre-filter's flow sets (the numpy one keeps the sorted arrays below)
+        self._flows = _compiled.FlowState(_MAX_REMEMBERED_FLOWS) if compiled else None
         # the collector's set of ports known to carry DCE/RPC (135, 593, learned ones); it grows while we read
         self.known_ports = getattr(sink, "known_ports", None)
         self.tcp = TcpTable(sink, self.known_ports if self.known_ports is not None else set())
@@ -176,6 +185,38 @@ class Transport:
         self._run(batch, selected, tcp_rows, (tcp_hash, tcp_wanted), fast)
 
     def _prefilter(self, batch: FrameBatch, raw: np.ndarray):
+        """Which rows of the batch the per-frame path must see -> (selected rows, TCP rows, their flow hashes,
+        their 'wanted' flags, {row: parsed TCP header fields}); see the module docstring for the rules."""
+        if self._flows is None:
+            return self._prefilter_numpy(batch, raw)
+        n = len(batch.offset)
+        if len(raw) < _HEADER_SPAN:  # a buffer shorter than one header: nothing to pre-filter
+            return np.arange(n), None, None, None, {}
+        ports = None
+        if self.known_ports:
+            ports = np.zeros(65536, dtype=np.uint8)
+            ports[np.fromiter(self.known_ports, dtype=np.int64, count=len(self.known_ports))] = 1
+        selected = np.empty(n, dtype=np.int64)
+        rows = np.empty(n, dtype=np.int64)
+        hashes = np.empty(n, dtype=np.uint64)
+        wanted = np.empty(n, dtype=np.bool_)
+        fields = np.empty((n, 10), dtype=np.int64)
+        n_selected, n_tcp, n_fast = _compiled.classify(
+            raw, np.ascontiguousarray(batch.offset, dtype=np.int64), np.ascontiguousarray(batch.caplen, dtype=np.int64),
+            np.ascontiguousarray(batch.linktype, dtype=np.int32), ports, self._flows,
+            selected, rows, hashes, wanted, fields)
+        fast = {}
+        if n_fast:
+            row, start, length, src, sport, dst, dport, seq, flags, ack = fields[:n_fast].T.tolist()
+            times = batch.time[fields[:n_fast, 0]].tolist()
+            fast = dict(zip(row, zip(start, length, times, src, sport, dst, dport, seq, flags, ack)))
+        if not n_tcp:
+            return selected[:n_selected], rows[:0], None, None, fast
+        return selected[:n_selected], rows[:n_tcp], hashes[:n_tcp], wanted[:n_tcp], fast
+
+    def _prefilter_numpy(self, batch: FrameBatch, raw: np.ndarray):
+        """:meth:`_prefilter` with numpy over the whole batch: the reference for the compiled pre-filter
+        (analyzer/dissect/_prefilter.c), and the fallback when it is not built."""
         offset, caplen, linktype = batch.offset, batch.caplen, batch.linktype
         if len(raw) < 8:
             return np.arange(len(offset)), None, None, None, {}
@@ -204,6 +245,10 @@ class Transport:
             offset, caplen = offset + shift, caplen - shift
             moved = np.flatnonzero(shift)
             head_bytes[moved] = records[np.minimum(offset[moved], top)]
+        # A short frame within the buffer's last 50 bytes (end of the file or of a gzip window) was read at the
+        # clamped position, i.e. from another frame's bytes: the per-frame path classifies it (a 48-byte UDP
+        # datagram there was dropped before).
+        framed &= offset <= top
         head = head_bytes.view(_HEADER_DTYPE)
         w12 = head["w12"].astype(np.uint64)  # ethertype, IPv4 version/IHL, TOS, total length, id
         w20 = head["w20"].astype(np.uint64)  # flags/fragment offset, TTL, protocol, checksum, 2 bytes of source
@@ -386,7 +431,10 @@ class Transport:
                         if row > i and tcp_wanted[k]:
                             heapq.heappush(extra, row)
         if followed:
-            self._followed_hashes = np.union1d(self._followed_hashes, np.array(followed, dtype=np.uint64))
+            if self._flows is not None:
+                self._flows.follow(np.array(followed, dtype=np.uint64))
+            else:
+                self._followed_hashes = np.union1d(self._followed_hashes, np.array(followed, dtype=np.uint64))
 
     def _ipv4_text(self, value: int) -> str:
         text = self._addresses.get(value)

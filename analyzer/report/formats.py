@@ -60,6 +60,8 @@ def _floats_spelled_alike(doc) -> bool:
     while stack:
         item = pop()
         kind = type(item)
+        if kind is str or kind is int or item is None or kind is bool:  # most leaves: one test each
+            continue
         if kind is dict:
             extend(item.values())
         elif kind is list or kind is tuple:
