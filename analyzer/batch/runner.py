@@ -187,13 +187,15 @@ def run_local(paths: list[str], jobs: int, secrets=None, hashes: dict[str, str] 
 
 # The environment a Dask worker process of a batch should start with. dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536,
 # and any explicit malloc setting also stops glibc from raising its mmap threshold (128 KiB) dynamically, so every
-# large array of the analysis is mmap'd, zero-filled and unmapped again. Measured on a 100,000-frame capture (best
-# of 8 in one process started with each environment; 2026-12-01, 2 cores, load 2.7): dask's variable alone 35,000
-# minor page faults and 0.035-0.040 s of system time per capture on ~0.19 s of user time (+20 % CPU); no variable
-# (glibc's defaults) 4,500-5,400 faults, 0.015-0.024 s; dask's variable plus a 32 MiB mmap threshold (glibc's own
-# dynamic maximum on 64-bit) ~880 faults, 0.007 s. dask never sets MALLOC_MMAP_THRESHOLD_, so this one setting works
-# whatever trim threshold a cluster uses, and dask's trimming still gives freed memory back.
-WORKER_ENVIRONMENT = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20)}
+# large array of the analysis is mmap'd, zero-filled and unmapped again, and the heap is trimmed and regrown.
+# Measured on a 100,000-frame capture (best of 8 in one process started with each environment; 2026-12-01, 2 cores,
+# load 2.7): dask's variable alone 35,000 minor page faults and 0.035-0.040 s of system time per capture on ~0.19 s
+# of user time (+20 % CPU); no variable (glibc's defaults) 4,500-5,400 faults, 0.015-0.024 s; a 32 MiB mmap and a
+# 64 MiB trim threshold (the maxima glibc's dynamic thresholds reach on 64-bit) ~500 faults, 0.008-0.011 s. In the
+# task thread of a local_cluster worker, 8 such captures: 103,000 faults and 0.33-0.42 s of system time with the
+# mmap threshold alone, 11,100 and 0.24-0.26 s with both, as in a process-pool worker (11,000-11,500, 0.20-0.26 s).
+# An explicit MALLOC_TRIM_THRESHOLD_ in the environment that starts the cluster still wins (dask's rule).
+WORKER_ENVIRONMENT = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(64 << 20)}
 
 # dask configuration for local_cluster, measured on 2 single-thread workers (2026-12-01, 2 shared cores):
 # * the statistical profiler samples the task thread's stack every 10 ms for the dashboard's profile page, which
@@ -213,13 +215,13 @@ CLUSTER_CONFIG = {
 def local_cluster(n_workers: int = 2, **kwargs):
     """A ``distributed.LocalCluster`` suited to batch scoring: ``n_workers`` processes of one thread each (the
     analysis is CPU-bound Python: threads would share one GIL), no dashboard, no statistical profiler and slower
-    housekeeping timers (``CLUSTER_CONFIG``), and the workers' malloc mmap threshold at 32 MiB
+    housekeeping timers (``CLUSTER_CONFIG``), and the workers' malloc mmap and trim thresholds at 32 and 64 MiB
     (``WORKER_ENVIRONMENT``). Keyword arguments go to ``LocalCluster``.
 
     Use it as ``with local_cluster(2) as cluster, distributed.Client(cluster) as client: score(paths,
     client=client)``. Workers started by ``dask worker`` get the same settings from that command's environment:
-    ``MALLOC_MMAP_THRESHOLD_=33554432 DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False dask worker ...``
-    (docs/batch.md, with the timers)."""
+    ``MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=67108864 dask worker ...`` (docs/batch.md, with the
+    dask settings)."""
     import dask
     from distributed import LocalCluster
 
