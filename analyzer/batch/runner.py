@@ -194,7 +194,6 @@ def run_local(paths: list[str], jobs: int, secrets=None, hashes: dict[str, str] 
 # 64 MiB trim threshold (the maxima glibc's dynamic thresholds reach on 64-bit) ~500 faults, 0.008-0.011 s. In the
 # task thread of a local_cluster worker, 8 such captures: 103,000 faults and 0.33-0.42 s of system time with the
 # mmap threshold alone, 11,100 and 0.24-0.26 s with both, as in a process-pool worker (11,000-11,500, 0.20-0.26 s).
-# An explicit MALLOC_TRIM_THRESHOLD_ in the environment that starts the cluster still wins (dask's rule).
 WORKER_ENVIRONMENT = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(64 << 20)}
 
 # dask configuration for local_cluster, measured on 2 single-thread workers (2026-12-01, 2 shared cores):
@@ -216,7 +215,7 @@ def local_cluster(n_workers: int = 2, **kwargs):
     """A ``distributed.LocalCluster`` suited to batch scoring: ``n_workers`` processes of one thread each (the
     analysis is CPU-bound Python: threads would share one GIL), no dashboard, no statistical profiler and slower
     housekeeping timers (``CLUSTER_CONFIG``), and the workers' malloc mmap and trim thresholds at 32 and 64 MiB
-    (``WORKER_ENVIRONMENT``). Keyword arguments go to ``LocalCluster``.
+    (``WORKER_ENVIRONMENT``, whatever this process's environment says). Keyword arguments go to ``LocalCluster``.
 
     Use it as ``with local_cluster(2) as cluster, distributed.Client(cluster) as client: score(paths,
     client=client)``. Workers started by ``dask worker`` get the same settings from that command's environment:
@@ -227,10 +226,22 @@ def local_cluster(n_workers: int = 2, **kwargs):
 
     options = dict(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None)
     options.update(kwargs)
-    # the nannies copy the configuration when they are created, and keep it for restarts
+    # The nannies copy the configuration when they are created, and keep it for restarts. dask takes a variable
+    # already in this process's environment over its configuration, and every nanny copies its own variables into
+    # that environment (a LocalCluster with dask's defaults started earlier leaves MALLOC_TRIM_THRESHOLD_=65536
+    # there), so the variables are set here too while the cluster starts, and put back after.
     environ = {f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in WORKER_ENVIRONMENT.items()}
-    with dask.config.set({**environ, **CLUSTER_CONFIG}):
-        return LocalCluster(**options)
+    saved = {k: os.environ.get(k) for k in WORKER_ENVIRONMENT}
+    os.environ.update(WORKER_ENVIRONMENT)
+    try:
+        with dask.config.set({**environ, **CLUSTER_CONFIG}):
+            return LocalCluster(**options)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def run_dask(paths: list[str], client, secrets=None, hashes: dict[str, str] | None = None
