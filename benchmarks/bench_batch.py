@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -238,6 +239,12 @@ def main() -> int:
         if "dask" in modes:
             print(f"speed-up Dask LocalCluster of 2 workers vs --jobs 1: {best[1][0] / best['dask'][0]:.2f}x "
                   f"(target >= 1.8x)")
+        # medians too: on a VM whose CPU speed itself drifts by 10-20 % from run to run, one lucky run can make
+        # the best-of figures (and so the speed-ups) look better or worse than the typical run
+        median = {m: statistics.median(w for w, _ in (quiet[m] or busy[m])) for m in modes}
+        print("median wall s: " + ", ".join(f"{names[m]} {median[m]:.2f}" for m in modes)
+              + f"; speed-up --jobs 2 {median[1] / median[2]:.2f}x"
+              + (f", Dask {median[1] / median['dask']:.2f}x" if "dask" in modes else ""))
         if "dask" in modes:
             print(f"Dask LocalCluster vs --jobs 2: {best['dask'][0] / best[2][0]:.2f}x the wall time")
         # CPU the same work takes with both cores busy, against one: above 1 the cores slow each other down
