@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from analyzer.batch import BATCH_COLUMNS, ResultsStore, expand_paths, score
+from analyzer.batch import BATCH_COLUMNS, BatchReport, ResultsStore, expand_paths, local_cluster, score
 from analyzer.pipeline import RESULT_COLUMNS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,6 +123,45 @@ def test_dask_cluster_table_equals_local_pool_table(local_table, inputs, cluster
     _, client = cluster
     dask_table = score(inputs, client=client)
     pd.testing.assert_frame_equal(dask_table, local_table)
+
+
+def test_local_cluster_sets_the_worker_malloc_threshold_and_gives_the_same_table(local_table, inputs):
+    """analyzer.batch.local_cluster: real worker processes started with the batch's malloc setting (runner.py says
+    why), one thread each; same table as the local pool."""
+    import distributed
+
+    import dask
+
+    from analyzer.batch.runner import CLUSTER_CONFIG, WORKER_ENVIRONMENT
+
+    with local_cluster(2) as cluster, distributed.Client(cluster) as client:
+        environ = client.run(lambda: {k: os.environ.get(k) for k in WORKER_ENVIRONMENT})
+        config = client.run(lambda: {k: dask.config.get(k) for k in CLUSTER_CONFIG})
+        threads = client.nthreads()
+        table = score(inputs, client=client)
+    assert len(environ) == 2 and all(e == WORKER_ENVIRONMENT for e in environ.values())
+    assert all(c == CLUSTER_CONFIG for c in config.values())
+    assert sorted(threads.values()) == [1, 1]
+    pd.testing.assert_frame_equal(table, local_table)
+
+
+@pytest.mark.parametrize("executor", ["pool", "dask"])
+def test_resume_hashes_each_capture_once_and_the_rows_carry_the_right_hash(local_table, inputs, cluster, tmp_path,
+                                                                          executor):
+    """--resume hashes the captures to find the done ones; the workers reuse those hashes (not a second read).
+    Half the captures in RESULTS, the rest scored: the table equals a fresh run's, hashes included."""
+    readable = local_table.dropna(subset=["sha256"])
+    first = sorted(set(readable["file"]))[: len(set(readable["file"])) // 2]
+    out = tmp_path / "results.csv"
+    score(first, jobs=1, output=str(out))
+    client = cluster[1] if executor == "dask" else None
+    report = BatchReport()
+    table = score(inputs, jobs=None if client else 2, client=client, output=str(out), resume=True, report=report)
+    assert report.resumed == len(first) and report.scored == len(inputs) - len(first)
+    got = table.sort_values(["file", "client"], kind="stable").reset_index(drop=True)
+    want = local_table.sort_values(["file", "client"], kind="stable").reset_index(drop=True)
+    assert list(got["sha256"].fillna("")) == list(want["sha256"].fillna(""))
+    assert list(got["verdict"].fillna("")) == list(want["verdict"].fillna(""))
 
 
 def test_cli_on_dask_scheduler_address_writes_same_rows(local_table, inputs, cluster, tmp_path):

