@@ -67,9 +67,7 @@ def run(args) -> int:
 
 
 def _run(args, clock=None) -> int:
-    from analyzer.dissect import dissect_capture
-    from analyzer.report.safe_text import escape_controls
-    from analyzer.ingest import CaptureError
+    from analyzer.gcpause import paused_gc
     from analyzer.pipeline import not_a_regular_file
 
     if args.format == "parquet" and not args.output:
@@ -86,6 +84,15 @@ def _run(args, clock=None) -> int:
     if problem:
         print(f"{PROG}: {args.capture}: {problem}", file=sys.stderr)
         return EXIT_NO_CAPTURE
+    with paused_gc():  # as in analyze: the collector's passes over the events find nothing to free
+        return _dissect_and_write(args, secrets, clock)
+
+
+def _dissect_and_write(args, secrets, clock) -> int:
+    from analyzer.dissect import dissect_capture
+    from analyzer.ingest import CaptureError
+    from analyzer.report.safe_text import escape_controls
+
     try:
         events, info = dissect_capture(args.capture, engine=args.engine, secrets=secrets)
     except CaptureError as exc:
