@@ -21,6 +21,22 @@ EXIT_USAGE = 2
 EXIT_NO_CAPTURE = 3
 
 
+def run_profiled(prog: str, args, run):
+    """``run(args, clock)`` under the ``--profile`` stage clock when ``args.profile`` is set (else ``run(args)``),
+    then the stage table on stderr. Returns (exit status, the clock or None), so a command can add its own
+    lines (``analyze --jobs``: the workers' table)."""
+    if not getattr(args, "profile", False):
+        return run(args), None
+    from analyzer.stagetimes import profiling
+
+    with profiling() as clock:
+        status = run(args, clock)
+    print(f"{prog}: time per stage (--profile; exclusive: a stage's time excludes the stages it calls)",
+          file=sys.stderr)
+    print(clock.report(frames=clock.frames), file=sys.stderr)
+    return status, clock
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mailpush",

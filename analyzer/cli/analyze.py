@@ -17,7 +17,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from analyzer.cli import EXIT_FAIL_ON, EXIT_NO_CAPTURE, EXIT_OK, EXIT_USAGE
+from analyzer.cli import EXIT_FAIL_ON, EXIT_NO_CAPTURE, EXIT_OK, EXIT_USAGE, run_profiled
 from analyzer.cli.events import output_problem
 from analyzer.cli.limits import add_limit_args, apply_limit_args, limit_problem
 from analyzer.verdict.model import VERDICTS
@@ -280,15 +280,7 @@ def _plot_prefixes(results) -> list[str]:
 
 
 def run(args) -> int:
-    if not getattr(args, "profile", False):
-        return _run(args)
-    from analyzer.stagetimes import profiling
-
-    with profiling() as clock:
-        status = _run(args, clock)
-    print(f"{PROG}: time per stage (--profile; exclusive: a stage's time excludes the stages it calls)",
-          file=sys.stderr)
-    print(clock.report(frames=clock.frames), file=sys.stderr)
+    status, clock = run_profiled(PROG, args, _run)
     workers = getattr(clock, "workers", None)
     if workers is not None:  # --jobs: what the forked workers spent, summed over them
         print(f"{PROG}: the forked workers' stages (--jobs; seconds summed over the workers: with one capture, "

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 
-from analyzer.cli import EXIT_NO_CAPTURE, EXIT_OK, EXIT_USAGE
+from analyzer.cli import EXIT_NO_CAPTURE, EXIT_OK, EXIT_USAGE, run_profiled
 
 PROG = "mailpush events"
 
@@ -54,16 +54,7 @@ def secrets_from_args(args):
 
 
 def run(args) -> int:
-    if not getattr(args, "profile", False):
-        return _run(args)
-    from analyzer.stagetimes import profiling
-
-    with profiling() as clock:
-        status = _run(args, clock)
-    print(f"{PROG}: time per stage (--profile; exclusive: a stage's time excludes the stages it calls)",
-          file=sys.stderr)
-    print(clock.report(frames=clock.frames), file=sys.stderr)
-    return status
+    return run_profiled(PROG, args, _run)[0]
 
 
 def _run(args, clock=None) -> int:
