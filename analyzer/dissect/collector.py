@@ -122,6 +122,11 @@ class EventCollector:
         self._live: dict[int, TcpConnection] = {}
 
     @property
+    def open_connections(self) -> int:
+        """Connections with framing state not yet closed (``finish`` closes them)."""
+        return len(self._live)
+
+    @property
     def known_ports(self) -> Set[int]:
         """TCP ports known to carry DCE/RPC: 135, 593 and the ports learned from ept_map responses and bind_ack
         secondary addresses. The live set, so it grows while the capture is read (the transport keeps a reference

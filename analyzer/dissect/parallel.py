@@ -267,7 +267,7 @@ def _dissect_share_timed(path, share: int, shares: int, progress, clock: StageCl
 
         tcp.finish = finishing
         transport.finish()
-        leftover = len(sink._live)
+        leftover = sink.open_connections
         events = sink.finish()
         reader = [(key, w) for key, w in tagged if key[0] == 0 and key[2] == 1]
         own = [(key, w) for key, w in tagged if not (key[0] == 0 and key[2] == 1)
@@ -280,7 +280,7 @@ def _dissect_share_timed(path, share: int, shares: int, progress, clock: StageCl
             "info": info if share == 0 else None,
             "checks": (tcp.count, tuple(sorted(sink.known_ports)), transport.malformed,
                        tuple(transport.malformed_reasons), transport.frames_seen, transport.frames_parsed),
-            "decoded": labels._decoded,
+            "decoded": labels.decoded,
             "unsplittable": sink.unsplittable or (
                 f"{leftover} connections still open after the transport's end" if leftover else None),
             "profile": None,

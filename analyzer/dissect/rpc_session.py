@@ -191,6 +191,10 @@ class RpcSessionAnalyser:
         if finish_stub is not None:  # an engine's wrapper around finish_stub (tests record the decoded stubs)
             self._finish_stub = finish_stub
 
+    def existing_connection(self, conn: int) -> _Connection | None:
+        """The state of connection ``conn``, or None when none of its PDUs was seen (nothing is created)."""
+        return self._conns.get(conn)
+
     def connection(self, conn: int) -> _Connection:
         """The state of connection ``conn`` (created empty when new)."""
         st = self._conns.get(conn)
@@ -255,8 +259,8 @@ class RpcSessionAnalyser:
             ev.interface, ev.interface_uuid, ev.interface_ver = iface.name, iface.uuid, iface.ver
             ev.interface_source = source
 
-    def _ctx_iface(self, st: _Connection, ctx_id: int, server_ip: str,
-                   server_port: int) -> tuple[Label | None, str | None, str | None]:
+    def context_interface(self, st: _Connection, ctx_id: int, server_ip: str,
+                          server_port: int) -> tuple[Label | None, str | None, str | None]:
         """(interface, note, interface_source) of ``ctx_id`` on this connection as known now."""
         iface = st.contexts.get(ctx_id)
         if iface is not None:
@@ -364,7 +368,7 @@ class RpcSessionAnalyser:
             stub_len = self._open(rec, cp, ev)
         else:
             ev.auth_level, stub_len = cp.body.auth_level, rec.stub_len
-        iface, note, source = self._ctx_iface(st, cp.ctx_id, *server)
+        iface, note, source = self.context_interface(st, cp.ctx_id, *server)
         self._set_iface(ev, iface, source)
         ev.opname = opname(ev.interface, ev.opnum)
         ev.note = _join(note, cp.body.note)
@@ -397,7 +401,7 @@ class RpcSessionAnalyser:
             iface, note, source = None, None, None
             ev.opnum, ev.request_frame = req.opnum, req.frame
         else:
-            iface, note, source = self._ctx_iface(st, cp.ctx_id, *server)
+            iface, note, source = self.context_interface(st, cp.ctx_id, *server)
             note = _join(note, "request not in the capture")
             ev.opnum = cp.opnum  # the engine's own match, when it has one (tshark); None from the native parser
         self._set_iface(ev, iface, source)

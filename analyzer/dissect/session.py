@@ -362,6 +362,11 @@ class SessionLabeller:
         self._decoded = 0
         self._limit_warned = False
 
+    @property
+    def decoded(self) -> int:
+        """Stubs of deferred PDUs decoded so far (bounded by MAX_DEFERRED capture-wide)."""
+        return self._decoded
+
     # ------------------------------------------------------------------------------------------------ learning
 
     def learn_ept_map(self, ip: str, port: int, iface) -> None:

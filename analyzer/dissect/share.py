@@ -147,7 +147,7 @@ class ShareCollector(EventCollector):
         """Whether a call PDU of another share's connection can teach nothing capture-wide (module doc): its
         interface is known now (as the session analyser would label it) and is not the endpoint mapper."""
         session = self.session
-        st = session._conns.get(conn.index)
+        st = session.existing_connection(conn.index)
         if st is None:
             return False
         ctx_id = int.from_bytes(pdu[_CTX_AT:_CTX_AT + 2], "little" if hdr.little_endian else "big")
@@ -157,13 +157,13 @@ class ShareCollector(EventCollector):
             server_ip, server_port = conn.client_ip, conn.client_port
         req = None
         if hdr.ptype == PTYPE_REQUEST:
-            iface = session._ctx_iface(st, ctx_id, server_ip, server_port)[0]
+            iface = session.context_interface(st, ctx_id, server_ip, server_port)[0]
         else:  # a response's server is its sender
             req = st.requests.get(hdr.call_id)
             if req is not None:
                 iface = req.iface
             else:
-                iface = session._ctx_iface(st, ctx_id, *((conn.client_ip, conn.client_port) if from_client else
+                iface = session.context_interface(st, ctx_id, *((conn.client_ip, conn.client_port) if from_client else
                                                           (conn.server_ip, conn.server_port)))[0]
         if iface is not None and iface.name != EPM:
             self._skipped.add(conn.index)
