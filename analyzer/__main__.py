@@ -1,3 +1,3 @@
-from analyzer.cli import main
+from analyzer.cli import console_main
 
-raise SystemExit(main())
+console_main()

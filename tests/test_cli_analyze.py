@@ -215,3 +215,25 @@ def test_progress_bar_only_for_long_files_on_a_terminal(public_dir, monkeypatch)
         monkeypatch.setattr(cli_analyze, "PROGRESS_MIN_BYTES", threshold)
         cli_analyze._analyze_one(capture, "native", "auto")
         assert quiet.getvalue() == ""
+
+
+def test_the_console_script_skips_teardown_but_flushes_everything(tmp_path, capsys):
+    """console_main ends analyze/events with os._exit after the exit handlers: the whole report still reaches
+    a pipe and a file, the exit status is kept, and an atexit handler registered during the run still runs."""
+    from analyzer.cli import main
+
+    capture = ROOT / "captures" / "async_wait.pcap"
+    assert main(["analyze", str(capture), "--format", "json"]) == 0
+    expected = capsys.readouterr().out
+    proc = mailpush(capture, "--format", "json")
+    assert proc.returncode == 0 and proc.stdout == expected, proc.stderr
+    # the same through `python -m analyzer`, with an exit handler planted by a startup hook
+    marker = tmp_path / "atexit-ran"
+    hook = (f"import atexit, pathlib; atexit.register(pathlib.Path({str(marker)!r}).write_text, 'yes'); "
+            "import runpy, sys; sys.argv = ['mailpush', 'analyze', sys.argv[1], '--format', 'json', "
+            f"'--fail-on', {','.join(VERDICTS)!r}]; runpy.run_module('analyzer', "
+            "run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", hook, str(capture)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr  # --fail-on matched: the status survives the quick exit
+    assert proc.stdout == expected
+    assert marker.read_text() == "yes"

@@ -8,12 +8,17 @@ could be read.
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib
+import os
 import sys
+import threading
 
 from analyzer import __version__
 
 COMMAND_MODULES = ("events", "analyze", "batch", "serve", "db")
+# One-shot commands whose process may skip the interpreter's teardown (console_main)
+QUICK_EXIT_COMMANDS = frozenset({"analyze", "events"})
 
 EXIT_OK = 0
 EXIT_FAIL_ON = 1
@@ -57,9 +62,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def console_main() -> None:
+    """The ``mailpush`` console script: :func:`main`, then, for a one-shot command, an exit without the
+    interpreter's teardown.
+
+    Teardown frees every module and cached object one by one: 0.03-0.04 s of wall time after analysing the
+    1,000,000-frame benchmark capture (median of interleaved runs, 2026-12-01), about 3 % of the whole run, for a
+    process that ends anyway. Exit handlers (atexit, weakref finalizers: temporary directories, multiprocessing
+    pools, logging) still run and both standard streams are flushed; every file the commands write is closed by
+    a ``with`` block before this point. Only when no other thread runs: a live thread is joined by the normal exit.
+    """
+    status = main(sys.argv[1:])
+    if _last_command in QUICK_EXIT_COMMANDS and threading.active_count() == 1:
+        _quick_exit(status)
+    sys.exit(status)
+
+
+def _quick_exit(status: int) -> None:
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe or stream: what the normal exit would also lose
+            pass
+    os._exit(status)
+
+
+_last_command: str | None = None  # the sub-command main() ran last (console_main's quick-exit test)
+
+
 def main(argv: list[str] | None = None) -> int:
+    global _last_command
     parser = build_parser()
     args = parser.parse_args(argv)
+    _last_command = getattr(args, "command", None)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
