@@ -11,7 +11,7 @@ import functools
 import operator
 import ipaddress
 import statistics
-from collections import Counter, defaultdict
+from collections import defaultdict
 
 from analyzer.correlate.model import (
     ASYNC_EMSMDB,
@@ -158,7 +158,9 @@ def _find_clients(events) -> dict[str, list]:
 
 
 def _build_client(ip: str, evs: list, all_events) -> ClientActivity:
-    server_count: Counter = Counter()
+    # The loop below runs once per MAPI event of the client (26,000 times on the 1,000-client benchmark capture):
+    # event attributes are read once into locals and the per-kind tests are plain string comparisons.
+    server_count: dict = {}
     conns: dict = {}
     calls: list[RpcCall] = []
     pending: dict = {}  # (conn, call_id) -> RpcCall waiting for its answer
@@ -171,53 +173,60 @@ def _build_client(ip: str, evs: list, all_events) -> ClientActivity:
     session_start = False
     logon_time = None
     for e in evs:
-        outbound = e.src == ip
-        server = e.dst if outbound else e.src
-        server_count[server] += 1
-        key = (e.conn, e.interface) if e.conn is not None else (server, e.dport if outbound else e.sport, e.interface)
+        src, interface, kind, conn_index = e.src, e.interface, e.kind, e.conn
+        outbound = src == ip
+        server = e.dst if outbound else src
+        server_count[server] = server_count.get(server, 0) + 1
+        if conn_index is not None:
+            key = (conn_index, interface)
+        else:
+            key = (server, e.dport if outbound else e.sport, interface)
         conn = conns.get(key)
         if conn is None:
-            conn = conns[key] = Connection(conn=e.conn, client=ip, client_port=e.sport if outbound else e.dport,
+            conn = conns[key] = Connection(conn=conn_index, client=ip, client_port=e.sport if outbound else e.dport,
                                            server=server, server_port=e.dport if outbound else e.sport,
-                                           interface=e.interface, first_frame=e.frame, first_time=e.time)
+                                           interface=interface, first_frame=e.frame, first_time=e.time)
         source = getattr(e, "interface_source", None)
         if source is not None and source != conn.interface_source:  # (the call only when it may change)
             _note_interface_source(conn, source)
-        if e.kind in ("bind", "alter_context") and outbound:
-            conn.bind_frame = conn.bind_frame or e.frame
-            # the connection negotiated the interface in the capture, whatever the dissector says of other PDUs
-            _note_interface_source(conn, e.kind)
-            if e.interface == EMSMDB:
-                session_start = True
-                logon_time = e.time if logon_time is None else logon_time
-        elif e.kind == "request" and outbound:
-            call = RpcCall(frame=e.frame, time=e.time, conn=e.conn, interface=e.interface, opnum=e.opnum,
-                           opname=e.opname, call_id=e.call_id, stub_len=e.stub_len, encrypted=bool(e.encrypted))
-            calls.append(call)
-            pending[(e.conn, e.call_id)] = call
-            by_request_frame.setdefault(e.frame, call)
-            if e.interface == EMSMDB and e.opnum in CONNECT_OPNUMS:
-                session_start = True
-                logon_time = e.time if logon_time is None else min(logon_time, e.time)
-                if e.user_dn and not mailbox:
-                    mailbox = e.user_dn
-            if e.interface == EMSMDB and e.opnum == EmsmdbOp.EcRRegisterPushNotification:
-                cb_ip, cb_port = split_endpoint(e.callback)
-                reg = Registration(frame=e.frame, time=e.time, server=server, conn=e.conn, call_id=e.call_id,
-                                   callback=e.callback, callback_ip=cb_ip, callback_port=cb_port,
-                                   context_hex=(e.context_hex or None), advise_bits=e.advise_bits,
-                                   encrypted=bool(e.encrypted))
-                registrations.append(reg)
-                reg_by_call[id(call)] = reg
-        elif e.kind in ("response", "fault") and not outbound:
-            call = pending.pop((e.conn, e.call_id), None)
+        if outbound:
+            if kind == "request":
+                call = RpcCall(e.frame, e.time, conn_index, interface, e.opnum, e.opname, e.call_id, e.stub_len,
+                               bool(e.encrypted))
+                calls.append(call)
+                pending[(conn_index, e.call_id)] = call
+                by_request_frame.setdefault(e.frame, call)
+                if interface == EMSMDB:
+                    opnum = e.opnum
+                    if opnum in CONNECT_OPNUMS:
+                        session_start = True
+                        logon_time = e.time if logon_time is None else min(logon_time, e.time)
+                        if e.user_dn and not mailbox:
+                            mailbox = e.user_dn
+                    if opnum == EmsmdbOp.EcRRegisterPushNotification:
+                        cb_ip, cb_port = split_endpoint(e.callback)
+                        reg = Registration(frame=e.frame, time=e.time, server=server, conn=conn_index,
+                                           call_id=e.call_id, callback=e.callback, callback_ip=cb_ip,
+                                           callback_port=cb_port, context_hex=(e.context_hex or None),
+                                           advise_bits=e.advise_bits, encrypted=bool(e.encrypted))
+                        registrations.append(reg)
+                        reg_by_call[id(call)] = reg
+            elif kind == "bind" or kind == "alter_context":
+                conn.bind_frame = conn.bind_frame or e.frame
+                # the connection negotiated the interface in the capture, whatever the dissector says of other PDUs
+                _note_interface_source(conn, kind)
+                if interface == EMSMDB:
+                    session_start = True
+                    logon_time = e.time if logon_time is None else logon_time
+        elif kind == "response" or kind == "fault":
+            call = pending.pop((conn_index, e.call_id), None)
             if call is None and e.request_frame is not None:
                 call = by_request_frame.get(e.request_frame)
             if call is None:
                 continue  # answer to a request sent before the capture started
             call.response_frame, call.response_time = e.frame, e.time
             call.response_len = e.stub_len
-            if e.kind == "fault":
+            if kind == "fault":
                 call.fault_status = e.status
             else:
                 call.status = e.status
@@ -225,20 +234,22 @@ def _build_client(ip: str, evs: list, all_events) -> ClientActivity:
                 async_flags[id(call)] = e.async_flags
             if e.poll_max_ms:
                 poll_max = e.poll_max_ms
-            reg = reg_by_call.get(id(call))
-            if reg is not None:
-                if e.kind == "fault":
-                    reg.fault_frame, reg.fault_time, reg.fault_status = e.frame, e.time, e.status
-                else:
-                    reg.response_frame, reg.response_time = e.frame, e.time
-                    reg.status = None if e.encrypted else e.status
-                    # Packet privacy hides the return value; a fault or the behaviour that follows must tell.
-                    reg.encrypted = reg.encrypted or bool(e.encrypted)
+            if reg_by_call:
+                reg = reg_by_call.get(id(call))
+                if reg is not None:
+                    if kind == "fault":
+                        reg.fault_frame, reg.fault_time, reg.fault_status = e.frame, e.time, e.status
+                    else:
+                        reg.response_frame, reg.response_time = e.frame, e.time
+                        reg.status = None if e.encrypted else e.status
+                        # Packet privacy hides the return value; a fault or the behaviour that follows must tell.
+                        reg.encrypted = reg.encrypted or bool(e.encrypted)
     calls.sort(key=lambda c: (c.frame, c.time))
     emsmdb_calls = [c for c in calls if c.interface == EMSMDB]
     activity = ClientActivity(
         client=ip,
-        server=server_count.most_common(1)[0][0] if server_count else "",
+        # the most frequent; the first seen among equals (as Counter.most_common)
+        server=max(server_count, key=server_count.__getitem__) if server_count else "",
         servers=sorted(server_count, key=_ip_key),
         mailbox=mailbox,
         connections=sorted(conns.values(), key=lambda c: c.first_frame),
