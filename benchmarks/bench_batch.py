@@ -44,6 +44,9 @@ sys.path.insert(0, str(ROOT))
 from analyzer.batch import local_cluster, score  # noqa: E402
 from analyzer.batch.worker import preload, score_one  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from quiet import machine_cpu, others_cores, own_cpu  # noqa: E402
+
 
 def sample_files() -> list[Path]:
     samples = sorted(p for p in (ROOT / "captures").glob("*") if p.is_file() and p.suffix in
@@ -54,46 +57,6 @@ def sample_files() -> list[Path]:
     if not public.is_dir():
         public = Path("/work/shared/captures/public")
     return sorted(p for p in public.glob("*") if p.suffix in (".pcap", ".pcapng", ".cap"))
-
-
-def machine_cpu() -> float:
-    """CPU seconds all processes of the machine have used since boot (busy time in /proc/stat)."""
-    with open("/proc/stat") as fh:
-        ticks = [int(x) for x in fh.readline().split()[1:9]]
-    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # minus idle and iowait
-
-
-def own_cpu() -> float:
-    """CPU seconds of this process, its reaped children and its live descendants (pool and Dask workers)."""
-    parents: dict[int, int] = {}
-    times: dict[int, float] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # exited meanwhile
-        parents[int(entry)] = int(fields[1])
-        # utime, stime, and for this process also cutime, cstime (children it has reaped)
-        times[int(entry)] = sum(int(x) for x in fields[11:15])
-    me = os.getpid()
-    tree, frontier = {me}, [me]
-    while frontier:
-        parent = frontier.pop()
-        for pid, ppid in parents.items():
-            if ppid == parent and pid not in tree:
-                tree.add(pid)
-                frontier.append(pid)
-    return sum(times.get(pid, 0) for pid in tree) / os.sysconf("SC_CLK_TCK")
-
-
-def others_cores(seconds: float = 2.0) -> float:
-    """Cores the rest of the machine keeps busy right now (this benchmark idle meanwhile)."""
-    m0, o0 = machine_cpu(), own_cpu()
-    time.sleep(seconds)
-    return max(0.0, (machine_cpu() - m0) - (own_cpu() - o0)) / seconds
 
 
 def main() -> int:
