@@ -2,12 +2,13 @@
 """A small Parquet writer for tables of plain Python lists, without pyarrow or numpy.
 
 Why it is hand-written: ``mailpush events --format parquet`` must write big.pcap's table (1,000,000 frames,
-~26,000 rows x 37 columns) within a 1.0 s end-to-end budget, and ``import pyarrow, pyarrow.parquet`` alone
-(which imports numpy) took 0.20-0.34 s wall against 0.03-0.06 s for ``python -c pass`` on this 2-core machine
-(interleaved runs, 2026-12-01, load 1.0-2.2; docs/performance.md), a quarter of the budget or more, for a file
-this module writes in a few tens of milliseconds. pyarrow stays the reference: the tests read every file written
-here with ``pyarrow.parquet`` and ``pandas.read_parquet`` and compare it with what pyarrow writes for the same
-table (tests/test_events_writers.py).
+~26,000 rows x 37 columns) within a 1.0 s end-to-end budget, and ``python -c "import pyarrow, pyarrow.parquet"``
+(which imports numpy) took 0.16 s fastest / 0.22 s median wall against 0.03 s for ``python -c pass`` on this
+2-core machine (15 interleaved runs, 2026-12-01 05:00 UTC, load 1.1-1.3; benchmarks/results.md), a fifth of the
+budget, for a table this module writes in 0.09 s of CPU (pyarrow's path: 0.16-0.18 s with numpy already loaded).
+pyarrow stays the reference: the tests read every file written here with ``pyarrow.parquet`` and
+``pandas.read_parquet`` and compare it with what pyarrow writes for the same table (tests/test_events_writers.py),
+and the CLI falls back to it for what this writer refuses.
 
 What it writes (the Parquet format, https://github.com/apache/parquet-format, ``parquet.thrift``):
 

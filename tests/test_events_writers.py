@@ -274,6 +274,17 @@ def test_events_parquet_cli_imports_neither_pyarrow_nor_pandas(tmp_path):
     assert proc.stderr.strip().splitlines()[-1] == "0 []", proc.stderr
     events = dissect_capture(str(sample))[0]
     pd.testing.assert_frame_equal(pd.read_parquet(out), pandas_table(events), check_exact=True)
+    import json
+
+    import pyarrow.parquet as pq
+
+    from analyzer import __version__
+
+    metadata = pq.ParquetFile(out).metadata
+    assert metadata.created_by == f"mailpush version {__version__}"
+    pandas_metadata = json.loads(metadata.metadata[b"pandas"])
+    assert pandas_metadata["creator"] == {"library": "mailpush", "version": __version__}
+    assert pandas_metadata["pandas_version"] == pd.__version__  # found without importing pandas
 
 
 def test_events_to_dataframe_keeps_the_documented_schema(captured_events):
