@@ -78,6 +78,28 @@ def test_the_c_extensions_are_built():
     assert transport._compiled is not None, "analyzer.dissect._prefilter not built: see the pip install output"
 
 
+def test_the_compiled_pcap_walk_gives_array_columns():
+    from array import array
+
+    if pcap_walk._recordwalk is None:
+        pytest.skip("the C extensions are not built (test_the_c_extensions_are_built fails)")
+    with open_capture(CAPTURES / "server_refused.pcap") as cap:
+        batches = list(cap.batches(7))
+    assert len(batches) > 2
+    for batch in batches:
+        columns = (batch.offset, batch.caplen, batch.origlen, batch.time, batch.linktype)
+        assert [(type(c), c.typecode) for c in columns] == [(array, t) for t in "qqqdi"]
+
+
+def _item_types(batch):
+    """The item type of every column, numpy arrays (Python walks, pcapng) and array.array (the compiled pcap walk)
+    alike."""
+    return [np.asarray(c).dtype for c in (batch.offset, batch.caplen, batch.origlen, batch.time, batch.linktype)]
+
+
+COLUMN_TYPES = [np.int64, np.int64, np.int64, np.float64, np.int32]
+
+
 def _columns(path, compiled, monkeypatch, batch_size=65536):
     """Every batch's columns and bytes, and what the reader learned, with the compiled or the Python walk."""
     monkeypatch.setattr(pcap_walk.PcapWalker, "compiled", compiled)
@@ -85,10 +107,10 @@ def _columns(path, compiled, monkeypatch, batch_size=65536):
     out = []
     with open_capture(path) as cap:
         for batch in cap.batches(batch_size):
-            assert batch.offset.dtype == np.int64 and batch.time.dtype == np.float64
+            assert _item_types(batch) == COLUMN_TYPES
             frames = [bytes(batch.buf[o:o + c]) for o, c in zip(batch.offset.tolist(), batch.caplen.tolist())]
             out.append((batch.first_number, batch.caplen.tolist(), batch.origlen.tolist(),
-                        batch.time.view(np.uint64).tolist(), batch.linktype.tolist(), frames))
+                        np.asarray(batch.time).view(np.uint64).tolist(), batch.linktype.tolist(), frames))
         info = cap.info
         return out, (info.frames, info.start, info.end, info.linktypes, info.warnings, info.truncated)
 
@@ -127,8 +149,9 @@ def _walk_steps(walker_class, head, buf, final, limit, base=1000):
         batch, pos, status = walker.next_batch(buf, pos, final, base, limit, number)
         cols = None
         if batch is not None and len(batch):  # (the Python walk returns an empty batch before an absurd record)
+            assert _item_types(batch) == COLUMN_TYPES
             cols = (batch.first_number, batch.offset.tolist(), batch.caplen.tolist(), batch.origlen.tolist(),
-                    batch.time.view(np.uint64).tolist(), batch.linktype.tolist())
+                    np.asarray(batch.time).view(np.uint64).tolist(), batch.linktype.tolist())
             number += len(batch)
         steps.append((cols, pos, status))
         if status != MORE:

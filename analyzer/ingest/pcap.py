@@ -5,20 +5,23 @@ Records are walked in place on the mmap (or gzip window); nothing is copied.
 
 Speed: the record chain is inherently sequential (each header gives the next offset), so numpy cannot walk it.
 The walk is compiled (``_recordwalk.walk_pcap``, analyzer/ingest/_recordwalk.c): a C loop over the mmap that
-writes offsets, lengths and timestamps straight into the batch's numpy arrays, with the GIL released. Measured
+writes offsets, lengths and timestamps straight into the batch's columns, with the GIL released. Measured
 2026-12-01 on benchmarks/data/big.pcap (1,000,000 records, 920 MB, page cache warm; 2 shared cores at load
 1.7-2.5): the walk alone 0.08-0.10 s of CPU (~80-100 ns per record: the cache and TLB misses on records spread
 over 920 MB; a software prefetch 4 KiB ahead gains ~10 %), the whole ``Capture.batches()`` iteration 0.09-0.11 s,
 against 0.48-0.51 s for the Python walk below in the same process (one ``unpack_from`` and one list append per
 record, then a numpy gather of the headers). The Python walk stays as the fallback when the extension is not
 built and as the reference the tests compare the compiled walk with (tests/test_speed_paths.py).
+
+The compiled walk's columns are ``array.array`` objects, not numpy arrays: with the compiled pre-filter a pcap is
+then analysed without importing numpy, which alone costs ~0.1 s of start-up (issue 14). The Python walk imports
+numpy when it runs and gives numpy columns (:class:`FrameBatch` takes either).
 """
 
 from __future__ import annotations
 
 import struct
-
-import numpy as np
+from array import array
 
 from analyzer.ingest.model import CaptureError, CaptureInfo, FrameBatch
 from analyzer.ingest.sniff import PCAP_MAGICS
@@ -41,6 +44,7 @@ except ImportError:  # pragma: no cover - exercised only where the build failed 
 
 FILE_HEADER = 24
 _FULL, _LEFTOVER, _ABSURD = 0, 1, 2  # _recordwalk.walk_pcap outcomes
+_ZERO_Q, _ZERO_D = array("q", (0,)), array("d", (0.0,))  # the compiled walk's int64 and float64 columns
 
 
 class PcapWalker:
@@ -89,20 +93,21 @@ class PcapWalker:
         end = len(buf)
         # No more records than headers fit in the rest of the buffer: bounds the arrays whatever ``limit`` is.
         room = min(limit, max(1, (end - pos) // self.record_header + 1))
-        offset = np.empty(room, dtype=np.int64)
-        caplen = np.empty(room, dtype=np.int64)
-        origlen = np.empty(room, dtype=np.int64)
-        time = np.empty(room, dtype=np.float64)
+        # array.array columns, not numpy (see the module doc). Repeating a one-item array fills it with doubling
+        # memcpy calls: 12 us for 65,536 items, where array('q', bytes(...)) took 280 us (np.empty: 0.5 us).
+        offset = _ZERO_Q * room
+        caplen = _ZERO_Q * room
+        origlen = _ZERO_Q * room
+        time = _ZERO_D * room
         count, p, outcome, at, value = _recordwalk.walk_pcap(
             buf, pos, room, self.record_header, self.order == ">", self.max_caplen, self.units,
             offset, caplen, origlen, time)
         batch = None
         if count:
-            if count < room:  # a short last batch: do not keep the whole allocation alive
-                offset, caplen, origlen, time = offset[:count].copy(), caplen[:count].copy(), \
-                    origlen[:count].copy(), time[:count].copy()
+            if count < room:  # a short last batch: do not keep the whole allocation alive (a slice is a copy)
+                offset, caplen, origlen, time = offset[:count], caplen[:count], origlen[:count], time[:count]
             batch = FrameBatch(first_number=first_number, buf=buf, offset=offset, caplen=caplen, origlen=origlen,
-                               time=time, linktype=np.full(count, self.linktype, dtype=np.int32))
+                               time=time, linktype=array("i", (self.linktype,)) * count)
         if outcome == _FULL:  # (``room`` < ``limit`` never ends so: ``room`` records do not fit in the rest)
             return batch, p, MORE
         if outcome == _ABSURD:
@@ -123,6 +128,8 @@ class PcapWalker:
     def _next_batch_python(self, buf, pos: int, final: bool, base: int, limit: int, first_number: int):
         """:meth:`next_batch` in Python and numpy: the reference for the compiled walk, and the fallback when
         the extension is not built."""
+        import numpy as np  # only this walk needs it (see the module doc)
+
         end = len(buf)
         length_at = self._length_at
         hs = self.record_header
@@ -178,6 +185,8 @@ class PcapWalker:
         return batch, end, STOP
 
     def _batch(self, buf, first_number, o, ts_sec, ts_frac, caplen, origlen) -> FrameBatch:
+        import numpy as np
+
         return FrameBatch(
             first_number=first_number,
             buf=buf,
