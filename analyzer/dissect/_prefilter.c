@@ -277,26 +277,27 @@ static int remember(hset *s, size_t before, const uint64_t *fresh, size_t nfresh
 }
 
 PyDoc_STRVAR(classify_doc,
-"classify(raw, offset, caplen, linktype, ports, state, selected, tcp_rows, tcp_hash, tcp_wanted, fast)\n"
-"-> (n_selected, n_tcp, n_fast)\n\n"
-"The pre-filter over one batch of n frames (offset, caplen int64; linktype int32; raw: the batch buffer, at\n"
-"least 50 bytes). ``ports``: 65536 bytes, non-zero for a DCE/RPC port the sink knows, or None. ``state``: a\n"
-"FlowState, updated. Writes the rows the per-frame path must see (int64, in order), the TCP rows (int64) with\n"
-"their flow hash (uint64) and 'wanted' flag (uint8: control flags or payload), and for the selected\n"
-"well-formed TCP rows 10 int64 each: row, payload start, payload length, source, source port, destination,\n"
-"destination port, seq, flags, ack. Every output holds n entries (fast: n * 10).");
+"classify(raw, offset, caplen, linktype, time, ports, state, selected, tcp_rows, tcp_hash, tcp_wanted, fields)\n"
+"-> (n_selected, n_tcp, fast)\n\n"
+"The pre-filter over one batch of n frames (offset, caplen int64; linktype int32; time float64; raw: the batch\n"
+"buffer, at least 50 bytes). ``ports``: 65536 bytes, non-zero for a DCE/RPC port the sink knows, or None.\n"
+"``state``: a FlowState, updated. Writes the rows the per-frame path must see (int64, in order), the TCP rows\n"
+"(int64) with their flow hash (uint64) and 'wanted' flag (uint8: control flags or payload); ``fields`` (n * 10\n"
+"int64) is scratch space. ``fast``: a dict, for the selected well-formed TCP rows, of row -> (payload start,\n"
+"payload length, time, source, source port, destination, destination port, seq, flags, ack). Every output\n"
+"holds n entries.");
 
 static PyObject *classify(PyObject *self, PyObject *args)
 {
-    PyObject *o_raw, *o_off, *o_cap, *o_lt, *o_ports, *o_state, *o_sel, *o_rows, *o_hash, *o_wanted, *o_fast;
-    if (!PyArg_ParseTuple(args, "OOOOOO!OOOOO", &o_raw, &o_off, &o_cap, &o_lt, &o_ports, &FlowStateType, &o_state,
-                          &o_sel, &o_rows, &o_hash, &o_wanted, &o_fast))
+    PyObject *o_raw, *o_off, *o_cap, *o_lt, *o_time, *o_ports, *o_state, *o_sel, *o_rows, *o_hash, *o_wanted, *o_fast;
+    if (!PyArg_ParseTuple(args, "OOOOOOO!OOOOO", &o_raw, &o_off, &o_cap, &o_lt, &o_time, &o_ports, &FlowStateType,
+                          &o_state, &o_sel, &o_rows, &o_hash, &o_wanted, &o_fast))
         return NULL;
     FlowState *st = (FlowState *)o_state;
     if (check_idle(st) < 0)
         return NULL;
-    Py_buffer raw, voff, vcap, vlt, vports, vsel, vrows, vhash, vwanted, vfast;
-    Py_buffer *held[10];
+    Py_buffer raw, voff, vcap, vlt, vtime, vports, vsel, vrows, vhash, vwanted, vfast;
+    Py_buffer *held[11];
     int nheld = 0;
     PyObject *result = NULL;
     uint64_t *fresh_seen = NULL, *fresh_data = NULL;
@@ -319,6 +320,7 @@ static PyObject *classify(PyObject *self, PyObject *args)
     const Py_ssize_t n = voff.len / 8;
     HOLD(get_in(o_cap, &vcap, n * 8, "caplen"), vcap);
     HOLD(get_in(o_lt, &vlt, n * 4, "linktype"), vlt);
+    HOLD(get_in(o_time, &vtime, n * 8, "time"), vtime);
     const unsigned char *ports = NULL;
     if (o_ports != Py_None) {
         HOLD(get_in(o_ports, &vports, 65536, "ports"), vports);
@@ -482,10 +484,45 @@ static PyObject *classify(PyObject *self, PyObject *args)
     Py_END_ALLOW_THREADS
     st->busy = 0;
 
-    if (oom)
+    if (oom) {
         PyErr_NoMemory();
-    else
-        result = Py_BuildValue("nnn", nsel, nrows, nfast);
+        goto done;
+    }
+    /* The parsed fields as the per-frame path takes them, {row: (start, length, time, src, sport, dst, dport, seq,
+     * flags, ack)}, built here: from Python (tolist of each field, zip, dict) it cost ~30 % more than numpy's
+     * tolist did, ~0.3 ms per 65,536-frame batch of big.pcap. */
+    PyObject *fast_rows = PyDict_New();
+    if (!fast_rows)
+        goto done;
+    const double *tm = (const double *)vtime.buf;
+    for (Py_ssize_t k = 0; k < nfast; k++) {
+        const int64_t *f = fast + k * FAST_FIELDS;
+        PyObject *key = PyLong_FromLongLong(f[0]);
+        PyObject *value = PyTuple_New(FAST_FIELDS);
+        int bad = !key || !value;
+        for (int j = 1; j < FAST_FIELDS && !bad; j++) {
+            /* the tuple leaves out the row and puts the time third */
+            PyObject *item = PyLong_FromLongLong(f[j]);
+            bad = !item;
+            if (item)
+                PyTuple_SET_ITEM(value, j < 3 ? j - 1 : j, item);
+        }
+        if (!bad) {
+            PyObject *when = PyFloat_FromDouble(tm[f[0]]);
+            bad = !when;
+            if (when)
+                PyTuple_SET_ITEM(value, 2, when);
+        }
+        if (bad || PyDict_SetItem(fast_rows, key, value) < 0) {
+            Py_XDECREF(key);
+            Py_XDECREF(value);
+            Py_DECREF(fast_rows);
+            goto done;
+        }
+        Py_DECREF(key);
+        Py_DECREF(value);
+    }
+    result = Py_BuildValue("nnN", nsel, nrows, fast_rows);
 done:
     free(fresh_seen);
     free(fresh_data);
