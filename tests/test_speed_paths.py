@@ -91,6 +91,32 @@ def test_the_compiled_pcap_walk_gives_array_columns():
         assert [(type(c), c.typecode) for c in columns] == [(array, t) for t in "qqqdi"]
 
 
+def test_the_compiled_pcap_walk_reuses_only_columns_nothing_refers_to():
+    """The compiled walk refills the columns of an earlier batch (array.array zero-fills new ones) only once
+    nothing refers to them: batches, single columns, memoryviews and numpy views kept by the caller keep their
+    values while the walk goes on; dropped batches' columns are reused."""
+    import weakref
+
+    if pcap_walk._recordwalk is None:
+        pytest.skip("the C extensions are not built (test_the_c_extensions_are_built fails)")
+    kept, seen, reused = [], [], 0
+    with open_capture(CAPTURES / "three_clients.pcap") as cap:
+        for i, batch in enumerate(cap.batches(3)):
+            if any(ref() is batch.offset for ref in seen):
+                reused += 1
+            seen.append(weakref.ref(batch.offset))
+            columns = (batch.offset, batch.caplen, batch.origlen, batch.time)
+            values = [c.tolist() for c in columns]
+            held = [batch, batch.time, memoryview(batch.caplen), np.asarray(batch.origlen), None, None][i % 6]
+            if held is batch:
+                kept.append((columns, values))
+            elif held is not None:
+                kept.append(([held], [values[[3, 1, 2][i % 6 - 1]]]))
+    assert reused > 5 and len(kept) > 20
+    for columns, values in kept:
+        assert [c.tolist() for c in columns] == values
+
+
 def _item_types(batch):
     """The item type of every column, numpy arrays (Python walks, pcapng) and array.array (the compiled pcap walk)
     alike."""
