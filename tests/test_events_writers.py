@@ -1,6 +1,9 @@
-"""`mailpush events` writes CSV and parquet from plain columns, without pandas (issue 14): the output must be what
-the pandas path wrote, byte for byte, on every sample and public capture and on awkward cells. Speed is measured in
-benchmarks/, never here."""
+"""`mailpush events` writes CSV and parquet from plain columns, without pandas (issue 14). The CSV must be what the
+pandas path wrote, byte for byte, on every sample and public capture and on awkward cells. The parquet file is
+written by the hand-written analyzer.parquet (without pyarrow): pandas and pyarrow must read back from it what
+they read from the file pandas/pyarrow write for the same table (same values, nulls, dtypes and schema), and odd
+values, big tables and refused values are checked on the writer itself. Speed is measured in benchmarks/, never
+here."""
 
 import subprocess
 import sys
@@ -10,7 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from analyzer.cli.events import csv_text, write_parquet
+import analyzer.parquet
+from analyzer.cli.events import csv_text, write_parquet, write_parquet_pyarrow
 from analyzer.dissect import dissect_capture
 from analyzer.dissect.model import EVENT_COLUMNS, Event, event_arrow_arrays, event_columns, events_to_dataframe
 from analyzer.report.safe_text import neutralise_frame
@@ -79,17 +83,226 @@ def test_csv_of_awkward_cells_is_the_pandas_csv():
     assert "'=HYPERLINK" in expected and '"two\nlines"' in expected  # the cases are really there
 
 
-def test_parquet_is_byte_for_byte_the_pandas_parquet(captured_events, tmp_path):
-    names = sorted(captured_events, key=lambda n: -len(captured_events[n]))[:6] + ["(awkward)"]
-    for name in names:
-        events = awkward_events() if name == "(awkward)" else captured_events[name]
+def test_csv_floats_are_written_as_pandas_writes_them():
+    """csv_text writes a float as Python's repr (no numpy import), pandas as numpy's str(): the same text for
+    the edge values (exponent form below 1e-4 and from 1e16 on, subnormals, -0.0, infinities) and for random bit
+    patterns."""
+    import random
+    import struct
+
+    rng = random.Random(14)
+    values = [0.0, -0.0, 1e-4, 9.999999999999999e-05, 1e16, 9999999999999998.0, 1e15 + 0.5, 5e-324,
+              2.2250738585072014e-308, 1.7976931348623157e308, float("inf"), float("-inf"), 0.1, 1 / 3,
+              1700000000.123456, -2.5e-7, 1e22, 123456789.0]
+    values += [struct.unpack("<d", rng.getrandbits(64).to_bytes(8, "little"))[0] for _ in range(3000)]
+    values += [rng.uniform(1.6e9, 1.8e9) for _ in range(1000)]
+    base = Event(frame=1, time=0.0, src="10.0.0.1", dst="10.0.0.2", sport=49152, dport=135, kind="request")
+    events = [replace(base, frame=i + 1, time=v) for i, v in enumerate(values)]
+    assert csv_text(event_columns(events)) == neutralise_frame(pandas_table(events)).to_csv(index=False)
+
+
+DOCUMENTED_DTYPES = {c: str(pd.api.types.pandas_dtype(t)) for c, t in EVENT_COLUMNS.items()}
+
+
+def assert_same_parquet_content(ours: Path, theirs: Path, name: str) -> None:
+    """Our file reads back, in pandas and in pyarrow, as the reference file does; the schema is the reference's."""
+    import pyarrow.parquet as pq
+
+    got, expected = pd.read_parquet(ours), pd.read_parquet(theirs)
+    pd.testing.assert_frame_equal(got, expected, check_exact=True, obj=name)
+    assert {c: str(t) for c, t in got.dtypes.items()} == DOCUMENTED_DTYPES, name
+
+    mine, reference = pq.ParquetFile(ours), pq.ParquetFile(theirs)
+    assert mine.metadata.num_rows == reference.metadata.num_rows == len(expected), name
+    assert mine.metadata.num_row_groups == 1 and mine.metadata.num_columns == len(EVENT_COLUMNS), name
+    assert mine.schema.equals(reference.schema), (name, mine.schema, reference.schema)  # types, logical types
+    for i, (column, kind) in enumerate(EVENT_COLUMNS.items()):
+        leaf = mine.schema.column(i)
+        assert leaf.name == column and leaf.max_repetition_level == 0, name
+        assert leaf.max_definition_level == 1, name  # OPTIONAL, as pyarrow writes every field of a table
+        assert leaf.physical_type == {"int64": "INT64", "Int64": "INT64", "float64": "DOUBLE", "string": "BYTE_ARRAY",
+                                      "bool": "BOOLEAN"}[kind], (name, column)
+        assert str(leaf.logical_type) == ("String" if kind == "string" else "None"), (name, column)
+        chunk = mine.metadata.row_group(0).column(i)
+        assert chunk.compression == "UNCOMPRESSED" and chunk.num_values == len(expected), (name, column)
+
+    # pyarrow reads text as string (our file has no ARROW:schema key asking for large_string): same values and
+    # nulls once cast to the reference's types
+    table, reference_table = pq.read_table(ours), pq.read_table(theirs)
+    assert table.schema.metadata.keys() == {b"pandas"}, name
+    assert table.column_names == reference_table.column_names, name
+    target = reference_table.schema.remove_metadata()
+    assert table.replace_schema_metadata(None).cast(target).equals(reference_table.replace_schema_metadata(None)), name
+    for column in EVENT_COLUMNS:
+        assert table.column(column).null_count == reference_table.column(column).null_count, (name, column)
+
+
+def test_parquet_reads_back_as_the_pandas_parquet(captured_events, tmp_path):
+    """Every sample and public capture's events, the awkward events and an empty table: our file and the one
+    pandas (through pyarrow) writes for the same table read back alike."""
+    tables = list(captured_events.items()) + [("(awkward)", awkward_events()), ("(none)", [])]
+    for name, events in tables:
         ours, theirs = tmp_path / "ours.parquet", tmp_path / "theirs.parquet"
-        write_parquet(event_columns(events), str(ours))
+        assert write_parquet(event_columns(events), str(ours)), name
         pandas_table(events).to_parquet(theirs, index=False)
-        assert ours.read_bytes() == theirs.read_bytes(), name
-        back = pd.read_parquet(ours)
-        assert {c: str(t) for c, t in back.dtypes.items()} == {c: str(pd.api.types.pandas_dtype(t))
-                                                                for c, t in EVENT_COLUMNS.items()}
+        assert ours.read_bytes()[:4] == ours.read_bytes()[-4:] == b"PAR1"
+        assert_same_parquet_content(ours, theirs, name)
+
+
+def test_parquet_pyarrow_fallback_still_writes_the_pandas_parquet(captured_events, tmp_path):
+    """What our writer would refuse goes to pyarrow (write_parquet_pyarrow): still the pandas file byte for byte."""
+    name = max(captured_events, key=lambda n: len(captured_events[n]))
+    for label, events in ((name, captured_events[name]), ("(awkward)", awkward_events())):
+        ours, theirs = tmp_path / "ours.parquet", tmp_path / "theirs.parquet"
+        assert write_parquet_pyarrow(event_columns(events), str(ours))
+        pandas_table(events).to_parquet(theirs, index=False)
+        assert ours.read_bytes() == theirs.read_bytes(), label
+
+
+ODD_KINDS = {"i": "int64", "n": "Int64", "f": "float64", "s": "string", "b": "bool", "all_null_n": "Int64",
+             "all_null_s": "string", "all_null_f": "float64", "full_n": "Int64", "full_s": "string"}
+
+
+def odd_columns() -> dict[str, list]:
+    nan, inf = float("nan"), float("inf")
+    return {
+        "i": [0, -1, 2**63 - 1, -(2**63), 1, -(2**31), 2**31, 7, -7, 123456789012],
+        "n": [None, -(2**63), 2**63 - 1, None, -1, 0, None, 2**53 + 1, None, -(2**53) - 1],
+        "f": [nan, -inf, inf, -0.0, 0.0, 5e-324, 1.7976931348623157e308, None, -1.5, 1700000000.123456],
+        "s": ["", None, "Ünïcødé ✓", "𝄞 outside the BMP", "", "a\x00b", "plain", None, "x" * 300, "\r\n"],
+        "b": [True, False, False, True, True, True, False, True, False, True],
+        "all_null_n": [None] * 10,
+        "all_null_s": [None] * 10,
+        "all_null_f": [nan] * 10,
+        "full_n": list(range(-5, 5)),
+        "full_s": ["a", "bb", "", "ccc", "é", "d", "e", "f", "g", "h"],
+    }
+
+
+def read_back_lists(path: Path) -> dict[str, list]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pydict()
+
+
+def expected_lists(columns: dict[str, list], kinds: dict[str, str]) -> dict[str, list]:
+    """What a reader gets back: NaN and None in a float column as null."""
+    return {name: [None if kinds[name] == "float64" and (v is None or v != v) else v for v in values]
+            for name, values in columns.items()}
+
+
+def test_parquet_writer_round_trips_odd_values(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns = odd_columns()
+    ours = tmp_path / "odd.parquet"
+    metadata = {"pandas": analyzer.parquet.pandas_metadata(ODD_KINDS, ("mailpush", "test"), pd.__version__)}
+    assert analyzer.parquet.write_table(str(ours), columns, ODD_KINDS, metadata)
+    got = read_back_lists(ours)
+    expected = expected_lists(columns, ODD_KINDS)
+    assert list(got) == list(ODD_KINDS)
+    for name in ODD_KINDS:
+        assert [repr(v) for v in got[name]] == [repr(v) for v in expected[name]], name  # -0.0 and 0.0 differ
+    # the same table written by pyarrow reads back the same way, in pyarrow and in pandas
+    arrow_types = {"int64": pa.int64(), "Int64": pa.int64(), "float64": pa.float64(), "string": pa.large_string(),
+                   "bool": pa.bool_()}
+    reference = tmp_path / "reference.parquet"
+    table = pa.table({name: pa.array(expected[name], type=arrow_types[kind]) for name, kind in ODD_KINDS.items()})
+    pq.write_table(table.replace_schema_metadata({"pandas": metadata["pandas"]}), reference)
+    mine = pq.read_table(ours).replace_schema_metadata(None)
+    assert mine.cast(table.schema).equals(table)
+    frame, reference_frame = pd.read_parquet(ours), pd.read_parquet(reference)
+    pd.testing.assert_frame_equal(frame, reference_frame, check_exact=True)
+    assert {c: str(t) for c, t in frame.dtypes.items()} == {c: str(pd.api.types.pandas_dtype(t))
+                                                             for c, t in ODD_KINDS.items()}
+    # statistics: null counts everywhere, min and max of the integer columns
+    meta = pq.ParquetFile(ours).metadata.row_group(0)
+    stats = {meta.column(i).path_in_schema: meta.column(i).statistics for i in range(meta.num_columns)}
+    assert stats["i"].min == -(2**63) and stats["i"].max == 2**63 - 1 and stats["i"].null_count == 0
+    assert stats["n"].null_count == 4 and stats["all_null_s"].null_count == 10 and stats["f"].null_count == 2
+    assert not stats["all_null_n"].has_min_max
+
+
+def test_parquet_writer_large_table_in_pages(tmp_path, monkeypatch):
+    """300,000 rows with long text: several ~1 MB pages per column; and tiny pages (every kind, nulls at the page
+    edges) read back the same."""
+    import pyarrow.parquet as pq
+
+    n = 300_000
+    kinds = {"i": "int64", "n": "Int64", "f": "float64", "s": "string", "u": "string", "b": "bool"}
+    columns = {
+        "i": list(range(-n // 2, n - n // 2)),
+        "n": [None if k % 7 == 0 else k * 1_000_003 for k in range(n)],
+        "f": [float("nan") if k % 11 == 0 else k / 3 for k in range(n)],
+        "s": [None if k % 5 == 0 else f"row {k} " + "x" * (k % 200) for k in range(n)],
+        "u": [None if k % 3 == 0 else "é" * (k % 50) + str(k) for k in range(n)],
+        "b": [k % 3 == 0 for k in range(n)],
+    }
+    path = tmp_path / "large.parquet"
+    assert analyzer.parquet.write_table(str(path), columns, kinds)
+    meta = pq.ParquetFile(path).metadata
+    assert meta.num_rows == n and meta.num_row_groups == 1
+    assert meta.row_group(0).column(3).total_uncompressed_size > 20 * analyzer.parquet.PAGE_BYTES
+    assert read_back_lists(path) == expected_lists(columns, kinds)
+
+    monkeypatch.setattr(analyzer.parquet, "PAGE_BYTES", 40)  # 5 numbers or a few strings a page
+    small = {name: values[:997] for name, values in columns.items()}
+    small["all_null"] = [None] * 997
+    path = tmp_path / "small-pages.parquet"
+    assert analyzer.parquet.write_table(str(path), small, {**kinds, "all_null": "string"})
+    assert read_back_lists(path) == expected_lists(small, {**kinds, "all_null": "string"})
+
+
+def test_parquet_writer_refuses_what_does_not_fit_and_writes_nothing(tmp_path):
+    """An integer beyond 64 bits, text that is not valid Unicode, a value of another type: False, and the file is
+    neither created nor touched."""
+
+    class Text(str):
+        pass
+
+    base = odd_columns()
+    refused = [("i", 2**63), ("i", -(2**63) - 1), ("n", 2**64), ("s", "bad \udcff byte"), ("s", Text("x")),
+               ("i", True), ("i", 1.0), ("n", "1"), ("f", 1), ("f", True), ("b", 1), ("b", None), ("s", b"bytes"),
+               ("full_s", 5)]
+    path = tmp_path / "refused.parquet"
+    for name, value in refused:
+        columns = {k: list(v) for k, v in base.items()}
+        columns[name][3] = value
+        assert analyzer.parquet.write_table(str(path), columns, ODD_KINDS) is False, (name, value)
+        assert not path.exists(), (name, value)
+    path.write_bytes(b"keep me")
+    columns = {k: list(v) for k, v in base.items()}
+    columns["s"][-1] = "\ud800"
+    assert analyzer.parquet.write_table(str(path), columns, ODD_KINDS) is False
+    assert path.read_bytes() == b"keep me"
+    # the events: neither our writer nor pyarrow takes a lone surrogate; the CLI then goes through pandas
+    events = [replace(awkward_events()[0], note="bad \udcff byte")]
+    assert write_parquet(event_columns(events), str(path)) is False and path.read_bytes() == b"keep me"
+
+
+def test_events_parquet_cli_imports_neither_pyarrow_nor_pandas(tmp_path):
+    sample = ROOT / "captures" / "three_clients.pcap"
+    out = tmp_path / "events.parquet"
+    code = ("import sys\nfrom analyzer.cli import main\nstatus = main(sys.argv[1:])\n"
+            "print(status, sorted(m for m in ('pyarrow', 'pandas') if m in sys.modules), file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", code, "events", str(sample), "--format", "parquet", "-o", str(out)],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == "0 []", proc.stderr
+    events = dissect_capture(str(sample))[0]
+    pd.testing.assert_frame_equal(pd.read_parquet(out), pandas_table(events), check_exact=True)
+    import json
+
+    import pyarrow.parquet as pq
+
+    from analyzer import __version__
+
+    metadata = pq.ParquetFile(out).metadata
+    assert metadata.created_by == f"mailpush version {__version__}"
+    pandas_metadata = json.loads(metadata.metadata[b"pandas"])
+    assert pandas_metadata["creator"] == {"library": "mailpush", "version": __version__}
+    assert pandas_metadata["pandas_version"] == pd.__version__  # found without importing pandas
 
 
 def test_events_to_dataframe_keeps_the_documented_schema(captured_events):

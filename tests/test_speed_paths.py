@@ -5,6 +5,7 @@ tests/test_transport.py.) Speed itself is measured in benchmarks/, never here.""
 
 import gzip
 import json
+import os
 import random
 import struct
 import subprocess
@@ -78,6 +79,85 @@ def test_the_c_extensions_are_built():
     assert transport._compiled is not None, "analyzer.dissect._prefilter not built: see the pip install output"
 
 
+# analyze / events on a pcap in a fresh interpreter, then whether numpy was imported (the last line of stderr)
+_NO_NUMPY_RUN = """\
+import sys
+from analyzer.cli import main
+status = main(sys.argv[1:])
+print("numpy imported:", "numpy" in sys.modules, file=sys.stderr)
+sys.exit(status)
+"""
+
+
+@pytest.mark.parametrize("command", [["analyze", "--format", "json"], ["analyze"], ["events", "--format", "csv"]],
+                         ids=" ".join)
+@pytest.mark.parametrize("name", ["server_refused.pcap", "icmp_unreachable.pcap.gz"])
+def test_a_pcap_is_analysed_without_importing_numpy(command, name):
+    """With the compiled walk and pre-filter, a pcap (plain or gzip) is read, dissected and reported without numpy
+    (issue 14: importing it costs 0.10-0.12 s, ~10 % of the 1 M-frame budget). Its batch columns are array.array
+    objects; numpy stays for the Python walk, the numpy pre-filter, pcapng and NetMon, imported where they run."""
+    if pcap_walk._recordwalk is None:
+        pytest.skip("the C extensions are not built (test_the_c_extensions_are_built fails)")
+    from analyzer.dissect import transport
+
+    if transport._compiled is None:
+        pytest.skip("the C extensions are not built (test_the_c_extensions_are_built fails)")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    proc = subprocess.run([sys.executable, "-c", _NO_NUMPY_RUN, command[0], str(CAPTURES / name), *command[1:]],
+                          capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout) > 100
+    assert proc.stderr.splitlines()[-1] == "numpy imported: False", proc.stderr
+
+
+def test_the_compiled_pcap_walk_gives_array_columns():
+    from array import array
+
+    if pcap_walk._recordwalk is None:
+        pytest.skip("the C extensions are not built (test_the_c_extensions_are_built fails)")
+    with open_capture(CAPTURES / "server_refused.pcap") as cap:
+        batches = list(cap.batches(7))
+    assert len(batches) > 2
+    for batch in batches:
+        columns = (batch.offset, batch.caplen, batch.origlen, batch.time, batch.linktype)
+        assert [(type(c), c.typecode) for c in columns] == [(array, t) for t in "qqqdi"]
+
+
+def test_the_compiled_pcap_walk_reuses_only_columns_nothing_refers_to():
+    """The compiled walk refills the columns of an earlier batch (array.array zero-fills new ones) only once
+    nothing refers to them: batches, single columns, memoryviews and numpy views kept by the caller keep their
+    values while the walk goes on; dropped batches' columns are reused."""
+    import weakref
+
+    if pcap_walk._recordwalk is None:
+        pytest.skip("the C extensions are not built (test_the_c_extensions_are_built fails)")
+    kept, seen, reused = [], [], 0
+    with open_capture(CAPTURES / "three_clients.pcap") as cap:
+        for i, batch in enumerate(cap.batches(3)):
+            if any(ref() is batch.offset for ref in seen):
+                reused += 1
+            seen.append(weakref.ref(batch.offset))
+            columns = (batch.offset, batch.caplen, batch.origlen, batch.time)
+            values = [c.tolist() for c in columns]
+            held = [batch, batch.time, memoryview(batch.caplen), np.asarray(batch.origlen), None, None][i % 6]
+            if held is batch:
+                kept.append((columns, values))
+            elif held is not None:
+                kept.append(([held], [values[[3, 1, 2][i % 6 - 1]]]))
+    assert reused > 5 and len(kept) > 20
+    for columns, values in kept:
+        assert [c.tolist() for c in columns] == values
+
+
+def _item_types(batch):
+    """The item type of every column, numpy arrays (Python walks, pcapng) and array.array (the compiled pcap walk)
+    alike."""
+    return [np.asarray(c).dtype for c in (batch.offset, batch.caplen, batch.origlen, batch.time, batch.linktype)]
+
+
+COLUMN_TYPES = [np.int64, np.int64, np.int64, np.float64, np.int32]
+
+
 def _columns(path, compiled, monkeypatch, batch_size=65536):
     """Every batch's columns and bytes, and what the reader learned, with the compiled or the Python walk."""
     monkeypatch.setattr(pcap_walk.PcapWalker, "compiled", compiled)
@@ -85,10 +165,10 @@ def _columns(path, compiled, monkeypatch, batch_size=65536):
     out = []
     with open_capture(path) as cap:
         for batch in cap.batches(batch_size):
-            assert batch.offset.dtype == np.int64 and batch.time.dtype == np.float64
+            assert _item_types(batch) == COLUMN_TYPES
             frames = [bytes(batch.buf[o:o + c]) for o, c in zip(batch.offset.tolist(), batch.caplen.tolist())]
             out.append((batch.first_number, batch.caplen.tolist(), batch.origlen.tolist(),
-                        batch.time.view(np.uint64).tolist(), batch.linktype.tolist(), frames))
+                        np.asarray(batch.time).view(np.uint64).tolist(), batch.linktype.tolist(), frames))
         info = cap.info
         return out, (info.frames, info.start, info.end, info.linktypes, info.warnings, info.truncated)
 
@@ -127,8 +207,9 @@ def _walk_steps(walker_class, head, buf, final, limit, base=1000):
         batch, pos, status = walker.next_batch(buf, pos, final, base, limit, number)
         cols = None
         if batch is not None and len(batch):  # (the Python walk returns an empty batch before an absurd record)
+            assert _item_types(batch) == COLUMN_TYPES
             cols = (batch.first_number, batch.offset.tolist(), batch.caplen.tolist(), batch.origlen.tolist(),
-                    batch.time.view(np.uint64).tolist(), batch.linktype.tolist())
+                    np.asarray(batch.time).view(np.uint64).tolist(), batch.linktype.tolist())
             number += len(batch)
         steps.append((cols, pos, status))
         if status != MORE:

@@ -771,6 +771,36 @@ def test_compiled_prefilter_on_random_bytes(tmp_path):
         _assert_same_prefilter(path, batch_size)
 
 
+def test_compiled_flow_rows_answer_as_the_numpy_lookup():
+    """The later rows of flows that turn interesting inside a batch: the C lookup (_prefilter.FlowRows, over
+    array.array) and the numpy one (argsort + searchsorted) give the same rows for random TCP rows, hashes (few
+    and many flows, 0 and 2**64 - 1 among them), 'wanted' flags, looked-up hashes and positions."""
+    from array import array
+
+    import numpy as np
+
+    from analyzer.dissect import prefilter_numpy
+    from analyzer.dissect import transport as transport_module
+
+    if transport_module._compiled is None:
+        pytest.skip("the C extensions are not built (test_the_c_extensions_are_built fails)")
+    rng = random.Random(1414)
+    for n, distinct in [(0, 1), (1, 1), (50, 3), (2000, 40), (60000, 3000)]:
+        keys = [0, 2**64 - 1] + [rng.getrandbits(64) for _ in range(distinct)]
+        rows = sorted(rng.sample(range(3 * n + 1), n))
+        hashes = [rng.choice(keys) for _ in range(n)]
+        wanted = [rng.random() < 0.7 for _ in range(n)]
+        compiled = transport_module._compiled.FlowRows(array("q", rows), array("Q", hashes), array("B", wanted))
+        reference = prefilter_numpy.FlowRows(np.array(rows, dtype=np.int64), np.array(hashes, dtype=np.uint64),
+                                             np.array(wanted, dtype=bool))
+        for _ in range(300):
+            asked = [rng.choice(keys + [12345]) for _ in range(rng.choice((1, 1, 2, 3)))]
+            after = rng.randrange(-1, 3 * n + 2)
+            got = compiled.later(asked, after)
+            assert got == sorted(got)
+            assert sorted(got) == sorted(reference.later(asked, after)), (n, asked, after)
+
+
 @pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "numpy"])
 @pytest.mark.parametrize("compress", [False, True], ids=["pcap", "gzip"])
 def test_short_datagram_at_the_end_of_the_buffer_reaches_the_per_frame_path(tmp_path, compiled, compress):

@@ -1,10 +1,11 @@
 """`mailpush events CAPTURE --format csv|json|parquet [-o FILE] [--engine native|tshark] [--secrets FILE] [--profile]`.
 
-CSV and parquet are written from the events' columns without pandas (``event_columns``; byte-identical to what
-``DataFrame.to_csv`` / ``to_parquet`` wrote before): on big.pcap (1,000,000 frames, 25,977 events) importing
-pandas, building the DataFrame and writing took 0.85-0.93 CPU s (parquet) and 1.27-1.51 (CSV) after the
-dissection, the plain columns 0.36-0.40 and 0.44-0.50 (2026-12-01, load 0.8; benchmarks/results.md). JSON keeps
-``DataFrame.to_json``."""
+CSV and parquet are written from the events' columns without pandas (``event_columns``; the CSV byte-identical to
+what ``DataFrame.to_csv`` wrote before): on big.pcap (1,000,000 frames, 25,977 events) importing pandas, building
+the DataFrame and writing took 0.85-0.93 CPU s (parquet) and 1.27-1.51 (CSV) after the dissection, the plain
+columns 0.36-0.40 and 0.44-0.50 (2026-12-01, load 0.8; benchmarks/results.md). The parquet file is written by
+analyzer.parquet without pyarrow or numpy: 0.09 CPU s against 0.16-0.18 for pyarrow from the columns (same values,
+nulls and dtypes read back; 2026-12-01 05:00 UTC, load 1.1-1.3). JSON keeps ``DataFrame.to_json``."""
 
 from __future__ import annotations
 
@@ -144,7 +145,7 @@ def _write(args, events) -> int:
 def csv_text(columns: dict[str, list]) -> str:
     """The events CSV from :func:`~analyzer.dissect.model.event_columns`, byte for byte what
     ``neutralise_frame(events_to_dataframe(events)).to_csv(index=False)`` gives: <NA> as an empty cell, floats
-    formatted by numpy as pandas does, text cells neutralised against formula injection
+    as numpy formats them for pandas, text cells neutralised against formula injection
     (analyzer.report.safe_text), minimal quoting.
 
     When no text cell holds a character that needs quoting (comma, double quote, CR, LF), each line is the cells
@@ -169,11 +170,11 @@ def csv_text(columns: dict[str, list]) -> str:
                 joined = "\0".join(column)
             plain = plain and not any(c in joined for c in ',"\r\n')
         elif dtype == "float64":
-            import numpy as np
-
-            # pandas writes float columns as numpy's str() of each value, NaN as an empty cell
-            text = np.array(column, dtype=np.float64).astype(str).tolist()
-            column = ["" if v != v else t for v, t in zip(column, text)]
+            # pandas writes float columns as numpy's str() of each value, NaN as an empty cell. For a float that is
+            # Python's repr: both write the shortest digits that read back as the same float, in exponent form
+            # below 1e-4 and from 1e16 on (1.2 M values checked, random bit patterns and edge values included;
+            # tests/test_events_writers.py). So numpy is not imported for it (~0.1 s, issue 14).
+            column = ["" if v != v else t for v, t in zip(column, map(repr, column))]
         elif dtype == "bool":
             column = ["True" if v else "False" for v in column]
         elif column:
@@ -193,6 +194,37 @@ def csv_text(columns: dict[str, list]) -> str:
 
 
 def write_parquet(columns: dict[str, list], path: str) -> bool:
+    """The events table as parquet, from the columns, by :mod:`analyzer.parquet` (no pyarrow, pandas or numpy):
+    the documented dtypes come back from ``pandas.read_parquet`` (the "pandas" metadata), the values and nulls are
+    those of the file ``events_to_dataframe(events).to_parquet(path, index=False)`` writes. When that writer refuses
+    a value (analyzer.parquet.write_table), pyarrow writes the file (:func:`write_parquet_pyarrow`). False, and
+    nothing written, when neither takes the columns: the caller then goes through pandas."""
+    from analyzer import __version__
+    from analyzer.dissect.model import EVENT_COLUMNS
+    from analyzer.parquet import pandas_metadata, write_table
+
+    metadata = {"pandas": pandas_metadata(EVENT_COLUMNS, ("mailpush", __version__), installed_version("pandas"))}
+    if write_table(path, columns, EVENT_COLUMNS, metadata, created_by=f"mailpush version {__version__}"):
+        return True
+    return write_parquet_pyarrow(columns, path)
+
+
+def installed_version(name: str) -> str | None:
+    """The version of the installed distribution ``name`` from its ``NAME-VERSION.dist-info`` directory on
+    sys.path, without importing it or importlib.metadata (30-50 ms, measured 2026-12-01); None when not found."""
+    prefix = name + "-"
+    for entry in sys.path:
+        try:
+            names = os.listdir(entry or ".")
+        except OSError:
+            continue
+        for entry_name in names:
+            if entry_name.startswith(prefix) and entry_name.endswith(".dist-info"):
+                return entry_name[len(prefix):-len(".dist-info")]
+    return None
+
+
+def write_parquet_pyarrow(columns: dict[str, list], path: str) -> bool:
     """The events table as parquet, written by pyarrow from the columns, without pandas: the same file
     ``events_to_dataframe(events).to_parquet(path, index=False)`` writes (schema, the pandas metadata that makes
     ``pandas.read_parquet`` restore the documented dtypes, snappy compression). False, and nothing written, when a

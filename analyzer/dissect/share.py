@@ -11,8 +11,8 @@ things besides the events themselves:
 
 * **connection numbers.** :class:`analyzer.dissect.tcp.TcpTable` numbers every flow, and whether it *follows* a
   flow changes that numbering (``_reused`` and ``_evict`` look at ``flow.interesting``), as well as which frames the
-  transport's pre-filter keeps (``_followed_hashes``). So every worker's transport follows exactly the flows one
-  core follows, and the share is applied one level up, in the sink.
+  transport's pre-filter keeps (the followed flows in its flow sets). So every worker's transport follows exactly
+  the flows one core follows, and the share is applied one level up, in the sink.
 * **the ports learnt** from ``ept_map`` answers and bind_ack secondary addresses (the collector's
   ``known_ports``): they make the transport follow flows on that port from then on, in any share.
 * **the endpoints learnt** by the :class:`analyzer.dissect.session.SessionLabeller` (binds, bind_acks, bind_naks,

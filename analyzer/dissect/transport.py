@@ -11,9 +11,11 @@ Two paths over each batch:
   a connection-oriented DCE/RPC header or that use a DCE/RPC port the sink knows, and UDP datagrams between ports
   >= 1024 that are not connectionless DCE/RPC. Ethernet frames that are not IP, and IPv4 protocols other than
   TCP/UDP/ICMP/IP-in-IP, are dropped there too. It is compiled (analyzer/dissect/_prefilter.c: one C loop over
-  the frames, the flow sets in hash tables, the GIL released); :meth:`Transport._prefilter_numpy` computes the same
-  answers with numpy over the whole batch and is the fallback when the extension is not built and the reference
-  the tests compare it with, batch by batch (tests/test_transport.py).
+  the frames, the flow sets in hash tables, the GIL released); :mod:`analyzer.dissect.prefilter_numpy` computes
+  the same answers with numpy over the whole batch and is the fallback when the extension is not built and the
+  reference the tests compare it with, batch by batch (tests/test_transport.py). That module is imported only
+  when it is used: with the compiled walk and pre-filter a pcap is analysed without numpy, whose import alone
+  costs ~0.1 s (issue 14); the compiled path works on ``array.array`` columns and outputs.
 * a per-frame Python path (:mod:`link`, :mod:`net`, :mod:`tcp`) for the selected frames and for everything the
   pre-filter does not classify (QinQ, IPv6, SLL2, NULL/LOOP, raw IP, IP options, fragments, ICMP, truncated
   frames). It is complete on its own; the pre-filter only decides what it may skip.
@@ -40,8 +42,7 @@ from __future__ import annotations
 
 import heapq
 import socket
-
-import numpy as np
+from array import array
 
 from analyzer.dissect.link import SUPPORTED_LINKTYPES, ip_start
 from analyzer.dissect.net import (
@@ -60,7 +61,7 @@ from analyzer.dissect.stream import PacketSink
 from analyzer.dissect.tcp import TcpTable
 from analyzer.ingest.model import FrameBatch
 
-try:  # the pre-filter compiled (setup.py builds it); without it the numpy pre-filter below, same results
+try:  # the pre-filter compiled (setup.py builds it); without it the numpy pre-filter, same results
     from analyzer.dissect import _prefilter as _compiled
 except ImportError:  # pragma: no cover - exercised only where the build failed (a warning says so)
     _compiled = None
@@ -75,25 +76,28 @@ MIN_NOTIFY_PORT = 1024
 PROTO_IPIP, PROTO_IPV6_IN_IP = 4, 41
 IP_IN_IP = (PROTO_IPIP, PROTO_IPV6_IN_IP)
 MAX_IP_IN_IP = 2  # tunnel levels unwrapped
-# Ethertypes the slow path must see (IPv4, IPv6 and VLAN tags that may hide them); other Ethernet frames are dropped
-_IP_OR_VLAN = np.array([0x0800, 0x86DD, 0x8100, 0x88A8, 0x9100], dtype=np.uint16)
-# ... as a lookup table indexed by ethertype (one gather instead of np.isin: 0.1 vs 0.6 ms per 65k-frame batch)
-_IP_OR_VLAN_TABLE = np.zeros(65536, dtype=bool)
-_IP_OR_VLAN_TABLE[_IP_OR_VLAN] = True
-# Multiplier of the flow hash (2**64 / golden ratio): spreads the lower endpoint before the XOR with the higher
-_HASH_MULT = np.uint64(0x9E3779B97F4A7C15)
 _MASK64 = (1 << 64) - 1
 _MAX_CACHED_ADDRESSES = 65536
 # Flow hashes remembered by the pre-filter (8 bytes each): 32 MB at most per set
 _MAX_REMEMBERED_FLOWS = 4_000_000
-# Bytes 12..49 of a frame as overlapping big-endian words named by their first byte: w12 = Ethernet type + IPv4
-# bytes 0-5, w20 = IPv4 bytes 6-13, w26 = addresses, w34 = ports + seq (UDP: ports, length, checksum),
-# w42 = TCP ack, data offset, flags, window (UDP: first payload bytes).
+# The pre-filter reads bytes 12..49 of a frame (Ethernet type, IPv4 header, TCP/UDP header)
 _HEADER_SPAN = 50
-_HEADER_DTYPE = np.dtype({"names": ["w12", "w20", "w26", "w34", "w42"], "formats": [">u8"] * 5,
-                          "offsets": [0, 8, 14, 22, 30], "itemsize": _HEADER_SPAN - 12})
+# Header fields the compiled pre-filter parses per kept TCP segment (row, payload start and length, source, source
+# port, destination, destination port, seq, flags, ack): its scratch space holds 10 int64 per frame
+_FAST_FIELDS = 10
 # Maximum distinct malformed-frame reasons quoted in the warning
 _MAX_REASONS = 3
+
+
+def _column(values, typecode: str):
+    """A batch column as the compiled pre-filter reads it: a C-contiguous buffer of ``typecode`` items. The
+    compiled pcap walk's columns are such arrays already; numpy columns (pcapng, NetMon, the Python walk) are
+    converted if they are not (their readers imported numpy already)."""
+    if type(values) is array and values.typecode == typecode:
+        return values
+    import numpy as np
+
+    return np.ascontiguousarray(values, dtype={"q": np.int64, "i": np.int32, "d": np.float64}[typecode])
 
 
 def flow_hash(src_ip: str, sport: int, dst_ip: str, dport: int) -> int | None:
@@ -108,33 +112,6 @@ def flow_hash(src_ip: str, sport: int, dst_ip: str, dport: int) -> int | None:
     return ((lo * 0x9E3779B97F4A7C15) & _MASK64) ^ hi
 
 
-def _unique_flows(h: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``np.unique(h, return_index=True, return_inverse=True)`` for a 1-D array: the distinct values (sorted),
-    the index of each one's first occurrence, and each element's position among the distinct values.
-
-    np.unique needs a stable sort for the first occurrences (2.4 ms per 60,000 hashes here); an unstable argsort
-    (0.8 ms) and the smallest index per run of equal values give the same answer: 1.2 against 3.1 ms per batch.
-    """
-    perm = np.argsort(h)
-    ordered = h[perm]
-    starts_run = np.empty(len(ordered), dtype=bool)
-    starts_run[:1] = True
-    np.not_equal(ordered[1:], ordered[:-1], out=starts_run[1:])
-    starts = np.flatnonzero(starts_run)
-    inverse = np.empty(len(h), dtype=np.intp)
-    inverse[perm] = np.cumsum(starts_run) - 1
-    return ordered[starts], np.minimum.reduceat(perm, starts), inverse
-
-
-def _in_sorted(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
-    """np.isin for a sorted, unique ``sorted_set`` by binary search (no re-sort of the set per batch)."""
-    if not len(sorted_set):
-        return np.zeros(len(values), dtype=bool)
-    pos = np.searchsorted(sorted_set, values)
-    np.minimum(pos, len(sorted_set) - 1, out=pos)
-    return sorted_set[pos] == values
-
-
 class Transport:
     """Feeds a :class:`PacketSink` from FrameBatches. Call :meth:`feed` per batch, then :meth:`finish` once."""
 
@@ -146,8 +123,21 @@ class Transport:
             compiled = _compiled is not None
         elif compiled and _compiled is None:
             raise RuntimeError("the compiled pre-filter (analyzer.dissect._prefilter) is not built")
-        # the C pre-filter's flow sets (the numpy one keeps the sorted arrays below)
-        self._flows = _compiled.FlowState(_MAX_REMEMBERED_FLOWS) if compiled else None
+        self.compiled = compiled
+        # The flow sets kept between batches (flows met, flows whose first payload was offered, flows the sink
+        # follows), and the lookup of the later rows of flows that turn interesting inside a batch. numpy is
+        # imported only for its pre-filter: a pcap read by the compiled walk never loads it (issue 14).
+        if compiled:
+            self._flows = _compiled.FlowState(_MAX_REMEMBERED_FLOWS)
+            self._flow_rows = _compiled.FlowRows
+        else:
+            from analyzer.dissect import prefilter_numpy
+
+            self._flows = prefilter_numpy.FlowSets(_MAX_REMEMBERED_FLOWS)
+            self._flow_rows = prefilter_numpy.FlowRows
+        # the compiled pre-filter's output buffers, reused from batch to batch (grown when a batch is longer)
+        self._room = 0
+        self._out: tuple[array, array, array, array, array] | None = None
         # the collector's set of ports known to carry DCE/RPC (135, 593, learned ones); it grows while we read
         self.known_ports = getattr(sink, "known_ports", None)
         self.tcp = TcpTable(sink, self.known_ports if self.known_ports is not None else set())
@@ -159,9 +149,6 @@ class Transport:
         self.frames_parsed = 0  # frames that took the per-frame Python path
         self.last_frame = 0
         self.last_time = 0.0
-        self._seen_hashes = np.empty(0, dtype=np.uint64)  # flows met so far (sorted)
-        self._seen_data_hashes = np.empty(0, dtype=np.uint64)  # flows whose first payload was offered (sorted)
-        self._followed_hashes = np.empty(0, dtype=np.uint64)  # flows the sink follows
         self._addresses: dict[int, str] = {}  # IPv4 address (int) -> text, for the pre-parsed segments
 
     # ------------------------------------------------------------------------------------------------ batches
@@ -177,193 +164,50 @@ class Transport:
             self._run(batch, range(n), None, None)
             return
         try:
-            raw = np.frombuffer(batch.buf, dtype=np.uint8)
-        except (TypeError, ValueError):  # a buffer numpy cannot view: every frame takes the per-frame path
+            raw = memoryview(batch.buf)
+            if raw.ndim != 1 or raw.itemsize != 1:
+                raw = raw.cast("B")
+        except (TypeError, ValueError):  # not a flat buffer of bytes: every frame takes the per-frame path
             self._run(batch, range(n), None, None)
             return
         selected, tcp_rows, tcp_hash, tcp_wanted, fast = self._prefilter(batch, raw)
         self._run(batch, selected, tcp_rows, (tcp_hash, tcp_wanted), fast)
 
-    def _prefilter(self, batch: FrameBatch, raw: np.ndarray):
+    def _prefilter(self, batch: FrameBatch, raw: memoryview):
         """Which rows of the batch the per-frame path must see -> (selected rows, TCP rows, their flow hashes,
-        their 'wanted' flags, {row: parsed TCP header fields}); see the module docstring for the rules."""
-        if self._flows is None:
-            return self._prefilter_numpy(batch, raw)
-        n = len(batch.offset)
+        their 'wanted' flags, {row: parsed TCP header fields}); see the module docstring for the rules.
+        ``raw``: the batch's buffer, as bytes. The compiled pre-filter answers with ``array.array`` objects, the
+        numpy one with numpy arrays."""
+        if not self.compiled:
+            from analyzer.dissect import prefilter_numpy
+
+            return prefilter_numpy.prefilter(batch, raw, self._flows, self.known_ports)
+        n = len(batch)
         if len(raw) < _HEADER_SPAN:  # a buffer shorter than one header: nothing to pre-filter
-            return np.arange(n), None, None, None, {}
+            return array("q", range(n)), None, None, None, {}
         ports = None
-        if self.known_ports:
-            ports = np.zeros(65536, dtype=np.uint8)
-            ports[np.fromiter(self.known_ports, dtype=np.int64, count=len(self.known_ports))] = 1
-        selected = np.empty(n, dtype=np.int64)
-        rows = np.empty(n, dtype=np.int64)
-        hashes = np.empty(n, dtype=np.uint64)
-        wanted = np.empty(n, dtype=np.bool_)
-        fields = np.empty((n, 10), dtype=np.int64)
-        n_selected, n_tcp, n_fast = _compiled.classify(
-            raw, np.ascontiguousarray(batch.offset, dtype=np.int64), np.ascontiguousarray(batch.caplen, dtype=np.int64),
-            np.ascontiguousarray(batch.linktype, dtype=np.int32), ports, self._flows,
-            selected, rows, hashes, wanted, fields)
-        fast = {}
-        if n_fast:
-            row, start, length, src, sport, dst, dport, seq, flags, ack = fields[:n_fast].T.tolist()
-            times = batch.time[fields[:n_fast, 0]].tolist()
-            fast = dict(zip(row, zip(start, length, times, src, sport, dst, dport, seq, flags, ack)))
+        if self.known_ports:  # a table indexed by port, rebuilt per batch (the set grows)
+            ports = bytearray(65536)
+            for port in self.known_ports:
+                ports[port] = 1
+        if n > self._room:
+            # Allocated once, not per batch: the fields alone are 5 MB for 65,536 frames, and array.array fills
+            # what it allocates (0.3 ms per batch for them; numpy's np.empty did not)
+            self._room = n
+            self._out = (array("q", (0,)) * n, array("q", (0,)) * n, array("Q", (0,)) * n, array("B", (0,)) * n,
+                         array("q", (0,)) * (n * _FAST_FIELDS))
+        selected, rows, hashes, wanted, fields = self._out
+        # ``fast``, the dict of the kept segments' parsed header fields, is built by classify() itself: in Python
+        # (tolist per field, zip, dict) it cost ~30 % more than numpy's tolist did (``fields`` is its scratch space)
+        n_selected, n_tcp, fast = _compiled.classify(
+            raw, _column(batch.offset, "q"), _column(batch.caplen, "q"), _column(batch.linktype, "i"),
+            _column(batch.time, "d"), ports, self._flows, selected, rows, hashes, wanted, fields)
+        # Views, not copies (numpy's slices were views too): valid until the next batch reuses the buffers, and
+        # read within this batch only (_run, FlowRows copies what it keeps)
+        selected, rows = memoryview(selected)[:n_selected], memoryview(rows)
         if not n_tcp:
-            return selected[:n_selected], rows[:0], None, None, fast
-        return selected[:n_selected], rows[:n_tcp], hashes[:n_tcp], wanted[:n_tcp], fast
-
-    def _prefilter_numpy(self, batch: FrameBatch, raw: np.ndarray):
-        """:meth:`_prefilter` with numpy over the whole batch: the reference for the compiled pre-filter
-        (analyzer/dissect/_prefilter.c), and the fallback when it is not built."""
-        offset, caplen, linktype = batch.offset, batch.caplen, batch.linktype
-        if len(raw) < 8:
-            return np.arange(len(offset)), None, None, None, {}
-        # Views of the buffer starting at EVERY byte (stride 1; numpy handles the unaligned loads): ``records``
-        # gathers bytes 12..49 of every frame (Ethernet type, IPv4 header, TCP/UDP header) in one fancy-index
-        # pass, read as big-endian words by the overlapping fields of _HEADER_DTYPE. Measured per 65,536-frame
-        # batch: 5 word gathers 25.8 ms, one 38-byte record gather 4-6 ms; 54 one-byte gathers took 0.67 s per
-        # million frames. Bytes past a short frame's end belong to the next frame; the caplen tests mask them out.
-        records = np.ndarray(shape=(len(raw) - _HEADER_SPAN + 1,), dtype=f"V{_HEADER_SPAN - 12}",
-                             buffer=raw[12:], strides=(1,)) if len(raw) >= _HEADER_SPAN else None
-        last_start = len(raw) - 3  # last position with three bytes after it (payload starts)
-        if records is None:  # a buffer shorter than one header: nothing to pre-filter
-            return np.arange(len(offset)), None, None, None, {}
-        top = len(records) - 1
-        head_bytes = records[np.minimum(offset, top)]
-        # Two more link layers take the same layout a few bytes further on: Ethernet with one 802.1Q tag (4
-        # bytes; SPAN ports of servers often tag) and Linux cooked capture v1 (16-byte header, the protocol in
-        # its last two bytes: 2 bytes further). Their frames are re-gathered at the shifted position and from
-        # here on ``offset``/``caplen`` are those of the shifted frame. QinQ, SLL2, raw IP take the per-frame path.
-        outer_type = head_bytes.view(_HEADER_DTYPE)["w12"] >> np.uint64(48)
-        vlan = (linktype == 1) & (outer_type == 0x8100) & (caplen >= 18)
-        cooked = (linktype == 113) & (caplen >= 16)
-        framed = ((linktype == 1) & (caplen >= 14)) | cooked
-        if vlan.any() or cooked.any():
-            shift = np.where(vlan, 4, np.where(cooked, 2, 0))
-            offset, caplen = offset + shift, caplen - shift
-            moved = np.flatnonzero(shift)
-            head_bytes[moved] = records[np.minimum(offset[moved], top)]
-        # A short frame within the buffer's last 50 bytes (end of the file or of a gzip window) was read at the
-        # clamped position, i.e. from another frame's bytes: the per-frame path classifies it (a 48-byte UDP
-        # datagram there was dropped before).
-        framed &= offset <= top
-        head = head_bytes.view(_HEADER_DTYPE)
-        w12 = head["w12"].astype(np.uint64)  # ethertype, IPv4 version/IHL, TOS, total length, id
-        w20 = head["w20"].astype(np.uint64)  # flags/fragment offset, TTL, protocol, checksum, 2 bytes of source
-        eth = framed
-        ethertype = (w12 >> np.uint64(48)).astype(np.uint16)
-        ipv4 = eth & (ethertype == 0x0800) & (caplen >= 34) & ((w12 >> np.uint64(40)) & np.uint64(0xFF) == 0x45)
-        # MF flag or a fragment offset: fragments go to the per-frame path
-        ipv4 &= (w20 >> np.uint64(48)) & np.uint64(0x3FFF) == 0
-        proto = ((w20 >> np.uint64(32)) & np.uint64(0xFF)).astype(np.uint8)
-        ip_total = ((w12 >> np.uint64(16)) & np.uint64(0xFFFF)).astype(np.int64)  # bytes 16-17
-        tcp = ipv4 & (proto == PROTO_TCP) & (caplen >= 54)
-        udp = ipv4 & (proto == PROTO_UDP) & (caplen >= 42)
-        drop = (eth & ~_IP_OR_VLAN_TABLE[ethertype]) | (
-            ipv4 & (proto != PROTO_TCP) & (proto != PROTO_UDP) & (proto != PROTO_ICMP) & (proto != PROTO_IPIP)
-            & (proto != PROTO_IPV6_IN_IP))
-        # Fields used by both TCP and UDP rows, converted for the whole batch and then taken per row: 0.5 ms per
-        # batch against 3.3 ms for taking the 38-byte records of the rows first (``head[rows]["w34"]``).
-        w34_all = head["w34"].astype(np.uint64)
-        w42_all = head["w42"].astype(np.uint64)
-        slow = ~(tcp | udp | drop)
-        parts = [np.flatnonzero(slow)]
-        fast = {}
-
-        # --- TCP
-        rows = np.flatnonzero(tcp)
-        h = wanted = None
-        if len(rows):
-            base = offset[rows]
-            ip_end = np.minimum(ip_total[rows] + 14, caplen[rows])
-            w26 = head["w26"].astype(np.uint64)[rows]  # source, destination
-            w34 = w34_all[rows]  # ports, sequence number
-            w42 = w42_all[rows]  # ack, data offset, flags, window
-            src = w26 >> np.uint64(32)
-            dst = w26 & np.uint64(0xFFFFFFFF)
-            sport = w34 >> np.uint64(48)
-            dport = (w34 >> np.uint64(32)) & np.uint64(0xFFFF)
-            data_offset = ((w42 >> np.uint64(28)) & np.uint64(0xF)).astype(np.int64) * 4  # byte 46, high nibble
-            flags = ((w42 >> np.uint64(16)) & np.uint64(0xFF)).astype(np.uint8)  # byte 47
-            pstart = data_offset + 34
-            plen = ip_end - pstart
-            ea = src << np.uint64(16) | sport
-            eb = dst << np.uint64(16) | dport
-            h = (np.minimum(ea, eb) * _HASH_MULT) ^ np.maximum(ea, eb)
-            has_data = plen > 0
-            control = (flags & 0x07) != 0  # FIN, SYN, RST
-            # The payload's first three bytes (version 5, minor 0/1, PTYPE <= 20), three one-byte gathers: 0.7 ms
-            # per batch against 3.5 ms for one unaligned big-endian 8-byte gather when the bytes are in cache; in
-            # the engine both take ~5 ms per 65k-frame batch, the cost of the cache misses on these bytes. Frames
-            # with fewer than three payload bytes are masked by ``plen >= 3``; the clamp only keeps their index
-            # inside the buffer.
-            at = base + pstart
-            np.minimum(at, last_start, out=at)
-            looks_dcerpc = (plen >= 3) & (raw[at] == 5) & (raw[at + 1] <= 1) & (raw[at + 2] <= 20)
-            interesting = looks_dcerpc
-            if self.known_ports:
-                # a table indexed by port, rebuilt per batch (the set grows): 0.4 ms against 1.5 ms for np.isin
-                port_table = np.zeros(65536, dtype=bool)
-                port_table[np.fromiter(self.known_ports, dtype=np.int64, count=len(self.known_ports))] = True
-                interesting = interesting | port_table[sport] | port_table[dport]
-            # Membership tests run on the batch's distinct flows (a few hundred) and are mapped back to frames:
-            # one sort of the batch instead of a binary search per frame and per set (~10 ms saved per batch).
-            flows, first_row, flow_of_row = _unique_flows(h)
-            if len(self._followed_hashes):
-                interesting = interesting | _in_sorted(flows, self._followed_hashes)[flow_of_row]
-            take = control | (has_data & interesting)
-            # The first frame of every flow numbers it (connection index in order of appearance); the first
-            # segment with payload lets the sink look for a PDU header anywhere inside it (a flow joined mid-PDU).
-            # Later segments are offered only when they start like a header: the one thing the per-frame path
-            # alone would do differently is find a header in the middle of a later segment of a flow that is
-            # not followed yet.
-            unseen = ~_in_sorted(flows, self._seen_hashes)
-            if unseen.any():
-                take[first_row[unseen]] = True
-                self._seen_hashes = self._remember(self._seen_hashes, flows[unseen])
-            first_payload = has_data & ~_in_sorted(flows, self._seen_data_hashes)[flow_of_row]
-            if first_payload.any():
-                fresh, first = np.unique(h[first_payload], return_index=True)
-                take[np.flatnonzero(first_payload)[first]] = True
-                self._seen_data_hashes = self._remember(self._seen_data_hashes, fresh)
-            wanted = control | has_data  # for flows that turn interesting inside this batch
-            # Hand the selected well-formed segments' header fields to the per-frame path, parsed already.
-            k = np.flatnonzero(take & (data_offset >= 20) & (plen >= 0))
-            if len(k):
-                seq = w34[k] & np.uint64(0xFFFFFFFF)
-                ack = w42[k] >> np.uint64(32)
-                chosen = rows[k]
-                fast = dict(zip(chosen.tolist(), zip(
-                    (base[k] + pstart[k]).tolist(), plen[k].tolist(), batch.time[chosen].tolist(),
-                    src[k].tolist(), sport[k].tolist(), dst[k].tolist(), dport[k].tolist(), seq.tolist(),
-                    flags[k].tolist(), ack.tolist())))
-            parts.append(rows[take])
-
-        # --- UDP
-        urows = np.flatnonzero(udp)
-        if len(urows):
-            w34 = w34_all[urows]  # ports, length, checksum
-            w42 = w42_all[urows]  # payload
-            sport = w34 >> np.uint64(48)
-            dport = (w34 >> np.uint64(32)) & np.uint64(0xFFFF)
-            clean = (sport >= MIN_NOTIFY_PORT) & (dport >= MIN_NOTIFY_PORT)
-            udp_payload = np.minimum(ip_total[urows] + 14, caplen[urows]) - 42
-            cl_rpc = ((udp_payload >= DCERPC_CL_HEADER_LEN) & (w42 >> np.uint64(56) == DCERPC_CL_VERSION)
-                      & ((w42 >> np.uint64(48)) & np.uint64(0xFF) <= DCERPC_CL_MAX_PTYPE))
-            parts.append(urows[clean & ~cl_rpc])
-        selected = np.sort(np.concatenate(parts))
-        return selected, rows, h, wanted, fast
-
-    @staticmethod
-    def _remember(seen: np.ndarray, fresh: np.ndarray) -> np.ndarray:
-        """``seen`` plus the sorted unique hashes ``fresh``, within _MAX_REMEMBERED_FLOWS."""
-        if len(seen) + len(fresh) > _MAX_REMEMBERED_FLOWS:
-            # Constant memory whatever the capture: forget the flows met so far. Their next frame is offered
-            # again as a "first" one, which costs one dictionary lookup in the TCP table.
-            return fresh
-        return np.union1d(seen, fresh)
+            return selected, rows[:0], None, None, fast
+        return selected, rows[:n_tcp], memoryview(hashes)[:n_tcp], memoryview(wanted)[:n_tcp], fast
 
     def _run(self, batch: FrameBatch, selected, tcp_rows, tcp_info, fast=None) -> None:
         """The per-frame path over the rows ``selected`` (in order), plus later rows of flows that turn
@@ -372,10 +216,10 @@ class Transport:
         buf, offset, caplen, times, linktype = batch.buf, batch.offset, batch.caplen, batch.time, batch.linktype
         first = batch.first_number
         newly = self.tcp.newly_interesting
-        order = selected.tolist() if isinstance(selected, np.ndarray) else list(selected)
+        order = selected.tolist() if hasattr(selected, "tolist") else list(selected)
         # Rows of flows that turned interesting inside this batch, merged in frame order with ``order``.
         extra: list[int] = []
-        by_hash = None  # (argsort of the batch's TCP flow hashes, sorted hashes), built on first need
+        by_flow = None  # the later rows of a flow among the batch's TCP rows (FlowRows), built on first need
         pos, last, count = 0, -1, len(order)
         frame = self.frame
         segment = self.tcp.segment
@@ -418,23 +262,12 @@ class Transport:
                 followed.extend(hashes)
                 if tcp_rows is None or not len(tcp_rows):
                     continue
-                tcp_hash, tcp_wanted = tcp_info
-                if by_hash is None:
-                    sort_index = np.argsort(tcp_hash, kind="stable")
-                    by_hash = (sort_index, tcp_hash[sort_index])
-                sort_index, sorted_hash = by_hash
-                for hh in hashes:
-                    key = np.uint64(hh)
-                    lo, hi = np.searchsorted(sorted_hash, key, "left"), np.searchsorted(sorted_hash, key, "right")
-                    for k in sort_index[lo:hi].tolist():  # in frame order (stable sort)
-                        row = int(tcp_rows[k])
-                        if row > i and tcp_wanted[k]:
-                            heapq.heappush(extra, row)
+                if by_flow is None:
+                    by_flow = self._flow_rows(tcp_rows, *tcp_info)
+                for row in by_flow.later(hashes, i):  # rows after i with payload or control flags
+                    heapq.heappush(extra, row)
         if followed:
-            if self._flows is not None:
-                self._flows.follow(np.array(followed, dtype=np.uint64))
-            else:
-                self._followed_hashes = np.union1d(self._followed_hashes, np.array(followed, dtype=np.uint64))
+            self._flows.follow(array("Q", followed))
 
     def _ipv4_text(self, value: int) -> str:
         text = self._addresses.get(value)

@@ -3,7 +3,8 @@
  * analyzer.ingest._recordwalk: the sequential part of the pcap and pcapng record walks, compiled.
  *
  * A record chain is inherently sequential (each header gives the next offset), so in Python it costs one
- * interpreter round per record; here it is a plain C loop that fills numpy arrays handed in as writable buffers.
+ * interpreter round per record; here it is a plain C loop that fills arrays handed in as writable buffers (the
+ * pcap walk's are array.array objects, so that a pcap is read without importing numpy; pcapng's are numpy arrays).
  * The Python walkers (pcap.py, pcapng.py) keep every decision that is not per record: statuses, warning texts,
  * batch construction. Every read is bounds-checked against the buffer's length before it is made, whatever the
  * offsets and lengths in the file say. The GIL is released inside the loops (the buffers are held through the

@@ -36,9 +36,8 @@ import queue
 import tempfile
 import threading
 import zlib
+from array import array
 from typing import Callable, Iterator
-
-import numpy as np
 
 from analyzer.ingest.limits import CaptureLimitError, Limits  # noqa: F401  (CaptureLimitError re-exported)
 from analyzer.ingest.limits import current as current_limits
@@ -366,10 +365,16 @@ class Capture:
         info.end = float(batch.time[-1])
         lt = batch.linktype
         first = int(lt[0])
-        if (lt == first).all():  # the common case, far cheaper than np.unique
+        if type(lt) is array:  # the compiled pcap walk's column: compared item by item in C, without numpy
+            same = lt == array(lt.typecode, (first,)) * n
+        else:
+            same = bool((lt == first).all())
+        if same:  # the common case, far cheaper than np.unique
             info.linktypes[first] = info.linktypes.get(first, 0) + n
         else:
-            values, counts = np.unique(lt, return_counts=True)
+            import numpy as np  # several link types: pcapng or NetMon, whose readers loaded numpy already
+
+            values, counts = np.unique(np.asarray(lt), return_counts=True)
             for v, c in zip(values.tolist(), counts.tolist()):
                 info.linktypes[v] = info.linktypes.get(v, 0) + c
 

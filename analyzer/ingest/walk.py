@@ -1,4 +1,5 @@
-"""Pieces shared by the record walkers (pcap, pcapng): walk statuses, warning texts, numpy header gathering.
+"""Pieces shared by the record walkers (pcap, pcapng): walk statuses, warning texts, numpy header gathering (numpy
+imported only by that function: the compiled pcap walk uses the rest without it).
 
 A walker is handed a *window*: a buffer holding bytes ``[base, base + end)`` of the (decompressed) file. For an
 uncompressed file the window is the whole mmap; for gzip it is a chunk with the previous chunk's incomplete last
@@ -8,9 +9,12 @@ how it stopped.
 
 from __future__ import annotations
 
-import numpy as np
+from typing import TYPE_CHECKING
 
 from analyzer.ingest.model import LINKTYPE_RAW, CaptureInfo
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # Walk statuses.
 MORE = "more"  # batch is full; call again from the returned position
@@ -30,6 +34,8 @@ def gather_words(arr: np.ndarray, offsets: np.ndarray, nbytes: int, dtype: str) 
     against 0.18-0.26 s for the previous byte-wise fancy indexing (``offsets[:, None] + arange(nbytes)``) and
     0.77 s for collecting unpacked tuples in the walk loop. Every offset must have ``nbytes`` bytes after it.
     """
+    import numpy as np  # here, not at the top: the compiled pcap path imports this module and never needs numpy
+
     records = np.ndarray(shape=(max(len(arr) - nbytes + 1, 0),), dtype=f"V{nbytes}", buffer=arr, strides=(1,))
     return records[offsets].view(dtype).reshape(len(offsets), nbytes // 4)
 
