@@ -63,6 +63,11 @@ class PcapWalker:
     format = "pcap"
     compiled = True  # use the compiled walk when it is built (tests set False to compare with the Python one)
 
+    @property
+    def compiled_walk(self) -> bool:
+        """The walk runs in C without the GIL (the reader then reads ahead in a thread)."""
+        return _recordwalk is not None and self.compiled
+
     def __init__(self, head: bytes, info: CaptureInfo):
         if len(head) < FILE_HEADER:
             raise CaptureError(f"pcap file header cut short ({len(head)} of {FILE_HEADER} bytes): file truncated")

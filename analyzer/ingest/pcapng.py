@@ -105,6 +105,11 @@ class PcapngWalker:
     format = "pcapng"
     compiled = True  # use the compiled EPB run when it is built (tests set False to compare with the Python one)
 
+    @property
+    def compiled_walk(self) -> bool:
+        """The walk runs in C without the GIL (the reader then reads ahead in a thread)."""
+        return _recordwalk is not None and self.compiled
+
     def __init__(self, head: bytes, info: CaptureInfo):
         if len(head) < 28:
             raise CaptureError(f"pcapng section header cut short ({len(head)} bytes): file truncated")

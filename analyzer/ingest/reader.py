@@ -19,13 +19,22 @@ How bytes reach the format walkers:
 
 Damage never raises once the file is open: the frames before it are delivered and ``info.warnings`` names the
 byte offset (``info.truncated`` is set for a cut file or a cut gzip stream).
+
+**Read-ahead.** The compiled record walks (pcap, pcapng) and gzip's inflate release the GIL, so on a machine with a
+second core :meth:`Capture.batches` produces the next batch in a thread while the caller dissects this one
+(:class:`_ReadAhead`). The caller sees exactly what a plain iteration gives: the same batches, and the reader's
+warnings and ``info.truncated`` appear in ``info`` when the batch they follow is handed over, never earlier, so
+their place among the dissector's own warnings is unchanged.
 """
 
 from __future__ import annotations
 
+import copy
 import mmap
 import os
+import queue
 import tempfile
+import threading
 import zlib
 from array import array
 from typing import Callable, Iterator
@@ -296,9 +305,11 @@ class Capture:
 
     # -- iteration ---------------------------------------------------------------------------------------------
 
-    def batches(self, batch_size: int = 65536, progress: Progress | None = None) -> Iterator[FrameBatch]:
+    def batches(self, batch_size: int = 65536, progress: Progress | None = None,
+                read_ahead: bool | None = None) -> Iterator[FrameBatch]:
         """Frames as :class:`FrameBatch` columns, in file order. ``progress(bytes_done, bytes_total)`` is called
-        after every batch (bytes of the file on disk: compressed bytes for gzip)."""
+        after every batch (bytes of the file on disk: compressed bytes for gzip). ``read_ahead``: produce the next
+        batch in a thread meanwhile (module doc); None: when it can help (a compiled walk or gzip, two cores)."""
         if self._walker is None:
             raise CaptureError("capture is closed")
         batch_size = max(1, int(batch_size))
@@ -314,10 +325,22 @@ class Capture:
             source = stream_batches(self._walker, self._file, self._new_gzip_stream, batch_size)
         elif info.format in ("netmon1", "netmon2"):
             source = self._walker.batches(batch_size)
-        elif info.compressed:
-            source = self._gzip_batches(batch_size)
         else:
-            source = self._mmap_batches(batch_size)
+            if read_ahead is None:
+                read_ahead = READ_AHEAD and (os.cpu_count() or 1) > 1 and (
+                    info.compressed or getattr(self._walker, "compiled_walk", False))
+            if read_ahead:
+                # the thread's walker reports into a copy of ``info``; _ReadAhead moves what it reports over
+                shadow = copy.copy(info)
+                shadow.warnings, shadow.truncated = [], False
+                self._walker.info = shadow
+                produce = self._gzip_batches(batch_size, shadow) if info.compressed else self._mmap_batches(batch_size)
+                source = _ReadAhead(produce, shadow, info, restore=lambda: setattr(self._walker, "info", info)
+                                    if self._walker is not None else None)
+            elif info.compressed:
+                source = self._gzip_batches(batch_size, info)
+            else:
+                source = self._mmap_batches(batch_size)
         for batch, done in source:
             self._account(batch)
             if progress is not None:
@@ -369,8 +392,8 @@ class Capture:
             if status != MORE:
                 return
 
-    def _gzip_batches(self, batch_size: int):
-        walker, info = self._walker, self.info
+    def _gzip_batches(self, batch_size: int, info: CaptureInfo):
+        walker = self._walker
         walker.reset()
         self._file.seek(0)
         gz = GzipStream(self._file)
@@ -433,3 +456,65 @@ class Capture:
             self.close()
         except Exception:
             pass
+
+
+# Read ahead in a thread (module doc); tests switch it off to compare
+READ_AHEAD = True
+
+
+class _ReadAhead:
+    """Iterate ``source`` (a generator of (batch, progress) that reports into ``shadow``) in a thread, one batch
+    ahead, and hand its items over in order; at each handover the warnings ``shadow`` gained up to that item move
+    to ``info`` (and ``truncated``), so they land where a plain iteration would have put them. Closing early (the
+    caller stops, or raises) stops the thread before the capture can be closed under it."""
+
+    _ITEM, _END, _ERROR = 0, 1, 2
+
+    def __init__(self, source, shadow: CaptureInfo, info: CaptureInfo, restore):
+        self._source, self._shadow, self._info, self._restore = source, shadow, info, restore
+        self._queue: queue.Queue = queue.Queue(maxsize=1)
+        self._stop = threading.Event()
+        self._moved = 0
+        self._thread = threading.Thread(target=self._produce, name="mailpush-read-ahead", daemon=True)
+        self._thread.start()
+
+    def _produce(self) -> None:
+        put, shadow = self._queue.put, self._shadow
+        try:
+            for item in self._source:
+                put((self._ITEM, item, len(shadow.warnings), shadow.truncated))
+                if self._stop.is_set():
+                    return
+            put((self._END, None, len(shadow.warnings), shadow.truncated))
+        except BaseException as exc:  # handed to the caller, who would have met it in a plain iteration
+            put((self._ERROR, exc, len(shadow.warnings), shadow.truncated))
+        finally:
+            self._source.close()
+
+    def __iter__(self):
+        try:
+            while True:
+                kind, value, warned, truncated = self._queue.get()
+                if warned > self._moved:
+                    self._info.warnings.extend(self._shadow.warnings[self._moved : warned])
+                    self._moved = warned
+                if truncated:
+                    self._info.truncated = True
+                if kind == self._ITEM:
+                    yield value
+                elif kind == self._ERROR:
+                    raise value
+                else:
+                    return
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        self._stop.set()
+        while self._thread.is_alive():  # unblock a producer waiting to put its next item
+            try:
+                self._queue.get(timeout=0.01)
+            except queue.Empty:
+                pass
+        self._thread.join()
+        self._restore()
