@@ -106,7 +106,8 @@ def assert_same_parquet_content(ours: Path, theirs: Path, name: str) -> None:
                                       "bool": "BOOLEAN"}[kind], (name, column)
         assert str(leaf.logical_type) == ("String" if kind == "string" else "None"), (name, column)
         chunk = mine.metadata.row_group(0).column(i)
-        assert chunk.compression == "UNCOMPRESSED" and chunk.num_values == len(expected), (name, column)
+        assert chunk.compression == "GZIP" and chunk.num_values == len(expected), (name, column)
+    assert_chunks_laid_out(ours, name)
 
     # pyarrow reads text as string (our file has no ARROW:schema key asking for large_string): same values and
     # nulls once cast to the reference's types
@@ -117,6 +118,85 @@ def assert_same_parquet_content(ours: Path, theirs: Path, name: str) -> None:
     assert table.replace_schema_metadata(None).cast(target).equals(reference_table.replace_schema_metadata(None)), name
     for column in EVENT_COLUMNS:
         assert table.column(column).null_count == reference_table.column(column).null_count, (name, column)
+
+
+def assert_chunks_laid_out(path: Path, name: str = "") -> None:
+    """The column chunks follow each other from byte 4 to the footer, each a dictionary page (when the encodings
+    name RLE_DICTIONARY) then its data pages, as the footer's offsets and sizes say; and the first data page's
+    header says what the footer says (decoded by read_page_headers)."""
+    import pyarrow.parquet as pq
+
+    data = path.read_bytes()
+    meta = pq.ParquetFile(path).metadata
+    offset = 4
+    for i in range(meta.num_columns):
+        chunk = meta.row_group(0).column(i)
+        column = (name, chunk.path_in_schema)
+        dictionary = "RLE_DICTIONARY" in chunk.encodings
+        assert set(chunk.encodings) == ({"PLAIN", "RLE", "RLE_DICTIONARY"} if dictionary else {"PLAIN", "RLE"}), column
+        assert chunk.has_dictionary_page == dictionary, column
+        if dictionary:
+            assert chunk.dictionary_page_offset == offset < chunk.data_page_offset, column
+        else:
+            assert chunk.data_page_offset == offset, column
+        pages = read_page_headers(data, offset, offset + chunk.total_compressed_size, chunk.compression == "GZIP")
+        assert [p["type"] for p in pages[:1 + dictionary]] == ["DICTIONARY_PAGE"] * dictionary + ["DATA_PAGE"], column
+        assert pages[dictionary]["offset"] == chunk.data_page_offset, column
+        assert {p["encoding"] for p in pages[dictionary:]} == {"RLE_DICTIONARY" if dictionary else "PLAIN"}, column
+        assert sum(p["rows"] for p in pages[dictionary:]) == chunk.num_values, column
+        offset += chunk.total_compressed_size
+    assert offset == len(data) - 8 - int.from_bytes(data[-8:-4], "little"), name  # then the footer
+
+
+def read_page_headers(data: bytes, start: int, end: int, gzipped: bool) -> list[dict]:
+    """The page headers of the column chunk data[start:end] (the fields this writer uses, Thrift compact), each
+    with its offset and its body, decompressed when the codec is GZIP."""
+    import gzip
+
+    encodings = {0: "PLAIN", 3: "RLE", 8: "RLE_DICTIONARY"}
+    types = {0: "DATA_PAGE", 2: "DICTIONARY_PAGE"}
+
+    def varint(pos):
+        shift = value = 0
+        while True:
+            byte = data[pos]
+            pos += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                return value, pos
+
+    def struct(pos):
+        fields, last = {}, 0
+        while data[pos]:
+            head = data[pos]
+            pos += 1
+            last += head >> 4
+            kind = head & 0x0F
+            if kind == 5:  # i32
+                value, pos = varint(pos)
+                fields[last] = value >> 1 ^ -(value & 1)
+            elif kind == 12:
+                fields[last], pos = struct(pos)
+            else:
+                assert kind in (1, 2), kind  # a bool (is_sorted)
+                fields[last] = kind == 1
+        return fields, pos + 1
+
+    pages = []
+    while start < end:
+        header, body = struct(start)
+        size = header[3]
+        payload = data[body:body + size]
+        if gzipped:
+            payload = gzip.decompress(payload)
+        assert len(payload) == header[2]
+        inner = header.get(5) or header[7]
+        pages.append({"offset": start, "type": types[header[1]], "encoding": encodings[inner[2]],
+                      "rows": inner[1], "body": payload})
+        start = body + size
+    assert start == end
+    return pages
 
 
 def test_parquet_reads_back_as_the_pandas_parquet(captured_events, tmp_path):
