@@ -42,7 +42,7 @@ before the first page, and a column never switches encoding halfway):
 * an integer column only up to :data:`INT_DICTIONARY_ENTRIES` (256) distinct values (8-bit indices): past
   that, on big.pcap's events, the compressed PLAIN column was about as small (sport, 2,441 values: 37 KB against
   33 KB with a dictionary; conn, 2,000: 31 KB against 38 KB; the file 0.6% larger) and the wide indices cost
-  time (the whole write: 761 M instructions with the bound, 806 M without);
+  time (the whole write: ~750 M instructions with the bound, ~808 M without; 803 M before dictionaries);
 * booleans (one bit PLAIN) and doubles stay PLAIN (the events' one double column, time, has a distinct value
   per row);
 * the distinct values are only looked for when a sample of ~1,024 values spread over the column (all of a
@@ -82,7 +82,6 @@ from bisect import bisect_right
 from functools import partial
 from itertools import accumulate, compress, repeat
 from operator import add, eq, is_, is_not
-from typing import NamedTuple
 
 PAGE_BYTES = 1 << 20  # target size of a data page's values (pyarrow's default data page size)
 DICTIONARY_BYTES = 1 << 20  # largest dictionary page (pyarrow's dictionary_pagesize_limit); else PLAIN
@@ -267,27 +266,32 @@ def _gzip():
     return partial(compress, level=1, wbits=31)  # wbits 16 + 15: a gzip header and trailer, no zlib's
 
 
-class _Column(NamedTuple):
-    """A column's values once checked (:func:`_check`)."""
-    valid: bytes | None  # one byte per row, 1 for a value and 0 for a null; None when no row is null
-    present: list  # the values that are not null (the caller's list itself when none is)
-    int_range: tuple[int, int] | None  # (min, max) of an integer column's values: the statistics
-    ascii_text: bool  # a text column's values are all ASCII
-    dictionary: dict | None  # the distinct values, in order of appearance, when a dictionary pays (_checked)
+class _Column:
+    """A column's values once checked (:func:`_check`): ``valid`` one byte per row, 1 for a value and 0 for a null
+    (None when no row is null); ``present`` the values that are not null (the caller's list itself when none is);
+    ``int_range`` (min, max) of an integer column's values, for the statistics; ``ascii_text`` whether a text
+    column is all ASCII; ``dictionary`` the distinct values in order of appearance, when a dictionary pays (see
+    :func:`_checked`), else None. A plain class: a NamedTuple cost ~1.5 ms to define at import."""
+
+    __slots__ = ("valid", "present", "int_range", "ascii_text", "dictionary")
+
+    def __init__(self, valid: bytes | None, present: list, int_range: tuple[int, int] | None, ascii_text: bool,
+                 dictionary: dict | None):
+        self.valid, self.present, self.int_range = valid, present, int_range
+        self.ascii_text, self.dictionary = ascii_text, dictionary
 
 
-class _Chunk(NamedTuple):
-    """What the footer says about one column chunk (offsets in the file, sizes with the page headers)."""
-    name: str
-    kind: str
-    encoding: int  # of the data pages: _PLAIN, or _RLE_DICTIONARY after a dictionary page at ``start``
-    start: int
-    data_start: int
-    size: int  # as written (compressed)
-    raw_size: int  # uncompressed
-    pages: int  # data pages
-    nulls: int
-    int_range: tuple[int, int] | None
+class _Chunk:
+    """What the footer says about one column chunk: the encoding of its data pages (_PLAIN, or _RLE_DICTIONARY
+    after a dictionary page at ``start``), the offsets of its first page and first data page, its size as written
+    and uncompressed (page headers included), its number of data pages, nulls and integer range."""
+
+    __slots__ = ("name", "kind", "encoding", "start", "data_start", "size", "raw_size", "pages", "nulls",
+                 "int_range")
+
+    def __init__(self, name, kind, encoding, start, data_start, size, raw_size, pages, nulls, int_range):
+        self.name, self.kind, self.encoding, self.start, self.data_start = name, kind, encoding, start, data_start
+        self.size, self.raw_size, self.pages, self.nulls, self.int_range = size, raw_size, pages, nulls, int_range
 
 
 def _check(kind: str, values: list) -> _Column | None:
