@@ -5,7 +5,8 @@ Why it is hand-written: ``mailpush events --format parquet`` must write big.pcap
 ~26,000 rows x 37 columns) within a 1.0 s end-to-end budget, and ``python -c "import pyarrow, pyarrow.parquet"``
 (which imports numpy) took 0.16 s fastest / 0.22 s median wall against 0.03 s for ``python -c pass`` on this
 2-core machine (15 interleaved runs, 2026-12-01 05:00 UTC, load 1.1-1.3; benchmarks/results.md), a fifth of the
-budget, for a table this module writes in 0.09 s of CPU (pyarrow's path: 0.16-0.18 s with numpy already loaded).
+budget, for a table this module writes in 0.07-0.08 s of CPU (pyarrow's path: 0.16-0.18 s with numpy already
+loaded), 0.40 MB of dictionaries and GZIP pages (pyarrow's: 0.77 MB; benchmarks/results.md, 2026-12-01 06:27 UTC).
 pyarrow stays the reference: the tests read every file written here with ``pyarrow.parquet`` and
 ``pandas.read_parquet`` and compare it with what pyarrow writes for the same table (tests/test_events_writers.py),
 and the CLI falls back to it for what this writer refuses.
