@@ -7,6 +7,7 @@ here."""
 
 import subprocess
 import sys
+from array import array
 from dataclasses import replace
 from pathlib import Path
 
@@ -124,7 +125,8 @@ def assert_same_parquet_content(ours: Path, theirs: Path, name: str) -> None:
                                       "bool": "BOOLEAN"}[kind], (name, column)
         assert str(leaf.logical_type) == ("String" if kind == "string" else "None"), (name, column)
         chunk = mine.metadata.row_group(0).column(i)
-        assert chunk.compression == "UNCOMPRESSED" and chunk.num_values == len(expected), (name, column)
+        assert chunk.compression == "GZIP" and chunk.num_values == len(expected), (name, column)
+    assert_chunks_laid_out(ours, name)
 
     # pyarrow reads text as string (our file has no ARROW:schema key asking for large_string): same values and
     # nulls once cast to the reference's types
@@ -135,6 +137,85 @@ def assert_same_parquet_content(ours: Path, theirs: Path, name: str) -> None:
     assert table.replace_schema_metadata(None).cast(target).equals(reference_table.replace_schema_metadata(None)), name
     for column in EVENT_COLUMNS:
         assert table.column(column).null_count == reference_table.column(column).null_count, (name, column)
+
+
+def assert_chunks_laid_out(path: Path, name: str = "") -> None:
+    """The column chunks follow each other from byte 4 to the footer, each a dictionary page (when the encodings
+    name RLE_DICTIONARY) then its data pages, as the footer's offsets and sizes say; and the first data page's
+    header says what the footer says (decoded by read_page_headers)."""
+    import pyarrow.parquet as pq
+
+    data = path.read_bytes()
+    meta = pq.ParquetFile(path).metadata
+    offset = 4
+    for i in range(meta.num_columns):
+        chunk = meta.row_group(0).column(i)
+        column = (name, chunk.path_in_schema)
+        dictionary = "RLE_DICTIONARY" in chunk.encodings
+        assert set(chunk.encodings) == ({"PLAIN", "RLE", "RLE_DICTIONARY"} if dictionary else {"PLAIN", "RLE"}), column
+        assert chunk.has_dictionary_page == dictionary, column
+        if dictionary:
+            assert chunk.dictionary_page_offset == offset < chunk.data_page_offset, column
+        else:
+            assert chunk.data_page_offset == offset, column
+        pages = read_page_headers(data, offset, offset + chunk.total_compressed_size, chunk.compression == "GZIP")
+        assert [p["type"] for p in pages[:1 + dictionary]] == ["DICTIONARY_PAGE"] * dictionary + ["DATA_PAGE"], column
+        assert pages[dictionary]["offset"] == chunk.data_page_offset, column
+        assert {p["encoding"] for p in pages[dictionary:]} == {"RLE_DICTIONARY" if dictionary else "PLAIN"}, column
+        assert sum(p["rows"] for p in pages[dictionary:]) == chunk.num_values, column
+        offset += chunk.total_compressed_size
+    assert offset == len(data) - 8 - int.from_bytes(data[-8:-4], "little"), name  # then the footer
+
+
+def read_page_headers(data: bytes, start: int, end: int, gzipped: bool) -> list[dict]:
+    """The page headers of the column chunk data[start:end] (the fields this writer uses, Thrift compact), each
+    with its offset and its body, decompressed when the codec is GZIP."""
+    import gzip
+
+    encodings = {0: "PLAIN", 3: "RLE", 8: "RLE_DICTIONARY"}
+    types = {0: "DATA_PAGE", 2: "DICTIONARY_PAGE"}
+
+    def varint(pos):
+        shift = value = 0
+        while True:
+            byte = data[pos]
+            pos += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                return value, pos
+
+    def struct(pos):
+        fields, last = {}, 0
+        while data[pos]:
+            head = data[pos]
+            pos += 1
+            last += head >> 4
+            kind = head & 0x0F
+            if kind == 5:  # i32
+                value, pos = varint(pos)
+                fields[last] = value >> 1 ^ -(value & 1)
+            elif kind == 12:
+                fields[last], pos = struct(pos)
+            else:
+                assert kind in (1, 2), kind  # a bool (is_sorted)
+                fields[last] = kind == 1
+        return fields, pos + 1
+
+    pages = []
+    while start < end:
+        header, body = struct(start)
+        size = header[3]
+        payload = data[body:body + size]
+        if gzipped:
+            payload = gzip.decompress(payload)
+        assert len(payload) == header[2]
+        inner = header.get(5) or header[7]
+        pages.append({"offset": start, "type": types[header[1]], "encoding": encodings[inner[2]],
+                      "rows": inner[1], "body": payload})
+        start = body + size
+    assert start == end
+    return pages
 
 
 def test_parquet_reads_back_as_the_pandas_parquet(captured_events, tmp_path):
@@ -254,6 +335,183 @@ def test_parquet_writer_large_table_in_pages(tmp_path, monkeypatch):
     assert read_back_lists(path) == expected_lists(small, {**kinds, "all_null": "string"})
 
 
+def dictionary_columns(n: int) -> tuple[dict[str, list], dict[str, str]]:
+    """Columns where a dictionary pays and where it does not, with the kinds."""
+    kinds = {"few_s": "string", "one_s": "string", "one_n": "Int64", "null_s": "string", "null_n": "Int64",
+             "distinct_s": "string", "distinct_i": "int64", "ints_256": "int64", "ints_257": "int64",
+             "sparse_n": "Int64", "f": "float64", "b": "bool"}
+    few = ["request", "response", "bind", None, "Ünïcødé ✓", "response"]
+    columns = {
+        "few_s": [few[k % len(few)] for k in range(n)],
+        "one_s": ["the same"] * n,
+        "one_n": [-(2**63)] * n,
+        "null_s": [None] * n,
+        "null_n": [None] * n,
+        "distinct_s": [f"row {k}" for k in range(n)],
+        "distinct_i": list(range(n)),
+        "ints_256": [(k * 7919) % 256 - 128 for k in range(n)],
+        "ints_257": [k % 257 for k in range(n)],
+        "sparse_n": [None if k % 10 else 2**62 + k % 3 for k in range(n)],
+        "f": [(k % 3) / 2 for k in range(n)],
+        "b": [k % 4 == 0 for k in range(n)],
+    }
+    return columns, kinds
+
+
+def dictionary_encoded(path: Path) -> dict[str, bool]:
+    """Column name -> whether its chunk is dictionary-encoded, from the footer's encodings (pyarrow)."""
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(path).metadata.row_group(0)
+    return {meta.column(i).path_in_schema: "RLE_DICTIONARY" in meta.column(i).encodings
+            for i in range(meta.num_columns)}
+
+
+def column_pages(path: Path, name: str) -> list[dict]:
+    """The pages of column ``name`` (read_page_headers)."""
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(path).metadata.row_group(0)
+    chunk = next(meta.column(i) for i in range(meta.num_columns) if meta.column(i).path_in_schema == name)
+    start = chunk.dictionary_page_offset if chunk.has_dictionary_page else chunk.data_page_offset
+    return read_page_headers(path.read_bytes(), start, start + chunk.total_compressed_size,
+                             chunk.compression == "GZIP")
+
+
+def data_pages(path: Path, name: str) -> list[dict]:
+    return [page for page in column_pages(path, name) if page["type"] == "DATA_PAGE"]
+
+
+def dictionary_page(path: Path, name: str) -> dict:
+    [page] = [page for page in column_pages(path, name) if page["type"] == "DICTIONARY_PAGE"]
+    return page
+
+
+def page_values(page: dict) -> bytes:
+    """A data page's values: after the definition levels and their length."""
+    body = page["body"]
+    return body[4 + int.from_bytes(body[:4], "little"):]
+
+
+def single_index_run(rows: int) -> bytes:
+    """The values of a data page of a column of one distinct value: bit width 1, one RLE run of index 0."""
+    return b"\x01" + analyzer.parquet._varint(rows << 1) + b"\x00"
+
+
+def index_bit_width(page: dict) -> int:
+    """The bit width byte in front of an RLE_DICTIONARY data page's indices."""
+    return page_values(page)[0]
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_parquet_dictionary_where_it_pays(tmp_path, compress):
+    """Text and integer columns whose values repeat get a dictionary page and RLE_DICTIONARY data pages (one value:
+    one RLE run); all-null columns, columns of distinct values, integer columns of more than 256 values, doubles
+    and booleans stay PLAIN; pyarrow and pandas read back the same values either way."""
+    import pyarrow.parquet as pq
+
+    columns, kinds = dictionary_columns(5000)
+    path = tmp_path / "dictionary.parquet"
+    metadata = {"pandas": analyzer.parquet.pandas_metadata(kinds, ("mailpush", "test"), pd.__version__)}
+    assert analyzer.parquet.write_table(str(path), columns, kinds, metadata, compress=compress)
+    assert read_back_lists(path) == expected_lists(columns, kinds)
+    assert dictionary_encoded(path) == {
+        "few_s": True, "one_s": True, "one_n": True, "null_s": False, "null_n": False, "distinct_s": False,
+        "distinct_i": False, "ints_256": True, "ints_257": False, "sparse_n": True, "f": False, "b": False}
+    assert_chunks_laid_out(path)
+    meta = pq.ParquetFile(path).metadata.row_group(0)
+    assert {meta.column(i).compression for i in range(meta.num_columns)} == {"GZIP" if compress else "UNCOMPRESSED"}
+    # the dictionary holds the distinct values in order of first appearance
+    table = pq.read_table(path, read_dictionary=["few_s", "one_s"])
+    assert table.column("few_s").chunk(0).dictionary.to_pylist() == ["request", "response", "bind", "Ünïcødé ✓"]
+    assert table.column("one_s").chunk(0).dictionary.to_pylist() == ["the same"]
+    dictionary = array("q", dictionary_page(path, "ints_256")["body"])
+    assert dictionary.tolist() == list(dict.fromkeys(columns["ints_256"]))
+    assert dictionary_page(path, "sparse_n")["rows"] == 3  # its number of values
+    # as few bits as the dictionary needs (at least 1); a single value: one RLE run of index 0
+    assert [index_bit_width(p) for p in data_pages(path, "few_s")] == [2]
+    assert [index_bit_width(p) for p in data_pages(path, "ints_256")] == [8]
+    assert [page_values(p) for p in data_pages(path, "one_n")] == [single_index_run(5000)]
+    # statistics from the dictionary's values
+    stats = {meta.column(i).path_in_schema: meta.column(i).statistics for i in range(meta.num_columns)}
+    assert (stats["ints_256"].min, stats["ints_256"].max, stats["ints_256"].null_count) == (-128, 127, 0)
+    assert (stats["sparse_n"].min, stats["sparse_n"].max, stats["sparse_n"].null_count) == (2**62, 2**62 + 2, 4500)
+    assert (stats["one_n"].min, stats["one_n"].max) == (-(2**63), -(2**63))
+    assert stats["null_n"].null_count == 5000 and not stats["null_n"].has_min_max
+    frame = pd.read_parquet(path)
+    assert {c: str(t) for c, t in frame.dtypes.items()} == {c: str(pd.api.types.pandas_dtype(t))
+                                                             for c, t in kinds.items()}
+    assert frame["few_s"].tolist()[:6] == ["request", "response", "bind", pd.NA, "Ünïcødé ✓", "response"]
+
+
+def test_parquet_dictionary_indices_split_at_page_edges(tmp_path, monkeypatch):
+    """Tiny pages (PAGE_BYTES 40: 160 two-bit or 40 eight-bit indices a page), nulls at the page edges: every data
+    page RLE_DICTIONARY with its own bit width byte, and the values read back in order."""
+    monkeypatch.setattr(analyzer.parquet, "PAGE_BYTES", 40)
+    columns, kinds = dictionary_columns(997)
+    path = tmp_path / "small-pages.parquet"
+    assert analyzer.parquet.write_table(str(path), columns, kinds)
+    assert read_back_lists(path) == expected_lists(columns, kinds)
+    assert_chunks_laid_out(path)
+    encoded = dictionary_encoded(path)
+    assert encoded["few_s"] and encoded["ints_256"] and encoded["sparse_n"] and encoded["one_s"]
+    few = data_pages(path, "few_s")
+    assert len(few) == 6 and {index_bit_width(p) for p in few} == {2}  # 831 values, 160 a page
+    assert [p["rows"] for p in few][:5] == [192, 192, 192, 192, 192]  # a page's nulls go with the values before
+    ints = data_pages(path, "ints_256")
+    assert len(ints) == 25 and {index_bit_width(p) for p in ints} == {8}  # 997 values, 40 a page
+    one = data_pages(path, "one_s")  # pages counted as 1 bit an index (320 a page), each a single RLE run
+    assert [p["rows"] for p in one] == [320, 320, 320, 37]
+    assert [page_values(p) for p in one] == [single_index_run(rows) for rows in (320, 320, 320, 37)]
+
+
+def test_parquet_dictionary_of_more_than_65536_values(tmp_path):
+    """70,000 distinct strings, each twice in a shuffled order: 17-bit indices."""
+    import random
+
+    values = [f"v{k}" for k in range(70_000)] * 2
+    random.Random(1).shuffle(values)
+    values[5] = None
+    kinds = {"s": "string"}
+    path = tmp_path / "wide.parquet"
+    assert analyzer.parquet.write_table(str(path), {"s": values}, kinds)
+    assert dictionary_encoded(path) == {"s": True}
+    assert [index_bit_width(p) for p in data_pages(path, "s")] == [17]
+    assert read_back_lists(path) == {"s": values}
+    assert_chunks_laid_out(path)
+
+
+def test_parquet_dictionary_falls_back_to_plain_past_a_megabyte(tmp_path, monkeypatch):
+    """20,000 distinct 60-byte strings, each three times: a dictionary would save two thirds of the column, but
+    its page would take 1.28 MB, past DICTIONARY_BYTES (1 MB): PLAIN. The same column with the bound raised, or
+    a column of 6,000 of these values (384 KB of dictionary): a dictionary."""
+    import random
+
+    values = [f"{k:060d}" for k in range(20_000)] * 3
+    random.Random(2).shuffle(values)
+    path = tmp_path / "fallback.parquet"
+    tenth = values[:6000] * 10
+    assert analyzer.parquet.write_table(str(path), {"s": values, "t": tenth}, {"s": "string", "t": "string"})
+    assert dictionary_encoded(path) == {"s": False, "t": True}
+    assert read_back_lists(path) == {"s": values, "t": tenth}
+    monkeypatch.setattr(analyzer.parquet, "DICTIONARY_BYTES", 2 << 20)
+    assert analyzer.parquet.write_table(str(path), {"s": values}, {"s": "string"})
+    assert dictionary_encoded(path) == {"s": True}
+    assert read_back_lists(path) == {"s": values}
+
+
+def test_parquet_pages_compress_with_zlib_without_isal(tmp_path, monkeypatch):
+    """Without isal, zlib's deflate writes the GZIP pages: the same pages once decompressed."""
+    columns, kinds = dictionary_columns(3000)
+    with_isal, with_zlib = tmp_path / "isal.parquet", tmp_path / "zlib.parquet"
+    assert analyzer.parquet.write_table(str(with_isal), columns, kinds)
+    monkeypatch.setitem(sys.modules, "isal.isal_zlib", None)  # import fails
+    assert analyzer.parquet.write_table(str(with_zlib), columns, kinds)
+    assert read_back_lists(with_zlib) == expected_lists(columns, kinds)
+    for name in kinds:
+        assert [p["body"] for p in data_pages(with_zlib, name)] == [p["body"] for p in data_pages(with_isal, name)]
+
+
 def test_parquet_writer_refuses_what_does_not_fit_and_writes_nothing(tmp_path):
     """An integer beyond 64 bits, text that is not valid Unicode, a value of another type: False, and the file is
     neither created nor touched."""
@@ -276,6 +534,11 @@ def test_parquet_writer_refuses_what_does_not_fit_and_writes_nothing(tmp_path):
     columns["s"][-1] = "\ud800"
     assert analyzer.parquet.write_table(str(path), columns, ODD_KINDS) is False
     assert path.read_bytes() == b"keep me"
+    # values checked through the dictionary (its distinct values): still refused
+    for kind, values in (("string", ["a", "b"] * 1500 + ["bad \udcff byte"]), ("Int64", [5, None] * 1500 + [2**64]),
+                         ("int64", [1] * 3000 + [-(2**63) - 1]), ("Int64", [1] * 3000 + [True])):
+        assert analyzer.parquet.write_table(str(path), {"c": values}, {"c": kind}) is False, values[-1]
+        assert path.read_bytes() == b"keep me"
     # the events: neither our writer nor pyarrow takes a lone surrogate; the CLI then goes through pandas
     events = [replace(awkward_events()[0], note="bad \udcff byte")]
     assert write_parquet(event_columns(events), str(path)) is False and path.read_bytes() == b"keep me"
