@@ -412,6 +412,9 @@ def test_analyze_profile_reports_every_stage_and_leaves_the_report_unchanged():
     frames = json.loads(plain.stdout)["captures"][0]["frames"]
     assert f"{frames:,} frames" in total
     assert "time per stage" not in plain.stderr
+    # the start-up before the clock: an interpreter start and the imports take more than 10 ms, less than the run
+    startup = float(next(line for line in lines if line.startswith("(start-up)")).split()[1])
+    assert 0.01 < startup < 10
 
 
 def test_profile_with_the_tshark_engine_charges_the_dissection_to_a_tshark_stage():
