@@ -45,7 +45,7 @@ from analyzer.batch import local_cluster, score  # noqa: E402
 from analyzer.batch.worker import preload, score_one  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quiet import machine_cpu, others_cores, own_cpu  # noqa: E402
+from quiet import machine_cpu, others_cores, own_cpu, wait_quiet  # noqa: E402
 
 
 def sample_files() -> list[Path]:
@@ -146,14 +146,6 @@ def main() -> int:
             modes["dask"] = dask_run
         names = {"inline": "inline", 1: "--jobs 1", 2: "--jobs 2", "dask": "dask x2"}
 
-        def wait_quiet(deadline: float) -> float:
-            """Wait until the rest of the machine is quiet (or the deadline passes); the cores it used last."""
-            while True:
-                others = others_cores()
-                if (others < args.max_others and (not args.max_load or os.getloadavg()[0] < args.max_load)) \
-                        or time.monotonic() >= deadline:
-                    return others
-
         def measure(run):
             """(wall s, this benchmark's CPU s, cores the rest of the machine used meanwhile)."""
             m0, o0, t = machine_cpu(), own_cpu(), time.perf_counter()
@@ -169,7 +161,7 @@ def main() -> int:
         while rounds < max(1, args.repeat) or (min(len(v) for v in quiet.values()) == 0
                                                and time.monotonic() < deadline):
             rounds += 1
-            before = wait_quiet(deadline)
+            before = wait_quiet(args.max_others, deadline, args.max_load)
             line = [f"round {rounds}: load {os.getloadavg()[0]:.2f}, others {before:.2f} cores before"]
             for mode, run in modes.items():
                 if mode == "dask":

@@ -52,10 +52,12 @@ def others_cores(seconds: float = 2.0) -> float:
     return max(0.0, (machine_cpu() - m0) - (own_cpu() - o0)) / seconds
 
 
-def wait_quiet(max_others: float, deadline: float) -> float:
-    """Wait until the rest of the machine uses fewer than ``max_others`` cores (or ``deadline``, a
-    time.monotonic() value, passes); returns the cores it used in the last 2 s sample."""
+def wait_quiet(max_others: float, deadline: float, max_load: float = 0.0) -> float:
+    """Wait until the rest of the machine uses fewer than ``max_others`` cores (and, with ``max_load``, the
+    1-minute load average is below it), or ``deadline`` (a time.monotonic() value) passes; returns the cores it
+    used in the last 2 s sample."""
     while True:
         others = others_cores()
-        if others < max_others or time.monotonic() >= deadline:
+        if (others < max_others and (not max_load or os.getloadavg()[0] < max_load)) \
+                or time.monotonic() >= deadline:
             return others

@@ -31,7 +31,8 @@ learns are those one core learns, at the same frame. Where that argument does no
 from __future__ import annotations
 
 import zlib
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 from analyzer.dissect.collector import EventCollector
 from analyzer.dissect.dcerpc import PTYPE_FAULT, PTYPE_REQUEST, PTYPE_RESPONSE
@@ -91,32 +92,26 @@ class ShareCollector(EventCollector):
         super().warn(message)
 
     def tcp_data(self, conn: TcpConnection, from_client: bool, data: bytes, frame: int, time: float) -> None:
-        if not self._is_other(conn):
+        with self._muted_if_other(conn):
             super().tcp_data(conn, from_client, data, frame, time)
-            return
-        self._muted = True
-        try:
-            super().tcp_data(conn, from_client, data, frame, time)
-        finally:
-            self._muted = False
 
     def tcp_gap(self, conn: TcpConnection, from_client: bool, missing: int, frame: int, time: float) -> None:
-        if not self._is_other(conn):
+        with self._muted_if_other(conn):
             super().tcp_gap(conn, from_client, missing, frame, time)
-            return
-        self._muted = True
-        try:
-            super().tcp_gap(conn, from_client, missing, frame, time)
-        finally:
-            self._muted = False
 
     def tcp_close(self, conn: TcpConnection) -> None:
-        if not self._is_other(conn):
+        with self._muted_if_other(conn):
             super().tcp_close(conn)
+
+    @contextmanager
+    def _muted_if_other(self, conn: TcpConnection) -> Iterator[None]:
+        """Another share's connection is still analysed (module doc), its warnings are not this worker's."""
+        if not self._is_other(conn):
+            yield
             return
         self._muted = True
         try:
-            super().tcp_close(conn)
+            yield
         finally:
             self._muted = False
 
